@@ -1,0 +1,13 @@
+# Thin root Snakefile: the rules live in workflow/rules/, the logic in the fmix package.
+# Run: snakemake --cores 2   (reads params.yaml, the same file dvc.yaml reads)
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/align.smk"
+include: "workflow/rules/split.smk"
+
+
+rule all:
+    input:
+        rules.split.output,

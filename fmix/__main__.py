@@ -1,0 +1,3 @@
+from fmix.cli import app
+
+app()

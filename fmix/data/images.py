@@ -1,0 +1,124 @@
+"""Reading photos safely: every failure becomes an :class:`ImageReadError` with a status code."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fmix.io import atomic_write
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+
+# Statuses an unreadable file gets; "no_face" and "ok" come from alignment.
+EMPTY = "empty_file"
+NOT_AN_IMAGE = "not_an_image"
+CORRUPT = "corrupt"
+TOO_LARGE = "too_large"
+
+
+class ImageReadError(Exception):
+    """A file that cannot be used as a photo; ``status`` names the reason."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_rgb(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode a photo to an upright 8-bit RGB array.
+
+    EXIF orientation is applied; grayscale, CMYK, palette, alpha and 16-bit images are converted
+    (alpha is composited on black, 16-bit samples are scaled to 8 bits). The pixel count is
+    checked from the header before decoding, so a decompression bomb costs nothing.
+
+    Args:
+        path: the image file.
+        max_pixels: largest accepted ``width * height``.
+
+    Returns:
+        Array of shape (H, W, 3), dtype uint8.
+
+    Raises:
+        ImageReadError: status ``empty_file``, ``not_an_image``, ``corrupt`` or ``too_large``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageReadError(NOT_AN_IMAGE, f"cannot read {path}: {err.strerror}") from err
+    if size == 0:
+        raise ImageReadError(EMPTY, f"{path} is an empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageReadError(TOO_LARGE, f"{path} has {width}x{height} pixels, more than max_pixels={max_pixels}")
+                image.load()
+                return _to_rgb_array(ImageOps.exif_transpose(image))
+        except ImageReadError:
+            raise
+        except UnidentifiedImageError as err:
+            raise ImageReadError(NOT_AN_IMAGE, f"{path} is not a recognised image file") from err
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageReadError(TOO_LARGE, f"{path}: {err}") from err
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise ImageReadError(CORRUPT, f"{path} is corrupt or truncated: {err}") from err
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        samples = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or samples.max() > 255 else 255.0
+        gray = np.clip(np.rint(samples * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def write_png_atomic(array: np.ndarray, path: str | Path) -> None:
+    """Write an RGB uint8 array as PNG atomically (no half file if the run is killed).
+
+    Args:
+        array: image of shape (H, W, 3), dtype uint8.
+        path: destination; its folder is created.
+    """
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"Expected a uint8 array of shape (H, W, 3), got {array.dtype} {array.shape}")
+    with atomic_write(path, "wb") as out:
+        Image.fromarray(array, "RGB").save(out, format="PNG")
+
+
+def list_identity_folders(root: str | Path) -> dict[str, list[Path]]:
+    """List an ImageFolder tree: one sub-folder per identity, files inside it.
+
+    Every regular file is listed (not only known image suffixes), so that non-image files are
+    reported rather than silently ignored. Hidden files are skipped.
+
+    Args:
+        root: the folder holding one folder per identity.
+
+    Returns:
+        Identity name -> sorted file paths, identities sorted by name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder not found: {root}")
+    identities = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        if files:
+            identities[folder.name] = files
+    if not identities:
+        raise ValueError(f"{root} holds no identity folders with files (expected ROOT/<identity>/<image>)")
+    return identities

@@ -1,0 +1,161 @@
+"""Pipeline parameters: one dataclass per stage, read from that stage's section of ``params.yaml``.
+
+The dataclass defaults are the documented defaults; ``params.yaml`` at the repository root
+holds the same values (``tests/test_params.py`` proves it), so the pipeline and a bare
+``fmix`` call agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params file or section is missing, malformed or holds a wrong value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignParams:
+    """Face detection and alignment (``fmix align``)."""
+
+    min_images: int = 5  # align only identities with at least this many source files
+    max_identities: int | None = None  # first N identities (sorted by name) after min_images
+    size: int = 112  # output side; the ArcFace template is scaled from 112
+    score_threshold: float = 0.9  # detector confidence
+    detect_max_side: int = 640  # larger photos are downscaled for detection only
+    max_pixels: int = 40_000_000  # decompression-bomb guard (width * height)
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.min_images >= 1, "align.min_images must be >= 1")
+        _require(self.max_identities is None or self.max_identities >= 1, "align.max_identities must be >= 1 or null")
+        _require(self.size >= 32 and self.size % 8 == 0, "align.size must be a multiple of 8, at least 32")
+        _require(0.0 < self.score_threshold < 1.0, "align.score_threshold must be in (0, 1)")
+        _require(self.detect_max_side >= 64, "align.detect_max_side must be >= 64")
+        _require(self.max_pixels >= 64 * 64, "align.max_pixels must be >= 4096")
+        _require(self.workers >= 1, "align.workers must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+    """Identity-disjoint splits and verification pairs (``fmix split``)."""
+
+    seed: int = 0
+    min_images: int = 5  # identities with fewer aligned faces are left out
+    private_fraction: float = 0.6  # of identities: the data owner's training identities
+    public_fraction: float = 0.2  # of identities: the attacker's public faces
+    val_fraction: float = 0.2  # of each private identity's images (at least one image)
+    pairs: str = "heldout"  # "heldout": pairs from the remaining identities; "lfw": LFW pairs.txt
+    lfw_pairs_file: str = "../shared/data/lfw/pairs.txt"
+    folds: int = 10
+    pairs_per_fold: int = 100  # half matched, half mismatched
+
+    def __post_init__(self) -> None:
+        _require(self.min_images >= 2, "split.min_images must be >= 2")
+        _require(0 < self.private_fraction < 1, "split.private_fraction must be in (0, 1)")
+        _require(0 <= self.public_fraction < 1, "split.public_fraction must be in [0, 1)")
+        _require(
+            self.private_fraction + self.public_fraction < 1,
+            "split.private_fraction + split.public_fraction must be < 1 (the rest are verification identities)",
+        )
+        _require(0 < self.val_fraction < 1, "split.val_fraction must be in (0, 1)")
+        _require(self.pairs in ("heldout", "lfw"), f"split.pairs must be 'heldout' or 'lfw', got {self.pairs!r}")
+        _require(self.folds >= 2, "split.folds must be >= 2")
+        _require(self.pairs_per_fold >= 2 and self.pairs_per_fold % 2 == 0, "split.pairs_per_fold must be even, >= 2")
+
+
+SECTIONS: dict[str, type] = {"align": AlignParams, "split": SplitParams}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ParamsError(message)
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """Read a params YAML file into a dict of sections.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The mapping of section name to section mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ParamsError(f"params file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
+    """Build a params dataclass from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: the section's dataclass.
+        values: the section's values (missing keys take the defaults).
+        name: the section name, for messages.
+
+    Returns:
+        The validated section.
+    """
+    if not isinstance(values, dict):
+        raise ParamsError(f"section '{name}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key(s) in section '{name}': {', '.join(unknown)}; known: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    coerced = {key: _coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()}
+    return cls(**coerced)
+
+
+def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: Any) -> T:
+    """Load one stage's section of a params file, then apply non-None overrides (CLI options).
+
+    Args:
+        cls: the section's dataclass.
+        path: the params file, or None for the defaults.
+        name: the section's name in the file.
+        overrides: values that replace the file's (None means "not given").
+
+    Returns:
+        The validated section.
+    """
+    values = read_params_file(path).get(name) if path is not None else None
+    section = section_from_mapping(cls, {} if values is None else values, name)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return section_from_mapping(cls, {**dataclasses.asdict(section), **given}, name) if given else section
+
+
+def defaults_as_dict() -> dict[str, dict[str, Any]]:
+    """Every section's defaults, as ``params.yaml`` should hold them."""
+    return {name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ParamsError(f"{key} must not be null")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, str, bool) and type(value) is kind:
+            return value
+    names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
+    raise ParamsError(f"{key} must be {names}, got {value!r}")

@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from conftest import copy_sample
+from fmix import __version__
+from fmix.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_steps():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("align", "split"):
+        assert command in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"fmix {__version__}"
+
+
+def test_cli_import_is_light():
+    """`fmix --help` must stay fast: the CLI module imports no heavy library."""
+    code = "import sys, fmix.cli; print(sorted(m for m in ('torch', 'cv2', 'onnxruntime', 'skimage', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_align_then_split_on_real_faces(tmp_path):
+    src = copy_sample(tmp_path / "src", per_identity=5)
+    (tmp_path / "src" / "Bill_Clinton" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    params = tmp_path / "params.yaml"
+    params.write_text("align:\n  workers: 1\nsplit:\n  folds: 2\n  pairs_per_fold: 4\n  private_fraction: 0.4\n")
+    result = runner.invoke(app, ["align", str(src), str(tmp_path / "aligned"), "--params", str(params), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "aligned 50 of 51 photos of 10 identities" in result.output
+    assert '{"not_an_image": 1}' in result.output
+    result = runner.invoke(app, ["split", str(tmp_path / "aligned"), str(tmp_path / "splits"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "private_identities=4" in result.output
+    counts = json.loads((tmp_path / "splits" / "split.json").read_text())["counts"]
+    assert counts["pairs_matched"] == 4 and counts["pairs_mismatched"] == 4
+
+
+def test_align_reports_errors_without_traceback(tmp_path):
+    result = runner.invoke(app, ["align", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error: input folder not found" in result.output
+    params = tmp_path / "p.yaml"
+    params.write_text("align:\n  workers: 0\n")
+    result = runner.invoke(app, ["align", str(tmp_path), str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 1 and "error: align.workers must be >= 1" in result.output
+
+
+def test_split_reports_missing_alignment(tmp_path):
+    result = runner.invoke(app, ["split", str(tmp_path), str(tmp_path / "s")])
+    assert result.exit_code == 1 and "run `fmix align` first" in result.output
+    result = runner.invoke(app, ["split", str(tmp_path), str(tmp_path / "s"), "--pairs", "both"])
+    assert result.exit_code == 1 and "split.pairs must be 'heldout' or 'lfw'" in result.output

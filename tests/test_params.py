@@ -1,0 +1,77 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from conftest import REPO
+from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, defaults_as_dict, load_section, section_from_mapping
+
+
+def test_params_yaml_holds_the_code_defaults():
+    """One source of truth: the stage sections of params.yaml equal the dataclass defaults."""
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert {name: on_disk[name] for name in SECTIONS} == defaults_as_dict()
+
+
+def test_load_section_reads_file_and_applies_overrides(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("align:\n  workers: 1\n  score_threshold: 0.8\nsplit: {}\n")
+    cfg = load_section(AlignParams, path, "align", workers=None, min_images=3)
+    assert (cfg.workers, cfg.score_threshold, cfg.min_images, cfg.size) == (1, 0.8, 3, 112)
+    assert load_section(SplitParams, path, "split") == SplitParams()
+    assert load_section(SplitParams, None, "split", seed=4).seed == 4
+
+
+def test_ints_are_accepted_for_floats():
+    assert section_from_mapping(SplitParams, {"val_fraction": 1 / 4}, "split").val_fraction == 0.25
+    assert isinstance(section_from_mapping(AlignParams, {"score_threshold": 0.5}, "align").score_threshold, float)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"wokers": 2}, r"unknown key\(s\) in section 'align': wokers"),
+        ({"workers": "two"}, r"align.workers must be int, got 'two'"),
+        ({"workers": 1.5}, r"align.workers must be int, got 1.5"),
+        ({"workers": 0}, r"align.workers must be >= 1"),
+        ({"size": 100}, r"align.size must be a multiple of 8"),
+        ({"score_threshold": 1.5}, r"align.score_threshold must be in \(0, 1\)"),
+        ({"size": None}, r"align.size must not be null"),
+    ],
+)
+def test_bad_align_values_are_rejected_with_the_key(values, message):
+    with pytest.raises(ParamsError, match=message):
+        section_from_mapping(AlignParams, values, "align")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"private_fraction": 0.7, "public_fraction": 0.3}, r"private_fraction \+ split.public_fraction must be < 1"),
+        ({"pairs": "all"}, r"split.pairs must be 'heldout' or 'lfw', got 'all'"),
+        ({"pairs_per_fold": 5}, r"split.pairs_per_fold must be even"),
+        ({"min_images": 1}, r"split.min_images must be >= 2"),
+    ],
+)
+def test_bad_split_values_are_rejected(values, message):
+    with pytest.raises(ParamsError, match=message):
+        section_from_mapping(SplitParams, values, "split")
+
+
+def test_bad_files_are_reported(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_section(AlignParams, tmp_path / "none.yaml", "align")
+    (tmp_path / "bad.yaml").write_text("align: [unclosed\n")
+    with pytest.raises(ParamsError, match="is not valid YAML"):
+        load_section(AlignParams, tmp_path / "bad.yaml", "align")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ParamsError, match="must hold a mapping of sections, got list"):
+        load_section(AlignParams, tmp_path / "list.yaml", "align")
+    (tmp_path / "sec.yaml").write_text("align: 3\n")
+    with pytest.raises(ParamsError, match="section 'align' must be a mapping, got int"):
+        load_section(AlignParams, tmp_path / "sec.yaml", "align")
+
+
+def test_sections_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        AlignParams().workers = 3
