@@ -1,9 +1,10 @@
 # Quick start: `make run` (default pipeline on the default data) and `make test`.
-# Both create, once, a virtual environment keyed on pyproject.toml (outside the clone, so
+# Both create, once, a virtual environment keyed on pyproject.toml's dependencies (outside the clone, so
 # clones share it), then put this checkout into it.
 
 PYTHON ?= python3
-DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Keyed on the dependency lists only (from "dependencies =" to the scripts table).
+DEPS_HASH := $(shell sed -n '/^dependencies = \[/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/fmix/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed

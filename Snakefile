@@ -6,8 +6,10 @@ configfile: "params.yaml"
 
 include: "workflow/rules/align.smk"
 include: "workflow/rules/split.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/mask.smk"
 
 
 rule all:
     input:
-        rules.split.output,
+        rules.mask.output,

@@ -101,3 +101,59 @@ def split(
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     typer.echo("split: " + ", ".join(f"{key}={value}" for key, value in summary["counts"].items()))
+
+
+@app.command()
+def export(
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    public: Annotated[Path, typer.Argument(help="public.csv of `fmix split`: channel statistics come from public faces only.")],
+    out: Annotated[Path, typer.Argument(help="Destination masker.onnx.")],
+    params: ParamsOption = None,
+    k: Annotated[Optional[int], typer.Option(help="Fixed k of the policy (overrides export.k).")] = None,
+    upsample: Annotated[Optional[int], typer.Option(help="Bilinear factor u before the DCT (overrides export.upsample).")] = None,
+) -> None:
+    """Build the masker (block DCT, channel masking, public-data normalisation, k policy) and export it to ONNX."""
+    cfg = _load("ExportParams", params, "export", k=k, upsample=upsample)
+    from fmix.masker.export import export_masker
+
+    try:
+        summary = export_masker(aligned, public, out, cfg)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(
+        f"masker: {summary['kept_channels']} of 192 channels kept, {summary['map_size']}x{summary['map_size']} maps, "
+        f"statistics from {summary['public_faces_for_stats']} public faces -> {out} ({summary['bytes']} bytes)"
+    )
+
+
+@app.command()
+def mask(
+    in_dir: Annotated[Path, typer.Argument(help="ImageFolder of aligned faces (raw photos with --align).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder for protected shards, index.csv, previews.")],
+    masker: Annotated[Path, typer.Option("--masker", "-m", help="masker.onnx from `fmix export`.")] = Path("models/masker.onnx"),
+    params: ParamsOption = None,
+    faces: Annotated[Optional[Path], typer.Option("--faces", help="Split CSV (path, identity) restricting the inputs.")] = None,
+    mix: Annotated[Optional[bool], typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment).")] = None,
+    align: Annotated[bool, typer.Option("--align", help="Inputs are raw photos: detect and align them first.")] = False,
+    anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help=f"Keyed-hash output names (key from $FMIX_NAME_KEY).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the random parts (overrides mask.seed).")] = None,
+    dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
+    quiet: QuietOption = False,
+) -> None:
+    """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix."""
+    import os
+
+    cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize, seed=seed)
+    align_cfg = _load("AlignParams", params, "align") if align else None
+    from fmix.masker.apply import NAME_KEY_ENV, protect_folder
+
+    key = os.environ.get(NAME_KEY_ENV, "").encode() or None
+    try:
+        summary = protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    skipped = summary["skipped_by_status"]
+    typer.echo(
+        f"protected {summary['protected']} of {summary['inputs']} faces ({'mixed' if summary['mixed'] else 'masked only'}, "
+        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}"
+    )

@@ -72,7 +72,52 @@ class SplitParams:
         _require(self.pairs_per_fold >= 2 and self.pairs_per_fold % 2 == 0, "split.pairs_per_fold must be even, >= 2")
 
 
-SECTIONS: dict[str, type] = {"align": AlignParams, "split": SplitParams}
+@dataclasses.dataclass(frozen=True)
+class ExportParams:
+    """The masker (``fmix export``): transform, channel masking, normalisation, k policy, mixing."""
+
+    upsample: int = 1  # bilinear factor before the block DCT: 1 -> 14x14 maps, 8 -> 112x112 (the family's)
+    low_freq_threshold: int | None = 2  # drop channels with p + q <= t in every colour plane
+    drop: tuple[int, ...] = ()  # further channels to drop
+    keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels (PPFR-FD: 36)
+    permute_channels: bool = False  # per-sample random channel permutation
+    k: int = 2  # fixed-k policy (until a trained strategy network is given)
+    k_values: tuple[int, ...] = (2, 3, 4, 5, 6)
+    weight_law: str = "dirichlet"  # or "instahide"
+    cap: float | None = 0.65  # largest mixing weight
+    sign_flip: bool = False  # random +-1 per coefficient after mixing (InstaHide)
+    stats_images: int = 2000  # public faces used for channel statistics
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        _require(self.upsample in (1, 2, 4, 8), f"export.upsample must be 1, 2, 4 or 8, got {self.upsample}")
+        _require(self.low_freq_threshold is None or self.low_freq_threshold >= 0, "export.low_freq_threshold must be >= 0 or null")
+        _require(self.keep_lowest_energy is None or self.keep_lowest_energy >= 1, "export.keep_lowest_energy must be >= 1 or null")
+        _require(len(self.k_values) >= 1 and min(self.k_values) >= 1, "export.k_values must be a non-empty list of k >= 1")
+        _require(list(self.k_values) == sorted(set(self.k_values)), "export.k_values must be increasing without repeats")
+        _require(self.k in self.k_values, f"export.k={self.k} must be one of export.k_values={list(self.k_values)}")
+        _require(self.weight_law in ("dirichlet", "instahide"), f"export.weight_law must be 'dirichlet' or 'instahide', got {self.weight_law!r}")
+        _require(self.cap is None or 0 < self.cap <= 1, "export.cap must be in (0, 1] or null")
+        _require(self.stats_images >= 1, "export.stats_images must be >= 1")
+        _require(self.opset >= 17, "export.opset must be >= 17")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskParams:
+    """Applying an exported masker to image folders (``fmix mask``)."""
+
+    batch_size: int = 256  # faces per batch; mixing partners come from the same batch; one shard each
+    seed: int = 0  # the random parts (partners, weights, signs, permutations, policy draws)
+    mix: bool = True  # false: mask only (verification and enrolment faces)
+    previews: int = 16  # PNG visualisations of the first protected samples
+    anonymize: bool = False  # keyed-hash sample names (key from FMIX_NAME_KEY) instead of identity/file names
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
+        _require(self.previews >= 0, "mask.previews must be >= 0")
+
+
+SECTIONS: dict[str, type] = {"align": AlignParams, "split": SplitParams, "export": ExportParams, "mask": MaskParams}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -143,10 +188,20 @@ def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: 
 
 def defaults_as_dict() -> dict[str, dict[str, Any]]:
     """Every section's defaults, as ``params.yaml`` should hold them."""
-    return {name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()}
+    return {name: _plain(dataclasses.asdict(cls())) for name, cls in SECTIONS.items()}
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, as YAML holds them."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in allowed:

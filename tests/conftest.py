@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-LFW = REPO.parent / "shared" / "data" / "lfw"
-LFW_IMAGES = LFW / "images_deepfunneled"
-# Identities with many photos, sorted by name: a stable small real sample.
-SAMPLE_IDENTITIES = (
-    "Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo", "Andre_Agassi", "Angelina_Jolie",
-    "Ariel_Sharon", "Arnold_Schwarzenegger", "Atal_Bihari_Vajpayee", "Bill_Clinton", "Carlos_Menem",
-)
+from fmix_testing import LFW_IMAGES, copy_sample
 
 
 def pytest_configure(config):
     if not LFW_IMAGES.is_dir():
         raise pytest.UsageError(f"the shared LFW data is missing: {LFW_IMAGES} (see ../shared/data/README.md)")
-
-
-def copy_sample(dst: Path, identities=SAMPLE_IDENTITIES, per_identity: int = 6) -> Path:
-    """Copy the first ``per_identity`` photos of each identity into ``dst/<identity>/``."""
-    for name in identities:
-        (dst / name).mkdir(parents=True, exist_ok=True)
-        for path in sorted((LFW_IMAGES / name).iterdir())[:per_identity]:
-            shutil.copy(path, dst / name / path.name)
-    return dst
 
 
 @pytest.fixture(scope="session")
@@ -47,54 +30,3 @@ def aligned_sample(tmp_path_factory, lfw_sample) -> Path:
     align_folder(lfw_sample, out, AlignParams(workers=1), progress=False)
     return out
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels but holds no data: a decompression bomb's header."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def make_bad_input_zoo(folder: Path, photo: Path) -> dict[str, str]:
-    """Write the bad-input zoo next to a real photo; returns file name -> expected alignment status."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    data = photo.read_bytes()
-    rgb = Image.open(photo).convert("RGB")
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
-    (folder / "notes.txt").write_text("not an image\n")
-    (folder / "bomb.png").write_bytes(png_header_only(60000, 60000))
-    rgb.convert("L").save(folder / "gray.png")
-    rgb.convert("CMYK").save(folder / "cmyk.jpg")
-    rgb.convert("RGBA").save(folder / "rgba.png")
-    rgb.convert("P").save(folder / "palette.png")
-    wide = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(wide).save(folder / "gray16.png")
-    # Stored rotated 90 degrees, with the EXIF orientation that tells viewers to turn it back.
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    rgb.transpose(Image.Transpose.ROTATE_90).save(folder / "exif_rotated.jpg", exif=exif, quality=95)
-    Image.new("RGB", (250, 250), (120, 160, 200)).save(folder / "no_face.png")
-    return {
-        "empty.jpg": "empty_file",
-        "truncated.jpg": "corrupt",
-        "garbage.jpg": "not_an_image",
-        "notes.txt": "not_an_image",
-        "bomb.png": "too_large",
-        "gray.png": "ok",
-        "cmyk.jpg": "ok",
-        "rgba.png": "ok",
-        "palette.png": "ok",
-        "gray16.png": "ok",
-        "exif_rotated.jpg": "ok",
-        "no_face.png": "no_face",
-    }

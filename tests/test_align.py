@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import LFW_IMAGES, copy_sample, make_bad_input_zoo
+from fmix_testing import LFW_IMAGES, copy_sample, make_bad_input_zoo
 from fmix.data.align import (
     ARCFACE_TEMPLATE,
     align_folder,

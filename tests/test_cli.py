@@ -4,7 +4,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from conftest import copy_sample
+from fmix_testing import copy_sample
 from fmix import __version__
 from fmix.cli import app
 
@@ -61,3 +61,23 @@ def test_split_reports_missing_alignment(tmp_path):
     assert result.exit_code == 1 and "run `fmix align` first" in result.output
     result = runner.invoke(app, ["split", str(tmp_path), str(tmp_path / "s"), "--pairs", "both"])
     assert result.exit_code == 1 and "split.pairs must be 'heldout' or 'lfw'" in result.output
+
+
+def test_export_and_mask_commands(aligned_sample, tmp_path):
+    public = tmp_path / "public.csv"
+    public.write_text("path,identity\n" + "".join(f"{p.relative_to(aligned_sample).as_posix()},x\n" for p in sorted(aligned_sample.glob("B*/*.png"))))
+    result = runner.invoke(app, ["export", str(aligned_sample), str(public), str(tmp_path / "m.onnx"), "--k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "masker: 174 of 192 channels kept, 14x14 maps, statistics from 6 public faces" in result.output
+    result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--masker", str(tmp_path / "m.onnx"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert 'protected 60 of 60 faces (mixed, k histogram {"3": 60}); skipped: none' in result.output
+    result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "plain"), "-m", str(tmp_path / "m.onnx"), "--no-mix", "-q"])
+    assert result.exit_code == 0 and 'masked only, k histogram {"1": 60}' in result.output
+
+
+def test_mask_command_errors(aligned_sample, tmp_path):
+    result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--masker", str(tmp_path / "none.onnx")])
+    assert result.exit_code == 1 and "error: masker not found" in result.output
+    result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--anonymize", "-m", str(tmp_path / "none.onnx")], env={"FMIX_NAME_KEY": ""})
+    assert result.exit_code == 1 and "error: anonymized names need a key: set FMIX_NAME_KEY" in result.output

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LFW_IMAGES, make_bad_input_zoo
+from fmix_testing import LFW_IMAGES, make_bad_input_zoo
 from fmix.data.images import ImageReadError, list_identity_folders, read_rgb, write_png_atomic
 
 PHOTO = LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg"

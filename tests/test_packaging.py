@@ -2,7 +2,7 @@ import tomllib
 
 import yaml
 
-from conftest import REPO
+from fmix_testing import REPO
 
 
 def _pyproject():

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from conftest import REPO
+from fmix_testing import REPO
 from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, defaults_as_dict, load_section, section_from_mapping
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_sample
+from fmix_testing import REPO, copy_sample
 
 PIPELINE_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "fmix")
 
@@ -46,7 +46,7 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
 
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
-    assert list(dvc) == ["align", "split"]
+    assert list(dvc) == ["align", "split", "export", "mask"]
     assert _snakemake_commands(REPO) == dvc
 
 
@@ -88,6 +88,10 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert len(aligned) == 40
     assert "aligned 40 of 40 photos" in (tiny_pipeline / "logs" / "align.log").read_text()
     assert (tiny_pipeline / "data" / "splits" / "pairs.csv").read_text().count("\n") == 1 + 8
+    protected = tiny_pipeline / "data" / "protected" / "train"
+    train_rows = (tiny_pipeline / "data" / "splits" / "private_train.csv").read_text().count("\n") - 1
+    assert (protected / "index.csv").read_text().count("\n") == 1 + train_rows
+    assert "k histogram" in (tiny_pipeline / "logs" / "mask.log").read_text()
 
 
 @pytest.mark.slow

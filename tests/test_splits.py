@@ -3,7 +3,7 @@ import filecmp
 
 import pytest
 
-from conftest import LFW
+from fmix_testing import LFW
 from fmix.data.align import AlignResult, MANIFEST
 from fmix.data.splits import heldout_pairs, lfw_pairs, make_split, read_lfw_pairs, read_pairs, split_identities, write_split
 from fmix.params import SplitParams

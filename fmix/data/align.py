@@ -98,6 +98,24 @@ def warp_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.nda
     return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+class PhotoAligner:
+    """Callable photo -> aligned face (or None when no face is found), for in-memory use.
+
+    Args:
+        params: alignment parameters (detector threshold, output size).
+    """
+
+    def __init__(self, params: AlignParams) -> None:
+        from fmix.data.detect import RetinaFaceDetector
+
+        self.size = params.size
+        self.detector = RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=1)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        face = pick_central_face(self.detector.detect(rgb), rgb.shape[1], rgb.shape[0])
+        return None if face is None else warp_face(rgb, face.landmarks, self.size)
+
+
 def align_file(source: Path, identity: str, src_root: Path, dst_root: Path, detector: FaceDetector, params: AlignParams) -> AlignResult:
     """Detect, align and write one photo; every failure becomes a status, never an exception.
 

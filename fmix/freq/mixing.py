@@ -1,0 +1,504 @@
+"""Frequency MixUp (DESIGN 2.4): mix each masked anchor with ``k - 1`` partners of the batch.
+
+A protected training sample is ``x = sum_i w_i * m(a_i)`` over its anchor ``a_1`` and partners
+``a_2..a_k``; the label weights are the same ``w``. The number of constituents ``k`` may differ
+per sample (the strategy network picks it), so every tensor has ``k_max`` columns and the
+weights beyond a sample's ``k`` are zero.
+
+The random parts are drawn in one place, :func:`sample_mixing`, in a fixed order (partners,
+weights, sign mask) from an explicit ``torch.Generator``; applying them, :func:`apply_mixing`,
+is deterministic and uses only index_select / multiply / add, so a masker can export it to
+ONNX and feed it noise drawn outside. Nothing loops over samples.
+
+Noise is created on the generator's device and moved to the device of the labels, so one seed
+gives the same draw on CPU and CUDA when the generator is a CPU one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from fmix.freq._checks import check_float, check_int, check_integer, check_shape_bchw, check_tensor
+
+LAWS = ("dirichlet", "instahide")
+DEFAULT_CAP = 0.65
+RESAMPLE_ROUNDS = 32
+
+
+class PartnerDraw(NamedTuple):
+    """Partners of every anchor; see :func:`draw_partners`."""
+
+    partners: Tensor
+    fallback: Tensor
+
+
+class MixingDraw(NamedTuple):
+    """The random parts of one Frequency MixUp; see :func:`sample_mixing`."""
+
+    partners: Tensor
+    weights: Tensor
+    sign: Tensor | None
+    fallback: Tensor
+
+
+class MixedBatch(NamedTuple):
+    """A mixed batch and how it was made; see :func:`frequency_mixup`."""
+
+    x: Tensor
+    partners: Tensor
+    weights: Tensor
+    k: Tensor
+    sign: Tensor | None
+    fallback: Tensor
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _noise_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def _check_labels(labels: object) -> Tensor:
+    labels = check_tensor(labels, "labels")
+    check_integer(labels, "labels")
+    if labels.dim() != 1:
+        raise ValueError(f"Expected labels of shape (B,), got {tuple(labels.shape)}")
+    return labels
+
+
+def _check_k_max(k_max: object) -> int:
+    if check_int(k_max, "k_max") < 1:
+        raise ValueError(f"Expected k_max >= 1, got {k_max}")
+    return k_max
+
+
+def _check_k(k: object, batch: int, k_max: int, device: torch.device) -> Tensor:
+    """Per-sample k as a (B,) int64 tensor; an int is broadcast to the batch."""
+    if isinstance(k, int) and not isinstance(k, bool):
+        k = torch.full((batch,), k, dtype=torch.long, device=device)
+    k = check_tensor(k, "k")
+    check_integer(k, "k")
+    if k.shape != (batch,):
+        raise ValueError(f"Expected k of shape ({batch},), got {tuple(k.shape)}")
+    if batch and (k.min() < 1 or k.max() > k_max):
+        raise ValueError(f"Expected k in [1, {k_max}], got values in [{k.min()}, {k.max()}]")
+    return k.long()
+
+
+def _check_law(law: object) -> str:
+    if law not in LAWS:
+        raise ValueError(f"Expected law in {LAWS}, got {law!r}")
+    return law
+
+
+def _check_cap(cap: float | None, k: Tensor) -> None:
+    if cap is None:
+        return
+    if not isinstance(cap, (int, float)) or isinstance(cap, bool):
+        raise TypeError(f"Expected cap to be a float or None, got {type(cap).__name__}")
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"Expected cap in (0, 1], got {cap}")
+    mixed = k[k >= 2]
+    if mixed.numel() and cap * mixed.min().item() < 1.0 - 1e-9:
+        smallest = mixed.min().item()
+        raise ValueError(
+            f"cap {cap} is infeasible for k={smallest}: k weights on the simplex cannot all be "
+            f"<= cap when cap * k < 1 (need cap >= {1.0 / smallest:.4g})"
+        )
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _draw_simplex(law: str, active: Tensor, generator, dtype: torch.dtype) -> Tensor:
+    """Rows of positive raw draws on the active entries, normalised to sum 1."""
+    device = _noise_device(generator, active.device)
+    if law == "dirichlet":  # Exponential(1) = -log(1 - U); normalised: Dirichlet(1, ..., 1)
+        u = torch.rand(active.shape, generator=generator, device=device, dtype=dtype)
+        raw = -torch.log1p(-u)
+    else:  # InstaHide: |N(0, 1)| normalised
+        raw = torch.randn(active.shape, generator=generator, device=device, dtype=dtype).abs()
+    raw = raw.to(active.device).clamp_min(torch.finfo(dtype).tiny) * active
+    return raw / raw.sum(dim=1, keepdim=True)
+
+
+def _project_to_cap(weights: Tensor, active: Tensor, cap: float) -> Tensor:
+    """Clip at ``cap`` and hand the excess to the uncapped entries in proportion to them.
+
+    Each round either finishes or caps at least one more entry, so ``k_max`` rounds reach a
+    point on the simplex with every entry <= cap (feasible since cap * k >= 1).
+    """
+    tiny = torch.finfo(weights.dtype).tiny
+    for _ in range(weights.shape[1]):
+        weights = weights.clamp_max(cap)
+        excess = 1.0 - weights.sum(dim=1, keepdim=True)
+        free = weights * (active & (weights < cap))
+        weights = weights + free * (excess / free.sum(dim=1, keepdim=True).clamp_min(tiny))
+    return weights
+
+
+def mix_weights(
+    k: Tensor,
+    k_max: int,
+    law: str = "dirichlet",
+    cap: float | None = DEFAULT_CAP,
+    generator: torch.Generator | None = None,
+    resample_rounds: int = RESAMPLE_ROUNDS,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Mixing weights of every sample, on the simplex, with a cap on the largest.
+
+    Row ``b`` has ``k[b]`` positive weights in its first ``k[b]`` columns (summing to 1) and
+    zeros after. Laws: ``"dirichlet"`` draws Dirichlet(1, ..., 1), i.e. normalised
+    Exponential(1) variables ``-log(1 - U)``; ``"instahide"`` normalises ``|N(0, 1)|`` draws.
+
+    The cap ``max_i w_i <= cap`` (for ``k >= 2``) is enforced by rejection: rows that violate
+    it are redrawn, all at once, up to ``resample_rounds`` times, which samples the law
+    conditioned on the cap exactly. Rows still violating afterwards (about ``0.7**32 ~ 1e-5``
+    of the ``k=2`` rows for Dirichlet with cap 0.65; all rows when ``cap * k == 1``) are
+    projected: clipped at the cap with the excess spread over the uncapped entries in
+    proportion to their weights, repeated until it holds. Rows with ``k = 1`` are exactly
+    ``(1, 0, ..., 0)``.
+
+    Args:
+        k: number of constituents per sample, in [1, k_max] (k = 1: no mixing).
+        k_max: number of columns.
+        law: ``"dirichlet"`` or ``"instahide"``.
+        cap: largest allowed weight for ``k >= 2``, in (0, 1], or None for no cap.
+        generator: source of randomness (seeded for reproducibility).
+        resample_rounds: number of rejection rounds before projecting.
+        dtype: floating dtype of the weights.
+
+    Shape:
+        - k: :math:`(B,)`.
+        - Output: :math:`(B, k_{max})`.
+
+    Returns:
+        The weights, on the device of ``k``.
+
+    Raises:
+        ValueError: ``k`` out of [1, k_max], unknown law, cap out of (0, 1] or infeasible
+            (``cap * k < 1`` for some ``k >= 2``).
+    """
+    k_max = _check_k_max(k_max)
+    k = check_tensor(k, "k")
+    if k.dim() != 1:
+        raise ValueError(f"Expected k of shape (B,), got {tuple(k.shape)}")
+    k = _check_k(k, k.shape[0], k_max, k.device)
+    law = _check_law(law)
+    _check_cap(cap, k)
+    if check_int(resample_rounds, "resample_rounds") < 0:
+        raise ValueError(f"Expected resample_rounds >= 0, got {resample_rounds}")
+    active = torch.arange(k_max, device=k.device) < k[:, None]
+    weights = _draw_simplex(law, active, generator, dtype)
+    if cap is not None:
+        weights = _enforce_cap(weights, active, k >= 2, law, cap, generator, resample_rounds)
+    single = torch.zeros_like(weights)
+    single[:, 0] = 1.0
+    return torch.where((k == 1)[:, None], single, weights)
+
+
+def _enforce_cap(weights, active, capped_rows, law, cap, generator, rounds) -> Tensor:
+    def violating(w: Tensor) -> Tensor:
+        return capped_rows & (w.amax(dim=1) > cap)
+
+    for _ in range(rounds):
+        bad = violating(weights)
+        if not bad.any():
+            return weights
+        fresh = _draw_simplex(law, active, generator, weights.dtype)
+        weights = torch.where(bad[:, None], fresh, weights)
+    bad = violating(weights)
+    return torch.where(bad[:, None], _project_to_cap(weights, active, cap), weights)
+
+
+# --------------------------------------------------------------------------- partners
+
+
+def _distinct_ranks(batch: int, generator, device: torch.device) -> Tensor:
+    """(B, B) random scores in [0, 1), all distinct within a row (a random permutation)."""
+    noise = torch.rand(batch, batch, generator=generator, device=_noise_device(generator, device))
+    return noise.to(device).argsort(dim=1).argsort(dim=1).to(torch.float32) / batch
+
+
+def _identity_representatives(labels: Tensor, ranks: Tensor) -> Tensor:
+    """(B, B) bool: sample j is the top-ranked sample of its identity in row i."""
+    _, ids = torch.unique(labels, return_inverse=True)
+    ids = ids.expand_as(ranks)
+    best = ranks.new_full((ranks.shape[0], int(ids.max()) + 1), -1.0)
+    best = best.scatter_reduce(1, ids, ranks, reduce="amax")
+    return ranks == best.gather(1, ids)
+
+
+def draw_partners(
+    labels: Tensor,
+    k_max: int,
+    generator: torch.Generator | None = None,
+    other_identities: bool = True,
+) -> PartnerDraw:
+    """Draw ``k_max - 1`` mixing partners from the batch for every anchor.
+
+    Column 0 is the anchor itself. The other columns are picked by ranking every sample with
+    a random score plus a priority tier and taking the top ``k_max - 1``:
+
+    - with ``other_identities=True``: first one sample per other identity (so partners have
+      pairwise distinct identities, each identity equally likely whatever its number of
+      samples), then further samples of other identities, then samples of the anchor's own
+      identity (never the anchor itself);
+    - with ``other_identities=False``: any sample but the anchor, uniformly.
+
+    Guarantees: partners of a row differ from the anchor and from each other whenever
+    ``B - 1 >= k_max - 1``; they all have identities other than the anchor's whenever the
+    batch holds at least ``k_max - 1`` such samples, and pairwise distinct identities whenever
+    it holds ``k_max - 1`` other identities. When ``B - 1 < k_max - 1`` the ``B - 1`` other
+    samples are repeated cyclically. Rows that fall back (a partner of the anchor's identity
+    when ``other_identities``, or a repeat) are flagged in ``fallback`` for logging.
+
+    Args:
+        labels: identity label of every sample.
+        k_max: number of columns (anchor + partners), >= 1.
+        generator: source of randomness (seeded for reproducibility).
+        other_identities: prefer partners of other identities than the anchor's.
+
+    Shape:
+        - labels: :math:`(B,)`.
+        - Output: partners :math:`(B, k_{max})` int64 indices into the batch; fallback
+          :math:`(B,)` bool.
+
+    Returns:
+        ``PartnerDraw(partners, fallback)`` on the device of ``labels``.
+
+    Raises:
+        ValueError: ``B < 2`` while ``k_max >= 2``.
+    """
+    labels = _check_labels(labels)
+    k_max = _check_k_max(k_max)
+    batch, device = labels.numel(), labels.device
+    anchors = torch.arange(batch, device=device)
+    if k_max == 1:
+        return PartnerDraw(anchors[:, None], torch.zeros(batch, dtype=torch.bool, device=device))
+    if batch < 2:
+        raise ValueError(
+            f"Mixing with k_max={k_max} needs a batch of at least 2 samples, got {batch}"
+        )
+    # Two independent random orders: one elects each identity's representative, the other
+    # ranks candidates within a tier (reusing the first would favour large identities).
+    order = _distinct_ranks(batch, generator, device)
+    same = labels[:, None] == labels[None, :]
+    if other_identities:
+        election = _distinct_ranks(batch, generator, device)
+        representative = _identity_representatives(labels, election)
+        tiers = torch.where(same, 1.0, torch.where(representative, 3.0, 2.0))
+    else:
+        tiers = torch.ones_like(order)
+    is_anchor = torch.eye(batch, dtype=torch.bool, device=device)
+    scores = (tiers + order).masked_fill(is_anchor, -torch.inf)
+    available = min(k_max - 1, batch - 1)
+    chosen = scores.topk(available, dim=1).indices
+    repeated = available < k_max - 1
+    if repeated:
+        chosen = chosen[:, torch.arange(k_max - 1, device=device) % available]
+    fallback = torch.full((batch,), repeated, dtype=torch.bool, device=device)
+    if other_identities:
+        fallback |= (labels[chosen] == labels[:, None]).any(dim=1)
+    return PartnerDraw(torch.cat([anchors[:, None], chosen], dim=1), fallback)
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def _draw_sign(batch: int, shape: tuple[int, ...], generator, device, dtype) -> Tensor:
+    noise_device = _noise_device(generator, device)
+    bits = torch.randint(0, 2, (batch, *shape), generator=generator, device=noise_device)
+    return (bits.to(device=device, dtype=dtype) * 2.0) - 1.0
+
+
+def sample_mixing(
+    labels: Tensor,
+    k: Tensor | int,
+    k_max: int,
+    law: str = "dirichlet",
+    cap: float | None = DEFAULT_CAP,
+    sign_shape: tuple[int, ...] | None = None,
+    generator: torch.Generator | None = None,
+    other_identities: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> MixingDraw:
+    """All the random parts of one Frequency MixUp, drawn in a fixed order.
+
+    Draws, in this order from ``generator``: the partners (:func:`draw_partners`), the
+    weights (:func:`mix_weights`), and if ``sign_shape`` is given an InstaHide sign mask of
+    independent fair +-1 per coefficient. The same seed gives the same draw. These are the
+    secrets of a protected sample; :func:`apply_mixing` turns them into the sample.
+
+    Args:
+        labels: identity labels of the batch.
+        k: constituents per sample in [1, k_max] (an int applies to every sample).
+        k_max: number of columns, >= 1.
+        law: weight law, ``"dirichlet"`` or ``"instahide"``.
+        cap: largest weight for ``k >= 2`` (None: no cap).
+        sign_shape: shape ``(C, h, w)`` of one sample to draw a sign mask for, or None.
+        generator: source of randomness.
+        other_identities: prefer partners of other identities.
+        dtype: floating dtype of the weights and the sign mask.
+
+    Shape:
+        - labels, k: :math:`(B,)`.
+        - Output: partners and weights :math:`(B, k_{max})`, sign :math:`(B, *sign\\_shape)`,
+          fallback :math:`(B,)`.
+
+    Returns:
+        ``MixingDraw(partners, weights, sign, fallback)``; ``sign`` is None without
+        ``sign_shape``.
+    """
+    labels = _check_labels(labels)
+    k = _check_k(k, labels.numel(), _check_k_max(k_max), labels.device)
+    partners, fallback = draw_partners(labels, k_max, generator, other_identities)
+    weights = mix_weights(k, k_max, law, cap, generator, dtype=dtype)
+    sign = None
+    if sign_shape is not None:
+        sign = _draw_sign(labels.numel(), tuple(sign_shape), generator, labels.device, dtype)
+    return MixingDraw(partners, weights, sign, fallback)
+
+
+def apply_mixing(
+    x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None = None
+) -> Tensor:
+    """Mix samples with given partners, weights and sign mask (deterministic).
+
+    ``out[b] = sign[b] * sum_j weights[b, j] * x[partners[b, j]]``. Uses only index_select,
+    multiply and add (a loop over the ``k_max`` columns, never over samples), so it traces and
+    exports to ONNX. With weights ``(1, 0, ..., 0)``, ``partners[:, 0] = arange(B)`` and no sign
+    the output equals ``x`` exactly.
+
+    Args:
+        x: masked samples, floating dtype.
+        partners: indices into the batch; column 0 is normally the anchor.
+        weights: mixing weights (cast to the dtype of ``x``).
+        sign: optional +-1 mask applied after mixing.
+
+    Shape:
+        - x: :math:`(B, C, h, w)`.
+        - partners, weights: :math:`(B, k_{max})`.
+        - sign: :math:`(B, C, h, w)`.
+        - Output: :math:`(B, C, h, w)`.
+
+    Returns:
+        The mixed samples.
+    """
+    x = check_tensor(x, "x")
+    check_shape_bchw(x, "x")
+    check_float(x, "x")
+    partners, weights = check_tensor(partners, "partners"), check_tensor(weights, "weights")
+    check_integer(partners, "partners")
+    check_float(weights, "weights")
+    if partners.dim() != 2 or partners.shape[0] != x.shape[0] or weights.shape != partners.shape:
+        raise ValueError(
+            f"Expected partners and weights of shape ({x.shape[0]}, k_max), "
+            f"got {tuple(partners.shape)} and {tuple(weights.shape)}"
+        )
+    if sign is not None and check_tensor(sign, "sign").shape != x.shape:
+        raise ValueError(f"Expected sign of shape {tuple(x.shape)}, got {tuple(sign.shape)}")
+    weights = weights.to(dtype=x.dtype)[:, :, None, None, None]
+    mixed = weights[:, 0] * x.index_select(0, partners[:, 0])
+    for j in range(1, partners.shape[1]):
+        mixed = mixed + weights[:, j] * x.index_select(0, partners[:, j])
+    return mixed if sign is None else mixed * sign.to(dtype=x.dtype)
+
+
+def frequency_mixup(
+    x: Tensor,
+    labels: Tensor,
+    k: Tensor | int,
+    k_max: int,
+    law: str = "dirichlet",
+    cap: float | None = DEFAULT_CAP,
+    sign_flip: bool = False,
+    generator: torch.Generator | None = None,
+    other_identities: bool = True,
+) -> MixedBatch:
+    """Frequency MixUp of a batch of masked samples (DESIGN 2.4).
+
+    :func:`sample_mixing` then :func:`apply_mixing`. The label of sample ``b`` is the mixture
+    of ``labels[partners[b]]`` with ``weights[b]`` (:func:`mixed_label_targets` makes soft
+    targets from it).
+
+    Args:
+        x: masked samples, floating dtype.
+        labels: identity labels.
+        k: constituents per sample in [1, k_max] (an int applies to every sample).
+        k_max: number of columns, >= 1.
+        law: weight law, ``"dirichlet"`` or ``"instahide"``.
+        cap: largest weight for ``k >= 2`` (None: no cap).
+        sign_flip: multiply the mixed samples by a random +-1 mask per coefficient.
+        generator: source of randomness.
+        other_identities: prefer partners of other identities.
+
+    Shape:
+        - x: :math:`(B, C, h, w)`.
+        - labels, k: :math:`(B,)`.
+        - Output: x :math:`(B, C, h, w)`; partners, weights :math:`(B, k_{max})`; k and
+          fallback :math:`(B,)`; sign :math:`(B, C, h, w)` or None.
+
+    Returns:
+        ``MixedBatch(x, partners, weights, k, sign, fallback)``.
+    """
+    x = check_tensor(x, "x")
+    check_shape_bchw(x, "x")
+    check_float(x, "x")
+    labels = _check_labels(labels)
+    if labels.numel() != x.shape[0]:
+        raise ValueError(
+            f"Expected {x.shape[0]} labels for a batch of {x.shape[0]}, got {labels.numel()}"
+        )
+    k = _check_k(k, x.shape[0], _check_k_max(k_max), labels.device)
+    sign_shape = tuple(x.shape[1:]) if sign_flip else None
+    draw = sample_mixing(
+        labels, k, k_max, law, cap, sign_shape, generator, other_identities, dtype=x.dtype
+    )
+    partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
+    sign = None if draw.sign is None else draw.sign.to(x.device)
+    mixed = apply_mixing(x, partners, weights, sign)
+    return MixedBatch(mixed, draw.partners, draw.weights, k, draw.sign, draw.fallback)
+
+
+def mixed_label_targets(
+    labels: Tensor, partners: Tensor, weights: Tensor, num_classes: int
+) -> Tensor:
+    """Soft targets of mixed samples: ``target[b, labels[partners[b, j]]] += weights[b, j]``.
+
+    Args:
+        labels: class of every sample in [0, num_classes).
+        partners: mixing partners, indices into the batch.
+        weights: mixing weights.
+        num_classes: number of classes.
+
+    Shape:
+        - labels: :math:`(B,)`.
+        - partners, weights: :math:`(B, k_{max})`.
+        - Output: :math:`(B, num\\_classes)`.
+
+    Returns:
+        Soft targets, rows summing to the row sums of ``weights`` (1 for mixing weights).
+    """
+    labels = _check_labels(labels)
+    if check_int(num_classes, "num_classes") < 1:
+        raise ValueError(f"Expected num_classes >= 1, got {num_classes}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Expected labels in [0, {num_classes - 1}], "
+            f"got values in [{labels.min()}, {labels.max()}]"
+        )
+    check_integer(check_tensor(partners, "partners"), "partners")
+    check_float(check_tensor(weights, "weights"), "weights")
+    if partners.shape != weights.shape or partners.dim() != 2:
+        raise ValueError(
+            "Expected partners and weights of one shape (B, k_max), "
+            f"got {tuple(partners.shape)} and {tuple(weights.shape)}"
+        )
+    targets = weights.new_zeros(partners.shape[0], num_classes)
+    return targets.scatter_add(1, labels[partners], weights)

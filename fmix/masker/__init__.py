@@ -1,0 +1,1 @@
+"""The exportable masker (transform, masking, normalisation, k policy), its ONNX export and its use on folders."""

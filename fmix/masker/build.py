@@ -1,0 +1,100 @@
+"""Building a masker from parameters and public faces, and back from its stored metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from fmix import __version__
+from fmix.data.faces import load_faces
+from fmix.freq import FrequencyMask, RunningChannelStats, block_dct, select_channels
+from fmix.masker.module import FixedKPolicy, Masker
+from fmix.masker.protect import MixingConfig
+from fmix.params import ExportParams
+
+
+def faces_to_tensor(batch) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) float32 tensor in [0, 255]."""
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+
+
+def public_channel_stats(paths: list[Path], upsample: int, batch_size: int = 128) -> tuple[RunningChannelStats, int]:
+    """Per-channel statistics of the block DCT of public faces (the attacker-public split).
+
+    Args:
+        paths: aligned public faces.
+        upsample: the transform's ``u``.
+        batch_size: faces per step.
+
+    Returns:
+        The accumulated statistics and the number of faces used.
+    """
+    stats, used = RunningChannelStats(), 0
+    for start in range(0, len(paths), batch_size):
+        faces, loaded, _ = load_faces(paths[start : start + batch_size])
+        if loaded:
+            with torch.no_grad():
+                stats.update(block_dct(faces_to_tensor(faces), upsample))
+            used += len(loaded)
+    if used == 0:
+        raise ValueError("no readable public face to compute channel statistics from")
+    return stats, used
+
+
+def params_hash(params: ExportParams) -> str:
+    """Short hash of the masking parameters, stored with the masker."""
+    return hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_masker(params: ExportParams, stats: RunningChannelStats) -> Masker:
+    """Assemble the masker: channel selection, normalisation by public statistics, fixed-k policy.
+
+    Args:
+        params: the ``export`` parameters.
+        stats: public-face channel statistics (:func:`public_channel_stats`).
+
+    Returns:
+        The masker in eval mode.
+    """
+    energy = stats.energy.float() if params.keep_lowest_energy is not None else None
+    kept = select_channels(params.drop, params.low_freq_threshold, params.keep_lowest_energy, energy)
+    mean, std = stats.stats(kept)
+    mask = FrequencyMask(kept, mean.float(), std.float())
+    policy = FixedKPolicy(params.k, params.k_values)
+    return Masker(mask, params.upsample, policy, params.k_values).eval()
+
+
+def mixing_config(params: ExportParams) -> MixingConfig:
+    return MixingConfig(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels)
+
+
+def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int) -> dict[str, str]:
+    """The metadata stored in ``masker.onnx`` (all values JSON strings)."""
+    values = {
+        "fmix_version": __version__,
+        "input_size": input_size,
+        "upsample": masker.upsample,
+        "kept_channels": masker.mask.kept.tolist(),
+        "channel_mean": masker.mask.mean.tolist(),
+        "channel_std": masker.mask.std.tolist(),
+        "k_values": masker.k_values.tolist(),
+        "policy": f"fixed:{params.k}",
+        "mixing": mixing_config(params).to_dict(),
+        "params_hash": params_hash(params),
+        "export_params": asdict(params),
+        "public_faces_for_stats": public_faces,
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def mask_from_metadata(metadata: dict[str, str]) -> FrequencyMask:
+    """Rebuild the channel mask (for visualisation or the torch path) from stored metadata."""
+    return FrequencyMask(
+        torch.tensor(json.loads(metadata["kept_channels"])),
+        torch.tensor(json.loads(metadata["channel_mean"])),
+        torch.tensor(json.loads(metadata["channel_std"])),
+    )

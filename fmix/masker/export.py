@@ -1,0 +1,83 @@
+"""``fmix export``: the masker to ONNX, with its parameters in the model's metadata."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import torch
+
+from fmix.data.faces import read_face_list
+from fmix.io import atomic_write
+from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
+from fmix.masker.module import Masker
+from fmix.params import ExportParams
+
+INPUT_NAMES = ("images", "policy_noise")
+OUTPUT_NAMES = ("masked", "k")
+
+
+def export_onnx(masker: Masker, path: str | Path, metadata: dict[str, str], input_size: int = 112, opset: int = 18) -> None:
+    """Write the masker as an ONNX model with a dynamic batch dimension and metadata.
+
+    Inputs ``images`` (B, 3, S, S) float32 RGB in [0, 255] and ``policy_noise`` (B,) uniform
+    in [0, 1); outputs ``masked`` (B, K, h, w) float32 and ``k`` (B,) int64.
+
+    Args:
+        masker: the masker (eval mode).
+        path: destination ``.onnx`` file (written atomically).
+        metadata: key -> string, stored as the model's metadata_props.
+        input_size: side of the aligned faces.
+        opset: ONNX opset version.
+    """
+    import onnx
+
+    masker = masker.eval()
+    example = (torch.rand(2, 3, input_size, input_size) * 255, torch.rand(2))
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            masker,
+            example,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}, "policy_noise": {0: batch}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    model = program.model_proto
+    for key, value in sorted(metadata.items()):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    with atomic_write(path, "wb") as out:
+        out.write(model.SerializeToString())
+
+
+def export_masker(aligned: str | Path, public_csv: str | Path, out_path: str | Path, params: ExportParams, input_size: int = 112) -> dict:
+    """Compute public channel statistics, build the masker and export it.
+
+    Args:
+        aligned: output folder of ``fmix align``.
+        public_csv: the attacker-public split (``public.csv`` of ``fmix split``): statistics come
+            from public faces only, never from the private ones.
+        out_path: destination ``masker.onnx``.
+        params: ``export`` parameters.
+        input_size: side of the aligned faces.
+
+    Returns:
+        A summary: channels kept, faces used, file size.
+    """
+    rows = read_face_list(public_csv)
+    rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
+    stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
+    masker = build_masker(params, stats)
+    export_onnx(masker, out_path, masker_metadata(masker, params, input_size, used), input_size, params.opset)
+    return {
+        "kept_channels": masker.mask.num_kept,
+        "map_size": input_size * params.upsample // 8,
+        "public_faces_for_stats": used,
+        "bytes": Path(out_path).stat().st_size,
+    }

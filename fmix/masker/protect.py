@@ -1,0 +1,88 @@
+"""The random parts of protection, in one place for the torch and the ONNX Runtime paths.
+
+Order of draws from the generator, per batch: policy noise (B,), then the channel
+permutation (if enabled), then partners, weights and sign mask (:func:`fmix.freq.sample_mixing`).
+The same seed and batch give the same protected samples on either path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fmix.freq import apply_mixing, random_channel_permutation, sample_mixing
+
+
+@dataclass(frozen=True)
+class MixingConfig:
+    """How protected training samples are mixed (stored in the masker's metadata)."""
+
+    k_max: int
+    weight_law: str = "dirichlet"
+    cap: float | None = 0.65
+    sign_flip: bool = False
+    permute_channels: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProtectedBatch(NamedTuple):
+    """Protected samples with their mixed labels.
+
+    ``labels[b, j]`` is the identity label of constituent ``j`` of sample ``b`` with weight
+    ``weights[b, j]`` (beyond ``k[b]``: label -1, weight 0); which images were mixed is not kept.
+    ``fallback[b]`` is True where the batch had too few other identities, so a partner shares
+    the anchor's identity.
+    """
+
+    x: Tensor
+    k: Tensor
+    labels: Tensor
+    weights: Tensor
+    fallback: Tensor
+
+
+GraphFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: MixingConfig, generator: torch.Generator, mix: bool = True) -> ProtectedBatch:
+    """Mask a batch with the deterministic graph, then apply the random parts.
+
+    Args:
+        graph: (images, policy_noise) -> (masked, k): a :class:`~fmix.masker.module.Masker` or
+            an ONNX Runtime session wrapper.
+        images: aligned RGB faces in [0, 255].
+        labels: identity label of every face.
+        config: the mixing configuration.
+        generator: CPU generator, seeded by the caller.
+        mix: False masks without mixing (k = 1; verification and enrolment faces).
+
+    Shape:
+        - images: :math:`(B, 3, H, W)`.
+        - labels: :math:`(B,)`.
+        - Output: x :math:`(B, K, h, w)`; k :math:`(B,)`; labels and weights :math:`(B, k_{max})`.
+
+    Returns:
+        The protected batch (on the CPU).
+    """
+    batch = images.shape[0]
+    noise = torch.rand(batch, generator=generator)
+    masked, k = graph(images, noise)
+    if config.permute_channels:
+        permutation = random_channel_permutation(batch, masked.shape[1], generator)
+        masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
+    if not mix:
+        weights = torch.zeros(batch, config.k_max)
+        weights[:, 0] = 1.0
+        same = labels[:, None].expand(-1, config.k_max).clone()
+        return ProtectedBatch(masked, torch.ones_like(k), same, weights, torch.zeros(batch, dtype=torch.bool))
+    sign_shape = tuple(masked.shape[1:]) if config.sign_flip else None
+    draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator)
+    mixed = apply_mixing(masked, draw.partners, draw.weights, draw.sign)
+    unused = torch.arange(config.k_max)[None, :] >= k[:, None]
+    constituent_labels = labels[draw.partners].masked_fill(unused, -1)
+    return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback)

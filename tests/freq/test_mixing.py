@@ -1,0 +1,264 @@
+"""Tests of fmix.freq.mixing: weights, partners, Frequency MixUp, soft targets."""
+
+import pytest
+import torch
+
+from fmix.freq import (
+    apply_mixing,
+    draw_partners,
+    frequency_mixup,
+    mix_weights,
+    mixed_label_targets,
+    sample_mixing,
+)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def every_k(k_max: int, repeats: int) -> torch.Tensor:
+    return torch.arange(1, k_max + 1).repeat(repeats)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("law", ["dirichlet", "instahide"])
+@pytest.mark.parametrize("cap", [0.65, None])
+def test_weights_are_on_the_simplex_with_k_entries_under_the_cap(law, cap, generator):
+    k = every_k(6, 200)
+    weights = mix_weights(k, 6, law, cap, generator)
+    assert weights.shape == (1200, 6) and weights.dtype == torch.float32
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(1200), atol=1e-6, rtol=0)
+    assert (weights >= 0).all()
+    assert torch.equal((weights > 0).sum(dim=1), k)  # k positive weights, zeros beyond
+    mixed = weights[k >= 2]
+    if cap is not None:
+        assert mixed.max() <= cap + 1e-6
+    else:
+        assert mixed.max() > 0.9  # without the cap large weights do occur
+
+
+def test_k_equal_one_gives_exactly_one_weight(generator):
+    weights = mix_weights(torch.ones(5, dtype=torch.long), 4, generator=generator)
+    assert torch.equal(weights, torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 5))
+
+
+def test_capped_dirichlet_pair_is_uniform_on_the_allowed_interval(generator):
+    # Dirichlet(1, 1) conditioned on max <= 0.65: w_0 uniform on [0.35, 0.65].
+    first = mix_weights(torch.full((20000,), 2), 2, "dirichlet", 0.65, generator)[:, 0]
+    assert first.min() >= 0.35 - 1e-6 and first.max() <= 0.65 + 1e-6
+    assert first.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert (first < 0.45).float().mean().item() == pytest.approx(1 / 3, abs=0.015)
+
+
+def test_projection_enforces_the_cap_when_rejection_is_skipped(generator):
+    k = every_k(6, 100)[every_k(6, 100) >= 3]  # cap 0.4 is feasible from k = 3 on
+    weights = mix_weights(k, 6, "instahide", 0.4, generator, resample_rounds=0)
+    assert weights.max() <= 0.4 + 1e-6
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(k)), atol=1e-6, rtol=0)
+    assert torch.equal((weights > 0).sum(dim=1), k)
+
+
+def test_tight_cap_gives_uniform_weights(generator):
+    weights = mix_weights(torch.tensor([2, 2, 4]), 4, cap=0.5, generator=generator)
+    assert torch.allclose(weights[:2], torch.tensor([0.5, 0.5, 0.0, 0.0]), atol=1e-6)
+    assert weights[2].max() <= 0.5 + 1e-6
+
+
+def test_weights_are_reproducible(generator):
+    k = every_k(6, 10)
+    first = mix_weights(k, 6, generator=seeded(7))
+    assert torch.equal(first, mix_weights(k, 6, generator=seeded(7)))
+    assert not torch.equal(first, mix_weights(k, 6, generator=seeded(8)))
+    assert torch.float64 == mix_weights(k, 6, generator=generator, dtype=torch.float64).dtype
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"k": torch.tensor([2, 3]), "cap": 0.4}, ValueError, r"cap 0.4 is infeasible for k=2.*need cap >= 0.5"),
+        ({"k": torch.tensor([1, 7])}, ValueError, r"k in \[1, 6\], got values in \[1, 7\]"),
+        ({"k": torch.tensor([0, 2])}, ValueError, r"k in \[1, 6\]"),
+        ({"k": torch.tensor([2.0])}, TypeError, "k with an integer dtype"),
+        ({"k": torch.tensor([[2]])}, ValueError, r"k of shape \(B,\)"),
+        ({"k": torch.tensor([2]), "law": "beta"}, ValueError, r"law in \('dirichlet', 'instahide'\)"),
+        ({"k": torch.tensor([2]), "cap": 1.5}, ValueError, r"cap in \(0, 1\]"),
+        ({"k": torch.tensor([2]), "k_max": 0}, ValueError, "k_max >= 1"),
+    ],
+)
+def test_mix_weights_rejects_bad_arguments(kwargs, error, message):
+    arguments = {"k_max": 6, **kwargs}
+    with pytest.raises(error, match=message):
+        mix_weights(**arguments)
+
+
+def test_infeasible_cap_is_fine_when_only_larger_k_occur(generator):
+    weights = mix_weights(torch.tensor([1, 3, 4]), 4, cap=0.4, generator=generator)
+    assert weights[1:].max() <= 0.4 + 1e-6
+
+
+# --------------------------------------------------------------------------- partners
+
+
+def test_partners_are_distinct_other_identities(generator):
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 4, 5])
+    partners, fallback = draw_partners(labels, 5, generator)
+    assert partners.shape == (10, 5) and partners.dtype == torch.long
+    assert torch.equal(partners[:, 0], torch.arange(10))
+    for row in partners.tolist():
+        assert len(set(row)) == 5  # anchor and partners all distinct
+        identities = labels[row].tolist()
+        assert len(set(identities)) == 5  # 6 identities: partners of pairwise distinct others
+    assert not fallback.any()
+
+
+def test_each_other_identity_is_equally_likely_whatever_its_size():
+    labels = torch.tensor([0] + [1] * 8 + [2])  # anchor 0 picks identity 1 or 2
+    picked = torch.stack([draw_partners(labels, 2, seeded(s)).partners[0, 1] for s in range(400)])
+    share_of_two = (labels[picked] == 2).float().mean().item()
+    assert share_of_two == pytest.approx(0.5, abs=0.1)  # sample-uniform would give 1/9
+
+
+def test_fallback_to_same_identity_is_flagged(generator):
+    labels = torch.tensor([0, 0, 0, 1])
+    partners, fallback = draw_partners(labels, 3, generator)
+    assert fallback.tolist() == [True, True, True, False]
+    for anchor in range(3):  # the single other-identity sample comes first
+        assert partners[anchor, 1].item() == 3
+        assert anchor not in partners[anchor, 1:].tolist()
+    assert set(partners[3, 1:].tolist()) <= {0, 1, 2}
+
+
+def test_too_small_batch_repeats_partners_and_flags_them(generator):
+    partners, fallback = draw_partners(torch.tensor([4, 9]), 4, generator)
+    assert partners.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
+    assert fallback.all()
+
+
+def test_partners_without_identity_preference(generator):
+    labels = torch.zeros(6, dtype=torch.long)
+    partners, fallback = draw_partners(labels, 4, generator, other_identities=False)
+    assert not fallback.any()
+    for anchor, row in enumerate(partners.tolist()):
+        assert row[0] == anchor and len(set(row)) == 4
+
+
+def test_partner_errors_and_trivial_case(generator):
+    with pytest.raises(ValueError, match="at least 2 samples, got 1"):
+        draw_partners(torch.tensor([3]), 2, generator)
+    with pytest.raises(ValueError, match=r"labels of shape \(B,\)"):
+        draw_partners(torch.zeros(2, 2, dtype=torch.long), 2, generator)
+    partners, fallback = draw_partners(torch.tensor([3]), 1, generator)
+    assert partners.tolist() == [[0]] and not fallback.any()
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def test_mixup_equals_the_weighted_sum_of_partners(generator):
+    x = torch.randn(8, 5, 3, 3, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    k = torch.tensor([1, 2, 3, 4, 4, 3, 2, 1])
+    batch = frequency_mixup(x, labels, k, 4, generator=generator)
+    assert batch.x.shape == x.shape and batch.sign is None and torch.equal(batch.k, k)
+    rows = zip(batch.partners, batch.weights)
+    expected = torch.stack([sum(w * x[p] for p, w in zip(partners, weights)) for partners, weights in rows])
+    torch.testing.assert_close(batch.x, expected)
+    assert torch.equal(batch.x[k == 1], x[k == 1])  # unmixed samples untouched
+
+
+def test_k_one_without_sign_returns_the_input(generator):
+    x = torch.randn(6, 4, 2, 2, generator=generator)
+    batch = frequency_mixup(x, torch.arange(6), 1, 6, generator=generator)
+    assert torch.equal(batch.x, x)
+
+
+def test_sign_flip_multiplies_the_mix_by_plus_or_minus_one(generator):
+    x = torch.randn(6, 4, 2, 2, generator=generator)
+    labels, k = torch.arange(6), torch.full((6,), 3)
+    signed = frequency_mixup(x, labels, k, 3, sign_flip=True, generator=seeded(5))
+    plain = apply_mixing(x, signed.partners, signed.weights)
+    assert signed.sign.shape == x.shape and set(signed.sign.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(signed.x, plain * signed.sign)
+
+
+def test_mixup_is_reproducible(generator):
+    x = torch.randn(6, 4, 2, 2, generator=generator)
+    labels, k = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([2, 3, 2, 3, 2, 3])
+    first = frequency_mixup(x, labels, k, 3, sign_flip=True, generator=seeded(3))
+    again = frequency_mixup(x, labels, k, 3, sign_flip=True, generator=seeded(3))
+    other = frequency_mixup(x, labels, k, 3, sign_flip=True, generator=seeded(4))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first.x, other.x)
+
+
+def test_sample_mixing_draws_everything_a_masker_needs(generator):
+    k = torch.tensor([1, 2, 3, 3])
+    draw = sample_mixing(torch.arange(4), k, 3, sign_shape=(2, 3, 3), generator=generator)
+    assert draw.partners.shape == draw.weights.shape == (4, 3)
+    assert draw.sign.shape == (4, 2, 3, 3)
+    assert not draw.fallback.any()
+    assert sample_mixing(torch.arange(4), 2, 3, generator=generator).sign is None
+
+
+def test_gradient_flows_through_mixing(generator):
+    x = torch.randn(4, 3, 2, 2, generator=generator, requires_grad=True)
+    batch = frequency_mixup(x, torch.arange(4), 2, 2, generator=generator)
+    batch.x.sum().backward()
+    # Every sample's gradient is the total weight it received across the batch.
+    received = torch.zeros(4).index_add(0, batch.partners.flatten(), batch.weights.flatten())
+    torch.testing.assert_close(x.grad[:, 0, 0, 0], received)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x: frequency_mixup(x, torch.arange(3), 2, 2), r"4 labels for a batch of 4, got 3"),
+        (lambda x: frequency_mixup(x[0], torch.arange(4), 2, 2), r"x of shape \(B, C, H, W\)"),
+        (lambda x: apply_mixing(x, torch.zeros(4, 2).long(), torch.ones(4, 3)), "partners and weights of shape"),
+        (lambda x: apply_mixing(x, torch.zeros(4, 1).long(), torch.ones(4, 1), torch.ones(4, 3)), "sign of shape"),
+    ],
+)
+def test_mixing_rejects_bad_shapes(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(torch.zeros(4, 3, 2, 2))
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_mixed_label_targets_by_hand():
+    labels = torch.tensor([2, 0, 2])
+    partners = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    weights = torch.tensor([[0.5, 0.3, 0.2], [1.0, 0.0, 0.0], [0.6, 0.4, 0.0]])
+    targets = mixed_label_targets(labels, partners, weights, 4)
+    expected = torch.tensor([[0.3, 0.0, 0.7, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    torch.testing.assert_close(targets, expected)
+
+
+def test_mixed_label_targets_sum_to_one(generator):
+    labels = torch.randint(0, 5, (32,), generator=generator)
+    batch = frequency_mixup(torch.zeros(32, 1, 1, 1), labels, every_k(4, 8), 4, generator=generator)
+    targets = mixed_label_targets(labels, batch.partners, batch.weights, 5)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(32))
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\]"):
+        mixed_label_targets(labels, batch.partners, batch.weights, 4)
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixup_matches_cpu_with_a_cpu_generator():
+    x = torch.randn(16, 8, 4, 4, generator=seeded(0))
+    labels, k = torch.arange(16) % 5, every_k(4, 4)
+    cpu = frequency_mixup(x, labels, k, 4, sign_flip=True, generator=seeded(1))
+    gpu = frequency_mixup(x.cuda(), labels.cuda(), k.cuda(), 4, sign_flip=True, generator=seeded(1))
+    assert gpu.x.device.type == "cuda" and gpu.partners.device.type == "cuda"
+    assert torch.equal(gpu.partners.cpu(), cpu.partners)
+    torch.testing.assert_close(gpu.x.cpu(), cpu.x)
+    cuda_generator = torch.Generator("cuda").manual_seed(1)
+    on_device = frequency_mixup(x.cuda(), labels.cuda(), k.cuda(), 4, generator=cuda_generator)
+    torch.testing.assert_close(on_device.weights.sum(dim=1), torch.ones(16, device="cuda"))

@@ -1,0 +1,222 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fmix_testing import LFW_IMAGES, copy_sample
+from fmix.data.images import read_rgb
+from fmix.masker.apply import OnnxMasker, protect_folder, sample_name
+from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_metadata, params_hash, public_channel_stats
+from fmix.masker.export import export_masker, export_onnx
+from fmix.masker.module import FixedKPolicy, sample_k
+from fmix.masker.protect import MixingConfig, protect_batch
+from fmix.params import AlignParams, ExportParams, MaskParams
+
+
+def _public_csv(aligned, path, identities=("Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo")):
+    lines = ["path,identity"] + [f"{p.relative_to(aligned).as_posix()},{name}" for name in identities for p in sorted((aligned / name).glob("*.png"))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _faces(aligned, count=5):
+    files = sorted(aligned.glob("*/*.png"))[:count]
+    return faces_to_tensor(np.stack([read_rgb(f) for f in files]))
+
+
+@pytest.fixture(scope="module")
+def masker_file(aligned_sample, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("masker")
+    export_masker(aligned_sample, _public_csv(aligned_sample, folder / "public.csv"), folder / "masker.onnx", ExportParams())
+    return folder / "masker.onnx"
+
+
+def test_sample_k_reference_values():
+    probs = torch.tensor([[0.2, 0.3, 0.5]]).expand(5, -1)
+    noise = torch.tensor([0.0, 0.1, 0.25, 0.6, 0.99])
+    assert sample_k(probs, noise, torch.tensor([2, 4, 6])).tolist() == [2, 2, 4, 6, 6]
+    one_hot = torch.tensor([[0.0, 1.0, 0.0]]).expand(3, -1)
+    assert sample_k(one_hot, torch.tensor([0.0, 0.5, 0.999]), torch.tensor([2, 3, 4])).tolist() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("upsample", [1, 2, 8])
+def test_fused_convolution_equals_mask_of_block_dct(upsample):
+    from fmix.freq import FrequencyMask, block_dct, select_channels
+    from fmix.masker.module import Masker
+
+    kept = select_channels(low_freq_threshold=1)
+    generator = torch.Generator().manual_seed(0)
+    mask = FrequencyMask(kept, torch.randn(kept.numel(), generator=generator), torch.rand(kept.numel(), generator=generator) + 0.5)
+    masker = Masker(mask, upsample, FixedKPolicy(2, (2, 3)), (2, 3)).double()
+    images = torch.rand(2, 3, 32, 24, generator=generator, dtype=torch.float64) * 255
+    expected = mask.double()(block_dct(images, upsample))
+    torch.testing.assert_close(masker.masked(images), expected, rtol=0, atol=1e-9)
+
+
+def test_fixed_k_policy_checks_k():
+    with pytest.raises(ValueError, match=r"k=7 must be one of k_values=\[2, 3\]"):
+        FixedKPolicy(7, (2, 3))
+
+
+def test_export_metadata_and_onnx_parity(masker_file, aligned_sample):
+    onnx_masker = OnnxMasker(masker_file)
+    meta = onnx_masker.metadata
+    assert len(json.loads(meta["kept_channels"])) == 174 and json.loads(meta["upsample"]) == 1
+    assert json.loads(meta["k_values"]) == [2, 3, 4, 5, 6] and json.loads(meta["policy"]) == "fixed:2"
+    assert json.loads(meta["params_hash"]) == params_hash(ExportParams())
+    assert json.loads(meta["public_faces_for_stats"]) == 18
+    images, noise = _faces(aligned_sample, 5), torch.rand(5)
+    masked, k = onnx_masker(images, noise)
+    torch_mask = mask_from_metadata(meta)
+    from fmix.freq import block_dct
+
+    expected = torch_mask.double()(block_dct(images.double()))
+    assert masked.shape == (5, 174, 14, 14) and k.tolist() == [2] * 5
+    # Float32 limit: the error is measured against float64, relative to the output's scale.
+    assert _relative_error(masked, expected) < 1e-5
+    # Normalised by public statistics: roughly zero mean, unit variance on these faces.
+    assert abs(masked.mean().item()) < 0.2 and 0.5 < masked.std().item() < 1.5
+
+
+def test_export_parity_at_u8_and_dynamic_batch(aligned_sample, tmp_path):
+    params = ExportParams(upsample=8, keep_lowest_energy=36, k=4)
+    stats, _ = public_channel_stats(sorted(aligned_sample.glob("A*/*.png")), 8)
+    masker = build_masker(params, stats)
+    export_onnx(masker, tmp_path / "m8.onnx", masker_metadata(masker, params, 112, 18), 112, params.opset)
+    onnx_masker = OnnxMasker(tmp_path / "m8.onnx")
+    for batch in (1, 3):
+        images, noise = _faces(aligned_sample, batch), torch.rand(batch)
+        masked, k = onnx_masker(images, noise)
+        expected, expected_k = masker(images, noise)
+        assert masked.shape == (batch, 36, 112, 112) and k.tolist() == [4] * batch == expected_k.tolist()
+        assert _relative_error(masked, expected) < 1e-5
+
+
+def _relative_error(actual, expected):
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sample):
+    onnx_masker = OnnxMasker(masker_file)
+    images = _faces(aligned_sample, 8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    config = MixingConfig(k_max=6, sign_flip=True, permute_channels=True)
+
+    def run(graph, seed):
+        return protect_batch(graph, images, labels, config, torch.Generator().manual_seed(seed))
+
+    a, b, c = run(onnx_masker, 1), run(onnx_masker, 1), run(onnx_masker, 2)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    meta = onnx_masker.metadata
+    torch_masker = build_masker(ExportParams(), _stats_like(meta))
+    t = run(torch_masker, 1)
+    assert _relative_error(t.x, a.x) < 1e-5 and torch.equal(t.weights, a.weights)
+    np.testing.assert_allclose(a.weights.sum(1).numpy(), 1.0, atol=1e-6)
+    assert (a.weights.max(1).values <= 0.65 + 1e-6).all()
+    assert (a.labels[:, 2:] == -1).all() and (a.labels[:, :2] >= 0).all()
+    assert (a.labels[:, 0] != a.labels[:, 1]).all()  # partners of another identity
+
+
+def _stats_like(meta):
+    """A stats object reproducing the stored normalisation (for building the torch masker)."""
+    from fmix.freq import RunningChannelStats
+
+    kept = json.loads(meta["kept_channels"])
+    stats = RunningChannelStats()
+    stats.count = 1
+    stats._mean = torch.zeros(192, dtype=torch.float64)
+    stats._mean[kept] = torch.tensor(json.loads(meta["channel_mean"]), dtype=torch.float64)
+    std = torch.ones(192, dtype=torch.float64)
+    std[kept] = torch.tensor(json.loads(meta["channel_std"]), dtype=torch.float64)
+    stats._m2 = std.square()
+    return stats
+
+
+@pytest.fixture()
+def mask_input(aligned_sample, tmp_path):
+    """Aligned faces of 5 identities plus bad files: truncated, not an image, an unaligned photo."""
+    src = tmp_path / "in"
+    for name in ("Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo", "Andre_Agassi", "Angelina_Jolie"):
+        shutil.copytree(aligned_sample / name, src / name)
+    bad = src / "Bad_Person"
+    bad.mkdir()
+    good = (src / "Alvaro_Uribe" / "Alvaro_Uribe_0001.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    (bad / "readme.txt").write_text("hello")
+    shutil.copy(LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg", bad / "photo.jpg")
+    return src
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, tmp_path):
+    before = _snapshot(mask_input)
+    out = tmp_path / "out"
+    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False)
+    assert _snapshot(mask_input) == before
+    assert summary["inputs"] == 33 and summary["protected"] == 30
+    assert summary["skipped_by_status"] == {"corrupt": 1, "not_an_image": 1, "wrong_size": 1}
+    assert summary["k_histogram"] == {"2": 30} and summary["shards"] == 3
+    index = (out / "index.csv").read_text().splitlines()
+    assert len(index) == 31
+    shard = np.load(out / "shard-00000.npy")
+    assert shard.dtype == np.float16 and shard.shape[1:] == (174, 14, 14)
+    assert sorted(json.loads((out / "labels.json").read_text())) == sorted(p.name for p in mask_input.iterdir())
+    previews = sorted((out / "previews").glob("*.png"))
+    assert len(previews) == 3
+    assert all(not Image.open(p).getexif() and Image.open(p).size == (112, 112) for p in previews)
+    # Resume: a lost shard is redone, identically; the others are kept.
+    first = np.load(out / "shard-00002.npy")
+    (out / "shard-00002.json").unlink()
+    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False)
+    assert again["protected"] == 30
+    np.testing.assert_array_equal(np.load(out / "shard-00002.npy"), first)
+    with pytest.raises(ValueError, match=r"holds another run \(seed: 0 -> 1\)"):
+        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, seed=1), progress=False)
+
+
+def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_path):
+    src = copy_sample(tmp_path / "in", identities=("Andre_Agassi",), per_identity=0)
+    shutil.copytree(aligned_sample / "Andre_Agassi", src / "Andre_Agassi", dirs_exist_ok=True)
+    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(mix=False, previews=0), dtype="float32", progress=False)
+    assert summary["k_histogram"] == {"1": 6}
+    rows = (tmp_path / "out" / "index.csv").read_text().splitlines()[1:]
+    names = [row.split(",")[0] for row in rows]
+    images = faces_to_tensor(np.stack([read_rgb(src / f"{name}.png") for name in names]))
+    expected, _ = OnnxMasker(masker_file)(images, torch.zeros(len(names)))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "shard-00000.npy"), expected.numpy(), atol=1e-6)
+    assert all(row.endswith("1.0 0.0 0.0 0.0 0.0 0.0") for row in rows)
+
+
+def test_mask_anonymized_names(mask_input, masker_file, tmp_path):
+    with pytest.raises(ValueError, match="anonymized names need a key: set FMIX_NAME_KEY"):
+        protect_folder(mask_input, tmp_path / "o1", masker_file, MaskParams(anonymize=True), progress=False)
+    protect_folder(mask_input, tmp_path / "o2", masker_file, MaskParams(anonymize=True, previews=2), name_key=b"secret", progress=False)
+    text = (tmp_path / "o2" / "index.csv").read_text() + (tmp_path / "o2" / "summary.json").read_text()
+    assert "Alvaro" not in text and "Bad_Person" not in text
+    assert not (tmp_path / "o2" / "labels.json").exists()
+    assert sample_name("Alvaro_Uribe/Alvaro_Uribe_0001.png", b"secret") != sample_name("Alvaro_Uribe/Alvaro_Uribe_0001.png", b"other")
+    assert len(sample_name("a/b.png", b"k")) == 20
+
+
+def test_mask_aligns_raw_photos_in_memory(masker_file, tmp_path):
+    src = copy_sample(tmp_path / "photos", identities=("Ariel_Sharon", "Bill_Clinton"), per_identity=3)
+    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(previews=0), align=AlignParams(), progress=False)
+    assert summary["protected"] == 6 and summary["skipped"] == 0
+
+
+def test_mask_errors(mask_input, masker_file, tmp_path):
+    with pytest.raises(ValueError, match="must not be inside the input folder"):
+        protect_folder(mask_input, mask_input / "out", masker_file, MaskParams(), progress=False)
+    with pytest.raises(FileNotFoundError, match="masker not found"):
+        protect_folder(mask_input, tmp_path / "o", tmp_path / "none.onnx", MaskParams(), progress=False)
+    (tmp_path / "fake.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="is not a valid ONNX masker"):
+        protect_folder(mask_input, tmp_path / "o", tmp_path / "fake.onnx", MaskParams(), progress=False)
+    with pytest.raises(ValueError, match="dtype must be 'float16' or 'float32'"):
+        protect_folder(mask_input, tmp_path / "o", masker_file, MaskParams(), dtype="int8", progress=False)
