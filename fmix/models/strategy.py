@@ -1,0 +1,190 @@
+"""The strategy (policy) network: how many faces to mix, per sample (DESIGN 2.5, 3).
+
+A small CNN reads the masked anchor and the training progress and outputs a categorical
+distribution over ``k`` in ``k_values`` (default {2, ..., 6}). It is trained with REINFORCE
+(:mod:`fmix.models.reinforce`). It is meant to be cheap next to the FR network: a 1x1
+convolution first reduces the channels to ``hidden``, then two strided 3x3 convolutions,
+global average pooling and a two-layer MLP that also sees the progress.
+
+The last layer starts at zero, so the initial policy is uniform over ``k_values``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fmix.models._checks import check_float, check_int, check_integer, check_tensor, is_tracing
+
+DEFAULT_K_VALUES = (2, 3, 4, 5, 6)
+
+
+class StrategyNetwork(nn.Module):
+    """Policy over the number of mixed faces ``k``.
+
+    Args:
+        in_channels: channels of the masked anchor.
+        k_values: the actions, distinct ints >= 1 in increasing order.
+        hidden: channels of the convolutions and width of the MLP.
+
+    Example:
+        >>> import torch
+        >>> policy = StrategyNetwork(36)
+        >>> policy(torch.randn(4, 36, 14, 14), 0.5).shape
+        torch.Size([4, 5])
+    """
+
+    def __init__(self, in_channels: int, k_values: tuple[int, ...] | list[int] = DEFAULT_K_VALUES, hidden: int = 32) -> None:
+        super().__init__()
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        check_int(hidden, "hidden", minimum=1)
+        if not isinstance(k_values, (tuple, list)) or not k_values:
+            raise ValueError(f"Expected k_values to be a non-empty sequence of ints, got {k_values!r}")
+        for k in k_values:
+            check_int(k, "every entry of k_values", minimum=1)
+        if list(k_values) != sorted(set(k_values)):
+            raise ValueError(f"Expected k_values distinct and increasing, got {tuple(k_values)}")
+        self.k_values = tuple(k_values)
+        self.register_buffer("k_table", torch.tensor(self.k_values, dtype=torch.long))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    # ----------------------------------------------------------------------- checks
+
+    def _check_input(self, x: object) -> Tensor:
+        x = check_tensor(x, "x")
+        check_float(x, "x")
+        if not is_tracing() and (x.dim() != 4 or x.shape[1] != self.in_channels):
+            raise ValueError(f"Expected x of shape (B, {self.in_channels}, h, w), got {tuple(x.shape)}")
+        return x
+
+    def _progress_column(self, progress: float | Tensor, x: Tensor) -> Tensor:
+        """Progress as a (B, 1) column in the dtype and on the device of ``x``."""
+        batch = x.shape[0]
+        if isinstance(progress, Tensor):
+            check_float(progress, "progress")
+            if progress.dim() == 0:
+                progress = progress.expand(batch)
+            if not is_tracing() and progress.shape != (batch,):
+                raise ValueError(f"Expected progress of shape () or ({batch},), got {tuple(progress.shape)}")
+            if not is_tracing() and progress.numel() and (progress.min() < 0 or progress.max() > 1):
+                raise ValueError("Expected progress in [0, 1]")
+            return progress.to(device=x.device, dtype=x.dtype).unsqueeze(1)
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)):
+            raise TypeError(f"Expected progress to be a float or a tensor, got {type(progress).__name__}")
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"Expected progress in [0, 1], got {progress}")
+        return x.new_full((batch, 1), float(progress))
+
+    def _action_index(self, k: object, batch: int) -> Tensor:
+        """Position of every ``k`` in ``k_values``."""
+        k = check_tensor(k, "k")
+        check_integer(k, "k")
+        if k.shape != (batch,):
+            raise ValueError(f"Expected k of shape ({batch},), got {tuple(k.shape)}")
+        hits = k.to(self.k_table.device).unsqueeze(1) == self.k_table
+        if not is_tracing() and not bool(hits.any(1).all()):
+            raise ValueError(f"Expected every k in k_values={self.k_values}, got {sorted(set(k.tolist()))}")
+        return hits.long().argmax(1)
+
+    # ----------------------------------------------------------------------- policy
+
+    def forward(self, x: Tensor, progress: float | Tensor) -> Tensor:
+        """Logits over ``k_values``.
+
+        Args:
+            x: masked anchors.
+            progress: training progress in [0, 1], one value or one per sample.
+
+        Shape:
+            - x: :math:`(B, C, h, w)`.
+            - progress: :math:`()` or :math:`(B,)`.
+            - Output: :math:`(B, n_k)`.
+
+        Returns:
+            Unnormalised log-probabilities of each ``k``.
+        """
+        x = self._check_input(x)
+        column = self._progress_column(progress, x)
+        return self.mlp(torch.cat([self.features(x), column], dim=1))
+
+    def distribution(self, x: Tensor, progress: float | Tensor) -> torch.distributions.Categorical:
+        """The categorical policy over action indices (positions in ``k_values``).
+
+        Args:
+            x: masked anchors, :math:`(B, C, h, w)`.
+            progress: training progress in [0, 1].
+
+        Returns:
+            ``Categorical`` with batch shape (B,), computed in float32.
+        """
+        return torch.distributions.Categorical(logits=self(x, progress).float())
+
+    def sample(
+        self, x: Tensor, progress: float | Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw ``k`` per sample.
+
+        Args:
+            x: masked anchors.
+            progress: training progress in [0, 1].
+            generator: source of randomness; the draw runs on its device and the result moves
+                to the device of ``x``, so a CPU generator gives the same draw on CPU and CUDA.
+
+        Shape:
+            - x: :math:`(B, C, h, w)`.
+            - Output: three tensors of shape :math:`(B,)`.
+
+        Returns:
+            ``(k, log_prob, entropy)``: the drawn k (int64), its log-probability and the
+            policy's entropy, both float32 and differentiable.
+        """
+        dist = self.distribution(x, progress)
+        probs = dist.probs.detach()
+        if generator is not None:
+            probs = probs.to(generator.device)
+        index = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
+        return self.k_table[index], dist.log_prob(index), dist.entropy()
+
+    def greedy(self, x: Tensor, progress: float | Tensor) -> Tensor:
+        """The most probable ``k`` per sample (ties: the smallest k).
+
+        Args:
+            x: masked anchors, :math:`(B, C, h, w)`.
+            progress: training progress in [0, 1].
+
+        Returns:
+            k of shape :math:`(B,)`, int64.
+        """
+        return self.k_table[self(x, progress).argmax(1)]
+
+    def evaluate_actions(self, x: Tensor, progress: float | Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probability of given actions, for a policy step on ``k`` drawn earlier.
+
+        Args:
+            x: masked anchors.
+            progress: training progress in [0, 1].
+            k: actions, each in ``k_values``.
+
+        Shape:
+            - x: :math:`(B, C, h, w)`.
+            - k: :math:`(B,)`.
+            - Output: two tensors of shape :math:`(B,)`.
+
+        Returns:
+            ``(log_prob, entropy)``, float32 and differentiable.
+        """
+        dist = self.distribution(x, progress)
+        index = self._action_index(k, x.shape[0]).to(x.device)
+        return dist.log_prob(index), dist.entropy()
