@@ -7,9 +7,13 @@ configfile: "params.yaml"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export_policy.smk"
 include: "workflow/rules/mask.smk"
 
 
 rule all:
     input:
         rules.mask.output,
+        rules.evaluate.output,

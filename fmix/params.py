@@ -117,7 +117,80 @@ class MaskParams:
         _require(self.previews >= 0, "mask.previews must be >= 0")
 
 
-SECTIONS: dict[str, type] = {"align": AlignParams, "split": SplitParams, "export": ExportParams, "mask": MaskParams}
+METHODS = ("none", "freq", "ppfrfd", "mixup", "adaptive")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """FR training, and the adversarial game of the strategy network (``fmix train``)."""
+
+    method: str = "adaptive"  # none (RGB) | freq (all 192 channels) | ppfrfd (masking) | mixup (fixed k) | adaptive
+    k: int = 2  # the fixed k of "mixup"
+    backbone: str = "iresnet18"
+    width: float = 0.5
+    strides: str | None = None  # stride preset (None: the default for the input size)
+    norm: str = "batch"  # or "group": no batch statistics at all
+    embedding_size: int = 256
+    head: str = "cosface"  # or "arcface"
+    scale: float = 32.0
+    margin: float | None = None  # None: 0.35 for CosFace, 0.5 for ArcFace
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    schedule: str = "cosine"  # or "step"
+    clip_grad: float = 5.0
+    flip: bool = True  # random horizontal flips of the aligned faces
+    recalibrate_bn: bool = True  # re-estimate BN statistics on un-mixed faces after training
+    mix_law: str = "dirichlet"
+    mix_cap: float | None = 0.65
+    policy_lr: float = 0.01
+    policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (k uniform)
+    n_fr: int = 4  # FR steps per round of the game
+    n_pi: int = 1  # policy steps per round
+    entropy_weight: float = 0.05
+    baseline_momentum: float = 0.9
+    min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
+    dual_lr: float = 2.0
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 50  # steps
+    amp: bool = True  # bf16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _require(self.k >= 1, "train.k must be >= 1")
+        _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")
+        _require(self.head in ("arcface", "cosface"), f"train.head must be 'arcface' or 'cosface', got {self.head!r}")
+        _require(self.schedule in ("cosine", "step"), f"train.schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        _require(self.epochs >= 1 and self.batch_size >= 2, "train.epochs must be >= 1 and train.batch_size >= 2")
+        _require(self.lr > 0 and self.policy_lr > 0, "train.lr and train.policy_lr must be > 0")
+        _require(self.n_fr >= 1 and self.n_pi >= 1, "train.n_fr and train.n_pi must be >= 1")
+        _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
+        _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Verification on masked, un-mixed faces of held-out identities (``fmix evaluate``)."""
+
+    flip_average: bool = True  # average the embeddings of a face and its mirror image
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
+
+
+SECTIONS: dict[str, type] = {
+    "align": AlignParams,
+    "split": SplitParams,
+    "export": ExportParams,
+    "mask": MaskParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -188,10 +261,10 @@ def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: 
 
 def defaults_as_dict() -> dict[str, dict[str, Any]]:
     """Every section's defaults, as ``params.yaml`` should hold them."""
-    return {name: _plain(dataclasses.asdict(cls())) for name, cls in SECTIONS.items()}
+    return {name: plain_dict(dataclasses.asdict(cls())) for name, cls in SECTIONS.items()}
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
+def plain_dict(values: dict[str, Any]) -> dict[str, Any]:
     """Tuples as lists, as YAML holds them."""
     return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 

@@ -30,3 +30,17 @@ def aligned_sample(tmp_path_factory, lfw_sample) -> Path:
     align_folder(lfw_sample, out, AlignParams(workers=1), progress=False)
     return out
 
+
+
+@pytest.fixture(scope="session")
+def pipeline_sample(tmp_path_factory, aligned_sample) -> dict[str, Path]:
+    """Splits and an exported masker for :func:`aligned_sample`: aligned, splits, masker paths."""
+    from fmix.data.splits import make_split, write_split
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams, SplitParams
+
+    root = tmp_path_factory.mktemp("pipeline")
+    params = SplitParams(folds=2, pairs_per_fold=4, private_fraction=0.4, public_fraction=0.2, val_fraction=0.34)
+    write_split(make_split(aligned_sample, params), root / "splits", params)
+    export_masker(aligned_sample, root / "splits" / "public.csv", root / "masker.onnx", ExportParams())
+    return {"aligned": aligned_sample, "splits": root / "splits", "masker": root / "masker.onnx"}

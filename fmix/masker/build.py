@@ -19,7 +19,7 @@ from fmix.params import ExportParams
 
 def faces_to_tensor(batch) -> torch.Tensor:
     """(N, H, W, 3) uint8 array -> (N, 3, H, W) float32 tensor in [0, 255]."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().contiguous()
 
 
 def public_channel_stats(paths: list[Path], upsample: int, batch_size: int = 128) -> tuple[RunningChannelStats, int]:
@@ -72,7 +72,7 @@ def mixing_config(params: ExportParams) -> MixingConfig:
     return MixingConfig(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels)
 
 
-def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int) -> dict[str, str]:
+def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int | None) -> dict[str, str]:
     """The metadata stored in ``masker.onnx`` (all values JSON strings)."""
     values = {
         "fmix_version": __version__,
@@ -83,7 +83,7 @@ def masker_metadata(masker: Masker, params: ExportParams, input_size: int, publi
         "channel_std": masker.mask.std.tolist(),
         "k_values": masker.k_values.tolist(),
         "policy": f"fixed:{params.k}",
-        "mixing": mixing_config(params).to_dict(),
+        "mixing": {**mixing_config(params).to_dict(), "k_max": max(masker.k_values.tolist())},
         "params_hash": params_hash(params),
         "export_params": asdict(params),
         "public_faces_for_stats": public_faces,
@@ -98,3 +98,24 @@ def mask_from_metadata(metadata: dict[str, str]) -> FrequencyMask:
         torch.tensor(json.loads(metadata["channel_mean"])),
         torch.tensor(json.loads(metadata["channel_std"])),
     )
+
+
+def read_masker_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an exported ``masker.onnx``, without starting a runtime session."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"masker not found: {path} (make one with `fmix export`)")
+    metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "kept_channels" not in metadata:
+        raise ValueError(f"{path} is not an fmix masker (no kept_channels in its metadata)")
+    return metadata
+
+
+def masker_from_metadata(metadata: dict[str, str]) -> Masker:
+    """The torch masker (fixed-k policy) with the channel selection and statistics of an exported one."""
+    k_values = tuple(json.loads(metadata["k_values"]))
+    kind, _, value = json.loads(metadata["policy"]).partition(":")
+    policy = FixedKPolicy(int(value) if kind == "fixed" else k_values[0], k_values)
+    return Masker(mask_from_metadata(metadata), json.loads(metadata["upsample"]), policy, k_values).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from fmix.data.faces import read_face_list
 from fmix.io import atomic_write
 from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
-from fmix.masker.module import Masker
+from fmix.masker.module import Masker, StrategyPolicy
 from fmix.params import ExportParams
 
 INPUT_NAMES = ("images", "policy_noise")
@@ -56,7 +57,24 @@ def export_onnx(masker: Masker, path: str | Path, metadata: dict[str, str], inpu
         out.write(model.SerializeToString())
 
 
-def export_masker(aligned: str | Path, public_csv: str | Path, out_path: str | Path, params: ExportParams, input_size: int = 112) -> dict:
+def masker_with_trained_policy(model_path: str | Path) -> Masker:
+    """The masker a model was trained with, its policy replaced by the trained strategy network."""
+    from fmix.evaluate.run import load_trained_model
+    from fmix.models import StrategyNetwork
+    from fmix.train.loop import K_VALUES
+
+    model, record = load_trained_model(model_path)
+    if not record["policy"]:
+        raise ValueError(f"{model_path} has no strategy network (train with method 'adaptive')")
+    frequency = model.encoder.masker
+    network = StrategyNetwork(frequency.mask.num_kept, K_VALUES)
+    network.load_state_dict(record["policy"])
+    return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), K_VALUES).eval()
+
+
+def export_masker(
+    aligned: str | Path, public_csv: str | Path, out_path: str | Path, params: ExportParams, input_size: int = 112, policy_model: str | Path | None = None
+) -> dict:
     """Compute public channel statistics, build the masker and export it.
 
     Args:
@@ -66,18 +84,26 @@ def export_masker(aligned: str | Path, public_csv: str | Path, out_path: str | P
         out_path: destination ``masker.onnx``.
         params: ``export`` parameters.
         input_size: side of the aligned faces.
+        policy_model: a ``model.pt`` trained with the adaptive method: its strategy network becomes
+            the policy, and its masking (channels, statistics) is kept exactly as trained.
 
     Returns:
         A summary: channels kept, faces used, file size.
     """
-    rows = read_face_list(public_csv)
-    rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
-    stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
-    masker = build_masker(params, stats)
-    export_onnx(masker, out_path, masker_metadata(masker, params, input_size, used), input_size, params.opset)
+    if policy_model is not None:
+        masker, used = masker_with_trained_policy(policy_model), None
+    else:
+        rows = read_face_list(public_csv)
+        rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
+        stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
+        masker = build_masker(params, stats)
+    metadata = masker_metadata(masker, params, input_size, used)
+    if policy_model is not None:
+        metadata["policy"] = json.dumps("strategy")
+    export_onnx(masker, out_path, metadata, input_size, params.opset)
     return {
         "kept_channels": masker.mask.num_kept,
-        "map_size": input_size * params.upsample // 8,
+        "map_size": input_size * masker.upsample // 8,
         "public_faces_for_stats": used,
         "bytes": Path(out_path).stat().st_size,
     }

@@ -2,7 +2,7 @@ rule mask:
     input:
         aligned=rules.align.output.aligned,
         splits=rules.split.output.splits,
-        masker=rules.export.output.masker,
+        masker=rules.export_policy.output.masker,
     output:
         protected=directory(config["data"]["protected"]),
     params:

@@ -1,0 +1,138 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmix.params import TrainParams
+from fmix.train.checkpoint import load_checkpoint, save_checkpoint
+from fmix.train.data import batch_indices, epoch_order
+from fmix.train.game import k_histogram
+from fmix.train.loop import lr_factor, train
+
+TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, policy_warmup_epochs=0.5, n_fr=1, n_pi=1, threads=1)
+
+
+def test_lr_factor_reference_values():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert [lr_factor(s, 100, 0, "step") for s in (0, 59, 60, 85)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def test_batches_are_seeded_full_and_disjoint_across_ranks():
+    order = epoch_order(20, epoch=3, seed=1)
+    assert torch.equal(order, epoch_order(20, 3, 1)) and not torch.equal(order, epoch_order(20, 4, 1))
+    rank0, rank1 = batch_indices(order, 4, 0, 2), batch_indices(order, 4, 1, 2)
+    assert len(rank0) == len(rank1) == 2 and all(len(b) == 4 for b in rank0 + rank1)
+    assert not set(torch.cat(rank0).tolist()) & set(torch.cat(rank1).tolist())
+
+
+def test_k_histogram_lists_every_k():
+    assert k_histogram({2: 3, 4: 1}, (2, 3, 4)) == {"2": 0.75, "3": 0.0, "4": 0.25}
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["backbone"]
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if not key.startswith("seconds")} for row in rows]
+
+
+def test_kill_and_resume_ends_like_an_uninterrupted_run(pipeline_sample, tmp_path):
+    paths = pipeline_sample["aligned"], pipeline_sample["splits"]
+    full = train(TINY, *paths, tmp_path / "full", pipeline_sample["masker"], progress=False)
+    assert train(TINY, *paths, tmp_path / "killed", pipeline_sample["masker"], max_steps=3, progress=False) == {"stopped_at_step": 3}
+    resumed = train(TINY, *paths, tmp_path / "killed", pipeline_sample["masker"], resume=True, progress=False)
+    assert resumed["val_accuracy"] == full["val_accuracy"]
+    for name, tensor in _weights(tmp_path / "full" / "model.pt").items():
+        torch.testing.assert_close(_weights(tmp_path / "killed" / "model.pt")[name], tensor, rtol=0, atol=0)
+    log, reference = _log(tmp_path / "killed"), _log(tmp_path / "full")
+    assert len(log) == 2 and _untimed(log) == _untimed(reference)
+    game_epoch = log[1]
+    assert game_epoch["policy_steps"] > 0 and game_epoch["nu"] is not None and sum(game_epoch["k_histogram"].values()) == pytest.approx(1.0)
+
+
+def test_resume_refuses_other_parameters(pipeline_sample, tmp_path):
+    paths = pipeline_sample["aligned"], pipeline_sample["splits"]
+    train(TINY, *paths, tmp_path / "run", pipeline_sample["masker"], max_steps=2, progress=False)
+    other = TrainParams(**{**TINY.__dict__, "lr": 0.05})
+    with pytest.raises(ValueError, match="was written with other train parameters"):
+        train(other, *paths, tmp_path / "run", pipeline_sample["masker"], resume=True, progress=False)
+
+
+@pytest.mark.parametrize("method", ["none", "freq", "ppfrfd", "mixup"])
+def test_every_method_trains_through_the_same_loop(pipeline_sample, tmp_path, method):
+    params = TrainParams(**{**TINY.__dict__, "method": method, "epochs": 1, "k": 3})
+    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    assert summary["method"] == method and 0.0 <= summary["val_accuracy"] <= 1.0
+    assert summary["final_mean_k"] == (3.0 if method == "mixup" else None)
+    record = load_checkpoint(tmp_path / "model.pt")
+    assert record["input"] == {"none": [3, 112], "freq": [192, 14]}.get(method, [174, 14])
+
+
+def test_masking_method_without_masker_is_refused(pipeline_sample, tmp_path):
+    params = TrainParams(**{**TINY.__dict__, "method": "ppfrfd"})
+    with pytest.raises(ValueError, match="method 'ppfrfd' needs the exported masker"):
+        train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, None, progress=False)
+
+
+def test_checkpoints_never_unpickle_objects(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="is not a readable fmix checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    save_checkpoint({"w": torch.ones(2), "step": 3}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 4\n  epochs: 1\n  threads: 1\n  policy_warmup_epochs: 0.0\n  n_fr: 1\n  n_pi: 1\n")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fmix", "train",
+               str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(tmp_path / "out"),
+               "--masker", str(pipeline_sample["masker"]), "--params", str(params), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "trained adaptive" in result.stdout
+    log = _log(tmp_path / "out")
+    assert log[0]["policy_steps"] >= 1 and log[0]["fr_steps"] >= 1
+
+
+def test_export_with_the_trained_policy(pipeline_sample, tmp_path):
+    from fmix.masker.apply import OnnxMasker
+    from fmix.masker.export import export_masker, masker_with_trained_policy
+    from fmix.params import ExportParams
+
+    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0})
+    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
+    summary = export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt")
+    assert summary["kept_channels"] == 174
+    onnx_masker = OnnxMasker(tmp_path / "adaptive.onnx")
+    assert json.loads(onnx_masker.metadata["policy"]) == "strategy"
+    torch_masker = masker_with_trained_policy(tmp_path / "run" / "model.pt")
+    images, noise = torch.rand(16, 3, 112, 112) * 255, torch.linspace(0.01, 0.99, 16)
+    masked, k = onnx_masker(images, noise)
+    expected_masked, expected_k = torch_masker(images, noise)
+    assert torch.equal(k, expected_k) and set(k.tolist()) <= {2, 3, 4, 5, 6}
+    assert ((masked - expected_masked).abs().max() / expected_masked.abs().max()).item() < 1e-5
+    with pytest.raises(ValueError, match="has no strategy network"):
+        fixed = TrainParams(**{**TINY.__dict__, "method": "ppfrfd", "epochs": 1})
+        train(fixed, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "fixed", pipeline_sample["masker"], progress=False)
+        masker_with_trained_policy(tmp_path / "fixed" / "model.pt")
