@@ -48,6 +48,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _run(step):
+    """Run a library call; bad input becomes a one-line error and exit code 1, not a traceback."""
+    try:
+        return step()
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
 def _load(cls_name: str, params: Path | None, section: str, **overrides):
     from fmix import params as params_module
 
@@ -71,10 +79,7 @@ def align(
     cfg = _load("AlignParams", params, "align", workers=workers, min_images=min_images, max_identities=max_identities)
     from fmix.data.align import align_folder
 
-    try:
-        summary = align_folder(src, dst, cfg, progress=not quiet)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    summary = _run(lambda: align_folder(src, dst, cfg, progress=not quiet))
     counts = summary["status_counts"]
     failed = {status: n for status, n in counts.items() if status != "ok"}
     typer.echo(
@@ -96,10 +101,7 @@ def split(
     cfg = _load("SplitParams", params, "split", seed=seed, pairs=pairs)
     from fmix.data.splits import make_split, write_split
 
-    try:
-        summary = write_split(make_split(aligned, cfg), dst, cfg)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    summary = _run(lambda: write_split(make_split(aligned, cfg), dst, cfg))
     typer.echo("split: " + ", ".join(f"{key}={value}" for key, value in summary["counts"].items()))
 
 
@@ -117,10 +119,7 @@ def export(
     cfg = _load("ExportParams", params, "export", k=k, upsample=upsample)
     from fmix.masker.export import export_masker
 
-    try:
-        summary = export_masker(aligned, public, out, cfg, policy_model=policy)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    summary = _run(lambda: export_masker(aligned, public, out, cfg, policy_model=policy))
     typer.echo(
         f"masker: {summary['kept_channels']} of 192 channels kept, {summary['map_size']}x{summary['map_size']} maps, "
         + (f"statistics from {summary['public_faces_for_stats']} public faces" if policy is None else f"masking and policy of {policy}")
@@ -150,10 +149,7 @@ def mask(
     from fmix.masker.apply import NAME_KEY_ENV, protect_folder
 
     key = os.environ.get(NAME_KEY_ENV, "").encode() or None
-    try:
-        summary = protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet))
     skipped = summary["skipped_by_status"]
     typer.echo(
         f"protected {summary['protected']} of {summary['inputs']} faces ({'mixed' if summary['mixed'] else 'masked only'}, "
@@ -179,10 +175,7 @@ def train(
     cfg = _load("TrainParams", params, "train", method=method, k=k, epochs=epochs, seed=seed)
     from fmix.train.loop import train as run_training
 
-    try:
-        summary = run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet))
     typer.echo(
         f"trained {summary['method']} on {summary['training_faces']} faces of {summary['identities']} identities: "
         f"validation accuracy {summary['val_accuracy']:.3f}, mean k {summary['final_mean_k']}"
@@ -202,10 +195,7 @@ def evaluate(
     from fmix.evaluate.run import evaluate_model
     from fmix.io import write_json_atomic
 
-    try:
-        metrics = evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv")
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    metrics = _run(lambda: evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv"))
     write_json_atomic(out, metrics)
     ver, floor = metrics["verification"], metrics["raw_feature_floor"]
     typer.echo(
