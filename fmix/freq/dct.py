@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fmix.freq._checks import check_float, check_int, check_shape_bchw, check_tensor, is_tracing
+from fmix.checks import check_float, check_int, check_shape_bchw, check_tensor, is_tracing
 
 BLOCK_SIZE = 8
 NUM_PLANES = 3

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from fmix.freq._checks import (
+from fmix.checks import (
     check_float,
     check_int,
     check_integer,

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fmix.freq._checks import check_float, check_int, check_integer, check_shape_bchw, check_tensor
+from fmix.checks import check_float, check_int, check_integer, check_shape_bchw, check_tensor
 
 LAWS = ("dirichlet", "instahide")
 DEFAULT_CAP = 0.65

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fmix.freq._checks import check_float, check_tensor
+from fmix.checks import check_float, check_tensor
 from fmix.freq.dct import block_idct
 from fmix.freq.masking import FrequencyMask
 

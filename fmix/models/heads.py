@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fmix.models._checks import check_float, check_int, check_integer, check_number, check_tensor
+from fmix.checks import check_float, check_int, check_integer, check_number, check_tensor
 
 KINDS = ("arcface", "cosface")
 DEFAULT_MARGINS = {"arcface": 0.5, "cosface": 0.35}

@@ -32,7 +32,7 @@ import math
 
 from torch import Tensor, nn
 
-from fmix.models._checks import check_int, check_number, check_tensor, is_tracing
+from fmix.checks import check_int, check_number, check_tensor, is_tracing
 
 DEPTHS = {
     "iresnet18": (2, 2, 2, 2),

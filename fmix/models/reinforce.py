@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fmix.models._checks import check_float, check_number, check_tensor
+from fmix.checks import check_float, check_number, check_tensor
 
 
 def _check_per_sample(x: object, name: str, batch: int | None = None) -> Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fmix.models._checks import check_float, check_int, check_integer, check_tensor, is_tracing
+from fmix.checks import check_float, check_int, check_integer, check_tensor, is_tracing
 
 DEFAULT_K_VALUES = (2, 3, 4, 5, 6)
 

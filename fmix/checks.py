@@ -1,4 +1,4 @@
-"""Input validation shared by the ``fmix.models`` modules."""
+"""Input checks shared by the fmix modules (kornia style: clear TypeError / ValueError messages)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def check_integer(x: Tensor, name: str) -> None:
         raise TypeError(f"Expected {name} with an integer dtype, got {x.dtype}")
 
 
+def check_shape_bchw(x: Tensor, name: str, channels: int | None = None) -> None:
+    """Raise ValueError unless ``x`` is (B, C, H, W), with C == ``channels`` when given."""
+    wanted = f"(B, {channels}, H, W)" if channels is not None else "(B, C, H, W)"
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"Expected {name} of shape {wanted}, got {tuple(x.shape)}")
+
+
 def check_int(value: object, name: str, minimum: int | None = None) -> int:
     """Raise TypeError unless ``value`` is a Python int (bool excluded), ValueError if below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -42,5 +49,10 @@ def check_number(value: object, name: str) -> float:
 
 
 def is_tracing() -> bool:
-    """True while torch.jit / ONNX tracing, where data-dependent checks must be skipped."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """True while tracing, compiling or exporting, where data-dependent checks must be skipped."""
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
