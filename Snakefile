@@ -11,9 +11,14 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export_policy.smk"
 include: "workflow/rules/mask.smk"
+include: "workflow/rules/evaluator.smk"
+include: "workflow/rules/attack.smk"
+include: "workflow/rules/invert.smk"
 
 
 rule all:
     input:
         rules.mask.output,
         rules.evaluate.output,
+        rules.attack.output,
+        rules.invert.output,

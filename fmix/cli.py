@@ -202,3 +202,78 @@ def evaluate(
         f"{metrics['method']}: verification accuracy {ver['accuracy_mean']:.3f} +- {ver['accuracy_std']:.3f}, AUC {ver['auc']:.3f}; "
         f"raw-feature floor {floor['accuracy_mean']:.3f}; closed-set validation accuracy {metrics['val_accuracy']:.3f}"
     )
+
+
+@app.command()
+def evaluator(
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the evaluator's model.pt.")],
+    params: ParamsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train the independent evaluator: an RGB FR model on clean private faces (its own seed), never a target."""
+    import dataclasses
+
+    cfg = _load("EvaluatorParams", params, "evaluator")
+    train_cfg = _load("TrainParams", params, "train")
+    from fmix.train.loop import train as run_training
+
+    train_cfg = dataclasses.replace(train_cfg, method="none", **dataclasses.asdict(cfg))
+    summary = _run(lambda: run_training(train_cfg, aligned, splits, out_dir, progress=not quiet))
+    typer.echo(f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities")
+
+
+attack_app = typer.Typer(help="Privacy attacks: reconstruction of protected faces, inversion of the FR model.", no_args_is_help=True)
+app.add_typer(attack_app, name="attack")
+
+
+@attack_app.command("reconstruct")
+def attack_reconstruct(
+    masker: Annotated[Path, typer.Argument(help="The protection's masker.onnx.")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for privacy.json and grid.png.")],
+    params: ParamsOption = None,
+    policy: Annotated[Optional[Path], typer.Option(help="The adaptive model.pt, when the masker holds its trained policy.")] = None,
+    metrics: Annotated[Optional[Path], typer.Option(help="The method's verification metrics JSON (Score_cls).")] = None,
+    method: Annotated[str, typer.Option(help="Name of the protection in the report.")] = "",
+    mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")] = True,
+) -> None:
+    """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.run import AttackRun, attack_method
+
+    score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
+    from fmix.attacks.reconstruction import AttackConfig
+
+    run = AttackRun(cfg.seconds, cfg.eval_faces, mix, cfg.black_box_k, cfg.seed)
+    network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
+    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, run, policy, score_cls, method, network))
+    row, white, black = record["row"], record["white"], record["black"]
+    typer.echo(
+        f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
+        f"| black-box S3 {black['S3']:.3f} S4 {black['S4']:.3f} | Score_pp {row['Score_pp']:.3f}"
+    )
+
+
+@attack_app.command("invert")
+def attack_invert(
+    model: Annotated[Path, typer.Argument(help="model.pt of `fmix train` (the target).")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for inversion.json and inversion_grid.png.")],
+    params: ParamsOption = None,
+) -> None:
+    """Model inversion of the FR model: decode identity templates, optimise inputs; scored by the evaluator."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.run import invert_model
+
+    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed))
+    dec, opt = result["decoder"], result["optimisation"]
+    typer.echo(
+        f"inversion of {result['method']}: decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
+        f"optimisation top-1 {opt['top1']:.3f} top-5 {opt['top5']:.3f}; chance {dec['chance']:.4f}"
+    )

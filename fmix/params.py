@@ -183,6 +183,38 @@ class EvaluateParams:
         _require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluatorParams:
+    """The independent evaluator (``fmix evaluator``): an RGB FR model on clean private faces, its own seed."""
+
+    seed: int = 1
+    backbone: str = "iresnet18"
+    width: float = 0.25
+    epochs: int = 4
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1 and self.width > 0, "evaluator.epochs must be >= 1 and evaluator.width > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackParams:
+    """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
+
+    seconds: float = 60.0  # CPU seconds of inversion-network training per attacker
+    eval_faces: int = 256  # private faces attacked
+    black_box_k: int = 2  # the black-box attacker's guess of k
+    batch_size: int = 16  # public faces per step of the inversion network
+    invert_seconds: float = 60.0  # decoder training for model inversion
+    invert_identities: int = 32  # identities reconstructed by input optimisation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
+        _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
+        _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")
+
+
 SECTIONS: dict[str, type] = {
     "align": AlignParams,
     "split": SplitParams,
@@ -190,6 +222,8 @@ SECTIONS: dict[str, type] = {
     "mask": MaskParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "evaluator": EvaluatorParams,
+    "attack": AttackParams,
 }
 
 

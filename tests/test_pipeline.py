@@ -47,14 +47,14 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
 
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
-    assert list(dvc) == ["align", "split", "export", "train", "evaluate", "export_policy", "mask"]
+    assert list(dvc) == ["align", "split", "export", "train", "evaluate", "export_policy", "mask", "evaluator", "attack", "invert"]
     assert _snakemake_commands(REPO) == dvc
 
 
 def test_each_stage_reads_only_its_own_params_section():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        section = name.split("_")[0]  # export_policy is a second export, with the export section
+        section = {"export_policy": "export", "invert": "attack"}.get(name, name)  # second uses of a section
         assert stage["params"] == [section]
         rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
         assert f'section=config["{section}"]' in rule and "log:" in rule
@@ -79,6 +79,8 @@ def tiny_pipeline(tmp_path):
     params["align"].update(workers=1, max_identities=8)
     params["split"].update(folds=2, pairs_per_fold=4, private_fraction=0.25, public_fraction=0.25)
     params["train"].update(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, policy_warmup_epochs=0.0)
+    params["evaluator"].update(width=0.125, epochs=1, threads=1)
+    params["attack"].update(seconds=2.0, eval_faces=8, batch_size=4, invert_seconds=2.0, invert_identities=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -96,6 +98,10 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert "k histogram" in (tiny_pipeline / "logs" / "mask.log").read_text()
     metrics = json.loads((tiny_pipeline / "metrics" / "verification.json").read_text())
     assert metrics["method"] == "adaptive" and 0.0 <= metrics["verification"]["accuracy_mean"] <= 1.0
+    privacy = json.loads((tiny_pipeline / "metrics" / "privacy" / "privacy.json").read_text())
+    assert 0.0 <= privacy["row"]["Score_pp"] <= 1.0 and privacy["row"]["Score_cls"] == metrics["verification"]["accuracy_mean"]
+    assert (tiny_pipeline / "metrics" / "privacy" / "grid.png").is_file()
+    assert "decoder" in json.loads((tiny_pipeline / "metrics" / "privacy" / "inversion.json").read_text())
 
 
 @pytest.mark.slow
