@@ -86,6 +86,7 @@ class ExportParams:
     weight_law: str = "dirichlet"  # or "instahide"
     cap: float | None = 0.65  # largest mixing weight
     sign_flip: bool = False  # random +-1 per coefficient after mixing (InstaHide)
+    mix_rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
     stats_images: int = 2000  # public faces used for channel statistics
     opset: int = 18
 
@@ -146,6 +147,7 @@ class TrainParams:
     recalibrate_bn: bool = True  # re-estimate BN statistics on un-mixed faces after training
     mix_law: str = "dirichlet"
     mix_cap: float | None = 0.65
+    mix_rescale: bool = True  # variance-preserving mixes (else the test faces' scale differs from training's)
     policy_lr: float = 0.01
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (k uniform)
     n_fr: int = 4  # FR steps per round of the game

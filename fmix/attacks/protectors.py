@@ -79,7 +79,8 @@ class MaskerProtector:
             return ProtectedPairs(masked, torch.arange(batch)[:, None], torch.ones(batch, 1))
         sign_shape = tuple(masked.shape[1:]) if config.sign_flip else None
         draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator)
-        return ProtectedPairs(apply_mixing(masked, draw.partners, draw.weights, draw.sign), draw.partners, draw.weights)
+        mixed = apply_mixing(masked, draw.partners, draw.weights, draw.sign, config.rescale)
+        return ProtectedPairs(mixed, draw.partners, draw.weights)
 
 
 def surrogate_protector(stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None) -> MaskerProtector:

@@ -69,7 +69,7 @@ def build_masker(params: ExportParams, stats: RunningChannelStats) -> Masker:
 
 
 def mixing_config(params: ExportParams) -> MixingConfig:
-    return MixingConfig(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels)
+    return MixingConfig(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels, params.mix_rescale)
 
 
 def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int | None) -> dict[str, str]:

@@ -25,6 +25,7 @@ class MixingConfig:
     cap: float | None = 0.65
     sign_flip: bool = False
     permute_channels: bool = False
+    rescale: bool = True  # variance-preserving mixes (divide by the weights' L2 norm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +83,7 @@ def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixing
         return ProtectedBatch(masked, torch.ones_like(k), same, weights, torch.zeros(batch, dtype=torch.bool))
     sign_shape = tuple(masked.shape[1:]) if config.sign_flip else None
     draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator)
-    mixed = apply_mixing(masked, draw.partners, draw.weights, draw.sign)
+    mixed = apply_mixing(masked, draw.partners, draw.weights, draw.sign, config.rescale)
     unused = torch.arange(config.k_max)[None, :] >= k[:, None]
     constituent_labels = labels[draw.partners].masked_fill(unused, -1)
     return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback)

@@ -58,7 +58,9 @@ class AdaptiveGame:
             Statistics of the step (mean reward, mean k, entropy).
         """
         k, log_prob, entropy = self.policy.sample(anchors, progress, generator)
-        mixed = frequency_mixup(anchors, labels, k, self.k_max, self.params.mix_law, self.params.mix_cap, generator=generator)
+        mixed = frequency_mixup(
+            anchors, labels, k, self.k_max, self.params.mix_law, self.params.mix_cap, generator=generator, rescale=self.params.mix_rescale
+        )
         with torch.no_grad():
             reward = loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
         nu = self.dual.value

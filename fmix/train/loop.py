@@ -228,7 +228,7 @@ def train(
             else:
                 if params.method in MIXING_METHODS:
                     k = _choose_k(params, game, game_on, x, done, generator)
-                    mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator)
+                    mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator, rescale=params.mix_rescale)
                     loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
                     for k_value, count in Counter(mixed.k.tolist()).items():
                         stats["k"][k_value] = stats["k"].get(k_value, 0) + count

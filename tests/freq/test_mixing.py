@@ -262,3 +262,16 @@ def test_cuda_mixup_matches_cpu_with_a_cpu_generator():
     cuda_generator = torch.Generator("cuda").manual_seed(1)
     on_device = frequency_mixup(x.cuda(), labels.cuda(), k.cuda(), 4, generator=cuda_generator)
     torch.testing.assert_close(on_device.weights.sum(dim=1), torch.ones(16, device="cuda"))
+
+
+def test_rescaled_mix_keeps_unit_variance_and_leaves_unmixed_samples_alone():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, 14, 14, generator=generator)
+    partners = torch.stack([torch.arange(64), torch.arange(64).roll(1)], dim=1)
+    weights = torch.tensor([[0.6, 0.4]]).expand(64, -1)
+    plain, rescaled = apply_mixing(x, partners, weights), apply_mixing(x, partners, weights, rescale=True)
+    assert plain.var().item() == pytest.approx(0.52, abs=0.02)
+    assert rescaled.var().item() == pytest.approx(1.0, abs=0.04)
+    torch.testing.assert_close(rescaled, plain / (0.52**0.5))
+    one_hot = torch.tensor([[1.0, 0.0]]).expand(64, -1)
+    torch.testing.assert_close(apply_mixing(x, partners, one_hot, rescale=True), x)
