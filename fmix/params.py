@@ -149,12 +149,12 @@ class TrainParams:
     mix_cap: float | None = 0.65
     mix_rescale: bool = True  # variance-preserving mixes (else the test faces' scale differs from training's)
     policy_lr: float = 0.01
-    policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (k uniform)
-    n_fr: int = 4  # FR steps per round of the game
-    n_pi: int = 1  # policy steps per round
+    policy_warmup_epochs: float = 1.0  # FR-only epochs (k = 2) before the game starts
+    n_fr: int = 4  # the policy plays after every n_fr FR steps...
+    n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
     entropy_weight: float = 0.05
     baseline_momentum: float = 0.9
-    min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
+    min_val_accuracy: float = 0.2  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
     seed: int = 0
     threads: int = 2

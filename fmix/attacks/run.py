@@ -206,7 +206,8 @@ def invert_model(
     target.eval()
     optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0))
     result["optimisation"] = identity_scores(evaluator.logits, evaluator_embed, optimised, chosen, templates)
-    reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in chosen[:8].tolist()])
-    write_attack_grid(out_dir / "inversion_grid.png", reference, decoded[:8], optimised[:8])
+    shown = chosen[:8]
+    reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])
+    write_attack_grid(out_dir / "inversion_grid.png", reference, decoded[shown], optimised[: len(shown)])
     (out_dir / "inversion.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

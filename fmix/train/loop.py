@@ -216,32 +216,34 @@ def train(
                 x = encoder(images)
             done = state["step"] / total_steps
             game_on = game is not None and epoch + number / len(batches) >= params.policy_warmup_epochs
-            if game_on and state["step"] % (params.n_fr + params.n_pi) >= params.n_fr:
-                net.eval()
-                step_stats = game.policy_step(x, labels, done, generator, lambda xs, ls, ws: net(xs, ls, ws))
-                _average_gradients(game.policy, world)  # keeps the ranks' policies equal
-                net.train()
-                stats["policy_steps"] += 1
-                stats["policy_seconds"] += time.perf_counter() - start
-                stats["reward"] += step_stats["reward"]
-                stats["entropy"] += step_stats["entropy"]
+            if params.method in MIXING_METHODS:
+                k = _choose_k(params, game, game_on, x, done, generator)
+                mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator, rescale=params.mix_rescale)
+                loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
+                for k_value, count in Counter(mixed.k.tolist()).items():
+                    stats["k"][k_value] = stats["k"].get(k_value, 0) + count
             else:
-                if params.method in MIXING_METHODS:
-                    k = _choose_k(params, game, game_on, x, done, generator)
-                    mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator, rescale=params.mix_rescale)
-                    loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
-                    for k_value, count in Counter(mixed.k.tolist()).items():
-                        stats["k"][k_value] = stats["k"].get(k_value, 0) + count
-                else:
-                    loss = fr_loss(x, labels, None).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), params.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                stats["fr_steps"] += 1
-                stats["fr_seconds"] += time.perf_counter() - start
-                stats["loss"] += loss.item()
+                loss = fr_loss(x, labels, None).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), params.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            stats["fr_steps"] += 1
+            stats["fr_seconds"] += time.perf_counter() - start
+            stats["loss"] += loss.item()
+            if game_on and (state["step"] + 1) % params.n_fr == 0:
+                # The policy's turn, on the same batch: FR frozen, n_pi REINFORCE steps.
+                start = time.perf_counter()
+                net.eval()
+                for _ in range(params.n_pi):
+                    step_stats = game.policy_step(x, labels, done, generator, lambda xs, ls, ws: net(xs, ls, ws))
+                    _average_gradients(game.policy, world)  # keeps the ranks' policies equal
+                    stats["reward"] += step_stats["reward"]
+                    stats["entropy"] += step_stats["entropy"]
+                net.train()
+                stats["policy_steps"] += params.n_pi
+                stats["policy_seconds"] += time.perf_counter() - start
             state["step"] += 1
             state["batch"] = number + 1
             bar.update()
@@ -284,8 +286,8 @@ def _choose_k(params: TrainParams, game: AdaptiveGame | None, game_on: bool, x: 
         return params.k
     if game_on:
         return game.choose_k(x, done, generator)
-    # FR warm-up of the adaptive method: k uniform over the policy's actions.
-    return torch.tensor(K_VALUES)[torch.randint(len(K_VALUES), (x.shape[0],), generator=generator)].to(x.device)
+    # FR warm-up of the adaptive method: the mildest mixing, so the FR network starts learning.
+    return min(K_VALUES)
 
 
 def _new_epoch_stats() -> dict:
@@ -309,6 +311,7 @@ def _epoch_row(epoch: int, stats: dict, val_accuracy: float, nu: float | None, g
         row.update(
             policy_steps=pi,
             seconds_per_policy_step=stats["policy_seconds"] / pi if pi else None,
+            policy_overhead=stats["policy_seconds"] / stats["fr_seconds"] if stats["fr_seconds"] else None,
             mean_reward=stats["reward"] / pi if pi else None,
             entropy=stats["entropy"] / pi if pi else None,
             baseline=game.baseline.value,
@@ -331,6 +334,7 @@ def _summary(params: TrainParams, history: list[dict], final_val: float, recalib
         "epochs": len(history),
         "seconds_per_fr_step": sum(fr_times) / len(fr_times) if fr_times else None,
         "seconds_per_policy_step": sum(policy_times) / len(policy_times) if policy_times else None,
+        "policy_overhead": history[-1].get("policy_overhead"),  # policy seconds / FR seconds, last epoch
         "final_k_histogram": history[-1].get("k_histogram"),
         "final_mean_k": ks[-1] if ks else None,
     }

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fmix.attacks.run import AttackRun, Evaluator, attack_method, load_protector
+from fmix.cli import app
+from fmix.params import TrainParams
+from fmix.train.loop import train
+
+runner = CliRunner()
+TINY = dict(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, policy_warmup_epochs=0.0)
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline_sample, tmp_path_factory):
+    """A tiny evaluator (RGB) and a tiny adaptive target on the sample pipeline."""
+    root = tmp_path_factory.mktemp("trained")
+    paths = pipeline_sample["aligned"], pipeline_sample["splits"]
+    train(TrainParams(method="none", seed=1, **TINY), *paths, root / "evaluator", progress=False)
+    train(TrainParams(method="adaptive", **TINY), *paths, root / "adaptive", pipeline_sample["masker"], progress=False)
+    return root
+
+
+def test_attack_reconstruct_and_invert_commands(pipeline_sample, trained, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 8\n  batch_size: 4\n  invert_seconds: 1.0\n  invert_identities: 2\n")
+    common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt"), str(tmp_path / "out")]
+    result = runner.invoke(app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "-p", str(params), "--method", "ppfrfd", "--no-mix"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert record["faces"] == 8 and record["mixed"] is False
+    for mode in ("white", "black"):
+        assert 0.0 <= record[mode]["S4"] <= 1.0 and record[mode]["steps"] >= 1 and -1.0 <= record[mode]["S3"] <= 1.0
+    row = record["row"]
+    expected = 0.4 * (1 - (row["S1"] + row["S2"]) / 2) + 0.6 * (1 - (max(row["S3"], 0.0) + row["S4"]) / 2)
+    assert row["Score_pp"] == pytest.approx(expected, abs=1e-6)
+    result = runner.invoke(app, ["attack", "invert", str(trained / "adaptive" / "model.pt"), *common, "-p", str(params)])
+    assert result.exit_code == 0, result.output
+    inversion = json.loads((tmp_path / "out" / "inversion.json").read_text())
+    assert inversion["method"] == "adaptive" and inversion["decoder"]["chance"] == pytest.approx(0.25)
+    assert (tmp_path / "out" / "inversion_grid.png").is_file() and (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_attack_errors(pipeline_sample, trained, tmp_path):
+    with pytest.raises(ValueError, match="the evaluator must be trained on clean RGB faces"):
+        Evaluator(trained / "adaptive" / "model.pt")
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams
+
+    export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=trained / "adaptive" / "model.pt")
+    with pytest.raises(ValueError, match="holds a trained policy: pass the model it came from"):
+        load_protector(tmp_path / "adaptive.onnx", None, mix=True)
+    protector, _ = load_protector(tmp_path / "adaptive.onnx", trained / "adaptive" / "model.pt", mix=True)
+    assert protector.mixing is not None and protector.mixing.k_max == 6
+    result = runner.invoke(app, ["attack", "reconstruct", str(tmp_path / "none.onnx"), str(tmp_path), str(tmp_path), str(tmp_path / "e.pt"), str(tmp_path / "o")])
+    assert result.exit_code == 1 and "error: masker not found" in result.output
