@@ -9,6 +9,23 @@ import pytest
 from fmix_testing import LFW_IMAGES, copy_sample
 
 
+SINGLE_THREAD_FOLDERS = {"models", "metrics", "attacks"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread(request):
+    """Tiny networks run fastest on one thread; more only contend with other jobs on the machine."""
+    import torch
+
+    if request.path.parent.name not in SINGLE_THREAD_FOLDERS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     if not LFW_IMAGES.is_dir():
         raise pytest.UsageError(f"the shared LFW data is missing: {LFW_IMAGES} (see ../shared/data/README.md)")

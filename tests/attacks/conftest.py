@@ -1,4 +1,4 @@
-"""Shared fixtures of the fmix.attacks tests: one torch thread, real aligned faces as tensors."""
+"""Shared fixtures of the fmix.attacks tests: real aligned faces as tensors (one torch thread: ../conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,6 @@ import torch
 
 from fmix.data.faces import load_faces
 from fmix.masker.build import faces_to_tensor
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks run fastest on one thread; more only contend with other jobs on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
