@@ -14,8 +14,10 @@ runner = CliRunner()
 def test_help_lists_the_steps():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("align", "split"):
+    for command in ("align", "split", "export", "mask", "train", "evaluate", "evaluator", "attack"):
         assert command in result.output
+    attack = runner.invoke(app, ["attack", "--help"])
+    assert attack.exit_code == 0 and "reconstruct" in attack.output and "invert" in attack.output
 
 
 def test_version():
