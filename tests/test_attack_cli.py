@@ -17,7 +17,7 @@ def trained(pipeline_sample, tmp_path_factory):
     """A tiny evaluator (RGB) and a tiny adaptive target on the sample pipeline."""
     root = tmp_path_factory.mktemp("trained")
     paths = pipeline_sample["aligned"], pipeline_sample["splits"]
-    train(TrainParams(method="none", seed=1, **TINY), *paths, root / "evaluator", progress=False)
+    train(TrainParams(method="none", seed=1, **{**TINY, "epochs": 8}), *paths, root / "evaluator", progress=False)
     train(TrainParams(method="adaptive", **TINY), *paths, root / "adaptive", pipeline_sample["masker"], progress=False)
     return root
 
@@ -55,3 +55,20 @@ def test_attack_errors(pipeline_sample, trained, tmp_path):
     assert protector.mixing is not None and protector.mixing.k_max == 6
     result = runner.invoke(app, ["attack", "reconstruct", str(tmp_path / "none.onnx"), str(tmp_path), str(tmp_path), str(tmp_path / "e.pt"), str(tmp_path / "o")])
     assert result.exit_code == 1 and "error: masker not found" in result.output
+
+
+def test_evaluator_identifies_clean_faces_and_counts_any_constituent(pipeline_sample, trained):
+    import torch
+
+    from fmix.train.data import load_face_set
+
+    evaluator = Evaluator(trained / "evaluator" / "model.pt")
+    faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
+    images = faces.float_images(torch.arange(len(faces)))
+    valid = torch.tensor([[True, False]]).expand(len(faces), -1)
+    clean = evaluator.identified(images, torch.stack([faces.labels, faces.labels], dim=1), valid)
+    assert clean["top1"] >= 0.75 and clean["top5"] == 1.0  # 4 identities seen in training
+    wrong = (faces.labels + 1) % 4
+    assert evaluator.identified(images, torch.stack([wrong, faces.labels], dim=1), valid)["top1"] <= 1 - clean["top1"] + 1e-6
+    both = torch.ones(len(faces), 2, dtype=torch.bool)
+    assert evaluator.identified(images, torch.stack([wrong, faces.labels], dim=1), both)["top1"] == clean["top1"]
