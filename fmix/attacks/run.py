@@ -25,6 +25,7 @@ from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.protectors import MaskerProtector, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
+from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
 from fmix.masker.protect import MixingConfig
 from fmix.metrics import PrivacyRow, best_constituent_ssim
@@ -158,8 +159,7 @@ def attack_method(
     heaviest = pairs.heaviest()
     show = torch.arange(min(8, len(private)))
     write_attack_grid(out_dir / "grid.png", originals[heaviest[show]], visual[show], recon_white[show])
-    (out_dir / "privacy.json").parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / "privacy.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(out_dir / "privacy.json", record)
     return record
 
 
@@ -209,5 +209,5 @@ def invert_model(
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])
     write_attack_grid(out_dir / "inversion_grid.png", reference, decoded[shown], optimised[: len(shown)])
-    (out_dir / "inversion.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out_dir / "inversion.json", result)
     return result
