@@ -58,6 +58,10 @@ class Evaluator:
         model = self.model
         return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128]))) for i in range(0, len(images), 128)])
 
+    def embed(self, images: Tensor) -> Tensor:
+        """Normalised embeddings (no flip averaging: reconstructions are scored as they are)."""
+        return self.model.embed(images, flip_average=False, batch_size=128)
+
     def identified(self, images: Tensor, labels: Tensor, valid: Tensor) -> dict:
         """Top-1 / top-5 identification: a hit when the prediction is any valid constituent's identity.
 
@@ -192,20 +196,17 @@ def invert_model(
     identities = torch.arange(record["num_classes"])
     with torch.no_grad():
         decoded = decoder(target.head.centres())
-    eval_model = evaluator.model
-    evaluator_embed = lambda images: torch.nn.functional.normalize(eval_model.backbone(eval_model.encoder(images)), dim=1)  # noqa: E731
-    with torch.no_grad():
-        clean = torch.cat([evaluator_embed(private.float_images(torch.arange(i, min(i + 128, len(private))))) for i in range(0, len(private), 128)])
+    clean = evaluator.embed(private.float_images(torch.arange(len(private))))
     templates = torch.nn.functional.normalize(torch.zeros(record["num_classes"], clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
     result = {
         "method": record["params"]["method"],
-        "decoder": {**identity_scores(evaluator.logits, evaluator_embed, decoded, identities, templates), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": time.process_time() - start},
+        "decoder": {**identity_scores(evaluator.logits, evaluator.embed, decoded, identities, templates), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": time.process_time() - start},
     }
     chosen = identities[:optimise_identities]
     logits_fn = lambda images: target.head.logits(target.backbone(target.encoder(images)))  # noqa: E731
     target.eval()
     optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0))
-    result["optimisation"] = identity_scores(evaluator.logits, evaluator_embed, optimised, chosen, templates)
+    result["optimisation"] = identity_scores(evaluator.logits, evaluator.embed, optimised, chosen, templates)
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])
     write_attack_grid(out_dir / "inversion_grid.png", reference, decoded[shown], optimised[: len(shown)])

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from fmix.data.faces import load_faces
 from fmix.data.splits import Pair, read_pairs
 from fmix.evaluate.verification import cosine_scores, verification_metrics
+from fmix.masker.build import faces_to_tensor
 from fmix.params import EvaluateParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint
 from fmix.train.encoders import encoder_from_spec
@@ -71,7 +72,7 @@ def pair_faces(aligned: str | Path, pairs: list[Pair]) -> tuple[Tensor, dict[str
     faces, loaded, skipped = load_faces([Path(aligned) / p for p in paths])
     if skipped:
         raise ValueError(f"{len(skipped)} pair faces cannot be read, e.g. {skipped[0][2]}")
-    return torch.from_numpy(faces).permute(0, 3, 1, 2).float().contiguous(), {p: i for i, p in enumerate(paths)}
+    return faces_to_tensor(faces), {p: i for i, p in enumerate(paths)}
 
 
 def verify(features: Tensor, row: dict[str, int], pairs: list[Pair]) -> dict:

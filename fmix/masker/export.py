@@ -61,15 +61,15 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     """The masker a model was trained with, its policy replaced by the trained strategy network."""
     from fmix.evaluate.run import load_trained_model
     from fmix.models import StrategyNetwork
-    from fmix.train.loop import K_VALUES
 
     model, record = load_trained_model(model_path)
     if not record["policy"]:
         raise ValueError(f"{model_path} has no strategy network (train with method 'adaptive')")
     frequency = model.encoder.masker
-    network = StrategyNetwork(frequency.mask.num_kept, K_VALUES)
+    k_values = tuple(record["policy"]["k_table"].tolist())  # the actions the policy was trained with
+    network = StrategyNetwork(frequency.mask.num_kept, k_values)
     network.load_state_dict(record["policy"])
-    return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), K_VALUES).eval()
+    return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), k_values).eval()
 
 
 def export_masker(

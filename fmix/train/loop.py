@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from fmix.data.faces import read_face_list
 from fmix.freq import frequency_mixup
 from fmix.io import atomic_write, write_json_atomic
-from fmix.models import MarginHead, build_backbone
+from fmix.models import DEFAULT_K_VALUES, MarginHead, build_backbone
 from fmix.params import TrainParams, plain_dict
 from fmix.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import FaceSet, batch_indices, epoch_order, load_face_set
 from fmix.train.encoders import MIXING_METHODS, build_encoder
 from fmix.train.game import AdaptiveGame, k_histogram
 
-K_VALUES = (2, 3, 4, 5, 6)
+K_VALUES = DEFAULT_K_VALUES  # the adaptive policy's actions
 
 
 class FRNet(nn.Module):
