@@ -15,6 +15,14 @@ SAMPLE_IDENTITIES = (
 )
 
 
+def require_files(paths: list[Path]) -> list[Path]:
+    """``paths`` if every one is a file; a missing data set fails the test (never skips it)."""
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} test file(s) of the shared data set are missing, first {missing[0]} (see ../shared/data)")
+    return paths
+
+
 def copy_sample(dst: Path, identities=SAMPLE_IDENTITIES, per_identity: int = 6) -> Path:
     """Copy the first ``per_identity`` photos of each identity into ``dst/<identity>/``."""
     for name in identities:

@@ -2,15 +2,14 @@ import io
 import os
 import pickle
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fmix.evaluate import VerificationBin, read_insightface_bin, restricted_load
+from fmix_testing import LFW_IMAGES, require_files
 
-LFW = Path("/work/shared/data/lfw/images_deepfunneled")
 NAMES = ("Aaron_Eckhart", "AJ_Cook", "Aaron_Guiel", "AJ_Lamas")
 
 
@@ -27,9 +26,7 @@ def _decode(data: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def face_jpegs() -> list[bytes]:
     """Four real LFW faces, centre crop 112x112, as JPEG bytes."""
-    paths = [LFW / name / f"{name}_0001.jpg" for name in NAMES]
-    if not all(path.is_file() for path in paths):
-        pytest.skip(f"LFW faces not found under {LFW}")
+    paths = require_files([LFW_IMAGES / name / f"{name}_0001.jpg" for name in NAMES])
     return [_encode(np.asarray(Image.open(path).convert("RGB"))[69:181, 69:181]) for path in paths]
 
 
