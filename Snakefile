@@ -4,6 +4,7 @@
 configfile: "params.yaml"
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/export.smk"

@@ -59,6 +59,7 @@ class SplitParams:
     pairs_per_fold: int = 100  # half matched, half mismatched
 
     def __post_init__(self) -> None:
+        _require_seed(self.seed, "split.seed")
         _require(self.min_images >= 2, "split.min_images must be >= 2")
         _require(0 < self.private_fraction < 1, "split.private_fraction must be in (0, 1)")
         _require(0 <= self.public_fraction < 1, "split.public_fraction must be in [0, 1)")
@@ -114,6 +115,7 @@ class MaskParams:
     anonymize: bool = False  # keyed-hash sample names (key from FMIX_NAME_KEY) instead of identity/file names
 
     def __post_init__(self) -> None:
+        _require_seed(self.seed, "mask.seed")
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
         _require(self.previews >= 0, "mask.previews must be >= 0")
 
@@ -162,6 +164,7 @@ class TrainParams:
     amp: bool = True  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
+        _require_seed(self.seed, "train.seed")
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _require(self.k >= 1, "train.k must be >= 1")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")
@@ -196,6 +199,7 @@ class EvaluatorParams:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        _require_seed(self.seed, "evaluator.seed")
         _require(self.epochs >= 1 and self.width > 0, "evaluator.epochs must be >= 1 and evaluator.width > 0")
 
 
@@ -212,6 +216,7 @@ class AttackParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _require_seed(self.seed, "attack.seed")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
         _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
         _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")
@@ -229,9 +234,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# Sections of params.yaml that no command reads: ``data`` wires the pipeline's paths.
+WIRING_SECTIONS = ("data",)
+MAX_SEED = 2**32 - 1  # what every seeded generator (numpy, torch, random) accepts
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParamsError(message)
+
+
+def _require_seed(seed: int, name: str) -> None:
+    _require(0 <= seed <= MAX_SEED, f"{name} must be in [0, {MAX_SEED}], got {seed}")
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
@@ -242,17 +256,51 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
 
     Returns:
         The mapping of section name to section mapping.
+
+    Raises:
+        ParamsError: the file is missing, not UTF-8 YAML, not a mapping, or names a section
+            that no stage has (a misspelled section would otherwise silently run with defaults).
     """
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"params file {path} is not UTF-8 text: {err}") from err
     except yaml.YAMLError as err:
         raise ParamsError(f"params file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ParamsError(f"params file {path} must hold a mapping of sections, got {type(data).__name__}")
+    _check_section_names(data, str(path))
     return data
+
+
+def _check_section_names(data: dict, source: str) -> None:
+    unknown = sorted(str(name) for name in set(data) - set(SECTIONS) - set(WIRING_SECTIONS))
+    if unknown:
+        known = ", ".join([*SECTIONS, *WIRING_SECTIONS])
+        raise ParamsError(f"unknown section(s) in {source}: {', '.join(unknown)}; known: {known}")
+
+
+def validate_params(data: dict[str, Any], source: str = "params") -> None:
+    """Check a whole params mapping: known section names, and every stage section's keys and values.
+
+    The pipelines call this when they load ``params.yaml``, so a typo fails before any stage runs.
+
+    Args:
+        data: section name -> section mapping (as read from ``params.yaml``).
+        source: where the mapping came from, for messages.
+
+    Raises:
+        ParamsError: naming the first bad section, key or value.
+    """
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source} must hold a mapping of sections, got {type(data).__name__}")
+    _check_section_names(data, source)
+    for name, cls in SECTIONS.items():
+        values = data.get(name)
+        section_from_mapping(cls, {} if values is None else values, name)
 
 
 def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:

@@ -75,3 +75,44 @@ def test_bad_files_are_reported(tmp_path):
 def test_sections_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         AlignParams().workers = 3
+
+
+def test_a_misspelled_section_is_an_error_not_silent_defaults(tmp_path):
+    """Issue 9 item 2: `masks:` instead of `mask:` used to run with real names and seed 0."""
+    from fmix.params import MaskParams
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data: {aligned: data/aligned}\nmasks: {anonymize: true, seed: 424242}\n")
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) in .*p.yaml: masks; known: align, split, export, mask, .*data"):
+        load_section(MaskParams, path, "mask")
+    path.write_text("mask: {anonymise: true}\n")
+    with pytest.raises(ParamsError, match=r"unknown key\(s\) in section 'mask': anonymise"):
+        load_section(MaskParams, path, "mask")
+
+
+def test_validate_params_checks_every_section():
+    from fmix.params import validate_params
+
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    validate_params(on_disk)  # the shipped file is valid
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) in params.yaml: trian"):
+        validate_params({**on_disk, "trian": {}}, "params.yaml")
+    with pytest.raises(ParamsError, match=r"unknown key\(s\) in section 'attack': second"):
+        validate_params({**on_disk, "attack": {"second": 1}})
+    with pytest.raises(ParamsError, match=r"export.upsample must be 1, 2, 4 or 8, got 3"):
+        validate_params({"export": {"upsample": 3}})
+
+
+def test_a_non_utf8_params_file_is_a_params_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"mask:\n  seed: \xff\xfe\n")
+    with pytest.raises(ParamsError, match=r"params file .*p.yaml is not UTF-8 text"):
+        load_section(SplitParams, path, "split")
+
+
+@pytest.mark.parametrize("name", ["split", "mask", "train", "evaluator", "attack"])
+def test_seeds_out_of_range_are_refused(name):
+    with pytest.raises(ParamsError, match=rf"{name}.seed must be in \[0, 4294967295\], got 100000000000000000000"):
+        section_from_mapping(SECTIONS[name], {"seed": 10**20}, name)
+    with pytest.raises(ParamsError, match=rf"{name}.seed must be in \[0, 4294967295\], got -1"):
+        section_from_mapping(SECTIONS[name], {"seed": -1}, name)

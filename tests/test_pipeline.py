@@ -112,3 +112,20 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert (tiny_pipeline / "data" / "splits" / "split.json").is_file()
     assert (tiny_pipeline / "metrics" / "verification.json").is_file()
     assert "didn't change" in _run(["dvc", "repro"], tiny_pipeline) or "up to date" in _run(["dvc", "status"], tiny_pipeline)
+
+
+def test_a_misspelled_params_section_stops_both_pipelines_at_once(tmp_path):
+    """Issue 9 item 2: Snakemake validates params.yaml when it loads; every DVC stage command refuses it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PIPELINE_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    with open(root / "params.yaml", "a") as handle:
+        handle.write("\nmasks:\n  anonymize: true\n")
+    result = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=root, env=_env(), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "params.yaml: unknown section(s) in params.yaml: masks" in result.stdout + result.stderr
+    result = subprocess.run(["fmix", "split", "data/aligned", "data/splits", "--params", "params.yaml"], cwd=root, env=_env(), capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith("error: unknown section(s) in params.yaml: masks;") and result.stderr.count("\n") == 1
