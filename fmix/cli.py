@@ -48,12 +48,24 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+# Errors caused by what the user passed (paths, files, values), shown as one line; any other
+# exception is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+
+
 def _run(step):
     """Run a library call; bad input becomes a one-line error and exit code 1, not a traceback."""
     try:
         return step()
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    except USER_ERRORS as err:
+        _fail(_one_line(err))
+
+
+def _one_line(err: Exception) -> str:
+    """The error's message on one line (OS errors name their file)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _load(cls_name: str, params: Path | None, section: str, **overrides):
@@ -62,7 +74,7 @@ def _load(cls_name: str, params: Path | None, section: str, **overrides):
     try:
         return params_module.load_section(getattr(params_module, cls_name), params, section, **overrides)
     except params_module.ParamsError as err:
-        _fail(str(err))
+        _fail(_one_line(err))
 
 
 @app.command()
@@ -73,13 +85,14 @@ def align(
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (overrides align.workers).")] = None,
     min_images: Annotated[Optional[int], typer.Option(help="Only identities with at least this many files.")] = None,
     max_identities: Annotated[Optional[int], typer.Option(help="Only the first N identities by name.")] = None,
+    inside_only: Annotated[bool, typer.Option("--inside-only", help="Do not follow symbolic links that lead out of SRC (status outside_source).")] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Detect faces (RetinaFace) and warp them to the ArcFace template; resumable, bad files get a status."""
     cfg = _load("AlignParams", params, "align", workers=workers, min_images=min_images, max_identities=max_identities)
     from fmix.data.align import align_folder
 
-    summary = _run(lambda: align_folder(src, dst, cfg, progress=not quiet))
+    summary = _run(lambda: align_folder(src, dst, cfg, progress=not quiet, follow_outside=not inside_only))
     counts = summary["status_counts"]
     failed = {status: n for status, n in counts.items() if status != "ok"}
     typer.echo(

@@ -33,6 +33,23 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files a killed :func:`atomic_write` left under ``folder`` (``.<name>.*.tmp``).
+
+    Only call it on a folder no other run is writing to (a resume of the same output).
+
+    Args:
+        folder: the output folder, searched recursively.
+
+    Returns:
+        How many files were removed.
+    """
+    stale = [path for path in Path(folder).rglob(".*.tmp") if path.is_file() and not path.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_json_atomic(path: str | Path, data: dict | list) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_write(path) as out:

@@ -2,12 +2,21 @@
 
 Output layout: ``DST/<identity>/<stem>.png`` plus ``DST/manifest.jsonl`` (one row per source
 file, appended as work finishes, so a killed run resumes where it stopped) and
-``DST/summary.json``.
+``DST/summary.json``. Source files of one identity whose names differ only by extension (or
+case) would share an output name: they all get the status ``name_clash`` and none is written,
+so no face is ever overwritten or filed under another photo's name.
+
+Symbolic links: links are followed, also when they lead out of SRC (link farms, DVC caches);
+with ``follow_outside=False`` (``fmix align --inside-only``) a link whose target lies outside
+SRC gets the status ``outside_source`` and is not read. Loops and broken links get the
+statuses ``symlink_loop`` and ``broken_link``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -18,7 +27,7 @@ import numpy as np
 
 from fmix.data.detect import FaceDetector, pick_central_face
 from fmix.data.images import ImageReadError, list_identity_folders, read_rgb, write_png_atomic
-from fmix.io import write_json_atomic
+from fmix.io import remove_stale_temporaries, write_json_atomic
 from fmix.params import AlignParams
 
 ARCFACE_TEMPLATE = np.array(
@@ -33,6 +42,8 @@ OUTPUT_AFFECTING = ("size", "score_threshold", "detect_max_side", "max_pixels")
 OK = "ok"
 NO_FACE = "no_face"
 FAILED = "failed"
+NAME_CLASH = "name_clash"
+OUTSIDE_SOURCE = "outside_source"
 
 
 @dataclass(frozen=True)
@@ -138,13 +149,52 @@ def align_file(source: Path, identity: str, src_root: Path, dst_root: Path, dete
     face = pick_central_face(detector.detect(rgb), rgb.shape[1], rgb.shape[0])
     if face is None:
         return AlignResult(relative, identity, NO_FACE, message=f"no face with score > {params.score_threshold}")
-    output = f"{identity}/{source.stem}.png"
+    output = output_name(source, identity)
     try:
         write_png_atomic(warp_face(rgb, face.landmarks, params.size), dst_root / output)
     except (OSError, ValueError) as err:
         return AlignResult(relative, identity, FAILED, message=f"cannot align or write: {err}")
     landmarks = np.round(face.landmarks, 2).tolist()
     return AlignResult(relative, identity, OK, output, round(face.score, 5), landmarks)
+
+
+def output_name(source: Path, identity: str) -> str:
+    """The aligned face's path relative to DST: ``<identity>/<stem>.png``."""
+    return f"{identity}/{source.stem}.png"
+
+
+def refused_sources(tasks: list[tuple[Path, str]], src_root: Path, follow_outside: bool = True) -> dict[Path, AlignResult]:
+    """The sources that are not aligned at all, with their manifest rows.
+
+    Args:
+        tasks: (photo, identity) pairs of one run.
+        src_root: the resolved SRC folder.
+        follow_outside: False refuses links whose target lies outside ``src_root``.
+
+    Returns:
+        Source -> row with status ``name_clash`` (several sources of an identity share an output
+        name, compared without case) or ``outside_source``.
+    """
+    by_output: dict[str, list[Path]] = {}
+    for source, identity in tasks:
+        by_output.setdefault(output_name(source, identity).casefold(), []).append(source)
+    refused = {}
+    for source, identity in tasks:
+        relative = source.relative_to(src_root).as_posix()
+        clash = by_output[output_name(source, identity).casefold()]
+        if len(clash) > 1:
+            names = ", ".join(path.name for path in clash)
+            message = f"{names} would all be aligned to {output_name(source, identity)}: rename them"
+            refused[source] = AlignResult(relative, identity, NAME_CLASH, message=message)
+        elif not follow_outside and source.is_symlink() and not _inside(source, src_root):
+            message = f"a link to {os.path.realpath(source)}, outside {src_root} (not followed with --inside-only)"
+            refused[source] = AlignResult(relative, identity, OUTSIDE_SOURCE, message=message)
+    return refused
+
+
+def _inside(path: Path, root: Path) -> bool:
+    target = Path(os.path.realpath(path))
+    return root in target.parents
 
 
 def select_sources(src_root: Path, params: AlignParams) -> list[tuple[Path, str]]:
@@ -222,17 +272,20 @@ def _run_tasks(tasks: list[tuple[Path, str]], src_root: Path, dst_root: Path, pa
         yield from pool.map(_align_task, tasks, chunksize=16)
 
 
-def align_folder(src: str | Path, dst: str | Path, params: AlignParams, progress: bool = True) -> dict:
+def align_folder(src: str | Path, dst: str | Path, params: AlignParams, progress: bool = True, follow_outside: bool = True) -> dict:
     """Align every selected photo of an ImageFolder tree, resuming a previous run.
 
     Photos already in ``DST/manifest.jsonl`` (and whose output still exists) are skipped.
-    Bad files get a status in the manifest and the run goes on.
+    Bad files get a status in the manifest and the run goes on. A resume first cuts a
+    half-written last manifest line (killed run) and deletes the run's stale temporary files.
 
     Args:
         src: ImageFolder root (one folder per identity).
         dst: output folder; must not be inside ``src``.
         params: alignment parameters.
         progress: show a progress bar.
+        follow_outside: follow symbolic links whose target lies outside ``src`` (else they get
+            the status ``outside_source``).
 
     Returns:
         The summary (also written to ``DST/summary.json``): counts per status, how many were
@@ -243,13 +296,20 @@ def align_folder(src: str | Path, dst: str | Path, params: AlignParams, progress
     src_root, dst_root = Path(src).resolve(), Path(dst).resolve()
     if dst_root == src_root or src_root in dst_root.parents:
         raise ValueError(f"output folder {dst} must not be inside the input folder {src}")
+    if dst_root.exists() and not dst_root.is_dir():
+        raise ValueError(f"output folder {dst} is an existing file, not a folder")
     tasks = select_sources(src_root, params)
     _check_resumable(dst_root, params)
+    remove_stale_temporaries(dst_root)
+    _repair_manifest(dst_root / MANIFEST)
     done = {row.source for row in read_manifest(dst_root) if _finished(row, dst_root)}
     todo = [task for task in tasks if task[0].relative_to(src_root).as_posix() not in done]
+    refused = refused_sources(todo, src_root, follow_outside)
     with open(dst_root / MANIFEST, "a") as manifest:
         bar = tqdm(total=len(todo), desc="align", unit="img", disable=not progress)
-        for row in _run_tasks(todo, src_root, dst_root, params):
+        rows = [refused[task[0]] for task in todo if task[0] in refused]
+        work = [task for task in todo if task[0] not in refused]
+        for row in itertools.chain(rows, _run_tasks(work, src_root, dst_root, params)):
             manifest.write(json.dumps(asdict(row)) + "\n")
             manifest.flush()
             bar.update()
@@ -266,6 +326,16 @@ def align_folder(src: str | Path, dst: str | Path, params: AlignParams, progress
     }
     write_json_atomic(dst_root / SUMMARY, summary)
     return summary
+
+
+def _repair_manifest(path: Path) -> None:
+    """Cut a half-written last line (a killed run), so the next row starts on a line of its own."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def _check_resumable(dst_root: Path, params: AlignParams) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import stat
 import warnings
 from pathlib import Path
 
@@ -17,6 +19,8 @@ EMPTY = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
 CORRUPT = "corrupt"
 TOO_LARGE = "too_large"
+SYMLINK_LOOP = "symlink_loop"
+BROKEN_LINK = "broken_link"
 
 
 class ImageReadError(Exception):
@@ -42,14 +46,21 @@ def read_rgb(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
         Array of shape (H, W, 3), dtype uint8.
 
     Raises:
-        ImageReadError: status ``empty_file``, ``not_an_image``, ``corrupt`` or ``too_large``.
+        ImageReadError: status ``empty_file``, ``not_an_image``, ``corrupt``, ``too_large``,
+            ``symlink_loop`` or ``broken_link``.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageReadError(SYMLINK_LOOP, f"{path} is a symbolic link loop") from err
+        if err.errno == errno.ENOENT and path.is_symlink():
+            raise ImageReadError(BROKEN_LINK, f"{path} is a symbolic link to a missing file") from err
         raise ImageReadError(NOT_AN_IMAGE, f"cannot read {path}: {err.strerror}") from err
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(NOT_AN_IMAGE, f"{path} is not a regular file")
+    if info.st_size == 0:
         raise ImageReadError(EMPTY, f"{path} is an empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -99,11 +110,16 @@ def write_png_atomic(array: np.ndarray, path: str | Path) -> None:
         Image.fromarray(array, "RGB").save(out, format="PNG")
 
 
+def _is_listed_file(path: Path) -> bool:
+    return not path.name.startswith(".") and (path.is_file() or (path.is_symlink() and not path.is_dir()))
+
+
 def list_identity_folders(root: str | Path) -> dict[str, list[Path]]:
     """List an ImageFolder tree: one sub-folder per identity, files inside it.
 
     Every regular file is listed (not only known image suffixes), so that non-image files are
-    reported rather than silently ignored. Hidden files are skipped.
+    reported rather than silently ignored; so is every symbolic link that is not a link to a
+    folder, loops and broken links included (reading them gives a status). Hidden files are skipped.
 
     Args:
         root: the folder holding one folder per identity.
@@ -116,7 +132,7 @@ def list_identity_folders(root: str | Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"input folder not found: {root}")
     identities = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in folder.iterdir() if _is_listed_file(p))
         if files:
             identities[folder.name] = files
     if not identities:
