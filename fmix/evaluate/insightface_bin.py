@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -40,13 +41,29 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_load(file: BinaryIO) -> object:
     """Unpickle with :class:`RestrictedUnpickler` (Python 2 ``str`` loads as ``bytes``).
 
+    The opcodes are walked first (:func:`pickletools.genops`, which builds nothing), so an empty
+    or truncated file, or one whose length field claims more bytes than it holds, is refused
+    before the unpickler allocates anything for it.
+
     Args:
         file: a binary file object positioned at the pickle.
 
     Returns:
         The unpickled object, built from built-in types only.
+
+    Raises:
+        ValueError: the data is empty, truncated or not a well-formed pickle.
+        pickle.UnpicklingError: the pickle asks for a global (see :class:`RestrictedUnpickler`).
     """
-    return RestrictedUnpickler(file, encoding="bytes").load()
+    data = file.read()
+    if not data:
+        raise ValueError("the file is empty: no pickle in it")
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except ValueError as err:
+        raise ValueError(f"not a complete, well-formed pickle: {err}") from err
+    return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
 @dataclass(frozen=True)
@@ -128,7 +145,11 @@ def read_insightface_bin(path: str | Path, image_size: tuple[int, int] | None = 
         The decoded set.
     """
     with open(path, "rb") as file:
-        bins, issame = _check_structure(restricted_load(file))
+        try:
+            loaded = restricted_load(file)
+        except ValueError as err:
+            raise ValueError(f"{path} is not an InsightFace .bin: {err}") from err
+    bins, issame = _check_structure(loaded)
     if not bins:
         raise ValueError(f"{path} holds no pairs")
     images = [decode_image(bytes(data), i, image_size) for i, data in enumerate(bins)]

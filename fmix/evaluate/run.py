@@ -17,7 +17,7 @@ from fmix.data.faces import load_faces
 from fmix.data.splits import Pair, read_pairs
 from fmix.evaluate.verification import cosine_scores, verification_metrics
 from fmix.masker.build import faces_to_tensor
-from fmix.params import EvaluateParams, TrainParams
+from fmix.params import EvaluateParams, TrainParams, section_from_mapping
 from fmix.train.checkpoint import load_checkpoint
 from fmix.train.encoders import encoder_from_spec
 
@@ -48,6 +48,10 @@ class TrainedModel(nn.Module):
         return self.encoder(images).flatten(1).float()
 
 
+# What `fmix train` saves in model.pt.
+MODEL_KEYS = ("params", "encoder", "backbone", "head", "policy", "num_classes", "input")
+
+
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainedModel, dict]:
     """Rebuild a model saved by ``fmix train`` (``model.pt``).
 
@@ -57,13 +61,19 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     from fmix.train.loop import build_net
 
     record = load_checkpoint(path, device)
-    params = TrainParams(**record["params"])
-    channels, size = record["input"]
-    net = build_net(params, channels, size, record["num_classes"])
-    net.backbone.load_state_dict(record["backbone"])
-    net.head.load_state_dict(record["head"])
-    model = TrainedModel(encoder_from_spec(record["encoder"]), net.backbone, net.head).to(device).eval()
-    return model, record
+    missing = [key for key in MODEL_KEYS if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
+    try:
+        params = section_from_mapping(TrainParams, record["params"], "train")
+        channels, size = record["input"]
+        net = build_net(params, channels, size, record["num_classes"])
+        net.backbone.load_state_dict(record["backbone"])
+        net.head.load_state_dict(record["head"])
+        encoder = encoder_from_spec(record["encoder"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a damaged or foreign record
+        raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
+    return TrainedModel(encoder, net.backbone, net.head).to(device).eval(), record
 
 
 def pair_faces(aligned: str | Path, pairs: list[Pair]) -> tuple[Tensor, dict[str, int]]:

@@ -61,9 +61,17 @@ class OnnxMasker:
         self.input_size = int(self.metadata["input_size"])
         self.upsample = int(self.metadata["upsample"])
         self.mixing = MixingConfig(**json.loads(self.metadata["mixing"]))
+        shapes = {item.name: item.shape for item in self.session.get_inputs()}
+        if shapes.get("images", [None])[1:] != [3, self.input_size, self.input_size] or "policy_noise" not in shapes:
+            raise ValueError(f"{path} does not take faces of its metadata's input_size={self.input_size}: its inputs are {shapes}")
 
     def __call__(self, images: torch.Tensor, policy_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masked, k = self.session.run(None, {"images": images.numpy(), "policy_noise": policy_noise.numpy()})
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        try:
+            masked, k = self.session.run(None, {"images": images.numpy(), "policy_noise": policy_noise.numpy()})
+        except InvalidArgument as err:  # inputs the model's graph does not accept
+            raise ValueError(f"the masker refuses faces of shape {tuple(images.shape)}: {err}") from err
         return torch.from_numpy(masked), torch.from_numpy(k)
 
 
@@ -119,6 +127,7 @@ def protect_folder(
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     if params.anonymize and not name_key:
         raise ValueError(f"anonymized names need a key: set {NAME_KEY_ENV} (keep it secret, it links names to files)")
+    _check_output_folder(out_root)
     masker = OnnxMasker(masker_path)
     items = list_inputs(in_root, Path(face_list) if face_list else None)
     if not items:
@@ -145,11 +154,29 @@ def protect_folder(
     key = name_key if params.anonymize else None
     batches = [items[start : start + params.batch_size] for start in range(0, len(items), params.batch_size)]
     for shard, batch in enumerate(tqdm(batches, desc="mask", unit="shard", disable=not progress)):
-        if (out_root / f"shard-{shard:05d}.json").exists():
+        if _shard_done(out_root, shard):
             continue
         _protect_shard(shard, batch, in_root, out_root, masker, params, label_of, aligner, key, dtype)
     summary = _finish(out_root, len(batches), masker, params, identities, items)
     return summary
+
+
+def _check_output_folder(out_root: Path) -> None:
+    """Refuse an existing file, or a non-empty folder that is not an earlier run (no ``run.json``)."""
+    if out_root.exists() and not out_root.is_dir():
+        raise ValueError(f"output folder {out_root} is an existing file, not a folder")
+    if out_root.is_dir() and not (out_root / "run.json").is_file() and any(out_root.iterdir()):
+        raise ValueError(f"output folder {out_root} holds files but no run.json of `fmix mask`: use an empty or new folder")
+
+
+def _shard_done(out_root: Path, shard: int) -> bool:
+    """A shard is complete when its JSON (written last) reads back with its rows and its .npy exists."""
+    try:
+        part = json.loads((out_root / f"shard-{shard:05d}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    complete = isinstance(part, dict) and isinstance(part.get("rows"), list) and isinstance(part.get("skipped"), list)
+    return complete and (out_root / f"shard-{shard:05d}.npy").is_file()
 
 
 def _check_resumable(out_root: Path, run: dict) -> None:
@@ -188,6 +215,8 @@ def _protect_shard(shard, batch, in_root, out_root, masker, params, label_of, al
     np.save(buffer, samples)
     with atomic_write(out_root / f"shard-{shard:05d}.npy", "wb") as out:
         out.write(buffer.getvalue())
+    # Messages name files relative to IN_DIR, like "source": the summary holds no machine paths.
+    skipped = [(i, s, m.replace(str(in_root / batch[i][0]), batch[i][0])) for i, s, m in skipped]
     skipped_rows = [{"source": batch[i][0] if key is None else sample_name(batch[i][0], key), "status": s, "message": m if key is None else s} for i, s, m in skipped]
     write_json_atomic(out_root / f"shard-{shard:05d}.json", {"rows": rows, "skipped": skipped_rows})
 

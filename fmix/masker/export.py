@@ -15,6 +15,7 @@ from fmix.masker.build import build_masker, masker_metadata, public_channel_stat
 from fmix.masker.module import Masker, StrategyPolicy
 from fmix.params import ExportParams
 
+MIN_OPSET = 17  # the oldest opset the masker's operators export to
 INPUT_NAMES = ("images", "policy_noise")
 OUTPUT_NAMES = ("masked", "k")
 
@@ -50,11 +51,42 @@ def export_onnx(masker: Masker, path: str | Path, metadata: dict[str, str], inpu
             verbose=False,
         )
     model = program.model_proto
+    exported = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if exported != [opset]:  # the exporter falls back to its own opset instead of failing
+        raise ValueError(f"the masker could not be exported at opset {opset} (the exporter produced opset {exported}); use export.opset 18")
     for key, value in sorted(metadata.items()):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     with atomic_write(path, "wb") as out:
         out.write(model.SerializeToString())
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the installed ``onnx`` cannot write (the exporter would fall back silently).
+
+    Args:
+        opset: the requested ``export.opset``.
+    """
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"export.opset must be in [{MIN_OPSET}, {newest}] (the installed onnx's range), got {opset}")
+
+
+def check_cap(cap: float | None, k_values: tuple[int, ...]) -> None:
+    """Refuse a cap no mix of the smallest k can meet: k weights summing to 1 need ``cap * k >= 1``.
+
+    Args:
+        cap: ``export.cap``, the largest mixing weight (None: no cap).
+        k_values: the k the policy can choose (k = 1 does not mix).
+    """
+    mixed = [k for k in k_values if k >= 2]
+    if cap is not None and mixed and cap * min(mixed) < 1.0 - 1e-9:
+        raise ValueError(
+            f"export.cap={cap} is infeasible for the smallest k={min(mixed)}: {min(mixed)} weights summing to 1 "
+            f"cannot all be <= {cap} (need export.cap >= {1.0 / min(mixed):.4g})"
+        )
 
 
 def masker_with_trained_policy(model_path: str | Path) -> Masker:
@@ -66,9 +98,12 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     if not record["policy"]:
         raise ValueError(f"{model_path} has no strategy network (train with method 'adaptive')")
     frequency = model.encoder.masker
-    k_values = tuple(record["policy"]["k_table"].tolist())  # the actions the policy was trained with
-    network = StrategyNetwork(frequency.mask.num_kept, k_values)
-    network.load_state_dict(record["policy"])
+    try:
+        k_values = tuple(record["policy"]["k_table"].tolist())  # the actions the policy was trained with
+        network = StrategyNetwork(frequency.mask.num_kept, k_values)
+        network.load_state_dict(record["policy"])
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{model_path} holds a damaged strategy network: {type(err).__name__}: {err}") from err
     return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), k_values).eval()
 
 
@@ -90,9 +125,12 @@ def export_masker(
     Returns:
         A summary: channels kept, faces used, file size.
     """
+    check_opset(params.opset)
     if policy_model is not None:
         masker, used = masker_with_trained_policy(policy_model), None
+        check_cap(params.cap, tuple(masker.k_values.tolist()))
     else:
+        check_cap(params.cap, params.k_values)
         rows = read_face_list(public_csv)
         rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
         stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)

@@ -126,3 +126,20 @@ def test_restricted_load_names_the_refused_global(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to load the global (os|posix)\.system"):
         restricted_load(io.BytesIO(pickle.dumps(_Exploit("true"))))
     assert restricted_load(io.BytesIO(pickle.dumps(([b"x"], (True, 1), "s")))) == ([b"x"], (True, 1), "s")
+
+
+def test_empty_truncated_and_lying_files_are_value_errors(tmp_path, face_jpegs):
+    """Issue 9: these raised raw EOFError, UnpicklingError and MemoryError."""
+    good = pickle.dumps((face_jpegs[:2], [True]), protocol=4)
+    cases = {
+        "empty": (b"", r"empty\.bin is not an InsightFace \.bin: the file is empty: no pickle in it"),
+        "truncated": (good[: len(good) // 2], r"truncated\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected \d+ bytes in a bytes4, but only \d+ remain"),
+        "no_stop": (good[:-1], r"no_stop\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: pickle exhausted before seeing STOP"),
+        # BINBYTES8 claiming 2**60 bytes: the unpickler itself would try to allocate them.
+        "huge_claim": (b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"abc", r"huge_claim\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected 1152921504606846976 bytes in a bytes8, but only 3 remain"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            read_insightface_bin(path)
