@@ -22,6 +22,8 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         The open temporary file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is an existing folder: give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -83,3 +83,24 @@ def test_mask_command_errors(aligned_sample, tmp_path):
     assert result.exit_code == 1 and "error: masker not found" in result.output
     result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--anonymize", "-m", str(tmp_path / "none.onnx")], env={"FMIX_NAME_KEY": ""})
     assert result.exit_code == 1 and "error: anonymized names need a key: set FMIX_NAME_KEY" in result.output
+
+
+def test_hostile_inputs_get_one_line_errors(pipeline_sample, tmp_path):
+    """Issue 9 item 3: each of these printed a traceback; now one `error: ...` line and exit code 1."""
+    aligned, splits, masker = (str(pipeline_sample[key]) for key in ("aligned", "splits", "masker"))
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "latin1.yaml").write_bytes(b"split:\n  seed: \xff\n")
+    (tmp_path / "evil.csv").write_text("path,identity\n../../etc/passwd,x\n")
+    small = tmp_path / "small.yaml"
+    small.write_text("split: {folds: 2, pairs_per_fold: 4, private_fraction: 0.4, public_fraction: 0.2, val_fraction: 0.34}\n")
+    cases = [
+        (["split", aligned, str(tmp_path / "file"), "-p", str(small)], f"File exists: {tmp_path / 'file'}"),
+        (["split", aligned, str(tmp_path / "s"), "-p", str(tmp_path / "latin1.yaml")], f"params file {tmp_path / 'latin1.yaml'} is not UTF-8 text: 'utf-8' codec can't decode byte 0xff in position 15: invalid start byte"),
+        (["export", aligned, f"{splits}/public.csv", str(tmp_path)], f"{tmp_path} is an existing folder: give a file name"),
+        (["mask", aligned, str(tmp_path / "o"), "-m", masker, "--faces", str(tmp_path / "evil.csv")], f"{tmp_path / 'evil.csv'} line 2: path '../../etc/passwd' must be relative to the faces folder, without '..'"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert (result.exit_code, result.output) == (1, f"error: {message}\n"), args
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "s").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.csv", "file", "latin1.yaml", "small.yaml"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -19,15 +19,28 @@ def read_face_list(csv_path: str | Path) -> list[tuple[str, str]]:
 
     Returns:
         (relative path, identity) rows in file order.
+
+    Raises:
+        ValueError: the file is not UTF-8 CSV with ``path`` and ``identity`` columns, a row lacks
+            one, or a path is absolute or climbs out of its folder (``..``).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"face list not found: {csv_path}")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "identity"} <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path} must have 'path' and 'identity' columns, got {reader.fieldnames}")
-        return [(row["path"], row["identity"]) for row in reader]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"path", "identity"} <= set(reader.fieldnames):
+                raise ValueError(f"{csv_path} must have 'path' and 'identity' columns, got {reader.fieldnames}")
+            rows = [(row["path"], row["identity"], reader.line_num) for row in reader]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{csv_path} is not UTF-8 text: {err}") from err
+    for path, identity, line in rows:
+        if not path or not identity:
+            raise ValueError(f"{csv_path} line {line}: a row needs both a path and an identity")
+        if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            raise ValueError(f"{csv_path} line {line}: path {path!r} must be relative to the faces folder, without '..'")
+    return [(path, identity) for path, identity, _ in rows]
 
 
 def load_faces(
