@@ -186,8 +186,8 @@ def refused_sources(tasks: list[tuple[Path, str]], src_root: Path, follow_outsid
             names = ", ".join(path.name for path in clash)
             message = f"{names} would all be aligned to {output_name(source, identity)}: rename them"
             refused[source] = AlignResult(relative, identity, NAME_CLASH, message=message)
-        elif not follow_outside and source.is_symlink() and not _inside(source, src_root):
-            message = f"a link to {os.path.realpath(source)}, outside {src_root} (not followed with --inside-only)"
+        elif not follow_outside and not _inside(source, src_root):  # the file or its identity folder is a link
+            message = f"leads to {os.path.realpath(source)}, outside {src_root} (links out of SRC are not followed with --inside-only)"
             refused[source] = AlignResult(relative, identity, OUTSIDE_SOURCE, message=message)
     return refused
 

@@ -68,7 +68,17 @@ def test_symbolic_links_loops_broken_and_leaving_src(tmp_path):
     assert '"outside_source": 1' in result.output and "aligned 2 of 6 photos" in result.output
     row = {row.source: row for row in read_manifest(tmp_path / "inside")}["Ariel_Sharon/outside.jpg"]
     assert (row.status, row.output) == ("outside_source", "")
-    assert row.message.startswith(f"a link to {outside.resolve()}, outside")
+    assert row.message.startswith(f"leads to {outside.resolve()}, outside")
+
+
+def test_inside_only_also_refuses_an_identity_folder_linked_from_outside(tmp_path):
+    src = copy_sample(tmp_path / "src", identities=("Ariel_Sharon",), per_identity=1)
+    elsewhere = copy_sample(tmp_path / "elsewhere", identities=("Bill_Clinton",), per_identity=1)
+    os.symlink(elsewhere / "Bill_Clinton", src / "Bill_Clinton")
+    assert align_folder(src, tmp_path / "all", ONE_WORKER, progress=False)["status_counts"] == {"ok": 2}
+    summary = align_folder(src, tmp_path / "inside", ONE_WORKER, progress=False, follow_outside=False)
+    assert summary["status_counts"] == {"ok": 1, "outside_source": 1}
+    assert not (tmp_path / "inside" / "Bill_Clinton").exists()
 
 
 def test_an_existing_file_as_output_is_a_one_line_error(tmp_path):
