@@ -114,11 +114,3 @@ def test_bad_inputs_say_what_is_wrong(judge):
     with pytest.raises(ValueError, match="upscale to be an int >= 1"):
         DlibJudge(upscale=0)
 
-
-def test_speed_on_cpu_is_reported(judge, sample):
-    import time
-
-    start = time.perf_counter()
-    judge.embed(sample[0][:8])
-    faces_per_second = 8 / (time.perf_counter() - start)
-    assert faces_per_second > 2.0  # measured 11-17 faces/s on a shared 2-core CPU
