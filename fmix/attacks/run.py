@@ -127,8 +127,9 @@ def attack_method(
         fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=run.seconds)
         recon = fitted.invert(pairs.x)
         scores = evaluate_reconstruction(recon, constituents, valid, mean_face).summary()
+        cpu_seconds = time.process_time() - start
         hits = scorer.identified(recon, labels, valid, sources)
-        record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": time.process_time() - start}
+        record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}
         if mode == "white":
             recon_white = recon
     record["free_floor"] = record["white"]["floor"]
