@@ -68,6 +68,10 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _load(cls_name: str, params: Path | None, section: str, **overrides):
     from fmix import params as params_module
 
@@ -261,14 +265,20 @@ def attack_reconstruct(
     score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
     from fmix.attacks.reconstruction import AttackConfig
 
-    run = AttackRun(cfg.seconds, cfg.eval_faces, mix, cfg.black_box_k, cfg.seed)
+    run = AttackRun(cfg.seconds, cfg.eval_faces, mix, cfg.black_box_k, cfg.seed, judge=cfg.judge)
     network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
     record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, run, policy, score_cls, method, network))
     row, white, black = record["row"], record["white"], record["black"]
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
-        f"| black-box S3 {black['S3']:.3f} S4 {black['S4']:.3f} | Score_pp {row['Score_pp']:.3f}"
+        f"| black-box S3 {black['S3']:.3f} S4 {black['S4']:.3f} | Score_pp {row['Score_pp']:.3f} | judge {record['judge']}, chance {record['chance_top1']:.4f}"
     )
+    if "dlib" in white["S4_by_judge"]:
+        dlib_white, rgb_white = white["S4_by_judge"]["dlib"], white["S4_by_judge"]["evaluator"]
+        typer.echo(
+            f"  white-box verification TAR@{dlib_white['threshold']} {_fmt(dlib_white['tar'])} (impostors {_fmt(dlib_white['chance_tar'])}); "
+            f"RGB evaluator S2 {record['S2_by_judge']['evaluator']['top1']:.3f} S4 {rgb_white['top1']:.3f}"
+        )
 
 
 @attack_app.command("invert")
@@ -284,9 +294,10 @@ def attack_invert(
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.run import invert_model
 
-    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed))
+    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge))
     dec, opt = result["decoder"], result["optimisation"]
     typer.echo(
-        f"inversion of {result['method']}: decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
+        f"inversion of {result['method']} (judge {result['judge']}): decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
         f"optimisation top-1 {opt['top1']:.3f} top-5 {opt['top5']:.3f}; chance {dec['chance']:.4f}"
+        + (f"; decoder TAR {_fmt(dec['tar'])} (impostors {_fmt(dec['chance_tar'])})" if "tar" in dec else "")
     )

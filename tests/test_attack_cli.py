@@ -29,17 +29,42 @@ def test_attack_reconstruct_and_invert_commands(pipeline_sample, trained, tmp_pa
     result = runner.invoke(app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "-p", str(params), "--method", "ppfrfd", "--no-mix"])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "privacy.json").read_text())
-    assert record["faces"] == 8 and record["mixed"] is False
+    assert record["faces"] == 8 and record["mixed"] is False and record["judge"] == "dlib"
+    assert "verification TAR@0.6" in result.output and "RGB evaluator S2" in result.output
     for mode in ("white", "black"):
         assert 0.0 <= record[mode]["S4"] <= 1.0 and record[mode]["steps"] >= 1 and -1.0 <= record[mode]["S3"] <= 1.0
-    row = record["row"]
-    expected = 0.4 * (1 - (row["S1"] + row["S2"]) / 2) + 0.6 * (1 - (max(row["S3"], 0.0) + row["S4"]) / 2)
-    assert row["Score_pp"] == pytest.approx(expected, abs=1e-6)
+        dlib, rgb = record[mode]["S4_by_judge"]["dlib"], record[mode]["S4_by_judge"]["evaluator"]
+        assert record[mode]["S4"] == dlib["top1"] and record[mode]["top5"] == dlib["top5"] and 0.0 <= rgb["top1"] <= 1.0
+        assert dlib["verified"] == 8 and 0.0 <= dlib["tar"] <= 1.0 and dlib["chance_top1"] == pytest.approx(0.25)
+    assert record["S2"] == record["S2_by_judge"]["dlib"]["top1"] and record["chance_top1"] == pytest.approx(0.25)
+    row, rgb_row = record["row"], record["row_evaluator"]
+    for r in (row, rgb_row):
+        expected = 0.4 * (1 - (r["S1"] + r["S2"]) / 2) + 0.6 * (1 - (max(r["S3"], 0.0) + r["S4"]) / 2)
+        assert r["Score_pp"] == pytest.approx(expected, abs=1e-6)
+    assert rgb_row["S4"] == record["white"]["S4_by_judge"]["evaluator"]["top1"] and rgb_row["S1"] == row["S1"]
     result = runner.invoke(app, ["attack", "invert", str(trained / "adaptive" / "model.pt"), *common, "-p", str(params)])
     assert result.exit_code == 0, result.output
     inversion = json.loads((tmp_path / "out" / "inversion.json").read_text())
-    assert inversion["method"] == "adaptive" and inversion["decoder"]["chance"] == pytest.approx(0.25)
+    assert inversion["method"] == "adaptive" and inversion["judge"] == "dlib" and inversion["decoder"]["chance"] == pytest.approx(0.25)
+    for part in ("decoder", "optimisation"):
+        scores = inversion[part]
+        assert scores["top1"] == scores["by_judge"]["dlib"]["top1"] and 0.0 <= scores["tar"] <= 1.0
+        assert {"top1", "top5", "template_cosine", "chance"} <= set(scores["by_judge"]["evaluator"])
     assert (tmp_path / "out" / "inversion_grid.png").is_file() and (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_attack_with_the_rgb_evaluator_as_judge(pipeline_sample, trained, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 4\n  batch_size: 4\n  invert_seconds: 1.0\n  invert_identities: 2\n  judge: evaluator\n")
+    common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt"), str(tmp_path / "out")]
+    result = runner.invoke(app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "-p", str(params), "--no-mix"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert record["judge"] == "evaluator" and "row_evaluator" not in record and set(record["white"]["S4_by_judge"]) == {"evaluator"}
+    assert record["white"]["S4"] == record["white"]["S4_by_judge"]["evaluator"]["top1"] and "TAR" not in result.output
+    params.write_text("attack:\n  judge: arcface\n")
+    result = runner.invoke(app, ["attack", "invert", str(trained / "adaptive" / "model.pt"), *common, "-p", str(params)])
+    assert result.exit_code == 1 and "attack.judge must be 'dlib' or 'evaluator', got 'arcface'" in result.output
 
 
 def test_attack_errors(pipeline_sample, trained, tmp_path):

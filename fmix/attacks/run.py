@@ -1,14 +1,16 @@
 """``fmix attack``: the privacy measurement of one protection method (DESIGN 5 and 6).
 
 For private training faces protected exactly as the data owner protects them:
-- S1, S2: SSIM and evaluator identity accuracy of the protected samples' visualisation;
+- S1, S2: SSIM and identity accuracy of the protected samples' visualisation;
 - S3, S4 (white-box): an inversion network trained on public faces protected with the real
-  masker and mixing, then applied to the private samples; best-constituent SSIM, PSNR, evaluator
-  top-1 / top-5; the same for a black-box attacker (surrogate masking, guessed k);
+  masker and mixing, then applied to the private samples; best-constituent SSIM, PSNR, top-1 /
+  top-5; the same for a black-box attacker (surrogate masking, guessed k);
 - the free floors: the mean public face against the private faces (best constituent for mixes);
 - Score_pp = 0.4 (1 - (S1 + S2) / 2) + 0.6 (1 - (S3 + S4) / 2), and Score_cls when given.
-A mixed sample counts as identified when the evaluator's top-1 is the identity of any of its
-constituents (the attacker wins by recognising anyone in the mix).
+Identities are judged by :class:`~fmix.attacks.identity.IdentityScorer`: by default dlib's
+pretrained descriptor (top-1 among the private identities, and TAR against the person's other
+photos), with the RGB evaluator's top-1 / top-5 beside it. A mixed sample counts as identified
+when the judge names any of its constituents (the attacker wins by recognising anyone in the mix).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
+from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer
 from fmix.attacks.protectors import MaskerProtector, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
@@ -41,40 +43,7 @@ class AttackRun:
     mix: bool = True  # protect the private faces with mixing (training data) or mask only
     black_box_k: int = 2  # the black-box attacker's guess of k
     seed: int = 0
-
-
-class Evaluator:
-    """The independent evaluator: an FR model trained on clean private faces, never a target."""
-
-    def __init__(self, model_path: str | Path) -> None:
-        from fmix.evaluate.run import load_trained_model
-
-        self.model, record = load_trained_model(model_path)
-        if record["params"]["method"] != "none":
-            raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record['params']['method']!r}")
-
-    @torch.no_grad()
-    def logits(self, images: Tensor) -> Tensor:
-        model = self.model
-        return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128]))) for i in range(0, len(images), 128)])
-
-    def embed(self, images: Tensor) -> Tensor:
-        """Normalised embeddings (no flip averaging: reconstructions are scored as they are)."""
-        return self.model.embed(images, flip_average=False, batch_size=128)
-
-    def identified(self, images: Tensor, labels: Tensor, valid: Tensor) -> dict:
-        """Top-1 / top-5 identification: a hit when the prediction is any valid constituent's identity.
-
-        Args:
-            images: (B, 3, 112, 112) in [0, 255].
-            labels: identity of each constituent (B, k_max).
-            valid: which constituents exist (B, k_max).
-        """
-        logits = self.logits(images)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1_hit = ((top5[:, :1] == labels) & valid).any(dim=1)
-        top5_hit = ((top5[:, :, None] == labels[:, None, :]) & valid[:, None, :]).any(dim=(1, 2))
-        return {"top1": top1_hit.float().mean().item(), "top5": top5_hit.float().mean().item()}
+    judge: str = "dlib"  # headline identity judge of S2/S4 (fmix.attacks.identity.JUDGES)
 
 
 def spread_subset(faces: FaceSet, count: int) -> FaceSet:
@@ -131,20 +100,26 @@ def attack_method(
     """
     out_dir, splits = Path(out_dir), Path(splits)
     attack = attack or AttackConfig(seed=run.seed)
+    if run.judge not in JUDGES:
+        raise ValueError(f"attack judge must be one of {JUDGES}, got {run.judge!r}")
     protector, metadata = load_protector(masker_path, policy_model, run.mix)
     evaluator = Evaluator(evaluator_path)
     public = load_face_set(aligned, splits / "public.csv")
-    private = spread_subset(load_face_set(aligned, splits / "private_train.csv"), run.eval_faces)
+    gallery = load_face_set(aligned, splits / "private_train.csv")
+    private = spread_subset(gallery, run.eval_faces)
+    scorer = IdentityScorer(run.judge, evaluator, gallery)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     pairs = protector(originals, private.labels, torch.Generator().manual_seed(run.seed + 1))
     constituents, valid = constituents_of(originals, pairs)
     labels = private.labels[pairs.partners]
+    gallery_index = {path: i for i, path in enumerate(gallery.paths)}
+    sources = torch.tensor([gallery_index[path] for path in private.paths])[pairs.partners]
     upsample = json.loads(metadata["upsample"])
     visual = protected_to_image(pairs.x, protector.masker.mask, upsample)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
-    s2 = evaluator.identified(visual, labels, valid)
-    record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": run.mix, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"]}
+    s2 = scorer.identified(visual, labels, valid, sources)
+    record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": run.mix, "judge": run.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
     attackers = {"white": protector, "black": surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], run.black_box_k if run.mix else None)}
     recon_white = None
     for mode, attacker_protector in attackers.items():
@@ -152,14 +127,18 @@ def attack_method(
         fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=run.seconds)
         recon = fitted.invert(pairs.x)
         scores = evaluate_reconstruction(recon, constituents, valid, mean_face).summary()
-        hits = evaluator.identified(recon, labels, valid)
-        record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "steps": len(fitted.history), "cpu_seconds": time.process_time() - start}
+        cpu_seconds = time.process_time() - start
+        hits = scorer.identified(recon, labels, valid, sources)
+        record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}
         if mode == "white":
             recon_white = recon
     record["free_floor"] = record["white"]["floor"]
-    record["chance_top1"] = 1.0 / evaluator.logits(originals[:1]).shape[1]
+    record["chance_top1"] = s2["chance_top1"]
     row = PrivacyRow(method, s1, s2["top1"], record["white"]["S3"], record["white"]["S4"], record["white"]["psnr"], record["white"]["top5"], record["free_floor"], score_cls)
     record["row"] = row.to_dict()
+    if run.judge != "evaluator":  # the same row judged by the RGB evaluator, for comparison with earlier runs
+        rgb_s2, rgb_s4 = s2["by_judge"]["evaluator"], record["white"]["S4_by_judge"]["evaluator"]
+        record["row_evaluator"] = PrivacyRow(method, s1, rgb_s2["top1"], record["white"]["S3"], rgb_s4["top1"], record["white"]["psnr"], rgb_s4["top5"], record["free_floor"], score_cls).to_dict()
     heaviest = pairs.heaviest()
     show = torch.arange(min(8, len(private)))
     write_attack_grid(out_dir / "grid.png", originals[heaviest[show]], visual[show], recon_white[show])
@@ -169,14 +148,24 @@ def attack_method(
 
 
 def invert_model(
-    model_path: str | Path, aligned: str | Path, splits: str | Path, evaluator_path: str | Path, out_dir: str | Path, seconds: float = 60.0, optimise_identities: int = 32, seed: int = 0
+    model_path: str | Path,
+    aligned: str | Path,
+    splits: str | Path,
+    evaluator_path: str | Path,
+    out_dir: str | Path,
+    seconds: float = 60.0,
+    optimise_identities: int = 32,
+    seed: int = 0,
+    judge: str = "dlib",
 ) -> dict:
     """Model inversion of a trained FR model; writes ``inversion.json`` and a grid.
 
     (a) a decoder from the target's embeddings to faces, fitted on public faces, applied to each
     private identity's class centre; (b) input optimisation of the identity logit from the mean
-    public face, for the first ``optimise_identities`` identities. Both scored by the evaluator
-    (top-1, top-5, cosine to the identity's clean template).
+    public face, for the first ``optimise_identities`` identities. Both scored by ``judge``
+    (:class:`~fmix.attacks.identity.IdentityScorer`: top-1, top-5, and for dlib the TAR against
+    the identity's clean photos), with the RGB evaluator's top-1, top-5 and cosine to the
+    identity's clean template beside it.
 
     Returns:
         The inversion record.
@@ -185,6 +174,8 @@ def invert_model(
     from fmix.evaluate.run import load_trained_model
 
     out_dir, splits = Path(out_dir), Path(splits)
+    if judge not in JUDGES:
+        raise ValueError(f"attack judge must be one of {JUDGES}, got {judge!r}")
     target, record = load_trained_model(model_path)
     evaluator = Evaluator(evaluator_path)
     public = load_face_set(aligned, splits / "public.csv")
@@ -196,17 +187,26 @@ def invert_model(
     identities = torch.arange(record["num_classes"])
     with torch.no_grad():
         decoded = decoder(target.head.centres())
+    decoder_seconds = time.process_time() - start
     clean = evaluator.embed(private.float_images(torch.arange(len(private))))
     templates = torch.nn.functional.normalize(torch.zeros(record["num_classes"], clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
+    scorer = IdentityScorer(judge, evaluator, private, record["num_classes"])
+
+    def judged(images, chosen):
+        hits = scorer.identified(images, chosen[:, None], torch.ones(len(chosen), 1, dtype=torch.bool))
+        by_judge = {**hits.pop("by_judge"), "evaluator": identity_scores(evaluator.logits, evaluator.embed, images, chosen, templates)}
+        return {**hits, "chance": hits["chance_top1"], "by_judge": by_judge}
+
     result = {
         "method": record["params"]["method"],
-        "decoder": {**identity_scores(evaluator.logits, evaluator.embed, decoded, identities, templates), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": time.process_time() - start},
+        "judge": judge,
+        "decoder": {**judged(decoded, identities), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": decoder_seconds},
     }
     chosen = identities[:optimise_identities]
     logits_fn = lambda images: target.head.logits(target.backbone(target.encoder(images)))  # noqa: E731
     target.eval()
     optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0))
-    result["optimisation"] = identity_scores(evaluator.logits, evaluator.embed, optimised, chosen, templates)
+    result["optimisation"] = judged(optimised, chosen)
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])
     write_attack_grid(out_dir / "inversion_grid.png", reference, decoded[shown], optimised[: len(shown)])

@@ -1,0 +1,242 @@
+"""Who does an attacked image show? The identity scores S2 and S4 of DESIGN 6, by two judges.
+
+- ``dlib`` (the default judge): dlib's pretrained ResNet face descriptor
+  (:class:`~fmix.models.dlib_judge.DlibJudge`), which no fmix run trains. Its gallery is the
+  private identities' clean faces. It scores (a) top-1 / top-5 identification among the private
+  identities, each represented by the mean descriptor of its clean faces, and (b) verification
+  against the person's other photos: the share of those photos within the judge's own 0.6
+  distance (TAR).
+- ``evaluator``: the RGB FR model that ``fmix evaluator`` trains on the clean private faces:
+  top-1 / top-5 of its classifier.
+
+A mixed sample counts as identified when the judge names any of its constituents; its TAR is
+that of its best-verified constituent. Chance is given beside every score: for identification
+the hit rate of a uniformly random ranking of the identities, for verification the same TAR
+computed against the identities of another sample of the batch (impostors).
+:class:`IdentityScorer` is the one interface the attacks use: the chosen judge's numbers as the
+headline, and the RGB evaluator's always beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from fmix.train.data import FaceSet
+
+JUDGES = ("dlib", "evaluator")
+
+
+def _check_constituents(images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"Expected images of shape (B, 3, H, W), got {tuple(getattr(images, 'shape', ()))}")
+    batch = images.shape[0]
+    for value, name in ((labels, "labels"), (valid, "valid"), (sources, "sources")):
+        if value is None:
+            continue
+        if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[0] != batch:
+            raise ValueError(f"Expected {name} of shape ({batch}, K), got {tuple(getattr(value, 'shape', ()))}")
+        if value.shape != labels.shape:
+            raise ValueError(f"Expected {name} of the shape of labels {tuple(labels.shape)}, got {tuple(value.shape)}")
+    if valid.dtype != torch.bool:
+        raise TypeError(f"Expected valid with dtype bool, got {valid.dtype}")
+    if batch and not valid.any(dim=1).all():
+        raise ValueError("Expected every sample to have at least one valid constituent")
+
+
+def chance_hit_rate(labels: Tensor, valid: Tensor, num_identities: int, ranks: int = 1) -> float:
+    """Hit rate of a uniformly random ranking of the identities: any constituent within the first ``ranks``.
+
+    Args:
+        labels: identity of each constituent :math:`(B, K)`.
+        valid: which constituents exist :math:`(B, K)`.
+        num_identities: identities the judge chooses among.
+        ranks: 1 for top-1, 5 for top-5.
+
+    Returns:
+        The mean over samples of ``1 - C(n - m, r) / C(n, r)``, ``m`` distinct identities in the sample.
+    """
+    if num_identities < 1:
+        raise ValueError(f"Expected num_identities >= 1, got {num_identities}")
+    ranks = min(ranks, num_identities)
+    rates = []
+    for row, keep in zip(labels.tolist(), valid.tolist()):
+        m = len({label for label, ok in zip(row, keep) if ok})
+        rates.append(1.0 - math.comb(num_identities - m, ranks) / math.comb(num_identities, ranks))
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
+class Evaluator:
+    """The independent evaluator: an FR model trained on clean private faces, never a target."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        from fmix.evaluate.run import load_trained_model
+
+        self.model, record = load_trained_model(model_path)
+        if record["params"]["method"] != "none":
+            raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record['params']['method']!r}")
+        self.num_classes = int(record["num_classes"])
+
+    @torch.no_grad()
+    def logits(self, images: Tensor) -> Tensor:
+        model = self.model
+        return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128]))) for i in range(0, len(images), 128)])
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Normalised embeddings (no flip averaging: reconstructions are scored as they are)."""
+        return self.model.embed(images, flip_average=False, batch_size=128)
+
+    def identified(self, images: Tensor, labels: Tensor, valid: Tensor) -> dict:
+        """Top-1 / top-5 identification: a hit when the prediction is any valid constituent's identity.
+
+        Args:
+            images: (B, 3, 112, 112) in [0, 255].
+            labels: identity of each constituent (B, k_max).
+            valid: which constituents exist (B, k_max).
+
+        Returns:
+            top1, top5 and their chance rates (:func:`chance_hit_rate`).
+        """
+        logits = self.logits(images)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1_hit = ((top5[:, :1] == labels) & valid).any(dim=1)
+        top5_hit = ((top5[:, :, None] == labels[:, None, :]) & valid[:, None, :]).any(dim=(1, 2))
+        return {
+            "top1": top1_hit.float().mean().item(),
+            "top5": top5_hit.float().mean().item(),
+            "chance_top1": chance_hit_rate(labels, valid, logits.shape[1], 1),
+            "chance_top5": chance_hit_rate(labels, valid, logits.shape[1], 5),
+        }
+
+
+class DlibGallery:
+    """The dlib judge with the private identities' clean faces as its gallery.
+
+    Args:
+        gallery: the clean private faces, labels in ``[0, num_identities)``.
+        num_identities: identities to choose among (default: the largest label + 1); an
+            identity without gallery faces is never predicted.
+        judge: a :class:`~fmix.models.dlib_judge.DlibJudge` (default: a new one).
+
+    Shape:
+        - images: :math:`(B, 3, H, W)` RGB in [0, 255] (or uint8).
+        - labels, valid, sources: :math:`(B, K)`, one column per constituent.
+    """
+
+    def __init__(self, gallery: FaceSet, num_identities: int | None = None, judge=None) -> None:
+        from fmix.models.dlib_judge import DlibJudge
+
+        if len(gallery) == 0:
+            raise ValueError("Expected a non-empty gallery of clean private faces")
+        if int(gallery.labels.min()) < 0:
+            raise ValueError("Expected labelled gallery faces (labels >= 0)")
+        self.judge = judge or DlibJudge()
+        self.labels = gallery.labels.clone()
+        self.num_identities = int(self.labels.max()) + 1 if num_identities is None else num_identities
+        if self.num_identities <= int(self.labels.max()):
+            raise ValueError(f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}")
+        self.descriptors = self.judge.embed(gallery.images)
+        counts = torch.bincount(self.labels, minlength=self.num_identities)
+        sums = torch.zeros(self.num_identities, self.descriptors.shape[1]).index_add_(0, self.labels, self.descriptors)
+        self.templates = sums / counts.clamp(min=1)[:, None]
+        self.has_faces = counts > 0
+
+    def _verification(self, accepted: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per sample: TAR of its best constituent, and whether any constituent had photos to verify against."""
+        genuine = (self.labels[None, None, :] == labels[:, :, None]) & valid[:, :, None]
+        if sources is not None:
+            genuine &= torch.arange(len(self.labels))[None, None, :] != sources[:, :, None]
+        pairs = genuine.sum(dim=2)
+        rate = (genuine & accepted[:, None, :]).sum(dim=2) / pairs.clamp(min=1)
+        rate = torch.where(pairs > 0, rate, torch.full_like(rate, -1.0))
+        return rate.max(dim=1).values, (pairs > 0).any(dim=1)
+
+    @torch.no_grad()
+    def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
+        """Identification among the private identities and verification against the person's other photos.
+
+        Args:
+            images: the images to judge (reconstructions, visualisations, decoded templates).
+            labels: identity of each constituent.
+            valid: which constituents exist (bool).
+            sources: index into the gallery of each constituent's own photo, left out of its
+                verification (None: verify against all of the person's photos).
+
+        Returns:
+            ``top1``, ``top5``, ``tar`` (mean over samples of the best constituent's share of
+            the person's other photos within the judge's threshold), ``template_distance``
+            (mean distance to the nearest constituent's template), each chance
+            (``chance_top1``, ``chance_top5``, ``chance_tar``: the same TAR against another
+            sample's identities), the ``threshold`` and ``verified`` (samples with photos to
+            verify against). TARs are None when no sample has such photos.
+        """
+        _check_constituents(images, labels, valid, sources)
+        descriptors = self.judge.embed(images)
+        to_templates = self.judge.distance(descriptors, self.templates)
+        to_templates[:, ~self.has_faces] = float("inf")
+        ranked = to_templates.topk(min(5, int(self.has_faces.sum())), dim=1, largest=False).indices
+        top1 = ((ranked[:, :1] == labels) & valid).any(dim=1)
+        top5 = ((ranked[:, :, None] == labels[:, None, :]) & valid[:, None, :]).any(dim=(1, 2))
+        nearest = to_templates.gather(1, labels).masked_fill(~valid, float("inf")).min(dim=1).values
+        accepted = self.judge.distance(descriptors, self.descriptors) < self.judge.threshold
+        tar, verified = self._verification(accepted, labels, valid, sources)
+        # Impostors: the constituents of the sample half a batch away, minus this sample's identities.
+        shift = len(images) // 2
+        other_labels, other_valid = labels.roll(shift, 0), valid.roll(shift, 0)
+        other_valid = other_valid & ~((other_labels[:, :, None] == labels[:, None, :]) & valid[:, None, :]).any(dim=2)
+        other_sources = sources.roll(shift, 0) if sources is not None else None
+        impostor, impostor_ok = self._verification(accepted, other_labels, other_valid, other_sources)
+        identities = int(self.has_faces.sum())
+        return {
+            "top1": top1.float().mean().item(),
+            "top5": top5.float().mean().item(),
+            "tar": tar[verified].mean().item() if verified.any() else None,
+            "template_distance": nearest[torch.isfinite(nearest)].mean().item() if torch.isfinite(nearest).any() else None,
+            "chance_top1": chance_hit_rate(labels, valid, identities, 1),
+            "chance_top5": chance_hit_rate(labels, valid, identities, 5),
+            "chance_tar": impostor[impostor_ok].mean().item() if impostor_ok.any() else None,
+            "threshold": self.judge.threshold,
+            "verified": int(verified.sum()),
+        }
+
+
+class IdentityScorer:
+    """S2 / S4 scoring for the attacks: the chosen judge's numbers and the RGB evaluator's beside them.
+
+    Args:
+        judge: ``"dlib"`` or ``"evaluator"`` (the headline judge).
+        evaluator: the RGB evaluator (always scored).
+        gallery: the clean private faces (the dlib judge's gallery; unused by the evaluator).
+        num_identities: private identities (default: the evaluator's classes).
+    """
+
+    def __init__(self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None) -> None:
+        if judge not in JUDGES:
+            raise ValueError(f"Expected judge in {JUDGES}, got {judge!r}")
+        self.judge, self.evaluator = judge, evaluator
+        self.dlib = DlibGallery(gallery, num_identities or evaluator.num_classes) if judge == "dlib" else None
+
+    def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
+        """Score images against the identities of their constituents.
+
+        Args:
+            images: :math:`(B, 3, H, W)` RGB in [0, 255].
+            labels: identity of each constituent :math:`(B, K)`.
+            valid: which constituents exist :math:`(B, K)`, bool.
+            sources: gallery index of each constituent's own photo :math:`(B, K)` (see
+                :meth:`DlibGallery.identified`), or None.
+
+        Returns:
+            ``judge``, the headline ``top1``, ``top5``, ``chance_top1`` (and ``tar``,
+            ``chance_tar`` for dlib), and ``by_judge``: every judge's full scores.
+        """
+        _check_constituents(images, labels, valid, sources)
+        by_judge = {"evaluator": self.evaluator.identified(images, labels, valid)}
+        if self.dlib is not None:
+            by_judge["dlib"] = self.dlib.identified(images, labels, valid, sources)
+        headline = by_judge[self.judge]
+        keys = ("top1", "top5", "chance_top1", "tar", "chance_tar")
+        return {"judge": self.judge, **{key: headline[key] for key in keys if key in headline}, "by_judge": by_judge}
