@@ -1,0 +1,1 @@
+# Loaded first by the Snakefile, by hand (never generated): checks on params at load time go here.
