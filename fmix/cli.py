@@ -185,7 +185,8 @@ def train(
 ) -> None:
     """Train the FR network on protected faces (and the strategy network, for the adaptive method). torchrun-ready."""
     entry = _sweep_entry(params, sweep) if sweep else {}
-    cfg = _load("TrainParams", params, "train", **{**entry, **dict(method=method, k=k, epochs=epochs, seed=seed)})
+    options = {key: value for key, value in dict(method=method, k=k, epochs=epochs, seed=seed).items() if value is not None}
+    cfg = _load("TrainParams", params, "train", **{**entry, **options})
     from fmix.train.loop import train as run_training
 
     summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet))
@@ -372,3 +373,17 @@ def pipeline_profile(
     except params_module.ParamsError as err:
         _fail(str(err))
     typer.echo(f"profile {name}: {params} runs sweep entries {', '.join(merged.get('sweep', {}))}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="The sweep's results folder (data.results): <entry>/verification.json, privacy.json, inversion.json.")],
+    models: Annotated[Path, typer.Argument(help="The sweep's models folder (data.models): <entry>/train_log.jsonl.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for report.md, report.html, methods.json, the CSV files and figures.")],
+    params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml: its sweep section lists the entries; all of it goes into the report.")] = Path("params.yaml"),
+) -> None:
+    """Write the report: method table, privacy/utility scatter, training curves, k over epochs, grids, params, versions."""
+    from fmix.pipeline.report import write_report
+
+    rows = _run(lambda: write_report(results, models, out_dir, params))
+    typer.echo(f"report: {len(rows)} sweep entries -> {out_dir / 'report.md'}, {out_dir / 'report.html'}")

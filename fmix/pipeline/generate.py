@@ -116,7 +116,7 @@ def _smk_cmd(stage: Stage) -> str:
 
 def render_rule(stage: Stage) -> str:
     """``workflow/rules/<stage>.smk``: named inputs and outputs, the params sections, a log."""
-    lines = [HEADER, f"rule {stage.name}:", "    input:"]
+    lines = [HEADER, f"rule {stage.name}:", "    input:", "        code=CODE,"]
     lines += [f"        {name}={_smk_input(path, stage.sweep)}," for name, path in stage.inputs.items()]
     lines.append("    output:")
     lines += [f"        {name}={_smk_output(out)}," for name, out in stage.outputs.items()]
@@ -128,7 +128,7 @@ def render_rule(stage: Stage) -> str:
             lines.append(f'        {section}=config["{section}"],')
     lines += [f"        {name}={_smk_path(path)}," for name, path in stage.paths.items()]
     log = f"logs/{stage.name}/{{method}}.log" if stage.sweep else f"logs/{stage.name}.log"
-    lines += ["    log:", f'        "{log}",']
+    lines += ["    log:", f'        "{log}",', "    benchmark:", f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",']
     if stage.threads:
         section, key = stage.threads.split(".")
         lines.append(f'    threads: config["{section}"]["{key}"]')
@@ -144,6 +144,7 @@ def render_snakefile(table: Table) -> str:
         HEADER,
         "# Run: snakemake --cores 2   (another profile: --configfile workflow/params/paper.yaml)",
         "import re",
+        "from pathlib import Path",
         "",
         "from fmix.pipeline.profiles import params_file_for",
         "",
@@ -153,6 +154,8 @@ def render_snakefile(table: Table) -> str:
         "",
         "# The file the commands read: params.yaml itself, or its copy with --config/--configfile applied.",
         "PARAMS = params_file_for(config)",
+        "# Every stage depends on the fmix package as a whole (as in dvc.yaml).",
+        'CODE = sorted(str(path) for path in Path("fmix").rglob("*.py"))',
         "",
         "",
         "wildcard_constraints:",

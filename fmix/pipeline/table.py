@@ -135,8 +135,8 @@ def _check(stage: Stage) -> None:
     if len(names) != len(set(names)) or not stage.outputs:
         raise TableError(f"stage {stage.name}: input, output and path names must differ, and there must be an output")
     clash = set(stage.paths) & {section.split(".")[0] for section in stage.params}  # both become Snakemake params
-    if clash or "method" in names or "params_file" in names:
-        raise TableError(f"stage {stage.name}: names {sorted(clash) or ['method/params_file']} are reserved")
+    if clash or {"method", "params_file", "code"} & set(names):
+        raise TableError(f"stage {stage.name}: names {sorted(clash) or ['method, params_file, code']} are reserved")
     for key, path in [*stage.inputs.items(), *((k, o.path) for k, o in stage.outputs.items()), *stage.paths.items()]:
         if "{method}" in path and not stage.sweep and key not in stage.inputs:
             raise TableError(f"stage {stage.name}: {key} uses {{method}} but the stage is not a sweep stage")
