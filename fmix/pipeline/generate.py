@@ -80,17 +80,17 @@ def render_dvc(table: Table) -> str:
 
 
 def _smk_path(path: str) -> str:
-    """A Python expression for a path template: config lookups joined with string pieces."""
-    pieces, last = [], 0
-    text = path.rstrip("/")
-    for match in DATA_KEY.finditer(text):
-        if match.start() > last:
-            pieces.append(repr(text[last : match.start()]).replace("'", '"'))
-        pieces.append(f'config["data"]["{match.group(1)}"]')
-        last = match.end()
-    if last < len(text):
-        pieces.append(repr(text[last:]).replace("'", '"'))
-    return " + ".join(pieces)
+    """A Python expression for a path template: its parts (config values or text) joined by os.path.join."""
+    parts = []
+    for part in path.rstrip("/").split("/"):
+        match = DATA_KEY.fullmatch(part)
+        if match:
+            parts.append(f'config["data"]["{match.group(1)}"]')
+        elif "${" in part:
+            raise ValueError(f"path {path!r}: a ${{data.KEY}} must be a whole part of the path")
+        else:
+            parts.append(json.dumps(part))
+    return parts[0] if len(parts) == 1 else f"os.path.join({', '.join(parts)})"
 
 
 def _smk_output(out: Output) -> str:
@@ -103,13 +103,18 @@ def _smk_input(path: str, sweep: bool) -> str:
     return f'expand({expression}, method=config["sweep"])' if "{method}" in path and not sweep else expression
 
 
+def _smk_config(dotted: str) -> str:
+    section, key = dotted.split(".")
+    return f'config["{section}"]["{key}"]'
+
+
 def _smk_cmd(stage: Stage) -> str:
     values = {
         **{name: f"{{input.{name}}}" for name in stage.inputs},
         **{name: f"{{output.{name}}}" for name in stage.outputs},
         **{name: f"{{params.{name}}}" for name in stage.paths},
         "method": "{wildcards.method}",
-        "params_file": "{PARAMS}",
+        "params_file": "{params.params_file}",
     }
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], stage.cmd) + " > {log} 2>&1"
 
@@ -126,14 +131,22 @@ def render_rule(stage: Stage) -> str:
             lines.append('        sweep=lambda wildcards: config["sweep"][wildcards.method],')
         else:
             lines.append(f'        {section}=config["{section}"],')
-    lines += [f"        {name}={_smk_path(path)}," for name, path in stage.paths.items()]
+    # Folders the command writes into: computed per job, as the linter asks for prefixes of outputs.
+    lines += [f"        {name}=lambda wildcards: expand({_smk_path(path)}, **wildcards)[0]," for name, path in stage.paths.items()]
+    lines.append("        params_file=PARAMS,")
     log = f"logs/{stage.name}/{{method}}.log" if stage.sweep else f"logs/{stage.name}.log"
-    lines += ["    log:", f'        "{log}",', "    benchmark:", f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",']
+    lines += ["    log:", f'        "{log}",', "    conda:", '        "../../environment.yml",', "    benchmark:", f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",']
     if stage.threads:
-        section, key = stage.threads.split(".")
-        lines.append(f'    threads: config["{section}"]["{key}"]')
-    if stage.gpu:
-        lines += ["    resources:", "        gpu=1,"]
+        lines.append(f"    threads: {_smk_config(stage.threads)}")
+    resources = []
+    if stage.gpu is True:
+        resources.append("        gpu=1,")
+    elif stage.gpu:
+        resources.append(f"        gpu=max(1, {_smk_config(stage.gpu)}),")
+    if stage.nodes:
+        resources.append(f"        nodes={_smk_config(stage.nodes)},")
+    if resources:
+        lines += ["    resources:", *resources]
     lines += ["    shell:", f'        "{_smk_cmd(stage)}"']
     return "\n".join(lines) + "\n"
 
@@ -143,6 +156,7 @@ def render_snakefile(table: Table) -> str:
     lines = [
         HEADER,
         "# Run: snakemake --cores 2   (another profile: --configfile workflow/params/paper.yaml)",
+        "import os",
         "import re",
         "from pathlib import Path",
         "",

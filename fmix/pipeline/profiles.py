@@ -8,7 +8,6 @@ names exactly the methods it runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -62,26 +61,27 @@ def apply_profile(params_path: str | Path, name: str, root: str | Path = ".") ->
     return merged
 
 
-def params_file_for(config: dict[str, Any], params_path: str | Path = "params.yaml", folder: str | Path = "logs/params") -> str:
+def params_file_for(config: dict[str, Any], params_path: str | Path = "params.yaml", copy: str | Path = "logs/params/config.yaml") -> str:
     """The params file Snakemake's commands read: ``params.yaml``, or a copy holding ``config``.
 
     Snakemake's ``--configfile``/``--config`` change ``config`` but not params.yaml, which the
-    ``fmix`` commands read; when they differ, ``config`` is written to a file named by its
-    content hash, and the commands read that.
+    ``fmix`` commands read; when they differ, ``config`` is written to ``copy`` (one fixed name,
+    so a changed override reruns only the stages whose sections it changes).
 
     Args:
         config: Snakemake's config (params.yaml with the overrides applied).
         params_path: the params file Snakemake loaded.
-        folder: where the copies go.
+        copy: where the copy goes.
 
     Returns:
         The path to pass as ``--params``.
     """
     if read_params_file(params_path) == config:
         return str(params_path)
-    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
-    path = Path(folder) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
-    if not path.is_file():
-        with atomic_write(path) as out:
+    text = "# Snakemake's config (params.yaml with --configfile/--config applied): what the commands read.\n"
+    text += yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    copy = Path(copy)
+    if not copy.is_file() or copy.read_text() != text:
+        with atomic_write(copy) as out:
             out.write(text)
-    return str(path)
+    return str(copy)

@@ -53,7 +53,8 @@ class Stage:
     params: tuple[str, ...]
     sweep: bool = False
     threads: str | None = None
-    gpu: bool = False
+    gpu: bool | str = False  # true (one GPU) or SECTION.KEY (that many, at least one)
+    nodes: str | None = None  # SECTION.KEY: nodes of a multi-node job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _stage(name: str, spec: Any) -> Stage:
         raise TableError(f"stage name {name!r} must be lower-case letters, digits and _")
     if not isinstance(spec, dict):
         raise TableError(f"stage {name}: must be a mapping")
-    known = {"cmd", "inputs", "outputs", "paths", "params", "sweep", "threads", "gpu"}
+    known = {"cmd", "inputs", "outputs", "paths", "params", "sweep", "threads", "gpu", "nodes"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise TableError(f"stage {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -112,7 +113,8 @@ def _stage(name: str, spec: Any) -> Stage:
         params=tuple(spec.get("params") or ()),
         sweep=bool(spec.get("sweep", False)),
         threads=spec.get("threads"),
-        gpu=bool(spec.get("gpu", False)),
+        gpu=spec.get("gpu", False),
+        nodes=spec.get("nodes"),
     )
     _check(stage)
     return stage
@@ -150,5 +152,9 @@ def _check(stage: Stage) -> None:
     for section in stage.params:
         if section != SWEEP_PARAMS and not NAME.fullmatch(section):
             raise TableError(f"stage {stage.name}: params entry {section!r} must be a section name or {SWEEP_PARAMS}")
-    if stage.threads is not None and not THREADS.fullmatch(str(stage.threads)):
-        raise TableError(f"stage {stage.name}: threads must be SECTION.KEY, got {stage.threads!r}")
+    for key in ("threads", "nodes"):
+        value = getattr(stage, key)
+        if value is not None and not THREADS.fullmatch(str(value)):
+            raise TableError(f"stage {stage.name}: {key} must be SECTION.KEY, got {value!r}")
+    if not isinstance(stage.gpu, bool) and not THREADS.fullmatch(str(stage.gpu)):
+        raise TableError(f"stage {stage.name}: gpu must be true, false or SECTION.KEY, got {stage.gpu!r}")

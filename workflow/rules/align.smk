@@ -7,10 +7,13 @@ rule align:
         aligned=directory(config["data"]["aligned"]),
     params:
         align=config["align"],
+        params_file=PARAMS,
     log:
         "logs/align.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/align.tsv",
     threads: config["align"]["workers"]
     shell:
-        "fmix align {input.images} {output.aligned} --params {PARAMS} --quiet > {log} 2>&1"
+        "fmix align {input.images} {output.aligned} --params {params.params_file} --quiet > {log} 2>&1"

@@ -2,22 +2,25 @@
 rule attack:
     input:
         code=CODE,
-        model=config["data"]["models"] + "/{method}",
+        model=os.path.join(config["data"]["models"], "{method}"),
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
         evaluator=config["data"]["evaluator"],
-        verification=config["data"]["results"] + "/{method}/verification.json",
+        verification=os.path.join(config["data"]["results"], "{method}", "verification.json"),
     output:
-        privacy=config["data"]["results"] + "/{method}/privacy.json",
+        privacy=os.path.join(config["data"]["results"], "{method}", "privacy.json"),
     params:
         attack=config["attack"],
         export=config["export"],
-        folder=config["data"]["results"] + "/{method}",
+        folder=lambda wildcards: expand(os.path.join(config["data"]["results"], "{method}"), **wildcards)[0],
+        params_file=PARAMS,
     log:
         "logs/attack/{method}.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/attack/{method}.tsv",
     resources:
         gpu=1,
     shell:
-        "fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --params {PARAMS} > {log} 2>&1"
+        "fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --params {params.params_file} > {log} 2>&1"

@@ -2,18 +2,21 @@
 rule evaluate:
     input:
         code=CODE,
-        model=config["data"]["models"] + "/{method}",
+        model=os.path.join(config["data"]["models"], "{method}"),
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
     output:
-        verification=config["data"]["results"] + "/{method}/verification.json",
+        verification=os.path.join(config["data"]["results"], "{method}", "verification.json"),
     params:
         evaluate=config["evaluate"],
+        params_file=PARAMS,
     log:
         "logs/evaluate/{method}.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/evaluate/{method}.tsv",
     resources:
         gpu=1,
     shell:
-        "fmix evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {PARAMS} > {log} 2>&1"
+        "fmix evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {params.params_file} > {log} 2>&1"

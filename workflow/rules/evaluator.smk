@@ -9,12 +9,15 @@ rule evaluator:
     params:
         evaluator=config["evaluator"],
         train=config["train"],
+        params_file=PARAMS,
     log:
         "logs/evaluator.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/evaluator.tsv",
     threads: config["evaluator"]["threads"]
     resources:
         gpu=1,
     shell:
-        "fmix evaluator {input.aligned} {input.splits} {output.evaluator} --params {PARAMS} --quiet > {log} 2>&1"
+        "fmix evaluator {input.aligned} {input.splits} {output.evaluator} --params {params.params_file} --quiet > {log} 2>&1"

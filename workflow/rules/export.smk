@@ -8,9 +8,12 @@ rule export:
         masker=config["data"]["masker"],
     params:
         export=config["export"],
+        params_file=PARAMS,
     log:
         "logs/export.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/export.tsv",
     shell:
-        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --params {PARAMS} > {log} 2>&1"
+        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"

@@ -4,14 +4,17 @@ rule export_policy:
         code=CODE,
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
-        model=config["data"]["models"] + "/" + config["data"]["release"],
+        model=os.path.join(config["data"]["models"], config["data"]["release"]),
     output:
         masker=config["data"]["masker_adaptive"],
     params:
         export=config["export"],
+        params_file=PARAMS,
     log:
         "logs/export_policy.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/export_policy.tsv",
     shell:
-        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {PARAMS} > {log} 2>&1"
+        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"

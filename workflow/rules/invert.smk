@@ -2,20 +2,23 @@
 rule invert:
     input:
         code=CODE,
-        model=config["data"]["models"] + "/{method}",
+        model=os.path.join(config["data"]["models"], "{method}"),
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
         evaluator=config["data"]["evaluator"],
     output:
-        inversion=config["data"]["results"] + "/{method}/inversion.json",
+        inversion=os.path.join(config["data"]["results"], "{method}", "inversion.json"),
     params:
         attack=config["attack"],
-        folder=config["data"]["results"] + "/{method}",
+        folder=lambda wildcards: expand(os.path.join(config["data"]["results"], "{method}"), **wildcards)[0],
+        params_file=PARAMS,
     log:
         "logs/invert/{method}.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/invert/{method}.tsv",
     resources:
         gpu=1,
     shell:
-        "fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --params {PARAMS} > {log} 2>&1"
+        "fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --params {params.params_file} > {log} 2>&1"

@@ -9,9 +9,12 @@ rule mask:
         protected=directory(config["data"]["protected"]),
     params:
         mask=config["mask"],
+        params_file=PARAMS,
     log:
         "logs/mask.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/mask.tsv",
     shell:
-        "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --params {PARAMS} --quiet > {log} 2>&1"
+        "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --params {params.params_file} --quiet > {log} 2>&1"

@@ -2,27 +2,30 @@
 rule report:
     input:
         code=CODE,
-        verification=expand(config["data"]["results"] + "/{method}/verification.json", method=config["sweep"]),
-        privacy=expand(config["data"]["results"] + "/{method}/privacy.json", method=config["sweep"]),
-        inversion=expand(config["data"]["results"] + "/{method}/inversion.json", method=config["sweep"]),
-        model=expand(config["data"]["models"] + "/{method}", method=config["sweep"]),
+        verification=expand(os.path.join(config["data"]["results"], "{method}", "verification.json"), method=config["sweep"]),
+        privacy=expand(os.path.join(config["data"]["results"], "{method}", "privacy.json"), method=config["sweep"]),
+        inversion=expand(os.path.join(config["data"]["results"], "{method}", "inversion.json"), method=config["sweep"]),
+        model=expand(os.path.join(config["data"]["models"], "{method}"), method=config["sweep"]),
     output:
-        markdown=config["data"]["report"] + "/report.md",
-        html=config["data"]["report"] + "/report.html",
-        table=config["data"]["report"] + "/methods.json",
-        tradeoff=config["data"]["report"] + "/tradeoff.csv",
-        curves=config["data"]["report"] + "/curves.csv",
-        tradeoff_png=config["data"]["report"] + "/tradeoff.png",
-        curves_png=config["data"]["report"] + "/curves.png",
-        k_png=config["data"]["report"] + "/k_distribution.png",
+        markdown=os.path.join(config["data"]["report"], "report.md"),
+        html=os.path.join(config["data"]["report"], "report.html"),
+        table=os.path.join(config["data"]["report"], "methods.json"),
+        tradeoff=os.path.join(config["data"]["report"], "tradeoff.csv"),
+        curves=os.path.join(config["data"]["report"], "curves.csv"),
+        tradeoff_png=os.path.join(config["data"]["report"], "tradeoff.png"),
+        curves_png=os.path.join(config["data"]["report"], "curves.png"),
+        k_png=os.path.join(config["data"]["report"], "k_distribution.png"),
     params:
         sweep=config["sweep"],
-        results=config["data"]["results"],
-        models=config["data"]["models"],
-        folder=config["data"]["report"],
+        results=lambda wildcards: expand(config["data"]["results"], **wildcards)[0],
+        models=lambda wildcards: expand(config["data"]["models"], **wildcards)[0],
+        folder=lambda wildcards: expand(config["data"]["report"], **wildcards)[0],
+        params_file=PARAMS,
     log:
         "logs/report.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/report.tsv",
     shell:
-        "fmix report {params.results} {params.models} {params.folder} --params {PARAMS} > {log} 2>&1"
+        "fmix report {params.results} {params.models} {params.folder} --params {params.params_file} > {log} 2>&1"

@@ -7,9 +7,12 @@ rule split:
         splits=directory(config["data"]["splits"]),
     params:
         split=config["split"],
+        params_file=PARAMS,
     log:
         "logs/split.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/split.tsv",
     shell:
-        "fmix split {input.aligned} {output.splits} --params {PARAMS} > {log} 2>&1"
+        "fmix split {input.aligned} {output.splits} --params {params.params_file} > {log} 2>&1"

@@ -6,17 +6,21 @@ rule train:
         splits=config["data"]["splits"],
         masker=config["data"]["masker"],
     output:
-        model=directory(config["data"]["models"] + "/{method}"),
+        model=directory(os.path.join(config["data"]["models"], "{method}")),
     params:
         train=config["train"],
         sweep=lambda wildcards: config["sweep"][wildcards.method],
         launch=config["launch"],
+        params_file=PARAMS,
     log:
         "logs/train/{method}.log",
+    conda:
+        "../../environment.yml",
     benchmark:
         "logs/benchmarks/train/{method}.tsv",
     threads: config["train"]["threads"]
     resources:
-        gpu=1,
+        gpu=max(1, config["launch"]["gpus_per_node"]),
+        nodes=config["launch"]["nodes"],
     shell:
-        "fmix launch --params {PARAMS} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {PARAMS} --sweep {wildcards.method} --quiet > {log} 2>&1"
+        "fmix launch --params {params.params_file} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {params.params_file} --sweep {wildcards.method} --quiet > {log} 2>&1"
