@@ -331,3 +331,9 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     _change_one_entry(tiny_pipeline)
     status = json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))
     assert set(status) == {"train@mixup3", "report"}
+
+
+def test_attack_protection_needs_a_trained_model(tmp_path):
+    result = runner.invoke(app, ["attack", "protection", str(tmp_path / "model.pt"), "a", "s", "e.pt", str(tmp_path / "out")])
+    assert result.exit_code == 1 and f"error: trained model not found: {tmp_path / 'model.pt'}" in result.output
+    assert not (tmp_path / "out").exists()
