@@ -13,7 +13,7 @@ CORES ?= 2
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test dvc-repro install
+.PHONY: run test dvc-repro install pipeline-check
 
 run: install
 	snakemake --cores $(CORES)
@@ -23,6 +23,11 @@ dvc-repro: install
 
 test: install
 	python -m pytest
+
+# The stage table and both front ends agree, and the Snakemake rules pass the linter.
+pipeline-check: install
+	fmix pipeline generate --check
+	snakemake --lint
 
 install: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .

@@ -72,6 +72,17 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _sweep_entry(params: Path | None, name: str) -> dict:
+    from fmix import params as params_module
+
+    if params is None:
+        _fail("--sweep needs --params (the file holding the sweep section)")
+    try:
+        return params_module.load_sweep_entry(params, name)
+    except params_module.ParamsError as err:
+        _fail(str(err))
+
+
 def _load(cls_name: str, params: Path | None, section: str, **overrides):
     from fmix import params as params_module
 
@@ -186,10 +197,13 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Overrides train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides train.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT_DIR/checkpoint.pt.")] = False,
+    sweep: Annotated[Optional[str], typer.Option(help="Apply the train overrides of this entry of the params file's sweep section.")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train the FR network on protected faces (and the strategy network, for the adaptive method). torchrun-ready."""
-    cfg = _load("TrainParams", params, "train", method=method, k=k, epochs=epochs, seed=seed)
+    entry = _sweep_entry(params, sweep) if sweep else {}
+    options = {key: value for key, value in dict(method=method, k=k, epochs=epochs, seed=seed).items() if value is not None}
+    cfg = _load("TrainParams", params, "train", **{**entry, **options})
     from fmix.train.loop import train as run_training
 
     summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet))
@@ -301,3 +315,99 @@ def attack_invert(
         f"optimisation top-1 {opt['top1']:.3f} top-5 {opt['top5']:.3f}; chance {dec['chance']:.4f}"
         + (f"; decoder TAR {_fmt(dec['tar'])} (impostors {_fmt(dec['chance_tar'])})" if "tar" in dec else "")
     )
+
+
+@attack_app.command("protection")
+def attack_protection(
+    model: Annotated[Path, typer.Argument(help="model.pt of `fmix train`: its method says which protection to attack.")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for masker.onnx, privacy.json and the grids.")],
+    params: ParamsOption = None,
+    metrics: Annotated[Optional[Path], typer.Option(help="The model's verification metrics JSON (Score_cls).")] = None,
+    name: Annotated[str, typer.Option(help="Name of the sweep entry in the report.")] = "",
+) -> None:
+    """Reconstruction attacks on the protection a model was trained with (its own k policy, k, or masking alone)."""
+    export_cfg = _load("ExportParams", params, "export")
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.pipeline.protection import attack_protection as run_attack
+
+    record = _run(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name))
+    if record["row"] is None:
+        typer.echo(f"{record['method']}: {record['reason']}")
+        return
+    row, white = record["row"], record["white"]
+    typer.echo(f"{record['method']}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} | Score_pp {row['Score_pp']:.3f}")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def launch(
+    command: Annotated[list[str], typer.Argument(help="The fmix command to start, after --: e.g. -- train ALIGNED SPLITS OUT ...")],
+    params: ParamsOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command line, start nothing.")] = False,
+) -> None:
+    """Start an fmix command in one process, or under torchrun when launch.gpus_per_node / launch.nodes ask for more."""
+    import shlex
+    import subprocess
+
+    cfg = _load("LaunchParams", params, "launch")
+    from fmix.pipeline.launch import launch_command
+
+    argv = _run(lambda: launch_command(cfg, command))
+    typer.echo(shlex.join(argv) if dry_run else f"launch: {shlex.join(argv)}", err=not dry_run)
+    if not dry_run:
+        raise typer.Exit(code=subprocess.run(argv).returncode)
+
+
+pipeline_app = typer.Typer(help="The pipeline's own files: generate both front ends from the stage table, switch profiles.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("generate")
+def pipeline_generate(
+    root: Annotated[Path, typer.Option(help="Repository root (holds workflow/stages.yaml).")] = Path("."),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; fail when a generated file is not current.")] = False,
+) -> None:
+    """Write dvc.yaml, the Snakefile and workflow/rules/<stage>.smk from workflow/stages.yaml."""
+    from fmix.pipeline.generate import stale_files, write_generated
+
+    if check:
+        stale = _run(lambda: stale_files(root))
+        if stale:
+            _fail(f"not generated from workflow/stages.yaml: {', '.join(stale)} (run `fmix pipeline generate`)")
+        typer.echo("pipeline files are current")
+        return
+    changed = _run(lambda: write_generated(root))
+    typer.echo(f"written: {', '.join(changed)}" if changed else "pipeline files are current")
+
+
+@pipeline_app.command("profile")
+def pipeline_profile(
+    name: Annotated[str, typer.Argument(help="quick (params.yaml as it is), paper, ci, or another workflow/params/<name>.yaml.")],
+    params: Annotated[Path, typer.Option("--params", "-p", help="The params file to rewrite.")] = Path("params.yaml"),
+    root: Annotated[Path, typer.Option(help="Repository root (holds workflow/params/).")] = Path("."),
+) -> None:
+    """Merge a profile's overlay into params.yaml (then: dvc repro, dvc exp run or snakemake)."""
+    from fmix import params as params_module
+    from fmix.pipeline.profiles import apply_profile
+
+    try:
+        merged = apply_profile(params, name, root)
+    except params_module.ParamsError as err:
+        _fail(str(err))
+    typer.echo(f"profile {name}: {params} runs sweep entries {', '.join(merged.get('sweep', {}))}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="The sweep's results folder (data.results): <entry>/verification.json, privacy.json, inversion.json.")],
+    models: Annotated[Path, typer.Argument(help="The sweep's models folder (data.models): <entry>/train_log.jsonl.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for report.md, report.html, methods.json, the CSV files and figures.")],
+    params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml: its sweep section lists the entries; all of it goes into the report.")] = Path("params.yaml"),
+) -> None:
+    """Write the report: method table, privacy/utility scatter, training curves, k over epochs, grids, params, versions."""
+    from fmix.pipeline.report import write_report
+
+    rows = _run(lambda: write_report(results, models, out_dir, params))
+    typer.echo(f"report: {len(rows)} sweep entries -> {out_dir / 'report.md'}, {out_dir / 'report.html'}")

@@ -8,6 +8,7 @@ holds the same values (``tests/test_params.py`` proves it), so the pipeline and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -224,6 +225,19 @@ class AttackParams:
         _require(self.judge in ("dlib", "evaluator"), f"attack.judge must be 'dlib' or 'evaluator', got {self.judge!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchParams:
+    """How the pipeline starts training (``fmix launch``): one process, or ``torchrun`` over GPUs and nodes."""
+
+    gpus_per_node: int = 0  # 0 or 1: one process; more: torchrun --nproc_per_node
+    nodes: int = 1  # more than 1: srun + torchrun with a c10d rendezvous on the first node (SLURM)
+    port: int = 29500  # rendezvous port on the first node
+
+    def __post_init__(self) -> None:
+        _require(self.gpus_per_node >= 0 and self.nodes >= 1, "launch.gpus_per_node must be >= 0 and launch.nodes >= 1")
+        _require(1024 <= self.port <= 65535, "launch.port must be in [1024, 65535]")
+
+
 SECTIONS: dict[str, type] = {
     "align": AlignParams,
     "split": SplitParams,
@@ -233,11 +247,24 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "evaluator": EvaluatorParams,
     "attack": AttackParams,
+    "launch": LaunchParams,
 }
 
+# The method sweep: entry name -> train overrides. Each entry gets its own train, evaluate and
+# attack stages (DVC foreach, Snakemake {method} wildcard); params.yaml's `sweep` section holds
+# this default (the quick profile), workflow/params/<profile>.yaml others.
+DEFAULT_SWEEP: dict[str, dict[str, Any]] = {
+    "none": {"method": "none"},
+    "ppfrfd": {"method": "ppfrfd"},
+    "mixup4": {"method": "mixup", "k": 4},
+    "adaptive": {"method": "adaptive"},
+}
+SWEEP_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
-# Sections of params.yaml that no command reads: ``data`` wires the pipeline's paths.
-WIRING_SECTIONS = ("data",)
+
+# Sections of params.yaml beside the stage sections: ``data`` wires the pipeline's paths (no
+# command reads it); ``sweep`` lists the method entries (checked by :func:`sweep_entries`).
+WIRING_SECTIONS = ("data", "sweep")
 MAX_SEED = 2**32 - 1  # what every seeded generator (numpy, torch, random) accepts
 
 
@@ -303,6 +330,8 @@ def validate_params(data: dict[str, Any], source: str = "params") -> None:
     for name, cls in SECTIONS.items():
         values = data.get(name)
         section_from_mapping(cls, {} if values is None else values, name)
+    if "sweep" in data:
+        sweep_entries(data["sweep"], data.get("train"))
 
 
 def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
@@ -343,6 +372,44 @@ def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: 
     section = section_from_mapping(cls, {} if values is None else values, name)
     given = {key: value for key, value in overrides.items() if value is not None}
     return section_from_mapping(cls, {**dataclasses.asdict(section), **given}, name) if given else section
+
+
+def sweep_entries(values: Any, train: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Check a ``sweep`` section: names usable in paths and wildcards, each entry valid train overrides.
+
+    Args:
+        values: the section (entry name -> mapping of ``train`` keys).
+        train: the ``train`` section the overrides apply to (defaults when None).
+
+    Returns:
+        The section, unchanged.
+    """
+    if not isinstance(values, dict) or not values:
+        raise ParamsError(f"section 'sweep' must be a non-empty mapping of entry name -> train overrides, got {values!r}")
+    for name, overrides in values.items():
+        if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+            raise ParamsError(f"sweep entry name {name!r} must be lower-case letters, digits and _, starting with a letter")
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"sweep.{name} must be a mapping of train keys, got {overrides!r}")
+        section_from_mapping(TrainParams, {**(train or {}), **overrides}, f"train (with sweep.{name})")
+    return values
+
+
+def load_sweep_entry(path: str | Path, name: str) -> dict[str, Any]:
+    """The train overrides of one sweep entry of a params file (``fmix train --sweep NAME``).
+
+    Args:
+        path: the params file.
+        name: the entry.
+
+    Returns:
+        The entry's ``train`` overrides.
+    """
+    data = read_params_file(path)
+    entries = sweep_entries(data.get("sweep"), data.get("train"))
+    if name not in entries:
+        raise ParamsError(f"no sweep entry {name!r} in {path}; entries: {', '.join(entries)}")
+    return entries[name]
 
 
 def defaults_as_dict() -> dict[str, dict[str, Any]]:

@@ -14,10 +14,12 @@ runner = CliRunner()
 def test_help_lists_the_steps():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("align", "split", "export", "mask", "train", "evaluate", "evaluator", "attack"):
+    for command in ("align", "split", "export", "mask", "train", "evaluate", "evaluator", "attack", "report", "launch", "pipeline"):
         assert command in result.output
     attack = runner.invoke(app, ["attack", "--help"])
-    assert attack.exit_code == 0 and "reconstruct" in attack.output and "invert" in attack.output
+    assert attack.exit_code == 0 and "reconstruct" in attack.output and "invert" in attack.output and "protection" in attack.output
+    pipeline = runner.invoke(app, ["pipeline", "--help"])
+    assert pipeline.exit_code == 0 and "generate" in pipeline.output and "profile" in pipeline.output
 
 
 def test_version():

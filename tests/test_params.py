@@ -116,3 +116,38 @@ def test_seeds_out_of_range_are_refused(name):
         section_from_mapping(SECTIONS[name], {"seed": 10**20}, name)
     with pytest.raises(ParamsError, match=rf"{name}.seed must be in \[0, 4294967295\], got -1"):
         section_from_mapping(SECTIONS[name], {"seed": -1}, name)
+
+
+def test_params_yaml_holds_the_default_sweep():
+    from fmix.params import DEFAULT_SWEEP
+
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["sweep"] == DEFAULT_SWEEP
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        ({}, r"section 'sweep' must be a non-empty mapping"),
+        ({"Mixup-4": {"method": "mixup"}}, r"sweep entry name 'Mixup-4' must be lower-case letters, digits and _"),
+        ({"m": ["mixup"]}, r"sweep.m must be a mapping of train keys, got \['mixup'\]"),
+        ({"m": {"methd": "mixup"}}, r"unknown key\(s\) in section 'train \(with sweep.m\)': methd"),
+        ({"m": {"method": "mixdown"}}, r"train.method must be one of none, freq, ppfrfd, mixup, adaptive, got 'mixdown'"),
+    ],
+)
+def test_bad_sweep_entries_are_rejected(tmp_path, sweep, message):
+    from fmix.params import load_sweep_entry
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    with pytest.raises(ParamsError, match=message):
+        load_sweep_entry(path, "m")
+
+
+def test_a_sweep_entry_is_its_train_overrides(tmp_path):
+    from fmix.params import TrainParams, load_sweep_entry
+
+    path = tmp_path / "p.yaml"
+    path.write_text("train: {epochs: 3}\nsweep:\n  mixup4: {method: mixup, k: 4}\n")
+    entry = load_sweep_entry(path, "mixup4")
+    assert entry == {"method": "mixup", "k": 4}
+    assert load_section(TrainParams, path, "train", **entry) == TrainParams(epochs=3, method="mixup", k=4)

@@ -1,4 +1,5 @@
-"""The two pipeline front ends (DVC and Snakemake) wire the same stages to the same commands."""
+"""The pipeline: one stage table, two front ends (DVC and Snakemake) generated from it, the method
+sweep, profiles, the SLURM profile, and tiny end-to-end runs of the real pipeline on real faces."""
 
 import json
 import os
@@ -10,108 +11,332 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from fmix_testing import REPO, copy_sample
+from fmix.cli import app
+from fmix.pipeline.generate import stale_files, write_generated
+from fmix.pipeline.table import TableError, load_table
+from fmix_testing import LFW_IMAGES, REPO, copy_sample
 
-PIPELINE_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "fmix")
+PIPELINE_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "fmix", "environment.yml")
+runner = CliRunner()
 
 
-def _env() -> dict:
-    """The test interpreter's bin folder first on PATH, so the pipelines find this `fmix`."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+def _env(root: Path | None = None) -> dict:
+    """The test interpreter's bin folder first on PATH, so the pipelines find this `fmix` (and its code first)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
+    return env
 
 
 def _run(args, cwd) -> str:
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
+def _copy_pipeline(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    return root
+
+
+# ------------------------------------------------------------------------------- the stage table
+
+
+def test_generated_front_ends_are_current():
+    assert stale_files(REPO) == []
+    result = runner.invoke(app, ["pipeline", "generate", "--check", "--root", str(REPO)])
+    assert result.exit_code == 0 and "current" in result.output
+
+
+def test_a_stage_in_only_one_front_end_fails(tmp_path):
+    root = _copy_pipeline(tmp_path / "p")
+    (root / "workflow" / "rules" / "extra.smk").write_text("rule extra:\n    output: 'x'\n    shell: 'touch x'\n")
+    result = runner.invoke(app, ["pipeline", "generate", "--check", "--root", str(root)])
+    assert result.exit_code == 1
+    assert "error: not generated from workflow/stages.yaml: workflow/rules/extra.smk" in result.output
+    (root / "workflow" / "rules" / "extra.smk").unlink()
+    with (root / "dvc.yaml").open("a") as out:
+        out.write("  extra:\n    cmd: fmix --version\n")
+    assert stale_files(root) == ["dvc.yaml"]
+    table = (root / "workflow" / "stages.yaml").read_text()
+    extra = "  extra:\n    cmd: fmix split {aligned} data/x --params {params_file}\n    inputs: {aligned: \"${data.aligned}/\"}\n    outputs: {x: \"data/x/\"}\n    params: [split]\n"
+    (root / "workflow" / "stages.yaml").write_text(table + "\n" + extra)
+    assert stale_files(root) == ["Snakefile", "dvc.yaml", "workflow/rules/extra.smk"]
+    assert write_generated(root) == ["Snakefile", "dvc.yaml", "workflow/rules/extra.smk"]
+    assert stale_files(root) == []
+    assert "  extra:\n    cmd: fmix split ${data.aligned} data/x --params params.yaml\n" in (root / "dvc.yaml").read_text()
+    assert 'include: "workflow/rules/extra.smk"' in (root / "Snakefile").read_text()
+
+
+BAD_STAGES = [
+    ({"cmd": "python x.py --params {params_file}", "outputs": {"o": "o"}}, r"'cmd' must be an fmix command"),
+    ({"cmd": "fmix split {nothing} --params {params_file}", "outputs": {"o": "o"}}, r"command uses \{nothing\}, which is no input, output or path"),
+    ({"cmd": "fmix split {o}", "outputs": {"o": "o"}}, r"the command must read --params \{params_file\}"),
+    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "${data.x}/{method}"}}, r"uses \{method\} but the stage is not a sweep stage"),
+    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "thread": 2}, r"unknown key\(s\) thread"),
+    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "threads": "two"}, r"threads must be SECTION.KEY, got 'two'"),
+    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "paths": {"split": "x"}, "params": ["split"]}, r"names \['split'\] are reserved"),
+]
+
+
+@pytest.mark.parametrize("stage, message", BAD_STAGES)
+def test_bad_stage_tables_are_rejected_with_the_reason(tmp_path, stage, message):
+    path = tmp_path / "stages.yaml"
+    path.write_text(yaml.safe_dump({"targets": ["s"], "stages": {"s": stage}}))
+    with pytest.raises(TableError, match=message):
+        load_table(path)
+
+
+def test_targets_must_be_stages(tmp_path):
+    path = tmp_path / "stages.yaml"
+    path.write_text(yaml.safe_dump({"targets": ["t"], "stages": {"s": {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}}}}))
+    with pytest.raises(TableError, match=r"'targets' must list stages of the table, got \['t'\]"):
+        load_table(path)
+
+
 def _dvc_commands(root: Path) -> dict[str, str]:
+    """Every DVC stage's command with params.yaml's values put in (foreach expanded: train@none, ...)."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
 
-    def resolve(text):
-        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(params[m.group(1).split(".")[0]][m.group(1).split(".")[1]]), text)
+    def resolve(text, key=None):
+        text = text.replace("${key}", str(key))
+        return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m.group(1)][m.group(2)]), text)
 
-    return {name: resolve(stage["cmd"]) for name, stage in stages.items()}
+    commands = {}
+    for name, stage in stages.items():
+        if "foreach" in stage:
+            assert stage["foreach"] == "${sweep}"
+            commands.update({f"{name}@{key}": resolve(stage["do"]["cmd"], key) for key in params["sweep"]})
+        else:
+            commands[name] = resolve(stage["cmd"])
+    return commands
+
+
+def _dry_run_jobs(out: str) -> list[str]:
+    """The jobs of a Snakemake dry run, as rule or rule@entry."""
+    jobs = []
+    for block in re.split(r"^(?=rule \w+:$)", out, flags=re.M)[1:]:
+        wildcard = re.search(r"^\s+wildcards: method=(\w+)$", block, flags=re.M)
+        jobs.append(block.split(":")[0][5:] + (f"@{wildcard.group(1)}" if wildcard else ""))
+    return jobs
 
 
 def _snakemake_commands(root: Path) -> dict[str, str]:
     out = _run(["snakemake", "-n", "-p", "--cores", "1", "--forceall"], root)
     commands = {}
-    for match in re.finditer(r"^rule (\w+):.*?^Shell command: (fmix [^\n]*)$", out, flags=re.M | re.S):
-        commands[match.group(1)] = re.sub(r"\s*>\s*\S+\s+2>&1$", "", match.group(2).strip())
+    for match in re.finditer(r"^rule (\w+):\n(.*?)^Shell command: (fmix [^\n]*)$", out, flags=re.M | re.S):
+        wildcard = re.search(r"wildcards: method=(\w+)", match.group(2))
+        name = match.group(1) + (f"@{wildcard.group(1)}" if wildcard else "")
+        commands[name] = re.sub(r"\s*>\s*\S+\s+2>&1$", "", match.group(3).strip())
     return commands
 
 
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
-    assert list(dvc) == ["align", "split", "export", "train", "evaluate", "export_policy", "mask", "evaluator", "attack", "invert"]
+    entries = list(yaml.safe_load((REPO / "params.yaml").read_text())["sweep"])
+    assert entries == ["none", "ppfrfd", "mixup4", "adaptive"]
+    assert {name.split("@")[0] for name in dvc} == set(load_table(REPO / "workflow" / "stages.yaml").names())
+    assert "train@mixup4" in dvc and "--sweep mixup4" in dvc["train@mixup4"]
     assert _snakemake_commands(REPO) == dvc
 
 
-def test_each_stage_reads_only_its_own_params_section():
+def test_each_stage_declares_the_params_sections_it_reads():
+    table = {stage.name: stage for stage in load_table(REPO / "workflow" / "stages.yaml").stages}
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        section = {"export_policy": "export", "invert": "attack"}.get(name, name)  # second uses of a section
-        assert stage["params"] == [section]
+        body = stage.get("do", stage)
+        assert body["params"] == [section.replace("{method}", "${key}") for section in table[name].params]
         rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
-        assert f'section=config["{section}"]' in rule and "log:" in rule
+        assert "log:" in rule and "code=CODE" in rule and "fmix" in body["deps"]
+        for section in table[name].params:
+            assert (f'{section}=config["{section}"]' in rule) or (section == "sweep.{method}" and 'config["sweep"][wildcards.method]' in rule)
+    assert table["train"].params == ("train", "sweep.{method}", "launch") and table["evaluator"].params == ("evaluator", "train")
 
 
 def test_dvc_status_parses_the_pipeline():
     out = _run(["dvc", "status"], REPO)
-    assert "align" in out and "split" in out
+    assert "align" in out and "train@adaptive" in out
+
+
+def test_snakemake_lint_is_clean():
+    out = _run(["snakemake", "--lint"], REPO)
+    assert "Congratulations" in out
+
+
+def test_slurm_profile_dry_run_runs_the_paper_profile_on_gpus(tmp_path):
+    root = _copy_pipeline(tmp_path / "p")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["images"] = str(LFW_IMAGES)  # the copy is not beside ../shared
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["snakemake", "-n", "--profile", "workflow/profiles/slurm"], root)
+    paper = yaml.safe_load((REPO / "workflow" / "params" / "paper.yaml").read_text())
+    assert re.search(r"^train\s+8$", out, flags=re.M) and len(paper["sweep"]) == 8
+    train = re.search(r"^rule train:\n.*?^Shell command: ([^\n]*)$", out, flags=re.M | re.S).group(0)
+    assert "slurm_partition=gpu" in train and "gpu=1" in train and "runtime=2880" in train
+    assert "--params logs/params/config.yaml" in train
+    copy = yaml.safe_load((root / "logs" / "params" / "config.yaml").read_text())
+    assert copy["train"]["backbone"] == "iresnet50" and copy["export"]["upsample"] == 8
+    report = re.search(r"^rule report:\n.*?^Shell command", out, flags=re.M | re.S).group(0)
+    assert "slurm_partition=cpu" in report and "gpu=" not in report
+
+
+# ---------------------------------------------------------------------------- profiles, launch
+
+
+def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
+    root = _copy_pipeline(tmp_path / "p")
+    result = runner.invoke(app, ["pipeline", "profile", "ci", "--params", str(root / "params.yaml"), "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "runs sweep entries none, ppfrfd, mixup3, adaptive" in result.output
+    merged = yaml.safe_load((root / "params.yaml").read_text())
+    assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
+    assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
+    bad = runner.invoke(app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)])
+    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, paper" in bad.output
+
+
+def test_params_file_for_snakemake_overrides(tmp_path):
+    from fmix.pipeline.profiles import params_file_for
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    config = yaml.safe_load(params.read_text())
+    assert params_file_for(config, params, tmp_path / "copy.yaml") == str(params)
+    config["sweep"]["mixup4"]["k"] = 6
+    path = params_file_for(config, params, tmp_path / "copy.yaml")
+    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "k": 6}
+
+
+@pytest.mark.parametrize(
+    "launch, env, expected",
+    [
+        ({"gpus_per_node": 0}, {}, [sys.executable, "-m", "fmix", "train", "A"]),
+        ({"gpus_per_node": 1}, {}, [sys.executable, "-m", "fmix", "train", "A"]),
+        ({"gpus_per_node": 4}, {}, ["torchrun", "--nnodes", "1", "--nproc_per_node", "4", "--standalone", "-m", "fmix", "train", "A"]),
+        (
+            {"gpus_per_node": 4, "nodes": 2},
+            {"MASTER_ADDR": "node07", "SLURM_JOB_ID": "42"},
+            ["srun", "--nodes", "2", "--ntasks-per-node", "1", "torchrun", "--nnodes", "2", "--nproc_per_node", "4",
+             "--rdzv_backend", "c10d", "--rdzv_endpoint", "node07:29500", "--rdzv_id", "42", "-m", "fmix", "train", "A"],
+        ),
+    ],
+)
+def test_launch_starts_torchrun_only_for_more_than_one_process(launch, env, expected):
+    from fmix.params import LaunchParams
+    from fmix.pipeline.launch import launch_command
+
+    assert launch_command(LaunchParams(**launch), ["train", "A"], env) == expected
+
+
+def test_launch_errors(tmp_path):
+    from fmix.params import LaunchParams
+    from fmix.pipeline.launch import launch_command
+
+    with pytest.raises(ValueError, match="launch.nodes > 1 needs a SLURM allocation"):
+        launch_command(LaunchParams(gpus_per_node=2, nodes=2), ["train"], {})
+    params = tmp_path / "p.yaml"
+    params.write_text("launch: {gpus_per_node: 2}\n")
+    result = runner.invoke(app, ["launch", "--params", str(params), "--dry-run", "--", "train", "A", "--params", "x"])
+    assert result.exit_code == 0 and result.output.strip() == "torchrun --nnodes 1 --nproc_per_node 2 --standalone -m fmix train A --params x"
+    params.write_text("launch: {nodes: 0}\n")
+    result = runner.invoke(app, ["launch", "--params", str(params), "--", "train"])
+    assert result.exit_code == 1 and "error: launch.gpus_per_node must be >= 0 and launch.nodes >= 1" in result.output
+
+
+def test_train_sweep_option_errors(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("sweep:\n  mix4: {method: mixup, k: 4}\n")
+    result = runner.invoke(app, ["train", "a", "s", "o", "--params", str(params), "--sweep", "mix6"])
+    assert result.exit_code == 1 and "error: no sweep entry 'mix6' in" in result.output and "entries: mix4" in result.output
+    result = runner.invoke(app, ["train", "a", "s", "o", "--sweep", "mix4"])
+    assert result.exit_code == 1 and "error: --sweep needs --params" in result.output
+
+
+# ------------------------------------------------------------------------- end to end, real faces
 
 
 @pytest.fixture()
 def tiny_pipeline(tmp_path):
-    """A copy of the pipeline files with params pointing at 8 real LFW identities."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in PIPELINE_FILES:
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    """A copy of the pipeline with the ci profile applied, reading 8 real LFW identities."""
+    root = _copy_pipeline(tmp_path / "project")
     images = copy_sample(tmp_path / "images", per_identity=5)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    _run(["fmix", "pipeline", "profile", "ci"], root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["images"] = str(images)
-    params["align"].update(workers=1, max_identities=8)
-    params["split"].update(folds=2, pairs_per_fold=4, private_fraction=0.25, public_fraction=0.25)
-    params["train"].update(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, policy_warmup_epochs=0.0)
-    params["evaluator"].update(width=0.125, epochs=1, threads=1)
-    params["attack"].update(seconds=2.0, eval_faces=8, batch_size=4, invert_seconds=2.0, invert_identities=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
+
+
+def _change_one_entry(root: Path) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sweep"]["mixup3"]["k"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.slow
 def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     _run(["snakemake", "--cores", "1"], tiny_pipeline)
-    aligned = list((tiny_pipeline / "data" / "aligned").glob("*/*.png"))
-    assert len(aligned) == 40
     assert "aligned 40 of 40 photos" in (tiny_pipeline / "logs" / "align.log").read_text()
     assert (tiny_pipeline / "data" / "splits" / "pairs.csv").read_text().count("\n") == 1 + 8
     protected = tiny_pipeline / "data" / "protected" / "train"
     train_rows = (tiny_pipeline / "data" / "splits" / "private_train.csv").read_text().count("\n") - 1
     assert (protected / "index.csv").read_text().count("\n") == 1 + train_rows
-    assert "k histogram" in (tiny_pipeline / "logs" / "mask.log").read_text()
-    metrics = json.loads((tiny_pipeline / "metrics" / "verification.json").read_text())
-    assert metrics["method"] == "adaptive" and 0.0 <= metrics["verification"]["accuracy_mean"] <= 1.0
-    privacy = json.loads((tiny_pipeline / "metrics" / "privacy" / "privacy.json").read_text())
-    assert 0.0 <= privacy["row"]["Score_pp"] <= 1.0 and privacy["row"]["Score_cls"] == metrics["verification"]["accuracy_mean"]
-    assert (tiny_pipeline / "metrics" / "privacy" / "grid.png").is_file()
-    assert "decoder" in json.loads((tiny_pipeline / "metrics" / "privacy" / "inversion.json").read_text())
+    results = tiny_pipeline / "metrics" / "sweep"
+    methods = {name: json.loads((results / name / "verification.json").read_text())["method"] for name in ("none", "ppfrfd", "mixup3", "adaptive")}
+    assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup3": "mixup", "adaptive": "adaptive"}
+    privacy = {name: json.loads((results / name / "privacy.json").read_text()) for name in methods}
+    assert privacy["none"]["row"] is None and "nothing to reconstruct" in privacy["none"]["reason"]
+    assert privacy["ppfrfd"]["mixed"] is False and privacy["mixup3"]["mixed"] is True
+    assert 0.0 <= privacy["adaptive"]["row"]["Score_pp"] <= 1.0
+    table = json.loads((tiny_pipeline / "report" / "methods.json").read_text())
+    assert list(table) == list(methods) and table["mixup3"]["mean_k"] == 3.0 and table["none"]["S3"] is None
+    assert table["adaptive"]["Score_cls"] == json.loads((results / "adaptive" / "verification.json").read_text())["verification"]["accuracy_mean"]
+    markdown = (tiny_pipeline / "report" / "report.md").read_text()
+    assert "| mixup3 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
+    page = (tiny_pipeline / "report" / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) >= 3 + 2 * 4 - 1 and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
+    assert (tiny_pipeline / "logs" / "benchmarks" / "train" / "adaptive.tsv").is_file()
+    # Changing one sweep entry reruns only that entry's stages (and the report).
+    _change_one_entry(tiny_pipeline)
+    out = _run(["snakemake", "-n", "--cores", "1"], tiny_pipeline)
+    assert set(_dry_run_jobs(out)) == {"train@mixup3", "evaluate@mixup3", "attack@mixup3", "invert@mixup3", "report", "all"}
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
+    params = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
+    params["sweep"] = {name: params["sweep"][name] for name in ("mixup3", "adaptive")}  # the Snakemake run covers all four
+    (tiny_pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "init", "--no-scm", "-q"], tiny_pipeline)
     out = _run(["dvc", "repro"], tiny_pipeline)
     assert "aligned 40 of 40 photos" in out
-    assert (tiny_pipeline / "data" / "splits" / "split.json").is_file()
-    assert (tiny_pipeline / "metrics" / "verification.json").is_file()
-    assert "didn't change" in _run(["dvc", "repro"], tiny_pipeline) or "up to date" in _run(["dvc", "status"], tiny_pipeline)
+    assert (tiny_pipeline / "report" / "report.html").is_file()
+    assert "up to date" in _run(["dvc", "status"], tiny_pipeline)
+    metrics = _run(["dvc", "metrics", "show"], tiny_pipeline)
+    assert "report/methods.json" in metrics and "metrics/sweep/mixup3/verification.json" in metrics
+    _run(["dvc", "plots", "show", "-o", "plots"], tiny_pipeline)
+    page = (tiny_pipeline / "plots" / "index.html").read_text()
+    assert "privacy (Score_pp) against utility" in page and "report/k_distribution.png" in page
+    # Changing one sweep entry: only that entry's training (and the report, which lists the entries) is stale.
+    _change_one_entry(tiny_pipeline)
+    status = json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))
+    assert set(status) == {"train@mixup3", "report"}
+
+
+def test_attack_protection_needs_a_trained_model(tmp_path):
+    result = runner.invoke(app, ["attack", "protection", str(tmp_path / "model.pt"), "a", "s", "e.pt", str(tmp_path / "out")])
+    assert result.exit_code == 1 and f"error: trained model not found: {tmp_path / 'model.pt'}" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_misspelled_params_section_stops_both_pipelines_at_once(tmp_path):

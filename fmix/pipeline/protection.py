@@ -1,0 +1,75 @@
+"""The reconstruction attack against the protection a trained model of the sweep was trained with.
+
+The model says its method: ``adaptive`` is attacked through its own trained k policy, ``mixup``
+through a fixed-k masker with the model's k, ``ppfrfd`` through the masking alone (no mix);
+methods without a masker (``none``, ``freq``) share the faces themselves, so there is nothing
+to reconstruct: their record says so and holds no scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from fmix.io import write_json_atomic
+from fmix.params import AttackParams, ExportParams
+
+MIXED = {"adaptive": True, "mixup": True, "ppfrfd": False}
+
+
+def attack_protection(
+    model: str | Path,
+    aligned: str | Path,
+    splits: str | Path,
+    evaluator: str | Path,
+    out_dir: str | Path,
+    export: ExportParams,
+    attack: AttackParams,
+    metrics: str | Path | None = None,
+    name: str = "",
+) -> dict:
+    """Export the model's protection as a masker, then run the white-box and black-box attacks.
+
+    Args:
+        model: ``model.pt`` of ``fmix train``.
+        aligned: output folder of ``fmix align``.
+        splits: output folder of ``fmix split``.
+        evaluator: ``model.pt`` of ``fmix evaluator``.
+        out_dir: destination of ``masker.onnx``, ``privacy.json`` and the grids.
+        export: the ``export`` section (the masking the model was trained with).
+        attack: the ``attack`` section.
+        metrics: the model's verification JSON (Score_cls).
+        name: the sweep entry, for the report.
+
+    Returns:
+        The privacy record (``row`` None for methods without a masker).
+    """
+    from fmix.attacks.reconstruction import AttackConfig
+    from fmix.attacks.run import AttackRun, attack_method
+    from fmix.masker.export import export_masker
+    from fmix.train.checkpoint import load_checkpoint
+
+    model, out_dir, splits = Path(model), Path(out_dir), Path(splits)
+    if not model.is_file():
+        raise FileNotFoundError(f"trained model not found: {model}")
+    trained = load_checkpoint(model, "cpu")["params"]
+    method = trained["method"]
+    if method not in MIXED:
+        record = {"method": name or method, "train_method": method, "row": None, "reason": f"method {method!r} trains on unmasked inputs: nothing to reconstruct"}
+        write_json_atomic(out_dir / "privacy.json", record)
+        return record
+    masker = out_dir / "masker.onnx"
+    if method == "adaptive":
+        export_masker(aligned, splits / "public.csv", masker, export, policy_model=model)
+    else:
+        if method == "mixup" and trained["k"] not in export.k_values:
+            raise ValueError(f"the model mixes k={trained['k']}, which is not in export.k_values={list(export.k_values)}")
+        k = trained["k"] if method == "mixup" else export.k
+        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=k))
+    score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
+    run = AttackRun(attack.seconds, attack.eval_faces, MIXED[method], attack.black_box_k, attack.seed)
+    network = AttackConfig(batch_size=attack.batch_size, seed=attack.seed)
+    policy = model if method == "adaptive" else None
+    record = attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method, network)
+    return record

@@ -1,0 +1,311 @@
+"""The pipeline's report (``fmix report``): every sweep entry's utility and privacy in one place.
+
+Reads, per entry of the params file's ``sweep`` section, ``<results>/<entry>/verification.json``,
+``privacy.json``, ``inversion.json`` and the grids, and ``<models>/<entry>/train_log.jsonl``;
+writes ``report.md`` (figures beside it), ``report.html`` (self-contained: figures inlined as
+base64), ``methods.json`` (DVC metrics), ``tradeoff.csv`` and ``curves.csv`` (DVC plots) and the
+figures ``tradeoff.png``, ``curves.png``, ``k_distribution.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fmix.io import atomic_write, write_json_atomic
+from fmix.params import read_params_file, sweep_entries
+
+PACKAGES = ("fmix-privacy", "torch", "numpy", "onnxruntime", "matplotlib", "dvc", "snakemake")
+COLUMNS = (
+    ("accuracy", "accuracy"), ("accuracy_std", "± std"), ("auc", "AUC"), ("tar_1e-3", "TAR@FAR 1e-3"), ("floor_accuracy", "raw floor"),
+    ("S1", "S1"), ("S2", "S2"), ("S3", "S3"), ("S4", "S4"), ("ssim_floor", "SSIM floor"), ("chance", "chance"),
+    ("Score_pp", "Score_pp"), ("Score_cls", "Score_cls"), ("inversion_top1", "inversion top-1"), ("mean_k", "final mean k"), ("epsilon", "ε"),
+)
+
+
+@dataclass
+class Block:
+    """One piece of the report: a heading, paragraph, table, image or code block."""
+
+    kind: str
+    text: str = ""
+    rows: list[list[str]] | None = None
+    path: Path | None = None
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Each entry's numbers: verification, privacy, inversion, training log.
+
+    Args:
+        results: the sweep's results folder (``data.results``).
+        models: the sweep's models folder (``data.models``).
+        entries: the sweep section (entry name -> train overrides).
+
+    Returns:
+        Entry name -> ``{"row": table values, "log": training log rows}``.
+    """
+    out = {}
+    for name in entries:
+        verification = _read_json(results / name / "verification.json")
+        if verification is None:
+            raise FileNotFoundError(f"no verification metrics for sweep entry {name}: {results / name / 'verification.json'}")
+        privacy = _read_json(results / name / "privacy.json") or {}
+        inversion = _read_json(results / name / "inversion.json") or {}
+        summary = _read_json(models / name / "train_summary.json") or {}
+        log = _read_log(models / name / "train_log.jsonl")
+        ver, floor = verification["verification"], verification["raw_feature_floor"]
+        attack = privacy.get("row") or {}
+        row = {
+            "method": verification["method"],
+            "accuracy": ver["accuracy_mean"],
+            "accuracy_std": ver["accuracy_std"],
+            "auc": ver.get("auc"),
+            "tar_1e-3": ver.get("tar_at_far_1e-3"),
+            "floor_accuracy": floor["accuracy_mean"],
+            "S1": attack.get("S1"),
+            "S2": attack.get("S2"),
+            "S3": attack.get("S3"),
+            "S4": attack.get("S4"),
+            "ssim_floor": attack.get("floor"),
+            "chance": privacy.get("chance_top1"),
+            "Score_pp": attack.get("Score_pp"),
+            "Score_cls": ver["accuracy_mean"],
+            "inversion_top1": (inversion.get("decoder") or {}).get("top1"),
+            "mean_k": summary.get("final_mean_k"),
+            "epsilon": summary.get("epsilon"),
+        }
+        out[name] = {"row": row, "log": log, "note": privacy.get("reason")}
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _figure_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _write_png(path: Path, figure) -> Path:
+    import matplotlib.pyplot as plt
+
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    with atomic_write(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+def tradeoff_figure(rows: dict[str, dict], path: Path) -> Path:
+    """Privacy (Score_pp) against utility (verification accuracy), one point per entry, floors drawn."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4.2))
+    for name, row in rows.items():
+        x = row["Score_pp"] if row["Score_pp"] is not None else 0.0  # no masking: the faces themselves are shared
+        axis.scatter([x], [row["accuracy"]], s=40, marker="o" if row["Score_pp"] is not None else "x")
+        axis.annotate(name, (x, row["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for floor in sorted({round(row["floor_accuracy"], 3) for row in rows.values()}):
+        axis.axhline(floor, linestyle="--", linewidth=0.8, color="grey")
+        axis.text(0.01, floor, f" raw-feature floor {floor:.3f}", fontsize=7, color="grey", va="bottom")
+    axis.axhline(0.5, linestyle=":", linewidth=0.8, color="black")
+    axis.set(xlabel="privacy: Score_pp (higher is more private; x at 0: no masking)", ylabel="utility: verification accuracy", xlim=(-0.05, 1.05))
+    axis.set_title("privacy / utility trade-off (dashed: floors, dotted: chance)", fontsize=9)
+    return _write_png(path, figure)
+
+
+def curves_figure(logs: dict[str, list[dict]], path: Path) -> Path:
+    """Training loss and closed-set validation accuracy per epoch, one line per entry."""
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, log in logs.items():
+        epochs = [row["epoch"] + 1 for row in log]
+        loss_axis.plot(epochs, [row["loss"] for row in log], marker=".", label=name)
+        acc_axis.plot(epochs, [row["val_accuracy"] for row in log], marker=".", label=name)
+    loss_axis.set(xlabel="epoch", ylabel="training loss")
+    acc_axis.set(xlabel="epoch", ylabel="validation accuracy (un-mixed, closed set)")
+    acc_axis.legend(fontsize=7)
+    return _write_png(path, figure)
+
+
+def k_figure(logs: dict[str, list[dict]], path: Path) -> Path:
+    """The k distribution of each epoch (stacked fractions), one panel per entry that mixes."""
+    import matplotlib.pyplot as plt
+
+    mixing = {name: log for name, log in logs.items() if any("k_histogram" in row for row in log)}
+    figure, axes = plt.subplots(1, max(1, len(mixing)), figsize=(3.6 * max(1, len(mixing)), 3.2), squeeze=False)
+    if not mixing:
+        axes[0][0].text(0.5, 0.5, "no sweep entry mixes faces", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    for axis, (name, log) in zip(axes[0], mixing.items()):
+        rows = [row for row in log if "k_histogram" in row]
+        ks = sorted({int(k) for row in rows for k in row["k_histogram"]})
+        bottom = [0.0] * len(rows)
+        for k in ks:
+            shares = []
+            for row in rows:
+                histogram = {int(key): value for key, value in row["k_histogram"].items()}
+                total = sum(histogram.values()) or 1
+                shares.append(histogram.get(k, 0) / total)
+            axis.bar([row["epoch"] + 1 for row in rows], shares, bottom=bottom, label=f"k={k}")
+            bottom = [b + s for b, s in zip(bottom, shares)]
+        axis.set(title=name, xlabel="epoch", ylabel="share of samples", ylim=(0, 1))
+        axis.legend(fontsize=7)
+    return _write_png(path, figure)
+
+
+def versions() -> list[list[str]]:
+    """Python and the versions of the packages the results depend on."""
+    rows = [["python", platform.python_version()]]
+    for name in PACKAGES:
+        try:
+            rows.append([name, metadata.version(name)])
+        except metadata.PackageNotFoundError:
+            rows.append([name, "not installed"])
+    return rows
+
+
+def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str) -> list[Block]:
+    """The report's content, in order, for both renderings."""
+    header = ["entry"] + [title for _, title in COLUMNS]
+    table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
+    notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
+    blocks = [
+        Block("h1", "fmix report"),
+        Block("p", "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
+              "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
+              "S2/S4 evaluator top-1, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
+              "model inversion top-1 (decoder); ε where the method defines one."),
+        Block("h2", "Methods"),
+        Block("table", rows=table),
+    ]
+    if notes:
+        blocks.append(Block("p", "Not attacked: " + "; ".join(notes) + "."))
+    blocks += [
+        Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
+        Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
+        Block("h2", "Learned k over epochs"), Block("img", "k distribution", path=figures["k"]),
+        Block("h2", "Image grids"),
+    ]
+    for title, path in grids:
+        blocks += [Block("h3", title), Block("img", title, path=path)]
+    blocks += [Block("h2", "Versions"), Block("table", rows=[["package", "version"]] + versions()), Block("h2", "Parameters"), Block("code", params_text)]
+    return blocks
+
+
+def render_markdown(blocks: list[Block], folder: Path) -> str:
+    """Markdown; images linked relative to the report's folder."""
+    parts = []
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            parts.append("#" * int(block.kind[1]) + " " + block.text)
+        elif block.kind == "p":
+            parts.append(block.text)
+        elif block.kind == "table":
+            head, *body = block.rows
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            parts.append("\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]))
+        elif block.kind == "img":
+            parts.append(f"![{block.text}]({Path(os.path.relpath(block.path, folder)).as_posix()})")
+        elif block.kind == "code":
+            parts.append("```yaml\n" + block.text.rstrip() + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def render_html(blocks: list[Block]) -> str:
+    """One self-contained HTML page: images inlined as base64 data URIs."""
+    parts = []
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            parts.append(f"<{block.kind}>{html.escape(block.text)}</{block.kind}>")
+        elif block.kind == "p":
+            parts.append(f"<p>{html.escape(block.text)}</p>")
+        elif block.kind == "table":
+            head, *body = block.rows
+            cells = "".join(f"<th>{html.escape(cell)}</th>" for cell in head)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in body)
+            parts.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>")
+        elif block.kind == "img":
+            data = base64.b64encode(block.path.read_bytes()).decode()
+            parts.append(f'<img alt="{html.escape(block.text)}" src="data:image/png;base64,{data}">')
+        elif block.kind == "code":
+            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+    style = "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}img{max-width:100%}"
+    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>fmix report</title><style>{style}</style></head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with atomic_write(path) as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_report(results: str | Path, models: str | Path, out_dir: str | Path, params_path: str | Path) -> dict[str, dict]:
+    """Collect every sweep entry's results and write the report files.
+
+    Args:
+        results: the sweep's results folder (``data.results``).
+        models: the sweep's models folder (``data.models``).
+        out_dir: the report folder (``data.report``).
+        params_path: the params file (its ``sweep`` section orders the entries; all of it is shown).
+
+    Returns:
+        Entry name -> its table row (as in ``methods.json``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results, models, out_dir = Path(results), Path(models), Path(out_dir)
+    params = read_params_file(params_path)
+    entries = sweep_entries(params.get("sweep"), params.get("train"))
+    collected = collect(results, models, entries)
+    rows = {name: item["row"] for name, item in collected.items()}
+    logs = {name: item["log"] for name, item in collected.items()}
+    figures = {
+        "tradeoff": tradeoff_figure(rows, out_dir / "tradeoff.png"),
+        "curves": curves_figure(logs, out_dir / "curves.png"),
+        "k": k_figure(logs, out_dir / "k_distribution.png"),
+    }
+    grids = [(f"{name}: {label}", results / name / file) for name in entries
+             for file, label in (("grid.png", "original / protected / white-box reconstruction"), ("inversion_grid.png", "model inversion"))
+             if (results / name / file).is_file()]
+    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False))
+    write_json_atomic(out_dir / "methods.json", rows)
+    _write_csv(out_dir / "tradeoff.csv", ["method", "Score_pp", "accuracy"],
+               [[name, row["Score_pp"], row["accuracy"]] for name, row in rows.items() if row["Score_pp"] is not None])
+    curve_rows, step = [], 0
+    for name, log in logs.items():
+        for row in log:
+            curve_rows.append([step, name, row["epoch"], row["loss"], row["val_accuracy"], row.get("mean_k")])
+            step += 1
+    _write_csv(out_dir / "curves.csv", ["step", "method", "epoch", "loss", "val_accuracy", "mean_k"], curve_rows)
+    with atomic_write(out_dir / "report.md") as out:
+        out.write(render_markdown(blocks, out_dir))
+    with atomic_write(out_dir / "report.html") as out:
+        out.write(render_html(blocks))
+    return rows

@@ -1,0 +1,64 @@
+"""`fmix report` on fixed inputs: the method table, the figures, the self-contained page, the errors."""
+
+import json
+import re
+
+import yaml
+from typer.testing import CliRunner
+
+from fmix.cli import app
+
+runner = CliRunner()
+
+
+def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None):
+    folder = results / name
+    folder.mkdir(parents=True)
+    verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
+    (folder / "verification.json").write_text(json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}}))
+    privacy = {"row": privacy_row, "chance_top1": 0.004} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
+    (folder / "privacy.json").write_text(json.dumps(privacy))
+    (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": 0.25}}))
+    log = [{"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})} for e in range(3)]
+    (models / name).mkdir(parents=True)
+    (models / name / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
+    (models / name / "train_summary.json").write_text(json.dumps({"final_mean_k": 3.0 if k_histogram else None}))
+
+
+def test_report_tables_figures_and_page(tmp_path):
+    results, models, out = tmp_path / "results", tmp_path / "models", tmp_path / "report"
+    row = {"S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "floor": 0.5, "Score_pp": 0.7}
+    _entry(results, models, "none", "none", 0.84)
+    _entry(results, models, "mixup3", "mixup", 0.61, row, {"3": 90})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {}, "sweep": {"none": {"method": "none"}, "mixup3": {"method": "mixup", "k": 3}}}, sort_keys=False))
+    result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "methods.json").read_text())
+    assert list(table) == ["none", "mixup3"]
+    assert table["mixup3"] == {
+        "method": "mixup", "accuracy": 0.61, "accuracy_std": 0.05, "auc": 0.9, "tar_1e-3": None, "floor_accuracy": 0.6,
+        "S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "ssim_floor": 0.5, "chance": 0.004, "Score_pp": 0.7, "Score_cls": 0.61,
+        "inversion_top1": 0.25, "mean_k": 3.0, "epsilon": None,
+    }
+    markdown = (out / "report.md").read_text()
+    assert "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.700 | 0.610 | 0.250 | 3.000 | — |" in markdown
+    assert "Not attacked: none: nothing to reconstruct." in markdown
+    assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\n"
+    assert (out / "curves.csv").read_text().splitlines()[4] == "3,mixup3,0,10.0,0.0,"
+    for figure in ("tradeoff.png", "curves.png", "k_distribution.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
+
+
+def test_report_errors(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"sweep": {"adaptive": {"method": "adaptive"}}}))
+    result = runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)])
+    assert result.exit_code == 1 and "error: no verification metrics for sweep entry adaptive" in result.output
+    params.write_text("train: {}\n")
+    result = runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)])
+    assert result.exit_code == 1 and "error: section 'sweep' must be a non-empty mapping" in result.output
+    assert not (tmp_path / "o").exists()
