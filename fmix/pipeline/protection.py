@@ -68,7 +68,7 @@ def attack_protection(
         k = trained["k"] if method == "mixup" else export.k
         export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=k))
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
-    run = AttackRun(attack.seconds, attack.eval_faces, MIXED[method], attack.black_box_k, attack.seed)
+    run = AttackRun(attack.seconds, attack.eval_faces, MIXED[method], attack.black_box_k, attack.seed, attack.judge)
     network = AttackConfig(batch_size=attack.batch_size, seed=attack.seed)
     policy = model if method == "adaptive" else None
     record = attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method, network)
