@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from fmix_testing import REPO
-from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, defaults_as_dict, load_section, section_from_mapping
+from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, TrainParams, defaults_as_dict, load_section, section_from_mapping
 
 
 def test_params_yaml_holds_the_code_defaults():
@@ -75,3 +75,16 @@ def test_bad_files_are_reported(tmp_path):
 def test_sections_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         AlignParams().workers = 3
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"policy_reference": "k2"}, r"train.policy_reference must be 'none' or 'unmixed', got 'k2'"),
+        ({"epochs": 4, "mix_warmup_epochs": 4.0}, r"train.mix_warmup_epochs must be in \[0, train.epochs\)"),
+        ({"mix_warmup_epochs": -1.0}, r"train.mix_warmup_epochs must be in \[0, train.epochs\)"),
+    ],
+)
+def test_bad_train_curriculum_values_are_rejected(values, message):
+    with pytest.raises(ParamsError, match=message):
+        section_from_mapping(TrainParams, values, "train")
