@@ -81,8 +81,8 @@ def test_sections_are_frozen():
     "values, message",
     [
         ({"policy_reference": "k2"}, r"train.policy_reference must be 'none' or 'unmixed', got 'k2'"),
-        ({"epochs": 4, "mix_warmup_epochs": 4.0}, r"train.mix_warmup_epochs must be in \[0, train.epochs\)"),
-        ({"mix_warmup_epochs": -1.0}, r"train.mix_warmup_epochs must be in \[0, train.epochs\)"),
+        ({"mix_warmup_fraction": 1.0}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
+        ({"mix_warmup_fraction": -0.1}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
     ],
 )
 def test_bad_train_curriculum_values_are_rejected(values, message):

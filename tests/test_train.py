@@ -165,7 +165,7 @@ def test_mutual_information_reference_values():
 
 
 def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp_path):
-    params = TrainParams(**{**TINY.__dict__, "method": "mixup", "k": 3, "epochs": 2, "mix_warmup_epochs": 1.0})
+    params = TrainParams(**{**TINY.__dict__, "method": "mixup", "k": 3, "epochs": 2, "mix_warmup_fraction": 0.5})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
     first, second = _log(tmp_path)
     assert "k_histogram" not in first  # un-mixed: no k drawn

@@ -216,7 +216,7 @@ def train(
                 x = encoder(images)
             done = state["step"] / total_steps
             position = epoch + number / len(batches)  # in epochs
-            mixing = params.method in MIXING_METHODS and position >= params.mix_warmup_epochs
+            mixing = params.method in MIXING_METHODS and position >= params.mix_warmup_fraction * params.epochs
             game_on = game is not None and mixing and position >= params.policy_warmup_epochs
             if mixing:
                 k = _choose_k(params, game, game_on, x, done, generator)
