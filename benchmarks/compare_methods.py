@@ -3,8 +3,11 @@
 Usage: python benchmarks/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
        [--params params.yaml] [--out runs/compare] [--set train.epochs=8 ...]
 Needs `data/aligned`, `data/splits` and `models/masker.onnx` (the pipeline's outputs).
-Each run: its verification accuracy, AUC, the raw-feature floor on the same pairs, closed-set
-validation accuracy, mean k and k histogram of the last epoch, seconds per FR / policy step.
+Each run: its verification accuracy ± fold std, AUC, TAR at FAR 1e-3, the raw-feature floor on the
+same pairs, closed-set validation accuracy, mean k and k histogram of the last epoch, the mutual
+information between k and per-sample difficulty (adaptive), seconds per FR / policy step. Then every
+adaptive run against every fixed-k run, paired over the same 10 folds (mean difference, its std,
+t = mean / standard error, folds won).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from fmix.evaluate import paired_fold_difference
 from fmix.evaluate.run import evaluate_model
 from fmix.params import EvaluateParams, TrainParams, load_section
 from fmix.train.loop import train
@@ -49,16 +53,29 @@ def main() -> None:
         metrics = evaluate_model(out / "model.pt", args.aligned, args.splits / "pairs.csv", EvaluateParams(), args.splits / "private_val.csv")
         (out / "evaluate.json").write_text(json.dumps(metrics, indent=2))
         ver, floor = metrics["verification"], metrics["raw_feature_floor"]
-        rows.append((text, ver["accuracy_mean"], ver["accuracy_std"], ver["auc"], floor["accuracy_mean"], metrics["val_accuracy"],
-                     summary["final_mean_k"], summary["final_k_histogram"], summary["seconds_per_fr_step"], summary["seconds_per_policy_step"], seconds))
+        rows.append({"run": text, "ver": ver, "floor": floor["accuracy_mean"], "val": metrics["val_accuracy"], "summary": summary, "seconds": seconds})
         print(f"{text}: acc {ver['accuracy_mean']:.3f}±{ver['accuracy_std']:.3f} auc {ver['auc']:.3f} floor {floor['accuracy_mean']:.3f} "
               f"val {metrics['val_accuracy']:.3f} mean_k {summary['final_mean_k']} ({seconds:.0f} s)", flush=True)
-    print("\n| run | accuracy | AUC | raw floor | val acc | mean k | k histogram | s/FR step | s/policy step | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for run, acc, std, auc, floor, val, mean_k, hist, fr, pi, sec in rows:
+    print("\n| run | accuracy ± fold std | AUC | TAR@FAR1e-3 | raw floor | val acc | mean k | k histogram | MI(k; difficulty) bits | s/FR step | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ver, summary = row["ver"], row["summary"]
+        hist = summary["final_k_histogram"]
         hist_text = " ".join(f"{k}:{v:.2f}" for k, v in hist.items()) if hist else "-"
-        print(f"| {run} | {acc:.3f} ± {std:.3f} | {auc:.3f} | {floor:.3f} | {val:.3f} | {mean_k if mean_k is None else round(mean_k, 2)} | "
-              f"{hist_text} | {fr:.3f} | {pi if pi is None else round(pi, 3)} | {sec:.0f} |")
+        mean_k, mi = summary["final_mean_k"], summary.get("final_k_difficulty_mutual_information")
+        print(f"| {row['run']} | {ver['accuracy_mean']:.3f} ± {ver['accuracy_std']:.3f} | {ver['auc']:.3f} | {ver['tar_at_far_1e-3']} | "
+              f"{row['floor']:.3f} | {row['val']:.3f} | {'-' if mean_k is None else round(mean_k, 2)} | {hist_text} | "
+              f"{'-' if mi is None else round(mi, 4)} | {summary['seconds_per_fr_step']:.3f} | {row['seconds']:.0f} |")
+    adaptive = [row for row in rows if row["summary"]["method"] == "adaptive"]
+    fixed = [row for row in rows if row["summary"]["method"] == "mixup"]
+    if adaptive and fixed:
+        print("\n| adaptive | against | mean k (adaptive / fixed) | accuracy difference (paired) | std | t | folds won |")
+        print("|---|---|---|---|---|---|---|")
+        for a in adaptive:
+            for b in fixed:
+                d = paired_fold_difference(a["ver"]["fold_accuracies"], b["ver"]["fold_accuracies"])
+                print(f"| {a['run']} | {b['run']} | {a['summary']['final_mean_k']:.2f} / {b['summary']['final_mean_k']:.0f} | "
+                      f"{d['mean']:+.3f} | {d['std']:.3f} | {d['t']:.2f} | {d['wins']}/{d['folds']} |")
 
 
 if __name__ == "__main__":

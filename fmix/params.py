@@ -58,10 +58,17 @@ class SplitParams:
     lfw_pairs_file: str = "../shared/data/lfw/pairs.txt"
     folds: int = 10
     pairs_per_fold: int = 100  # half matched, half mismatched
+    # Identities with fewer than min_images (but at least this many) faces join the private role as
+    # extra training identities (train only); the roles of the others (and so the pairs) do not change. None: off.
+    private_extra_min_images: int | None = None
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "split.seed")
         _require(self.min_images >= 2, "split.min_images must be >= 2")
+        _require(
+            self.private_extra_min_images is None or 1 <= self.private_extra_min_images < self.min_images,
+            "split.private_extra_min_images must be null or in [1, split.min_images)",
+        )
         _require(0 < self.private_fraction < 1, "split.private_fraction must be in (0, 1)")
         _require(0 <= self.public_fraction < 1, "split.public_fraction must be in [0, 1)")
         _require(
@@ -151,13 +158,15 @@ class TrainParams:
     mix_law: str = "dirichlet"
     mix_cap: float | None = 0.65
     mix_rescale: bool = True  # variance-preserving mixes (else the test faces' scale differs from training's)
-    policy_lr: float = 0.01
-    policy_warmup_epochs: float = 1.0  # FR-only epochs (k = 2) before the game starts
+    policy_lr: float = 0.002
+    policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
+    policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
+    mix_warmup_fraction: float = 0.5  # curriculum: mixing methods train on un-mixed masked faces first
     n_fr: int = 4  # the policy plays after every n_fr FR steps...
     n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
-    entropy_weight: float = 0.05
+    entropy_weight: float = 0.1
     baseline_momentum: float = 0.9
-    min_val_accuracy: float = 0.2  # utility floor on un-mixed validation faces (dual ascent on nu)
+    min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
     seed: int = 0
     threads: int = 2
@@ -174,6 +183,8 @@ class TrainParams:
         _require(self.epochs >= 1 and self.batch_size >= 2, "train.epochs must be >= 1 and train.batch_size >= 2")
         _require(self.lr > 0 and self.policy_lr > 0, "train.lr and train.policy_lr must be > 0")
         _require(self.n_fr >= 1 and self.n_pi >= 1, "train.n_fr and train.n_pi must be >= 1")
+        _require(self.policy_reference in ("none", "unmixed"), f"train.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
+        _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
         _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
         _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from fmix_testing import REPO
-from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, defaults_as_dict, load_section, section_from_mapping
+from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, TrainParams, defaults_as_dict, load_section, section_from_mapping
 
 
 def test_params_yaml_holds_the_code_defaults():
@@ -151,3 +151,16 @@ def test_a_sweep_entry_is_its_train_overrides(tmp_path):
     entry = load_sweep_entry(path, "mixup4")
     assert entry == {"method": "mixup", "k": 4}
     assert load_section(TrainParams, path, "train", **entry) == TrainParams(epochs=3, method="mixup", k=4)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"policy_reference": "k2"}, r"train.policy_reference must be 'none' or 'unmixed', got 'k2'"),
+        ({"mix_warmup_fraction": 1.0}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
+        ({"mix_warmup_fraction": -0.1}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
+    ],
+)
+def test_bad_train_curriculum_values_are_rejected(values, message):
+    with pytest.raises(ParamsError, match=message):
+        section_from_mapping(TrainParams, values, "train")

@@ -117,3 +117,20 @@ def test_lfw_mode_keeps_pair_identities_out_of_private_and_public(tmp_path):
     assert "Abel_Pacheco" not in {n for _, n in split.private_train + split.public}
     assert {n for _, n in split.verification} == {"Abel_Pacheco"}
     assert lfw_pairs(LFW / "pairs.txt", {})[1] == 6000
+
+
+def test_extra_private_identities_train_only_and_leave_the_other_roles_unchanged(tmp_path):
+    counts = {f"P{i:02d}": 5 + i % 4 for i in range(40)} | {f"S{i:02d}": 2 + i % 3 for i in range(12)} | {"One": 1}
+    aligned = _fake_aligned(tmp_path / "a", counts)
+    extra = SplitParams(folds=2, pairs_per_fold=4, min_images=5, private_extra_min_images=2)
+    base, more = make_split(aligned, SMALL), make_split(aligned, extra)
+    assert more.pairs == base.pairs and more.public == base.public and more.private_val == base.private_val
+    added = set(more.private_train) - set(base.private_train)
+    assert {name for _, name in added} == {f"S{i:02d}" for i in range(12)}  # the 1-photo person stays out
+    assert len(added) == sum(2 + i % 3 for i in range(12)) and set(base.private_train) <= set(more.private_train)
+    assert more.notes["private_extra_identities"] == 12
+
+
+def test_extra_private_identities_bound_is_checked():
+    with pytest.raises(ValueError, match=r"split.private_extra_min_images must be null or in \[1, split.min_images\)"):
+        SplitParams(min_images=5, private_extra_min_images=5)

@@ -10,7 +10,7 @@ import torch
 from fmix.params import TrainParams
 from fmix.train.checkpoint import load_checkpoint, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
-from fmix.train.game import k_histogram
+from fmix.train.game import difficulty_table, k_histogram, mutual_information
 from fmix.train.loop import lr_factor, train
 
 TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, policy_warmup_epochs=0.5, n_fr=1, n_pi=1, threads=1)
@@ -136,3 +136,46 @@ def test_export_with_the_trained_policy(pipeline_sample, tmp_path):
         fixed = TrainParams(**{**TINY.__dict__, "method": "ppfrfd", "epochs": 1})
         train(fixed, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "fixed", pipeline_sample["masker"], progress=False)
         masker_with_trained_policy(tmp_path / "fixed" / "model.pt")
+
+
+def test_difficulty_table_reference_values():
+    difficulty = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4])
+    k = torch.tensor([2, 6, 4, 2, 6, 2, 6, 3])
+    # Quartiles by rank: {0.1, 0.2} {0.3, 0.4} {0.5, 0.7} {0.8, 0.9}.
+    assert difficulty_table(difficulty, k, (2, 3, 4, 5, 6), 4) == [
+        [2, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 0, 1, 0, 1],
+        [0, 0, 0, 0, 2],
+    ]
+
+
+def test_difficulty_table_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="Expected difficulty and k of one shape"):
+        difficulty_table(torch.zeros(3), torch.tensor([2, 3]), (2, 3), 2)
+    with pytest.raises(ValueError, match="Expected bins >= 1"):
+        difficulty_table(torch.zeros(2), torch.tensor([2, 3]), (2, 3), 0)
+
+
+def test_mutual_information_reference_values():
+    assert mutual_information([[5, 0], [0, 5]]) == pytest.approx(1.0)  # k fully set by the row
+    assert mutual_information([[3, 3], [3, 3]]) == pytest.approx(0.0)  # independent
+    assert mutual_information([[2, 1], [1, 2]]) == pytest.approx(1 - 0.9182958340544896)  # 1 - H(1/3)
+    assert mutual_information([[0, 0], [0, 0]]) == 0.0
+
+
+def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp_path):
+    params = TrainParams(**{**TINY.__dict__, "method": "mixup", "k": 3, "epochs": 2, "mix_warmup_fraction": 0.5})
+    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    first, second = _log(tmp_path)
+    assert "k_histogram" not in first  # un-mixed: no k drawn
+    assert second["k_histogram"]["3"] == 1.0
+
+
+def test_adaptive_logs_k_against_difficulty_with_the_per_sample_advantage(pipeline_sample, tmp_path):
+    params = TrainParams(**{**TINY.__dict__, "method": "adaptive", "policy_reference": "unmixed"})
+    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    table = summary["final_k_by_difficulty"]
+    assert len(table) == 4 and all(len(row) == 5 for row in table)
+    assert sum(map(sum, table)) == _log(tmp_path)[-1]["policy_steps"] * TINY.batch_size
+    assert summary["final_k_difficulty_mutual_information"] == pytest.approx(mutual_information(table))

@@ -81,6 +81,24 @@ def split_identities(faces: dict[str, list[str]], params: SplitParams, exclude: 
     }
 
 
+def extra_private_identities(faces: dict[str, list[str]], params: SplitParams, exclude: set[str]) -> list[str]:
+    """Identities too small for the roles (fewer than ``min_images`` faces) that still train the owner's model.
+
+    Args:
+        faces: identity -> aligned face paths.
+        params: ``private_extra_min_images`` (None: none) and ``min_images``.
+        exclude: identities that already have a role (or appear in LFW's pairs).
+
+    Returns:
+        Sorted names with ``private_extra_min_images <= faces < min_images``.
+    """
+    if params.private_extra_min_images is None:
+        return []
+    return sorted(
+        name for name, paths in faces.items() if params.private_extra_min_images <= len(paths) < params.min_images and name not in exclude
+    )
+
+
 def heldout_pairs(faces: dict[str, list[str]], identities: list[str], params: SplitParams) -> list[Pair]:
     """Matched and mismatched pairs from held-out identities, identity-disjoint across folds (as LFW View 2).
 
@@ -202,6 +220,10 @@ def make_split(aligned_dir: str | Path, params: SplitParams) -> Split:
         n_val = max(1, round(len(paths) * params.val_fraction))
         val += [(p, name) for p in sorted(paths[:n_val])]
         train += [(p, name) for p in sorted(paths[n_val:])]
+    extra = extra_private_identities(faces, params, exclude=set().union(*roles.values()))
+    # Extra identities train only (validation stays on the main private identities, as before).
+    train += [(p, name) for name in extra for p in faces[name]]
+    notes["private_extra_identities"] = len(extra)
     return Split(
         private_train=train,
         private_val=val,

@@ -213,3 +213,29 @@ def cosine_scores(emb_a: Tensor, emb_b: Tensor) -> Tensor:
     a = F.normalize(emb_a.to(dtype), dim=1)
     b = F.normalize(emb_b.to(device=emb_a.device, dtype=dtype), dim=1)
     return (a * b).sum(1)
+
+
+def paired_fold_difference(fold_accuracies_a: list[float], fold_accuracies_b: list[float]) -> dict[str, float]:
+    """Paired comparison of two models on the same verification folds (a minus b).
+
+    The folds hold the same pairs for both models, so the per-fold differences cancel the
+    folds' own difficulty; the fold spread of either model alone overstates the noise.
+
+    Args:
+        fold_accuracies_a: accuracy of model a per fold.
+        fold_accuracies_b: accuracy of model b on the same folds, in the same order.
+
+    Returns:
+        ``mean`` and ``std`` (ddof=1) of the per-fold differences, their standard error
+        ``sem``, ``t`` = mean / sem (inf when every fold differs by the same nonzero amount),
+        and ``wins``: the folds where a is better.
+    """
+    a, b = np.asarray(fold_accuracies_a, dtype=np.float64), np.asarray(fold_accuracies_b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"Expected two equal-length lists of at least 2 fold accuracies, got {len(a)} and {len(b)}")
+    diff = a - b
+    std = float(diff.std(ddof=1))
+    sem = std / np.sqrt(len(diff))
+    mean = float(diff.mean())
+    t = mean / sem if sem > 0 else (0.0 if mean == 0 else float(np.copysign(np.inf, mean)))
+    return {"mean": mean, "std": std, "sem": float(sem), "t": float(t), "wins": int((diff > 0).sum()), "folds": len(diff)}

@@ -15,6 +15,7 @@ from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+DIFFICULTY_BINS = 4  # quartiles of the un-mixed loss within a batch
 
 
 class AdaptiveGame:
@@ -63,13 +64,22 @@ class AdaptiveGame:
         )
         with torch.no_grad():
             reward = loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+            unmixed_loss = loss_fn(anchors, labels[:, None], torch.ones_like(labels[:, None], dtype=anchors.dtype)).float()
+        if self.params.policy_reference == "unmixed":
+            # Per-sample advantage: what mixing costs this sample, not how hard the sample is anyway.
+            reward = reward - unmixed_loss
         nu = self.dual.value
         loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
-        return {"reward": reward.mean().item(), "k": k.float().mean().item(), "entropy": entropy.mean().item()}
+        return {
+            "reward": reward.mean().item(),
+            "k": k.float().mean().item(),
+            "entropy": entropy.mean().item(),
+            "k_by_difficulty": difficulty_table(unmixed_loss, k, self.policy.k_values, DIFFICULTY_BINS),
+        }
 
     def end_epoch(self, val_accuracy: float) -> float:
         """Dual ascent on nu with the epoch's un-mixed validation accuracy; returns the new nu."""
@@ -95,3 +105,49 @@ def k_histogram(ks: list[int] | Counter, k_values: tuple[int, ...]) -> dict[str,
     counts = Counter(ks)
     total = sum(counts.values()) or 1
     return {str(k): counts.get(k, 0) / total for k in k_values}
+
+
+def difficulty_table(difficulty: Tensor, k: Tensor, k_values: tuple[int, ...], bins: int) -> list[list[int]]:
+    """Counts of each k per difficulty quantile of the batch (row 0: the easiest samples).
+
+    Args:
+        difficulty: per-sample difficulty, e.g. the frozen FR network's loss on the un-mixed anchor.
+        k: the k drawn for each sample, each in ``k_values``.
+        k_values: the policy's actions (the table's columns).
+        bins: number of quantile bins (rows).
+
+    Shape:
+        - difficulty, k: :math:`(B,)`.
+
+    Returns:
+        A ``bins`` x ``len(k_values)`` table of counts.
+    """
+    if difficulty.shape != k.shape or difficulty.dim() != 1:
+        raise ValueError(f"Expected difficulty and k of one shape (B,), got {tuple(difficulty.shape)} and {tuple(k.shape)}")
+    if bins < 1:
+        raise ValueError(f"Expected bins >= 1, got {bins}")
+    rank = difficulty.detach().cpu().argsort().argsort()
+    row = rank * bins // max(1, len(rank))
+    column = torch.searchsorted(torch.tensor(k_values), k.detach().cpu())
+    table = torch.zeros(bins, len(k_values), dtype=torch.long)
+    table.index_put_((row, column), torch.ones_like(row), accumulate=True)
+    return table.tolist()
+
+
+def mutual_information(table: list[list[int]]) -> float:
+    """Mutual information (bits) between the rows and columns of a contingency table.
+
+    Args:
+        table: counts, rows x columns (e.g. :func:`difficulty_table` summed over an epoch).
+
+    Returns:
+        ``sum p(r, c) log2(p(r, c) / (p(r) p(c)))``; 0 for an empty table.
+    """
+    counts = torch.tensor(table, dtype=torch.float64)
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    joint = counts / total
+    outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    nonzero = joint > 0
+    return float((joint[nonzero] * torch.log2(joint[nonzero] / outer[nonzero])).sum())

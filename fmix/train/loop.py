@@ -28,7 +28,7 @@ from fmix.params import TrainParams, plain_dict
 from fmix.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import FaceSet, batch_indices, epoch_order, load_face_set
 from fmix.train.encoders import MIXING_METHODS, build_encoder
-from fmix.train.game import AdaptiveGame, k_histogram
+from fmix.train.game import AdaptiveGame, k_histogram, mutual_information
 
 K_VALUES = DEFAULT_K_VALUES  # the adaptive policy's actions
 
@@ -215,8 +215,10 @@ def train(
             with torch.no_grad():
                 x = encoder(images)
             done = state["step"] / total_steps
-            game_on = game is not None and epoch + number / len(batches) >= params.policy_warmup_epochs
-            if params.method in MIXING_METHODS:
+            position = epoch + number / len(batches)  # in epochs
+            mixing = params.method in MIXING_METHODS and position >= params.mix_warmup_fraction * params.epochs
+            game_on = game is not None and mixing and position >= params.policy_warmup_epochs
+            if mixing:
                 k = _choose_k(params, game, game_on, x, done, generator)
                 mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator, rescale=params.mix_rescale)
                 loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
@@ -241,6 +243,7 @@ def train(
                     _average_gradients(game.policy, world)  # keeps the ranks' policies equal
                     stats["reward"] += step_stats["reward"]
                     stats["entropy"] += step_stats["entropy"]
+                    stats["k_by_difficulty"] = _add_tables(stats.get("k_by_difficulty"), step_stats["k_by_difficulty"])
                 net.train()
                 stats["policy_steps"] += params.n_pi
                 stats["policy_seconds"] += time.perf_counter() - start
@@ -317,7 +320,17 @@ def _epoch_row(epoch: int, stats: dict, val_accuracy: float, nu: float | None, g
             baseline=game.baseline.value,
             nu=nu,
         )
+        if stats.get("k_by_difficulty"):
+            # Rows: quartiles of the un-mixed loss (easiest first); columns: k. The MI shows per-sample choice.
+            row["k_by_difficulty"] = stats["k_by_difficulty"]
+            row["k_difficulty_mutual_information"] = mutual_information(stats["k_by_difficulty"])
     return row
+
+
+def _add_tables(total: list[list[int]] | None, table: list[list[int]]) -> list[list[int]]:
+    if total is None:
+        return table
+    return [[a + b for a, b in zip(row_a, row_b)] for row_a, row_b in zip(total, table)]
 
 
 def _summary(params: TrainParams, history: list[dict], final_val: float, recalibrated: bool, num_classes: int, faces: int) -> dict:
@@ -337,6 +350,8 @@ def _summary(params: TrainParams, history: list[dict], final_val: float, recalib
         "policy_overhead": history[-1].get("policy_overhead"),  # policy seconds / FR seconds, last epoch
         "final_k_histogram": history[-1].get("k_histogram"),
         "final_mean_k": ks[-1] if ks else None,
+        "final_k_by_difficulty": history[-1].get("k_by_difficulty"),
+        "final_k_difficulty_mutual_information": history[-1].get("k_difficulty_mutual_information"),
     }
 
 

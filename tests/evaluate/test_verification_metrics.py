@@ -7,6 +7,7 @@ from fmix.evaluate import (
     best_threshold,
     candidate_thresholds,
     cosine_scores,
+    paired_fold_difference,
     roc_auc,
     tar_at_far,
     verification_metrics,
@@ -129,3 +130,19 @@ def test_bad_inputs_raise_with_messages():
         verification_metrics(scores[:, None], same, folds)
     with pytest.raises(ValueError, match=r"Expected emb_a and emb_b of one shape \(N, E\), got \(2, 3\) and \(2, 4\)"):
         cosine_scores(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_paired_fold_difference_reference_values():
+    result = paired_fold_difference([0.7, 0.8, 0.6, 0.9], [0.6, 0.75, 0.6, 0.8])
+    # differences 0.1, 0.05, 0.0, 0.1: mean 0.0625, std (ddof=1) 0.0478714
+    assert result["mean"] == pytest.approx(0.0625)
+    assert result["std"] == pytest.approx(0.04787135538781691)
+    assert result["sem"] == pytest.approx(0.04787135538781691 / 2)
+    assert result["t"] == pytest.approx(0.0625 / (0.04787135538781691 / 2))
+    assert result["wins"] == 3 and result["folds"] == 4
+    assert paired_fold_difference([0.75, 0.5], [0.5, 0.25])["t"] == float("inf")  # exact in binary
+
+
+def test_paired_fold_difference_rejects_unequal_folds():
+    with pytest.raises(ValueError, match="Expected two equal-length lists of at least 2 fold accuracies, got 3 and 2"):
+        paired_fold_difference([0.1, 0.2, 0.3], [0.1, 0.2])
