@@ -137,23 +137,31 @@ def mask(
     mix: Annotated[Optional[bool], typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment).")] = None,
     align: Annotated[bool, typer.Option("--align", help="Inputs are raw photos: detect and align them first.")] = False,
     anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help=f"Keyed-hash output names (key from $FMIX_NAME_KEY).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the random parts (overrides mask.seed).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
+    secret_key_file: Annotated[Optional[Path], typer.Option("--secret-key-file", help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.")] = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces (default: fmix-ledger.jsonl beside OUT_DIR).")] = None,
+    allow_rerelease: Annotated[bool, typer.Option("--allow-rerelease", help="Warn instead of refusing faces an earlier release used (only if that release never left you).")] = False,
+    publish_label_names: Annotated[bool, typer.Option("--publish-label-names", help="Write labels.json (identity -> label) into the release.")] = False,
+    insecure_seed: Annotated[Optional[int], typer.Option("--insecure-seed", help="INSECURE, attack experiments only: a seed recorded in run.json.")] = None,
+    insecure_reuse: Annotated[bool, typer.Option("--insecure-reuse", help="INSECURE, attack experiments only: each face in about k samples (partners from its batch).")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix."""
+    """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix (each face in one sample)."""
     import os
 
-    cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize, seed=seed)
+    cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize)
     align_cfg = _load("AlignParams", params, "align") if align else None
-    from fmix.masker.apply import NAME_KEY_ENV, protect_folder
+    from fmix.masker.apply import NAME_KEY_ENV, ReleaseOptions, protect_folder
+    from fmix.masker.randomness import read_secret_key
 
     key = os.environ.get(NAME_KEY_ENV, "").encode() or None
-    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet))
+    secret = _run(lambda: read_secret_key(secret_key_file, out_dir)) if secret_key_file else None
+    release = ReleaseOptions(secret, ledger, allow_rerelease, publish_label_names, insecure_seed, insecure_reuse)
+    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release))
     skipped = summary["skipped_by_status"]
     typer.echo(
-        f"protected {summary['protected']} of {summary['inputs']} faces ({'mixed' if summary['mixed'] else 'masked only'}, "
-        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}"
+        f"protected {summary['faces_used']} of {summary['inputs']} faces in {summary['protected']} samples ({'mixed, one use per face' if summary['one_use_per_face'] else 'mixed, faces REUSED' if summary['mixed'] else 'masked only'}, "
+        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}; ledger {summary['ledger']}"
     )
 
 
