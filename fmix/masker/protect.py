@@ -143,7 +143,8 @@ def protect_groups(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixin
     groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
     weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
     sign = _draw_sign(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
-    mixed = apply_mixing(masked, groups.members, weights, sign, config.rescale)
+    columns = max(int(groups.size.max()), 1) if groups.size.numel() else 1  # skip the all-zero columns
+    mixed = apply_mixing(masked, groups.members[:, :columns], weights[:, :columns], sign, config.rescale)
     unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
     constituent_labels = labels[groups.members].masked_fill(unused, -1)
     return GroupedBatch(mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover)
