@@ -40,6 +40,7 @@ from fmix.params import AlignParams, MaskParams
 
 NAME_KEY_ENV = "FMIX_NAME_KEY"
 WEIGHT_DECIMALS = 2  # label weights a trainer needs; finer values only help an attacker
+INSECURE_WEIGHT_DECIMALS = 6  # the old format, kept for --insecure-reuse releases (attack experiments)
 
 
 class OnnxMasker:
@@ -312,7 +313,7 @@ def _protect_shard(shard, batch, in_root, out_root, masker, params, label_of, al
                     "row": row,
                     "same_identity_partner": bool(protected.fallback[row]),
                     "labels": protected.labels[row, :size].tolist(),
-                    "weights": [round(w, WEIGHT_DECIMALS) for w in protected.weights[row, :size].tolist()],
+                    "weights": [round(w, WEIGHT_DECIMALS if one_use or not params.mix else INSECURE_WEIGHT_DECIMALS) for w in protected.weights[row, :size].tolist()],
                 }
             )
     elif loaded:
