@@ -248,6 +248,7 @@ def attack_reconstruct(
     metrics: Annotated[Optional[Path], typer.Option(help="The method's verification metrics JSON (Score_cls).")] = None,
     method: Annotated[str, typer.Option(help="Name of the protection in the report.")] = "",
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")] = True,
+    release: Annotated[Optional[Path], typer.Option("--release", help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).")] = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
@@ -263,6 +264,33 @@ def attack_reconstruct(
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
         f"| black-box S3 {black['S3']:.3f} S4 {black['S4']:.3f} | Score_pp {row['Score_pp']:.3f}"
+    )
+    if release is not None:
+        attack_unmix(release, masker, aligned, splits, evaluator_model, out_dir, params)
+
+
+@attack_app.command("unmix")
+def attack_unmix(
+    release: Annotated[Path, typer.Argument(help="A released folder of `fmix mask` (what the attacker holds).")],
+    masker: Annotated[Path, typer.Argument(help="The masker.onnx that made it (white-box).")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align` (the owner's faces, for scoring).")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for unmix.json and unmix_grid.png.")],
+    params: ParamsOption = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: beside it), for scoring.")] = None,
+) -> None:
+    """Un-mix a release: (a) regenerate its secrets, (b) resolve labels, (c) structure only; reconstruct and score (S3, S4)."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.reconstruction import AttackConfig
+    from fmix.attacks.release import attack_release
+
+    network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
+    record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg.seconds, cfg.eval_faces, network, ledger))
+    base = record["mix_baseline"]
+    typer.echo(
+        f"unmix {release}: mixes themselves: error {base['median_relative_error']:.3f} S3 {base['S3']:.3f} S4 {base['S4']:.3f} (floor {base['floor']:.3f}) | "
+        + " | ".join(f"({record[n]['attack']}) {n}: error {record[n]['median_relative_error']:.3f}, recovered {record[n]['recovered_fraction']:.2f}, S3 {record[n]['S3']:.3f} S4 {record[n]['S4']:.3f}" for n in ("regenerate", "labels", "structure"))
     )
 
 
