@@ -182,8 +182,8 @@ def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[lis
     for every row and partner column, try each candidate and keep the one that most lowers the
     sum of squared cosines between the solved faces (each try is a rank-one update of ``W^-1``,
     in a random projection of ``dims`` coefficients), until a sweep changes nothing or
-    ``rounds`` sweeps are done; ``restarts`` more searches from random partners, keeping the
-    least correlated outcome. The faces are finally solved at full size.
+    ``rounds`` sweeps are done; for shards of up to 64 rows, ``restarts`` more searches from
+    random partners, keeping the least correlated outcome. The faces are finally solved at full size.
 
     Returns:
         (estimated masked face per row, partner changes in the last sweep).
@@ -208,6 +208,7 @@ def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[lis
         partners.append(chosen)
     best_score, best_partners, changed = float("inf"), partners, 0
     rng = np.random.default_rng(0)
+    restarts = restarts if batch <= 64 else 0  # large shards: one search (each sweep costs O(B^3))
     for start in range(restarts + 1):
         if start:  # random restarts: the local search has local minima
             partners = [list(rng.choice(candidates[row][0], size=len(w) - 1, replace=False)) if len(candidates[row][0]) >= len(w) - 1 else partners[row] for row, w in enumerate(weights)]
