@@ -94,13 +94,18 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert (tiny_pipeline / "data" / "splits" / "pairs.csv").read_text().count("\n") == 1 + 8
     protected = tiny_pipeline / "data" / "protected" / "train"
     train_rows = (tiny_pipeline / "data" / "splits" / "private_train.csv").read_text().count("\n") - 1
-    assert (protected / "index.csv").read_text().count("\n") == 1 + train_rows
+    index = [line.split(",") for line in (protected / "index.csv").read_text().splitlines()[1:]]
+    summary = json.loads((protected / "summary.json").read_text())
+    assert sum(len(row[3].split()) for row in index) + summary["skipped"] == train_rows  # each face in one sample
+    assert (protected.parent / "fmix-ledger.jsonl").is_file()
     assert "k histogram" in (tiny_pipeline / "logs" / "mask.log").read_text()
     metrics = json.loads((tiny_pipeline / "metrics" / "verification.json").read_text())
     assert metrics["method"] == "adaptive" and 0.0 <= metrics["verification"]["accuracy_mean"] <= 1.0
     privacy = json.loads((tiny_pipeline / "metrics" / "privacy" / "privacy.json").read_text())
     assert 0.0 <= privacy["row"]["Score_pp"] <= 1.0 and privacy["row"]["Score_cls"] == metrics["verification"]["accuracy_mean"]
     assert (tiny_pipeline / "metrics" / "privacy" / "grid.png").is_file()
+    unmix = json.loads((tiny_pipeline / "metrics" / "privacy" / "unmix.json").read_text())
+    assert {"regenerate", "labels", "structure", "mix_baseline"} <= set(unmix) and unmix["regenerate"]["details"]["shards_matched"] == 0
     assert "decoder" in json.loads((tiny_pipeline / "metrics" / "privacy" / "inversion.json").read_text())
 
 
