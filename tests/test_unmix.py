@@ -113,3 +113,35 @@ def test_anonymised_names_cannot_be_mapped_back(pipeline_sample, tmp_path):
     default = _release(aligned, pipeline_sample["masker"], tmp_path / "default", ReleaseOptions(), anonymize=True)
     assert _name_mapping_accuracy(weak, aligned, items, b"name key") == 1.0
     assert _name_mapping_accuracy(default, aligned, items, b"name key") < 0.25
+
+
+def test_nearest_faces_reference_values():
+    truth = torch.tensor([[[[3.0, 4.0]]], [[[0.0, 1.0]]]])
+    estimates = torch.tensor([[[[3.0, 4.0]]], [[[0.0, 0.2]]], [[[0.0, 1.5]]]])
+    error, index = nearest_faces(estimates, truth)
+    assert index.tolist() == [0, 1, 1]
+    torch.testing.assert_close(error, torch.tensor([0.0, 0.8, 0.5]))
+    with pytest.raises(ValueError, match="Expected estimates and truth of one sample shape"):
+        nearest_faces(estimates, truth[:, :, :, :1])
+
+
+def test_secret_streams_and_key_file(tmp_path):
+    from fmix.masker.randomness import ReleaseRandomness, read_secret_key
+
+    keyed = [ReleaseRandomness(key=b"k" * 16, context="inputs").generator(3).initial_seed() for _ in range(2)]
+    assert keyed[0] == keyed[1] != ReleaseRandomness(key=b"k" * 16, context="other").generator(3).initial_seed()
+    assert ReleaseRandomness().generator(3).initial_seed() != ReleaseRandomness().generator(3).initial_seed()
+    assert ReleaseRandomness(insecure_seed=2).generator(3).initial_seed() == 2 * 1_000_003 + 3
+    assert ReleaseRandomness(insecure_seed=0).label_numbers(["b", "a", "c"]) == {"b": 0, "a": 1, "c": 2}
+    assert ReleaseRandomness(key=b"k" * 16).record() == {"source": "key"} and ReleaseRandomness().record() == {"source": "os"}
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(ValueError, match="has 3 bytes, need at least 16"):
+        read_secret_key(tmp_path / "short")
+    with pytest.raises(FileNotFoundError, match="secret key file not found"):
+        read_secret_key(tmp_path / "none")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "key").write_bytes(b"k" * 32)
+    with pytest.raises(ValueError, match="must not be inside the output folder"):
+        read_secret_key(tmp_path / "out" / "key", tmp_path / "out")
+    with pytest.raises(ValueError, match="give a secret key or an insecure seed, not both"):
+        ReleaseRandomness(key=b"k" * 16, insecure_seed=0)
