@@ -28,6 +28,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export_policy.smk"
 include: "workflow/rules/mask.smk"
+include: "workflow/rules/unmix.smk"
 include: "workflow/rules/evaluator.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/invert.smk"
@@ -42,4 +43,5 @@ rule all:
     default_target: True
     input:
         rules.mask.output,
+        rules.unmix.output,
         rules.report.output,

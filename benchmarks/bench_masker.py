@@ -5,9 +5,11 @@ Variants, for u = 1 and u = 8:
 - fmix ONNX Runtime (the exported masker.onnx),
 - reference "family front end": F.interpolate x u of the whole image, then block DCT,
 - reference per-image scipy: YCbCr, (zoom,) scipy.fft.dctn per 8x8 block, one face at a time.
-Also prints the memory-write bound: the output bytes per face against the measured copy bandwidth.
+Also prints the memory-write bound: the output bytes per face against the measured copy bandwidth,
+and the end-to-end figure of ``fmix mask`` (decode, ledger hashes, mask, group, mix, write shards,
+index and previews) at u = 1 beside the graph-only one.
 
-Usage: python benchmarks/bench_masker.py [--faces 64] [--aligned data/aligned] [--threads 2]
+Usage: python benchmarks/bench_masker.py [--faces 64] [--aligned data/aligned] [--threads 2] [--e2e-faces 2781]
 """
 
 from __future__ import annotations
@@ -91,12 +93,27 @@ def copy_bandwidth() -> float:
     return 2 * source.numel() * 4 / seconds  # read + write
 
 
+def end_to_end(aligned: Path, count: int, masker_path: Path) -> tuple[int, float]:
+    """Faces and seconds of one ``protect_folder`` run (the library call behind ``fmix mask``)."""
+    from fmix.masker.apply import ReleaseOptions, protect_folder
+    from fmix.params import MaskParams
+
+    files = sorted(aligned.glob("*/*.png"))[:count]
+    with tempfile.TemporaryDirectory() as tmp:
+        faces = Path(tmp) / "faces.csv"
+        faces.write_text("path,identity\n" + "".join(f"{f.relative_to(aligned).as_posix()},{f.parent.name}\n" for f in files))
+        start = time.perf_counter()
+        protect_folder(aligned, Path(tmp) / "out", masker_path, MaskParams(), faces, progress=False, release=ReleaseOptions(ledger=Path(tmp) / "ledger.jsonl"))
+        return len(files), time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--faces", type=int, default=64)
     parser.add_argument("--aligned", type=Path, default=Path("data/aligned"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--e2e-faces", type=int, default=2781, help="faces of the end-to-end fmix mask run (u = 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = load_aligned(args.faces, args.aligned)
@@ -113,6 +130,9 @@ def main() -> None:
             path = Path(tmp) / "masker.onnx"
             export_onnx(masker, path, masker_metadata(masker, params, 112, n))
             onnx_masker = OnnxMasker(path, providers=["CPUExecutionProvider"])
+            if u == 1 and args.aligned.is_dir():
+                count, seconds = end_to_end(args.aligned, args.e2e_faces, path)
+                print(f"u=1 fmix mask end to end (decode, hash, mask, group, mix, write): {count} faces in {seconds:.2f} s = {count / seconds:.0f} faces/s")
             noise = torch.rand(n)
             with torch.no_grad():
                 results = {

@@ -165,23 +165,31 @@ def mask(
     mix: Annotated[Optional[bool], typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment).")] = None,
     align: Annotated[bool, typer.Option("--align", help="Inputs are raw photos: detect and align them first.")] = False,
     anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help=f"Keyed-hash output names (key from $FMIX_NAME_KEY).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the random parts (overrides mask.seed).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
+    secret_key_file: Annotated[Optional[Path], typer.Option("--secret-key-file", help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.")] = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces (default: fmix-ledger.jsonl beside OUT_DIR).")] = None,
+    allow_rerelease: Annotated[bool, typer.Option("--allow-rerelease", help="Warn instead of refusing faces an earlier release used (only if that release never left you).")] = False,
+    publish_label_names: Annotated[bool, typer.Option("--publish-label-names", help="Write labels.json (identity -> label) into the release.")] = False,
+    insecure_seed: Annotated[Optional[int], typer.Option("--insecure-seed", help="INSECURE, attack experiments only: a seed recorded in run.json.")] = None,
+    insecure_reuse: Annotated[bool, typer.Option("--insecure-reuse", help="INSECURE, attack experiments only: each face in about k samples (partners from its batch).")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix."""
+    """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix (each face in one sample)."""
     import os
 
-    cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize, seed=seed)
+    cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize)
     align_cfg = _load("AlignParams", params, "align") if align else None
-    from fmix.masker.apply import NAME_KEY_ENV, protect_folder
+    from fmix.masker.apply import NAME_KEY_ENV, ReleaseOptions, protect_folder
+    from fmix.masker.randomness import read_secret_key
 
     key = os.environ.get(NAME_KEY_ENV, "").encode() or None
-    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet))
+    secret = _run(lambda: read_secret_key(secret_key_file, out_dir)) if secret_key_file else None
+    release = ReleaseOptions(secret, ledger, allow_rerelease, publish_label_names, insecure_seed, insecure_reuse)
+    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release))
     skipped = summary["skipped_by_status"]
     typer.echo(
-        f"protected {summary['protected']} of {summary['inputs']} faces ({'mixed' if summary['mixed'] else 'masked only'}, "
-        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}"
+        f"protected {summary['faces_used']} of {summary['inputs']} faces in {summary['protected']} samples ({'mixed, one use per face' if summary['one_use_per_face'] else 'mixed, faces REUSED' if summary['mixed'] else 'masked only'}, "
+        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}; ledger {summary['ledger']}"
     )
 
 
@@ -271,6 +279,7 @@ def attack_reconstruct(
     metrics: Annotated[Optional[Path], typer.Option(help="The method's verification metrics JSON (Score_cls).")] = None,
     method: Annotated[str, typer.Option(help="Name of the protection in the report.")] = "",
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")] = True,
+    release: Annotated[Optional[Path], typer.Option("--release", help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).")] = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
@@ -293,6 +302,33 @@ def attack_reconstruct(
             f"  white-box verification TAR@{dlib_white['threshold']} {_fmt(dlib_white['tar'])} (impostors {_fmt(dlib_white['chance_tar'])}); "
             f"RGB evaluator S2 {record['S2_by_judge']['evaluator']['top1']:.3f} S4 {rgb_white['top1']:.3f}"
         )
+    if release is not None:
+        attack_unmix(release, masker, aligned, splits, evaluator_model, out_dir, params)
+
+
+@attack_app.command("unmix")
+def attack_unmix(
+    release: Annotated[Path, typer.Argument(help="A released folder of `fmix mask` (what the attacker holds).")],
+    masker: Annotated[Path, typer.Argument(help="The masker.onnx that made it (white-box).")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align` (the owner's faces, for scoring).")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for unmix.json and unmix_grid.png.")],
+    params: ParamsOption = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: beside it), for scoring.")] = None,
+) -> None:
+    """Un-mix a release: (a) regenerate its secrets, (b) resolve labels, (c) structure only; reconstruct and score (S3, S4)."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.reconstruction import AttackConfig
+    from fmix.attacks.release import attack_release
+
+    network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
+    record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg.seconds, cfg.eval_faces, network, ledger))
+    base = record["mix_baseline"]
+    typer.echo(
+        f"unmix {release}: mixes themselves: error {base['median_relative_error']:.3f} S3 {base['S3']:.3f} S4 {base['S4']:.3f} (floor {base['floor']:.3f}) | "
+        + " | ".join(f"({record[n]['attack']}) {n}: error {record[n]['median_relative_error']:.3f}, recovered {record[n]['recovered_fraction']:.2f}, S3 {record[n]['S3']:.3f} S4 {record[n]['S4']:.3f}" for n in ("regenerate", "labels", "structure"))
+    )
 
 
 @attack_app.command("invert")

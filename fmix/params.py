@@ -117,7 +117,6 @@ class MaskParams:
     """Applying an exported masker to image folders (``fmix mask``)."""
 
     batch_size: int = 256  # faces per batch; mixing partners come from the same batch; one shard each
-    seed: int = 0  # the random parts (partners, weights, signs, permutations, policy draws)
     mix: bool = True  # false: mask only (verification and enrolment faces)
     previews: int = 16  # PNG visualisations of the first protected samples
     anonymize: bool = False  # keyed-hash sample names (key from FMIX_NAME_KEY) instead of identity/file names

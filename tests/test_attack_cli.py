@@ -97,3 +97,29 @@ def test_evaluator_identifies_clean_faces_and_counts_any_constituent(pipeline_sa
     assert evaluator.identified(images, torch.stack([wrong, faces.labels], dim=1), valid)["top1"] <= 1 - clean["top1"] + 1e-6
     both = torch.ones(len(faces), 2, dtype=torch.bool)
     assert evaluator.identified(images, torch.stack([wrong, faces.labels], dim=1), both)["top1"] == clean["top1"]
+
+
+def test_attack_unmix_command_scores_a_weak_and_a_default_release(pipeline_sample, trained, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 8\n  batch_size: 4\n")
+    faces = str(pipeline_sample["splits"] / "private_train.csv")
+    common = [str(pipeline_sample["masker"]), str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt")]
+    records = {}
+    for name, extra in (("weak", ["--insecure-seed", "0", "--insecure-reuse"]), ("default", [])):
+        release = tmp_path / name / "release"
+        result = runner.invoke(app, ["mask", str(pipeline_sample["aligned"]), str(release), "-m", str(pipeline_sample["masker"]), "--faces", faces, "-q", *extra])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["attack", "unmix", str(release), *common, str(tmp_path / name / "out"), "-p", str(params)])
+        assert result.exit_code == 0, result.output
+        assert "(a) regenerate: error" in result.output and "(c) structure: error" in result.output
+        records[name] = json.loads((tmp_path / name / "out" / "unmix.json").read_text())
+        assert (tmp_path / name / "out" / "unmix_grid.png").is_file()
+    weak, default = records["weak"], records["default"]
+    assert weak["regenerate"]["median_relative_error"] < 0.05 and weak["regenerate"]["recovered_fraction"] == 1.0
+    assert weak["mix_baseline"]["median_relative_error"] > 0.5
+    for attack in ("regenerate", "labels", "structure"):
+        assert default[attack]["median_relative_error"] >= 0.5 and default[attack]["recovered_fraction"] == 0.0
+        assert 0.0 <= default[attack]["S4"] <= 1.0 and -1.0 <= default[attack]["S3"] <= 1.0 and "floor" in default[attack]
+    assert "seed" not in json.dumps(default["run"]) and weak["run"]["randomness"] == {"source": "insecure_seed", "seed": 0}
+    result = runner.invoke(app, ["attack", "unmix", str(tmp_path / "default" / "release"), *common, str(tmp_path / "o"), "-p", str(params), "--ledger", str(tmp_path / "none.jsonl")])
+    assert result.exit_code == 1 and "error: the ledger" in result.output and "holds no shard of the release" in result.output

@@ -8,8 +8,8 @@ from PIL import Image
 
 from fmix_testing import LFW_IMAGES, copy_sample
 from fmix.data.images import read_rgb
-from fmix.masker.apply import OnnxMasker, protect_folder, sample_name
-from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_metadata, params_hash, public_channel_stats
+from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
+from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
 from fmix.masker.protect import MixingConfig, protect_batch
@@ -157,27 +157,103 @@ def _snapshot(folder):
 def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, tmp_path):
     before = _snapshot(mask_input)
     out = tmp_path / "out"
-    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False)
+    key = ReleaseOptions(secret_key=b"a secret research key")
+    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False, release=key)
     assert _snapshot(mask_input) == before
-    assert summary["inputs"] == 33 and summary["protected"] == 30
-    assert summary["skipped_by_status"] == {"corrupt": 1, "not_an_image": 1, "wrong_size": 1}
-    assert summary["k_histogram"] == {"2": 30} and summary["shards"] == 3
+    # One use per face: 30 readable faces in groups of k = 2 (odd batches leave a face over).
+    assert summary["inputs"] == 33 and summary["faces_used"] + summary["skipped_by_status"].get("left_over", 0) == 30
+    assert summary["protected"] == summary["faces_used"] // 2 and summary["k_histogram"] == {"2": summary["protected"]}
+    assert {k: v for k, v in summary["skipped_by_status"].items() if k != "left_over"} == {"corrupt": 1, "not_an_image": 1, "wrong_size": 1}
+    assert summary["shards"] == 3 and summary["randomness"] == "key" and summary["one_use_per_face"] is True
     index = (out / "index.csv").read_text().splitlines()
-    assert len(index) == 31
+    assert index[0] == "name,shard,row,labels,weights" and len(index) == 1 + summary["protected"]
+    constituents = [name for line in index[1:] for name in line.split(",")[0].split("+")]
+    assert len(constituents) == len(set(constituents)) == summary["faces_used"]  # each face in one sample
+    weights = [line.split(",")[4] for line in index[1:]]
+    assert all(len(w.split()) == 2 and all(len(v.split(".")[1]) <= 2 for v in w.split()) for w in weights)
     shard = np.load(out / "shard-00000.npy")
     assert shard.dtype == np.float16 and shard.shape[1:] == (174, 14, 14)
-    assert sorted(json.loads((out / "labels.json").read_text())) == sorted(p.name for p in mask_input.iterdir())
+    assert not (out / "labels.json").exists()  # label numbering is a secret permutation unless asked
+    assert (tmp_path / "fmix-ledger.jsonl").is_file() and not list(out.glob("*ledger*"))
     previews = sorted((out / "previews").glob("*.png"))
     assert len(previews) == 3
     assert all(not Image.open(p).getexif() and Image.open(p).size == (112, 112) for p in previews)
-    # Resume: a lost shard is redone, identically; the others are kept.
+    # Resume with the key: a lost shard is redone from the ledger, identically; the others are kept.
     first = np.load(out / "shard-00002.npy")
     (out / "shard-00002.json").unlink()
-    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False)
-    assert again["protected"] == 30
+    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False, release=key)
+    assert again["protected"] == summary["protected"]
     np.testing.assert_array_equal(np.load(out / "shard-00002.npy"), first)
-    with pytest.raises(ValueError, match=r"holds another run \(seed: 0 -> 1\)"):
-        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, seed=1), progress=False)
+    with pytest.raises(ValueError, match=r"holds another run \(randomness: \{'source': 'key'\} -> \{'source': 'os'\}\)"):
+        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11), progress=False)
+
+
+def test_mask_resume_refuses_another_anonymize_or_masker(mask_input, masker_file, tmp_path):
+    out = tmp_path / "out"
+    protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=0), progress=False)
+    (out / "shard-00002.json").unlink()
+    with pytest.raises(ValueError, match=r"holds another run \(anonymize: False -> True\)"):
+        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=True), name_key=b"k", progress=False)
+    other = tmp_path / "other.onnx"
+    meta = OnnxMasker(masker_file).metadata
+    masker = build_masker(ExportParams(), _stats_like(meta))
+    meta = {**meta, "channel_mean": json.dumps((torch.tensor(json.loads(meta["channel_mean"])) + 0.5).tolist())}
+    masker = masker_from_metadata(meta)
+    export_onnx(masker, other, meta)
+    with pytest.raises(ValueError, match=r"holds another run \(masker_sha256: "):
+        protect_folder(mask_input, out, other, MaskParams(batch_size=11), progress=False)
+
+
+def test_mask_ledger_refuses_faces_released_before(mask_input, masker_file, tmp_path):
+    protect_folder(mask_input, tmp_path / "first", masker_file, MaskParams(previews=0), progress=False)
+    with pytest.raises(ValueError, match=r"33 of the 33 faces were released before \(release [0-9a-f]{16}, ledger .*fmix-ledger.jsonl\)"):
+        protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False)
+    assert not (tmp_path / "second").exists()  # refused before writing anything
+    with pytest.warns(UserWarning, match="33 faces were released before"):
+        summary = protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False, release=ReleaseOptions(allow_rerelease=True))
+    assert summary["released_before"] == 33  # the ledger counts every file of a started shard
+    with pytest.raises(ValueError, match="the ledger .* must not be inside the output folder"):
+        protect_folder(mask_input, tmp_path / "third", masker_file, MaskParams(), progress=False, release=ReleaseOptions(ledger=tmp_path / "third" / "l.jsonl"))
+
+
+def _tampered(masker_file, tmp_path, name, change):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(masker_file))
+    change(model, onnx, numpy_helper)
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_input, masker_file, tmp_path):
+    def zero_weights(model, onnx, numpy_helper):
+        for init in model.graph.initializer:
+            if numpy_helper.to_array(init).ndim == 4:
+                init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+
+    def pass_through(model, onnx, numpy_helper):
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["images"], ["masked"]), helper.make_node("Cast", ["policy_noise"], ["k"], to=TensorProto.INT64)],
+            "pass",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 112, 112]), helper.make_tensor_value_info("policy_noise", TensorProto.FLOAT, ["b"])],
+            [helper.make_tensor_value_info("masked", TensorProto.FLOAT, None), helper.make_tensor_value_info("k", TensorProto.INT64, None)],
+        )
+        meta = list(model.metadata_props)
+        opset = model.opset_import[0].version
+        model.CopyFrom(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        model.metadata_props.extend(meta)
+
+    zeroed = _tampered(masker_file, tmp_path, "zeroed.onnx", zero_weights)
+    with pytest.raises(ValueError, match=r"zeroed.onnx: its graph does not compute the masking its metadata describes \(relative error 1 on a probe batch\)"):
+        protect_folder(mask_input, tmp_path / "o1", zeroed, MaskParams(), progress=False)
+    passing = _tampered(masker_file, tmp_path, "pass.onnx", pass_through)
+    with pytest.raises(ValueError, match=r"pass.onnx: its graph outputs \(4, 3, 112, 112\) where its metadata describes \(4, 174, 14, 14\)"):
+        protect_folder(mask_input, tmp_path / "o2", passing, MaskParams(), progress=False)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
 def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_path):
@@ -190,7 +266,7 @@ def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_
     images = faces_to_tensor(np.stack([read_rgb(src / f"{name}.png") for name in names]))
     expected, _ = OnnxMasker(masker_file)(images, torch.zeros(len(names)))
     np.testing.assert_allclose(np.load(tmp_path / "out" / "shard-00000.npy"), expected.numpy(), atol=1e-6)
-    assert all(row.endswith("1.0 0.0 0.0 0.0 0.0 0.0") for row in rows)
+    assert all(row.endswith(",1.0") for row in rows)  # label vector of one face: its label, weight 1
 
 
 def test_mask_anonymized_names(mask_input, masker_file, tmp_path):
@@ -207,7 +283,7 @@ def test_mask_anonymized_names(mask_input, masker_file, tmp_path):
 def test_mask_aligns_raw_photos_in_memory(masker_file, tmp_path):
     src = copy_sample(tmp_path / "photos", identities=("Ariel_Sharon", "Bill_Clinton"), per_identity=3)
     summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(previews=0), align=AlignParams(), progress=False)
-    assert summary["protected"] == 6 and summary["skipped"] == 0
+    assert summary["faces_used"] == 6 and summary["protected"] == 3 and summary["skipped"] == 0
 
 
 def test_mask_errors(mask_input, masker_file, tmp_path):

@@ -110,7 +110,7 @@ def test_a_non_utf8_params_file_is_a_params_error(tmp_path):
         load_section(SplitParams, path, "split")
 
 
-@pytest.mark.parametrize("name", ["split", "mask", "train", "evaluator", "attack"])
+@pytest.mark.parametrize("name", ["split", "train", "evaluator", "attack"])
 def test_seeds_out_of_range_are_refused(name):
     with pytest.raises(ParamsError, match=rf"{name}.seed must be in \[0, 4294967295\], got 100000000000000000000"):
         section_from_mapping(SECTIONS[name], {"seed": 10**20}, name)

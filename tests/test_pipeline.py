@@ -289,7 +289,12 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert (tiny_pipeline / "data" / "splits" / "pairs.csv").read_text().count("\n") == 1 + 8
     protected = tiny_pipeline / "data" / "protected" / "train"
     train_rows = (tiny_pipeline / "data" / "splits" / "private_train.csv").read_text().count("\n") - 1
-    assert (protected / "index.csv").read_text().count("\n") == 1 + train_rows
+    index = [line.split(",") for line in (protected / "index.csv").read_text().splitlines()[1:]]
+    summary = json.loads((protected / "summary.json").read_text())
+    assert sum(len(row[3].split()) for row in index) + summary["skipped"] == train_rows  # each face in one sample
+    assert (protected.parent / "fmix-ledger.jsonl").is_file()
+    unmix = json.loads((tiny_pipeline / "metrics" / "release" / "unmix.json").read_text())
+    assert {"regenerate", "labels", "structure", "mix_baseline"} <= set(unmix) and unmix["regenerate"]["details"]["shards_matched"] == 0
     results = tiny_pipeline / "metrics" / "sweep"
     methods = {name: json.loads((results / name / "verification.json").read_text())["method"] for name in ("none", "ppfrfd", "mixup3", "adaptive")}
     assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup3": "mixup", "adaptive": "adaptive"}

@@ -365,12 +365,81 @@ def sample_mixing(
     return MixingDraw(partners, weights, sign, fallback)
 
 
+class GroupDraw(NamedTuple):
+    """A partition of a batch into mixing groups; see :func:`draw_groups`."""
+
+    members: Tensor
+    size: Tensor
+    fallback: Tensor
+    leftover: Tensor
+
+
+def draw_groups(labels: Tensor, k: Tensor, k_max: int, generator: torch.Generator | None = None) -> GroupDraw:
+    """Partition a batch into disjoint groups: every face is a constituent of one mix only.
+
+    Faces are visited in a random order; each face not yet used starts a group of its own
+    ``k`` (the policy's choice for it), filled with the next unused faces of identities not yet
+    in the group; when too few remain, faces of an identity already in it (flagged in
+    ``fallback``), and then a smaller group. A face left alone with nothing to mix it with is
+    not released (``leftover``). The members of a group are listed in a random order. About
+    ``B / mean(k)`` groups come out of a batch of ``B``.
+
+    Args:
+        labels: identity label of every face.
+        k: wanted group size of every face (used when the face starts a group), in [1, k_max].
+        k_max: number of columns.
+        generator: source of randomness.
+
+    Shape:
+        - labels, k: :math:`(B,)`.
+        - Output: members :math:`(G, k_{max})` indices into the batch (unused columns repeat
+          column 0); size and fallback :math:`(G,)`; leftover :math:`(L,)`.
+
+    Returns:
+        ``GroupDraw(members, size, fallback, leftover)``, on the CPU.
+    """
+    labels = _check_labels(labels).cpu()
+    k = _check_k(k, labels.numel(), _check_k_max(k_max), labels.device).cpu()
+    batch = labels.numel()
+    order = torch.randperm(batch, generator=generator).tolist()
+    label_of, want = labels.tolist(), k.tolist()
+    used = [False] * batch
+    groups, fallback, leftover = [], [], []
+    for position, anchor in enumerate(order):
+        if used[anchor]:
+            continue
+        used[anchor] = True
+        group, seen = [anchor], {label_of[anchor]}
+        rest = [i for i in order[position + 1 :] if not used[i]]
+        for same_allowed in (False, True):
+            for i in rest:
+                if len(group) == want[anchor]:
+                    break
+                if i not in group and (same_allowed or label_of[i] not in seen):
+                    group.append(i)
+                    seen.add(label_of[i])
+        if len(group) == 1 and want[anchor] > 1:
+            leftover.append(anchor)
+            continue
+        for i in group:
+            used[i] = True
+        fallback.append(len(seen) < len(group))
+        groups.append(group)
+    members = torch.zeros(len(groups), k_max, dtype=torch.long)
+    for row, group in enumerate(groups):
+        shuffled = [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
+        members[row] = torch.tensor(shuffled + [shuffled[0]] * (k_max - len(group)))
+    size = torch.tensor([len(g) for g in groups], dtype=torch.long)
+    return GroupDraw(members, size, torch.tensor(fallback, dtype=torch.bool), torch.tensor(leftover, dtype=torch.long))
+
+
 def apply_mixing(
     x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None = None, rescale: bool = False
 ) -> Tensor:
     """Mix samples with given partners, weights and sign mask (deterministic).
 
-    ``out[b] = sign[b] * sum_j weights[b, j] * x[partners[b, j]]``, divided by
+    ``out[g] = sign[g] * sum_j weights[g, j] * x[partners[g, j]]``; one output per row of
+    ``partners`` (usually one per sample of the batch; one per group with :func:`draw_groups`), divided by
     ``sqrt(sum_j weights[b, j]^2)`` with ``rescale``: a mix of independent unit-variance
     channels then keeps unit variance, like an un-mixed face (without it a 2-mix has about half
     the variance of the faces the model is tested on). Uses only index_select,
@@ -387,9 +456,9 @@ def apply_mixing(
 
     Shape:
         - x: :math:`(B, C, h, w)`.
-        - partners, weights: :math:`(B, k_{max})`.
-        - sign: :math:`(B, C, h, w)`.
-        - Output: :math:`(B, C, h, w)`.
+        - partners, weights: :math:`(G, k_{max})`.
+        - sign: :math:`(G, C, h, w)`.
+        - Output: :math:`(G, C, h, w)`.
 
     Returns:
         The mixed samples.
@@ -400,13 +469,14 @@ def apply_mixing(
     partners, weights = check_tensor(partners, "partners"), check_tensor(weights, "weights")
     check_integer(partners, "partners")
     check_float(weights, "weights")
-    if partners.dim() != 2 or partners.shape[0] != x.shape[0] or weights.shape != partners.shape:
+    if partners.dim() != 2 or weights.shape != partners.shape:
         raise ValueError(
-            f"Expected partners and weights of shape ({x.shape[0]}, k_max), "
+            f"Expected partners and weights of shape (G, k_max), "
             f"got {tuple(partners.shape)} and {tuple(weights.shape)}"
         )
-    if sign is not None and check_tensor(sign, "sign").shape != x.shape:
-        raise ValueError(f"Expected sign of shape {tuple(x.shape)}, got {tuple(sign.shape)}")
+    out_shape = (partners.shape[0], *x.shape[1:])
+    if sign is not None and tuple(check_tensor(sign, "sign").shape) != out_shape:
+        raise ValueError(f"Expected sign of shape {out_shape}, got {tuple(sign.shape)}")
     weights = weights.to(dtype=x.dtype)[:, :, None, None, None]
     mixed = weights[:, 0] * x.index_select(0, partners[:, 0])
     for j in range(1, partners.shape[1]):

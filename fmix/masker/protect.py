@@ -3,6 +3,11 @@
 Order of draws from the generator, per batch: policy noise (B,), then the channel
 permutation (if enabled), then partners, weights and sign mask (:func:`fmix.freq.sample_mixing`).
 The same seed and batch give the same protected samples on either path.
+
+Two ways to mix a batch: :func:`protect_batch` makes one sample per face with partners from the
+batch (each face is in about ``k`` samples: training inside the loop, where nothing leaves the
+owner), and :func:`protect_groups` partitions the batch so each face is in exactly one sample
+(what a release uses: no system of equations links its samples).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from fmix.freq import apply_mixing, random_channel_permutation, sample_mixing
+from fmix.freq import apply_mixing, draw_groups, mix_weights, random_channel_permutation, sample_mixing
+from fmix.freq.mixing import _draw_sign
 
 
 @dataclass(frozen=True)
@@ -87,3 +93,58 @@ def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixing
     unused = torch.arange(config.k_max)[None, :] >= k[:, None]
     constituent_labels = labels[draw.partners].masked_fill(unused, -1)
     return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback)
+
+
+class GroupedBatch(NamedTuple):
+    """Released samples of a batch partitioned into groups (one use per face).
+
+    ``members[g, j]`` is the batch index of constituent ``j`` of sample ``g`` (beyond ``k[g]``:
+    label -1, weight 0); ``leftover`` lists the faces that went into no sample.
+    """
+
+    x: Tensor
+    k: Tensor
+    labels: Tensor
+    weights: Tensor
+    fallback: Tensor
+    members: Tensor
+    leftover: Tensor
+
+
+def protect_groups(graph: GraphFn, images: Tensor, labels: Tensor, config: MixingConfig, generator: torch.Generator) -> GroupedBatch:
+    """Mask a batch, partition it into groups of the policy's k, and mix each group once.
+
+    Draws, in order: policy noise (B,), the channel permutation (if enabled), the groups
+    (:func:`fmix.freq.draw_groups`, the group size being the k the policy drew for the face
+    that starts it), the weights, then the sign mask.
+
+    Args:
+        graph: (images, policy_noise) -> (masked, k).
+        images: aligned RGB faces in [0, 255].
+        labels: identity label of every face.
+        config: the mixing configuration.
+        generator: CPU generator.
+
+    Shape:
+        - images: :math:`(B, 3, H, W)`.
+        - labels: :math:`(B,)`.
+        - Output: x :math:`(G, K, h, w)` with :math:`G \\approx B / mean(k)`; k, fallback
+          :math:`(G,)`; labels, weights and members :math:`(G, k_{max})`.
+
+    Returns:
+        The released samples (on the CPU).
+    """
+    batch = images.shape[0]
+    noise = torch.rand(batch, generator=generator)
+    masked, k = graph(images, noise)
+    if config.permute_channels:
+        permutation = random_channel_permutation(batch, masked.shape[1], generator)
+        masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
+    groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
+    weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
+    sign = _draw_sign(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
+    columns = max(int(groups.size.max()), 1) if groups.size.numel() else 1  # skip the all-zero columns
+    mixed = apply_mixing(masked, groups.members[:, :columns], weights[:, :columns], sign, config.rescale)
+    unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
+    constituent_labels = labels[groups.members].masked_fill(unused, -1)
+    return GroupedBatch(mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover)

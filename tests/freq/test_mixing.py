@@ -275,3 +275,29 @@ def test_rescaled_mix_keeps_unit_variance_and_leaves_unmixed_samples_alone():
     torch.testing.assert_close(rescaled, plain / (0.52**0.5))
     one_hot = torch.tensor([[1.0, 0.0]]).expand(64, -1)
     torch.testing.assert_close(apply_mixing(x, partners, one_hot, rescale=True), x)
+
+
+def test_draw_groups_uses_each_face_once_with_reference_values():
+    from fmix.freq import draw_groups
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4])
+    k = torch.tensor([2, 3, 2, 2, 2, 2, 2, 2, 2])
+    groups = draw_groups(labels, k, 6, torch.Generator().manual_seed(0))
+    assert groups.members[:, :2].tolist() == [[0, 8], [7, 2], [1, 3], [4, 6]]
+    assert groups.size.tolist() == [2, 2, 2, 2] and groups.leftover.tolist() == [5] and not groups.fallback.any()
+    used = torch.cat([groups.members[g, : groups.size[g]] for g in range(len(groups.size))] + [groups.leftover])
+    assert sorted(used.tolist()) == list(range(9))  # every face once: in one group or left over
+    big = draw_groups(torch.arange(300) % 50, torch.full((300,), 3), 6, torch.Generator().manual_seed(1))
+    members = torch.cat([big.members[g, : big.size[g]] for g in range(len(big.size))])
+    assert members.unique().numel() == members.numel() == 300 and big.size.tolist() == [3] * 100
+    for g in range(len(big.size)):  # distinct identities within a group
+        assert (torch.arange(300) % 50)[big.members[g, :3]].unique().numel() == 3
+
+
+def test_draw_groups_falls_back_to_the_same_identity_and_checks_k():
+    from fmix.freq import draw_groups
+
+    groups = draw_groups(torch.tensor([0, 0, 0]), torch.tensor([2, 2, 2]), 2, torch.Generator().manual_seed(0))
+    assert groups.size.tolist() == [2] and groups.fallback.tolist() == [True] and groups.leftover.numel() == 1
+    with pytest.raises(ValueError, match=r"Expected k in \[1, 2\], got values in \[2, 3\]"):
+        draw_groups(torch.tensor([0, 1]), torch.tensor([2, 3]), 2)

@@ -7,6 +7,7 @@ rule mask:
         masker=config["data"]["masker_adaptive"],
     output:
         protected=directory(config["data"]["protected"]),
+        ledger=config["data"]["ledger"],
     params:
         mask=config["mask"],
         params_file=PARAMS,
@@ -17,4 +18,4 @@ rule mask:
     benchmark:
         "logs/benchmarks/mask.tsv",
     shell:
-        "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --params {params.params_file} --quiet > {log} 2>&1"
+        "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"

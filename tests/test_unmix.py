@@ -1,0 +1,147 @@
+"""Un-mixing attacks on released folders: teeth on a weak release, nothing on the default one."""
+
+import hashlib
+import hmac
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fmix.attacks.release import _shard_truth, nearest_faces
+from fmix.attacks.unmix import match_structure, read_release, regenerate_secrets, resolve_labels
+from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
+from fmix.params import MaskParams
+
+WEAK = ReleaseOptions(insecure_seed=0, insecure_reuse=True)
+ATTACKS = {"regenerate": regenerate_secrets, "labels": resolve_labels, "structure": match_structure}
+
+
+def _release(aligned, masker, folder, options, anonymize=False, faces=None):
+    params = MaskParams(batch_size=64, previews=0, anonymize=anonymize)
+    options = ReleaseOptions(**{**options.__dict__, "ledger": folder.parent / f"{folder.name}.ledger"})
+    protect_folder(aligned, folder, masker, params, faces, name_key=b"name key" if anonymize else None, progress=False, release=options)
+    return folder
+
+
+def _one_face_per_identity(aligned, path):
+    """A split CSV of the first face of each identity: every partner's label names one row."""
+    rows = [f"{sorted(d.glob('*.png'))[0].relative_to(aligned).as_posix()},{d.name}" for d in sorted(aligned.iterdir()) if d.is_dir()]
+    path.write_text("path,identity\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _errors(folder, aligned, masker_path, attack):
+    release, masker = read_release(folder), OnnxMasker(masker_path)
+    truth = _shard_truth(folder, folder.parent / f"{folder.name}.ledger", aligned, masker)
+    estimates, info = attack(release, masker.mixing) if attack is regenerate_secrets else attack(release, masker.mixing.rescale)
+    return torch.cat([nearest_faces(estimates[s], truth[s][2])[0] for s in release.shards]), info
+
+
+@pytest.fixture(scope="module")
+def releases(pipeline_sample, tmp_path_factory):
+    """A weak release (recorded seed, faces reused) and a default one of the same 60 real faces."""
+    root = tmp_path_factory.mktemp("releases")
+    aligned, masker = pipeline_sample["aligned"], pipeline_sample["masker"]
+    faces = _one_face_per_identity(aligned, root / "faces.csv")
+    return {
+        "weak": _release(aligned, masker, root / "weak", WEAK, faces=faces),
+        "default": _release(aligned, masker, root / "default", ReleaseOptions(), faces=faces),
+        "default_all": _release(aligned, masker, root / "default_all", ReleaseOptions()),
+    }
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_each_attack_recovers_faces_from_a_weak_release(releases, pipeline_sample, name):
+    errors, _ = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], ATTACKS[name])
+    mixes, _ = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], lambda r, *_: ({s: p.samples for s, p in r.shards.items()}, {}))
+    assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
+    assert mixes.median() > 0.5  # the mixes themselves are far from every face
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("release", ["default", "default_all"])
+def test_each_attack_fails_on_the_default_release(releases, pipeline_sample, name, release):
+    errors, _ = _errors(releases[release], pipeline_sample["aligned"], pipeline_sample["masker"], ATTACKS[name])
+    assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
+
+
+def test_secret_regeneration_finds_the_recorded_seed_only_in_the_weak_release(releases, pipeline_sample):
+    _, weak = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
+    _, default = _errors(releases["default"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
+    assert weak == {"seeds_tried": 1, "recorded_seed": 0, "shards_matched": 1, "shards": 1}
+    assert default == {"seeds_tried": 16, "recorded_seed": None, "shards_matched": 0, "shards": 1}
+
+
+def test_no_release_file_holds_a_seed_or_key(releases, pipeline_sample, tmp_path):
+    key = tmp_path / "secret.key"
+    key.write_bytes(b"k" * 32)
+    keyed = _release(pipeline_sample["aligned"], pipeline_sample["masker"], tmp_path / "keyed", ReleaseOptions(secret_key=key.read_bytes()))
+    for folder in (releases["default"], keyed):
+        run = json.loads((folder / "run.json").read_text())
+        assert run["randomness"] == {"source": "os" if folder != keyed else "key"} and run["one_use_per_face"] is True
+        text = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+        assert key.read_bytes() not in text and not (folder / "labels.json").exists()
+    assert json.loads((releases["weak"] / "run.json").read_text())["randomness"] == {"source": "insecure_seed", "seed": 0}
+
+
+def _name_mapping_accuracy(folder, aligned, items, key):
+    """The mapping attack of issue 8: replay the seeded shuffle (recorded seed, else 0), guess each
+    row's source, and count the guesses that are a constituent of that sample (checked by the owner)."""
+    run = json.loads((folder / "run.json").read_text())
+    seed = run["randomness"].get("seed", 0)
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    rows = [line.split(",") for line in (folder / "index.csv").read_text().splitlines()[1:]]
+    hits = 0
+    for name, shard, row, *_ in rows:
+        guess = order[int(shard) * run["batch_size"] + int(row)][0]
+        shard_sources = [rel for rel, _ in order[int(shard) * run["batch_size"] : (int(shard) + 1) * run["batch_size"]]]
+        constituents = [set(c) for size in (1, 2) for c in itertools.combinations(shard_sources, size) if sample_name(list(c) if size > 1 else c[0], key) == name]
+        hits += any(guess in c for c in constituents)
+    return hits / len(rows)
+
+
+def test_anonymised_names_cannot_be_mapped_back(pipeline_sample, tmp_path):
+    from fmix.masker.apply import list_inputs
+
+    aligned = pipeline_sample["aligned"]
+    items = list_inputs(aligned, None)
+    weak = _release(aligned, pipeline_sample["masker"], tmp_path / "weak", WEAK, anonymize=True)
+    default = _release(aligned, pipeline_sample["masker"], tmp_path / "default", ReleaseOptions(), anonymize=True)
+    assert _name_mapping_accuracy(weak, aligned, items, b"name key") == 1.0
+    assert _name_mapping_accuracy(default, aligned, items, b"name key") < 0.25
+
+
+def test_nearest_faces_reference_values():
+    truth = torch.tensor([[[[3.0, 4.0]]], [[[0.0, 1.0]]]])
+    estimates = torch.tensor([[[[3.0, 4.0]]], [[[0.0, 0.2]]], [[[0.0, 1.5]]]])
+    error, index = nearest_faces(estimates, truth)
+    assert index.tolist() == [0, 1, 1]
+    torch.testing.assert_close(error, torch.tensor([0.0, 0.8, 0.5]))
+    with pytest.raises(ValueError, match="Expected estimates and truth of one sample shape"):
+        nearest_faces(estimates, truth[:, :, :, :1])
+
+
+def test_secret_streams_and_key_file(tmp_path):
+    from fmix.masker.randomness import ReleaseRandomness, read_secret_key
+
+    keyed = [ReleaseRandomness(key=b"k" * 16, context="inputs").generator(3).initial_seed() for _ in range(2)]
+    assert keyed[0] == keyed[1] != ReleaseRandomness(key=b"k" * 16, context="other").generator(3).initial_seed()
+    assert ReleaseRandomness().generator(3).initial_seed() != ReleaseRandomness().generator(3).initial_seed()
+    assert ReleaseRandomness(insecure_seed=2).generator(3).initial_seed() == 2 * 1_000_003 + 3
+    assert ReleaseRandomness(insecure_seed=0).label_numbers(["b", "a", "c"]) == {"b": 0, "a": 1, "c": 2}
+    assert ReleaseRandomness(key=b"k" * 16).record() == {"source": "key"} and ReleaseRandomness().record() == {"source": "os"}
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(ValueError, match="has 3 bytes, need at least 16"):
+        read_secret_key(tmp_path / "short")
+    with pytest.raises(FileNotFoundError, match="secret key file not found"):
+        read_secret_key(tmp_path / "none")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "key").write_bytes(b"k" * 32)
+    with pytest.raises(ValueError, match="must not be inside the output folder"):
+        read_secret_key(tmp_path / "out" / "key", tmp_path / "out")
+    with pytest.raises(ValueError, match="give a secret key or an insecure seed, not both"):
+        ReleaseRandomness(key=b"k" * 16, insecure_seed=0)
