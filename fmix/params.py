@@ -122,7 +122,6 @@ class MaskParams:
     anonymize: bool = False  # keyed-hash sample names (key from FMIX_NAME_KEY) instead of identity/file names
 
     def __post_init__(self) -> None:
-        _require_seed(self.seed, "mask.seed")
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
         _require(self.previews >= 0, "mask.previews must be >= 0")
 

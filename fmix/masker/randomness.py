@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fmix.params import MAX_SEED
+
 MIN_KEY_BYTES = 16
 
 
@@ -60,6 +62,8 @@ class ReleaseRandomness:
     def __init__(self, key: bytes | None = None, insecure_seed: int | None = None, context: str = "") -> None:
         if key is not None and insecure_seed is not None:
             raise ValueError("give a secret key or an insecure seed, not both")
+        if insecure_seed is not None and not 0 <= insecure_seed <= MAX_SEED:
+            raise ValueError(f"--insecure-seed must be in [0, {MAX_SEED}], got {insecure_seed}")
         self.key, self.insecure_seed, self.context = key, insecure_seed, context
 
     @property

@@ -69,8 +69,8 @@ def test_a_masker_whose_graph_disagrees_with_its_metadata_is_refused(faces, pipe
 
 
 def test_a_seed_out_of_range_is_refused_before_anything_is_written(faces, pipeline_sample, tmp_path):
-    result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(pipeline_sample["masker"]), "--seed", str(10**20), "-q"])
-    _one_line_error(result, "mask.seed must be in [0, 4294967295], got 100000000000000000000")
+    result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(pipeline_sample["masker"]), "--insecure-seed", str(10**20), "-q"])
+    _one_line_error(result, "--insecure-seed must be in [0, 4294967295], got 100000000000000000000")
     assert not (tmp_path / "out").exists()
 
 
