@@ -10,6 +10,10 @@ from fmix.pipeline.profiles import params_file_for
 configfile: "params.yaml"
 
 
+# Checks the params (one-line errors) before anything below reads them.
+include: "workflow/rules/common.smk"
+
+
 # The file the commands read: params.yaml itself, or its copy with --config/--configfile applied.
 PARAMS = params_file_for(config)
 # Every stage depends on the fmix package as a whole (as in dvc.yaml).
@@ -20,7 +24,7 @@ wildcard_constraints:
     method="|".join(re.escape(name) for name in config["sweep"]),
 
 
-include: "workflow/rules/common.smk"
+
 include: "workflow/rules/align.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/export.smk"

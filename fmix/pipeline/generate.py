@@ -166,6 +166,10 @@ def render_snakefile(table: Table) -> str:
         'configfile: "params.yaml"',
         "",
         "",
+        "# Checks the params (one-line errors) before anything below reads them.",
+        'include: "workflow/rules/common.smk"',
+        "",
+        "",
         "# The file the commands read: params.yaml itself, or its copy with --config/--configfile applied.",
         "PARAMS = params_file_for(config)",
         "# Every stage depends on the fmix package as a whole (as in dvc.yaml).",
@@ -176,7 +180,7 @@ def render_snakefile(table: Table) -> str:
         '    method="|".join(re.escape(name) for name in config["sweep"]),',
         "",
         "",
-        'include: "workflow/rules/common.smk"',
+        "",
     ]
     lines += [f'include: "workflow/rules/{stage.name}.smk"' for stage in table.stages]
     lines += ["", "", "localrules:", "    all,", "", "", "rule all:", "    default_target: True", "    input:"]
