@@ -24,7 +24,6 @@ wildcard_constraints:
     method="|".join(re.escape(name) for name in config["sweep"]),
 
 
-
 include: "workflow/rules/align.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/export.smk"

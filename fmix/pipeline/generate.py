@@ -180,7 +180,6 @@ def render_snakefile(table: Table) -> str:
         '    method="|".join(re.escape(name) for name in config["sweep"]),',
         "",
         "",
-        "",
     ]
     lines += [f'include: "workflow/rules/{stage.name}.smk"' for stage in table.stages]
     lines += ["", "", "localrules:", "    all,", "", "", "rule all:", "    default_target: True", "    input:"]
