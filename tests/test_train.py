@@ -10,7 +10,7 @@ import torch
 from fmix.params import TrainParams
 from fmix.train.checkpoint import load_checkpoint, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
-from fmix.train.game import difficulty_table, k_histogram, mutual_information
+from fmix.train.game import AdaptiveGame, difficulty_table, k_histogram, mutual_information
 from fmix.train.loop import lr_factor, train
 
 TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, policy_warmup_epochs=0.5, n_fr=1, n_pi=1, threads=1)
@@ -179,3 +179,20 @@ def test_adaptive_logs_k_against_difficulty_with_the_per_sample_advantage(pipeli
     assert len(table) == 4 and all(len(row) == 5 for row in table)
     assert sum(map(sum, table)) == _log(tmp_path)[-1]["policy_steps"] * TINY.batch_size
     assert summary["final_k_difficulty_mutual_information"] == pytest.approx(mutual_information(table))
+
+
+def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
+    labels = torch.tensor([0, 1, 2, 3])
+    anchors = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def label_loss(x, constituents, weights):  # a stand-in FR loss: the weighted constituent labels
+        return (constituents.float() * weights).sum(1)
+
+    rewards = {}
+    for reference in ("none", "unmixed"):
+        torch.manual_seed(0)  # the same policy weights, k draws and mixes for both references
+        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference))
+        rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)["reward"]
+    # Un-mixed, each sample's loss is its own label: mean 1.5 over the batch.
+    assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
+
