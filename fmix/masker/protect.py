@@ -77,11 +77,7 @@ def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixing
         The protected batch (on the CPU).
     """
     batch = images.shape[0]
-    noise = torch.rand(batch, generator=generator)
-    masked, k = graph(images, noise)
-    if config.permute_channels:
-        permutation = random_channel_permutation(batch, masked.shape[1], generator)
-        masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
+    masked, k = _mask(graph, images, config, generator)
     if not mix:
         weights = torch.zeros(batch, config.k_max)
         weights[:, 0] = 1.0
@@ -93,6 +89,16 @@ def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixing
     unused = torch.arange(config.k_max)[None, :] >= k[:, None]
     constituent_labels = labels[draw.partners].masked_fill(unused, -1)
     return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback)
+
+
+def _mask(graph: GraphFn, images: Tensor, config: MixingConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The graph's masking and k (policy noise drawn first), then the optional channel permutation."""
+    noise = torch.rand(images.shape[0], generator=generator)
+    masked, k = graph(images, noise)
+    if config.permute_channels:
+        permutation = random_channel_permutation(images.shape[0], masked.shape[1], generator)
+        masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
+    return masked, k
 
 
 class GroupedBatch(NamedTuple):
@@ -134,12 +140,7 @@ def protect_groups(graph: GraphFn, images: Tensor, labels: Tensor, config: Mixin
     Returns:
         The released samples (on the CPU).
     """
-    batch = images.shape[0]
-    noise = torch.rand(batch, generator=generator)
-    masked, k = graph(images, noise)
-    if config.permute_channels:
-        permutation = random_channel_permutation(batch, masked.shape[1], generator)
-        masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
+    masked, k = _mask(graph, images, config, generator)
     groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
     weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
     sign = _draw_sign(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
