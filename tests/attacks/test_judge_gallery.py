@@ -54,3 +54,19 @@ def test_a_gallery_of_another_judge_is_refused(pipeline_sample, gallery_file, tm
         load_gallery(tmp_path / "missing.npz", faces, DlibJudge())
     with np.load(out) as data:
         assert data["descriptors"].dtype == np.float32 and len(data["paths"]) == len(faces)
+
+
+def test_cli_writes_the_gallery_and_fails_in_one_line(pipeline_sample, gallery_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from fmix.cli import app
+
+    out = tmp_path / "judge" / "gallery.npz"
+    result = CliRunner().invoke(app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "judge gallery:" in result.output and out.is_file()
+    with np.load(out) as new, np.load(gallery_file[0]) as old:
+        assert np.array_equal(new["descriptors"], old["descriptors"]) and list(new["paths"]) == list(old["paths"])
+    missing = CliRunner().invoke(app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(tmp_path / "nosplits"), str(tmp_path / "g.npz")])
+    assert missing.exit_code == 1 and "error: split file not found" in missing.output
+    assert not (tmp_path / "g.npz").exists()
