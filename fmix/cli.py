@@ -280,6 +280,7 @@ def attack_reconstruct(
     method: Annotated[str, typer.Option(help="Name of the protection in the report.")] = "",
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")] = True,
     release: Annotated[Optional[Path], typer.Option("--release", help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).")] = None,
+    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
@@ -290,7 +291,7 @@ def attack_reconstruct(
 
     run = AttackRun(cfg.seconds, cfg.eval_faces, mix, cfg.black_box_k, cfg.seed, judge=cfg.judge)
     network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
-    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, run, policy, score_cls, method, network))
+    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, run, policy, score_cls, method, network, gallery))
     row, white, black = record["row"], record["white"], record["black"]
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
@@ -331,6 +332,21 @@ def attack_unmix(
     )
 
 
+@attack_app.command("gallery")
+def attack_gallery(
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`: its private_train.csv is the gallery.")],
+    out: Annotated[Path, typer.Argument(help="Destination gallery.npz (descriptors, labels, paths, the judge's identity).")],
+    params: ParamsOption = None,
+) -> None:
+    """Embed the dlib judge's gallery (the clean private faces) once, for attack reconstruct/protection/invert --gallery."""
+    _load("AttackParams", params, "attack")
+    from fmix.attacks.judge_gallery import write_gallery
+
+    summary = _run(lambda: write_gallery(aligned, splits, out))
+    typer.echo(f"judge gallery: {summary['faces']} faces of {summary['identities']} identities (dlib {summary['judge']['dlib']}) -> {out}")
+
+
 @attack_app.command("invert")
 def attack_invert(
     model: Annotated[Path, typer.Argument(help="model.pt of `fmix train` (the target).")],
@@ -339,12 +355,13 @@ def attack_invert(
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for inversion.json and inversion_grid.png.")],
     params: ParamsOption = None,
+    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
 ) -> None:
     """Model inversion of the FR model: decode identity templates, optimise inputs; scored by the evaluator."""
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.run import invert_model
 
-    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge))
+    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge, gallery))
     dec, opt = result["decoder"], result["optimisation"]
     typer.echo(
         f"inversion of {result['method']} (judge {result['judge']}): decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
@@ -363,13 +380,14 @@ def attack_protection(
     params: ParamsOption = None,
     metrics: Annotated[Optional[Path], typer.Option(help="The model's verification metrics JSON (Score_cls).")] = None,
     name: Annotated[str, typer.Option(help="Name of the sweep entry in the report.")] = "",
+    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
 ) -> None:
     """Reconstruction attacks on the protection a model was trained with (its own k policy, k, or masking alone)."""
     export_cfg = _load("ExportParams", params, "export")
     cfg = _load("AttackParams", params, "attack")
     from fmix.pipeline.protection import attack_protection as run_attack
 
-    record = _run(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name))
+    record = _run(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery))
     if record["row"] is None:
         typer.echo(f"{record['method']}: {record['reason']}")
         return

@@ -120,13 +120,14 @@ class DlibGallery:
         num_identities: identities to choose among (default: the largest label + 1); an
             identity without gallery faces is never predicted.
         judge: a :class:`~fmix.models.dlib_judge.DlibJudge` (default: a new one).
+        gallery_file: descriptors of ``gallery`` written by ``fmix attack gallery`` (None: embed them now).
 
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255] (or uint8).
         - labels, valid, sources: :math:`(B, K)`, one column per constituent.
     """
 
-    def __init__(self, gallery: FaceSet, num_identities: int | None = None, judge=None) -> None:
+    def __init__(self, gallery: FaceSet, num_identities: int | None = None, judge=None, gallery_file: str | Path | None = None) -> None:
         from fmix.models.dlib_judge import DlibJudge
 
         if len(gallery) == 0:
@@ -138,7 +139,12 @@ class DlibGallery:
         self.num_identities = int(self.labels.max()) + 1 if num_identities is None else num_identities
         if self.num_identities <= int(self.labels.max()):
             raise ValueError(f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}")
-        self.descriptors = self.judge.embed(gallery.images)
+        if gallery_file is None:
+            self.descriptors = self.judge.embed(gallery.images)
+        else:
+            from fmix.attacks.judge_gallery import load_gallery
+
+            self.descriptors = load_gallery(gallery_file, gallery, self.judge)
         counts = torch.bincount(self.labels, minlength=self.num_identities)
         sums = torch.zeros(self.num_identities, self.descriptors.shape[1]).index_add_(0, self.labels, self.descriptors)
         self.templates = sums / counts.clamp(min=1)[:, None]
@@ -211,13 +217,14 @@ class IdentityScorer:
         evaluator: the RGB evaluator (always scored).
         gallery: the clean private faces (the dlib judge's gallery; unused by the evaluator).
         num_identities: private identities (default: the evaluator's classes).
+        gallery_file: the dlib gallery's descriptors from ``fmix attack gallery`` (None: embed them).
     """
 
-    def __init__(self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None) -> None:
+    def __init__(self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None, gallery_file: str | Path | None = None) -> None:
         if judge not in JUDGES:
             raise ValueError(f"Expected judge in {JUDGES}, got {judge!r}")
         self.judge, self.evaluator = judge, evaluator
-        self.dlib = DlibGallery(gallery, num_identities or evaluator.num_classes) if judge == "dlib" else None
+        self.dlib = DlibGallery(gallery, num_identities or evaluator.num_classes, gallery_file=gallery_file) if judge == "dlib" else None
 
     def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
         """Score images against the identities of their constituents.

@@ -80,6 +80,7 @@ def attack_method(
     score_cls: float | None = None,
     method: str = "",
     attack: AttackConfig | None = None,
+    gallery_file: str | Path | None = None,
 ) -> dict:
     """Measure the privacy of one protection method; writes ``privacy.json`` and PNG grids.
 
@@ -94,6 +95,7 @@ def attack_method(
         score_cls: the method's verification accuracy, for the report row.
         method: the method's name, for the report row.
         attack: inversion-network settings (default :class:`AttackConfig` with ``run.seed``).
+        gallery_file: the dlib judge's gallery from ``fmix attack gallery`` (None: embed it here).
 
     Returns:
         The privacy record.
@@ -107,7 +109,7 @@ def attack_method(
     public = load_face_set(aligned, splits / "public.csv")
     gallery = load_face_set(aligned, splits / "private_train.csv")
     private = spread_subset(gallery, run.eval_faces)
-    scorer = IdentityScorer(run.judge, evaluator, gallery)
+    scorer = IdentityScorer(run.judge, evaluator, gallery, gallery_file=gallery_file)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     pairs = protector(originals, private.labels, torch.Generator().manual_seed(run.seed + 1))
@@ -157,6 +159,7 @@ def invert_model(
     optimise_identities: int = 32,
     seed: int = 0,
     judge: str = "dlib",
+    gallery_file: str | Path | None = None,
 ) -> dict:
     """Model inversion of a trained FR model; writes ``inversion.json`` and a grid.
 
@@ -190,7 +193,7 @@ def invert_model(
     decoder_seconds = time.process_time() - start
     clean = evaluator.embed(private.float_images(torch.arange(len(private))))
     templates = torch.nn.functional.normalize(torch.zeros(record["num_classes"], clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
-    scorer = IdentityScorer(judge, evaluator, private, record["num_classes"])
+    scorer = IdentityScorer(judge, evaluator, private, record["num_classes"], gallery_file=gallery_file)
 
     def judged(images, chosen):
         hits = scorer.identified(images, chosen[:, None], torch.ones(len(chosen), 1, dtype=torch.bool))

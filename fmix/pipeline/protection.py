@@ -28,6 +28,7 @@ def attack_protection(
     attack: AttackParams,
     metrics: str | Path | None = None,
     name: str = "",
+    gallery_file: str | Path | None = None,
 ) -> dict:
     """Export the model's protection as a masker, then run the white-box and black-box attacks.
 
@@ -41,6 +42,7 @@ def attack_protection(
         attack: the ``attack`` section.
         metrics: the model's verification JSON (Score_cls).
         name: the sweep entry, for the report.
+        gallery_file: the dlib judge's gallery from ``fmix attack gallery`` (None: embed it here).
 
     Returns:
         The privacy record (``row`` None for methods without a masker).
@@ -71,5 +73,5 @@ def attack_protection(
     run = AttackRun(attack.seconds, attack.eval_faces, MIXED[method], attack.black_box_k, attack.seed, attack.judge)
     network = AttackConfig(batch_size=attack.batch_size, seed=attack.seed)
     policy = model if method == "adaptive" else None
-    record = attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method, network)
+    record = attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method, network, gallery_file)
     return record

@@ -7,6 +7,7 @@ rule attack:
         splits=config["data"]["splits"],
         evaluator=config["data"]["evaluator"],
         verification=os.path.join(config["data"]["results"], "{method}", "verification.json"),
+        gallery=config["data"]["judge_gallery"],
     output:
         privacy=os.path.join(config["data"]["results"], "{method}", "privacy.json"),
     params:
@@ -23,4 +24,4 @@ rule attack:
     resources:
         gpu=1,
     shell:
-        "fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --params {params.params_file} > {log} 2>&1"
+        "fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule invert:
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
         evaluator=config["data"]["evaluator"],
+        gallery=config["data"]["judge_gallery"],
     output:
         inversion=os.path.join(config["data"]["results"], "{method}", "inversion.json"),
     params:
@@ -21,4 +22,4 @@ rule invert:
     resources:
         gpu=1,
     shell:
-        "fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --params {params.params_file} > {log} 2>&1"
+        "fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
