@@ -148,7 +148,6 @@ def attack_method(
     return record
 
 
-
 def invert_model(
     model_path: str | Path,
     aligned: str | Path,
