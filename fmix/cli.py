@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from fmix import __version__
+from fmix.methods.registry import METHODS
 
 app = typer.Typer(
     name="fmix",
@@ -200,7 +201,7 @@ def train(
     out_dir: Annotated[Path, typer.Argument(help="Folder for checkpoint.pt, model.pt, train_log.jsonl, train_summary.json.")],
     masker: Annotated[Optional[Path], typer.Option("--masker", "-m", help="masker.onnx of `fmix export` (masking methods).")] = None,
     params: ParamsOption = None,
-    method: Annotated[Optional[str], typer.Option(help="none | freq | ppfrfd | mixup | adaptive (overrides train.method).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METHODS)} (overrides train.method).")] = None,
     k: Annotated[Optional[int], typer.Option(help="Fixed k of the mixup method (overrides train.k).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Overrides train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides train.seed.")] = None,

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fmix.methods.registry import METHODS  # one source of truth: the registry of fmix/methods
+
 T = TypeVar("T")
 
 
@@ -126,14 +128,13 @@ class MaskParams:
         _require(self.previews >= 0, "mask.previews must be >= 0")
 
 
-METHODS = ("none", "freq", "ppfrfd", "mixup", "adaptive")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     """FR training, and the adversarial game of the strategy network (``fmix train``)."""
 
-    method: str = "adaptive"  # none (RGB) | freq (all 192 channels) | ppfrfd (masking) | mixup (fixed k) | adaptive
+    method: str = "adaptive"  # a name of fmix.methods.registry: none | freq | ppfrfd | mixup | adaptive | ...
     k: int = 2  # the fixed k of "mixup"
     backbone: str = "iresnet18"
     width: float = 0.5

@@ -85,7 +85,7 @@ def test_attack_errors(pipeline_sample, trained, tmp_path):
 def test_evaluator_identifies_clean_faces_and_counts_any_constituent(pipeline_sample, trained):
     import torch
 
-    from fmix.train.data import load_face_set
+    from fmix.data.faces import load_face_set
 
     evaluator = Evaluator(trained / "evaluator" / "model.pt")
     faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")

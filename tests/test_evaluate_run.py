@@ -37,7 +37,7 @@ def test_train_and_evaluate_commands(pipeline_sample, tmp_path):
     embeddings = model.embed(torch.rand(3, 3, 112, 112) * 255)
     assert embeddings.shape == (3, 32)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
-    assert record["num_classes"] == 4
+    assert record.num_classes == 4
 
 
 def test_commands_report_missing_inputs(tmp_path):

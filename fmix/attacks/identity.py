@@ -25,7 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fmix.train.data import FaceSet
+from fmix.attacks.judge_gallery import load_gallery
+from fmix.models.dlib_judge import DlibJudge
+from fmix.data.faces import FaceSet
+from fmix.models.artifact import load_trained_model
 
 JUDGES = ("dlib", "evaluator")
 
@@ -73,12 +76,10 @@ class Evaluator:
     """The independent evaluator: an FR model trained on clean private faces, never a target."""
 
     def __init__(self, model_path: str | Path) -> None:
-        from fmix.evaluate.run import load_trained_model
-
         self.model, record = load_trained_model(model_path)
-        if record["params"]["method"] != "none":
-            raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record['params']['method']!r}")
-        self.num_classes = int(record["num_classes"])
+        if record.method != "none":
+            raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record.method!r}")
+        self.num_classes = record.num_classes
 
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
@@ -128,7 +129,6 @@ class DlibGallery:
     """
 
     def __init__(self, gallery: FaceSet, num_identities: int | None = None, judge=None, gallery_file: str | Path | None = None) -> None:
-        from fmix.models.dlib_judge import DlibJudge
 
         if len(gallery) == 0:
             raise ValueError("Expected a non-empty gallery of clean private faces")
@@ -142,7 +142,6 @@ class DlibGallery:
         if gallery_file is None:
             self.descriptors = self.judge.embed(gallery.images)
         else:
-            from fmix.attacks.judge_gallery import load_gallery
 
             self.descriptors = load_gallery(gallery_file, gallery, self.judge)
         counts = torch.bincount(self.labels, minlength=self.num_identities)

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from fmix.io import atomic_write
-from fmix.train.data import FaceSet, load_face_set
+from fmix.data.faces import FaceSet, load_face_set
+from fmix.models.dlib_judge import DESCRIPTOR_FILE, LANDMARKS_FILE, DlibJudge, model_folder
 
 
 def judge_identity(judge) -> dict:
@@ -30,7 +31,6 @@ def judge_identity(judge) -> dict:
     """
     import dlib
 
-    from fmix.models.dlib_judge import DESCRIPTOR_FILE, LANDMARKS_FILE, model_folder
 
     folder = model_folder()
     hashes = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in (LANDMARKS_FILE, DESCRIPTOR_FILE)}
@@ -49,7 +49,6 @@ def write_gallery(aligned: str | Path, splits: str | Path, out: str | Path, judg
     Returns:
         ``faces``, ``identities`` and the ``judge`` identity.
     """
-    from fmix.models.dlib_judge import DlibJudge
 
     judge = judge or DlibJudge()
     faces = load_face_set(aligned, Path(splits) / "private_train.csv")

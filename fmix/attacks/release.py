@@ -19,15 +19,17 @@ import torch
 from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
+from fmix.attacks.identity import Evaluator
+from fmix.freq import protected_to_image
 from fmix.attacks.protectors import MaskerProtector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, evaluate_reconstruction
 from fmix.attacks.unmix import ATTACKS, read_release, run_unmix_attacks
 from fmix.data.faces import load_faces
 from fmix.io import write_json_atomic
 from fmix.masker.apply import OnnxMasker
-from fmix.masker.build import faces_to_tensor, masker_from_metadata
+from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
 from fmix.masker.ledger import Ledger, default_ledger_path
-from fmix.train.data import load_face_set
+from fmix.data.faces import load_face_set
 
 RECOVERED = 0.05  # an estimate within 5 % of a private masked face counts as that face recovered
 
@@ -102,8 +104,6 @@ def attack_release(
         The record: per attack, the recovery error (median, fraction under 5 %), S3, PSNR, S4,
         floor, and the mix baseline.
     """
-    from fmix.attacks.run import Evaluator
-
     release_dir, aligned, splits, out_dir = Path(release_dir), Path(aligned), Path(splits), Path(out_dir)
     release = read_release(release_dir)
     masker = OnnxMasker(masker_path)
@@ -148,8 +148,6 @@ def attack_release(
             grid = (faces[:8], chosen[:8], recon[:8])
     for name in ATTACKS:
         record[name]["S3_minus_mix_baseline"] = record[name]["S3"] - record["mix_baseline"]["S3"]
-    from fmix.freq import protected_to_image
-    from fmix.masker.build import mask_from_metadata
 
     originals, estimates, recon = grid
     write_attack_grid(out_dir / "unmix_grid.png", originals, protected_to_image(estimates, mask_from_metadata(masker.metadata), masker.upsample), recon)

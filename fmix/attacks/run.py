@@ -24,6 +24,9 @@ import torch
 
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer
+from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
+from fmix.masker.export import masker_with_trained_policy
+from fmix.models.artifact import load_trained_model
 from fmix.attacks.protectors import MaskerProtector, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
@@ -31,7 +34,7 @@ from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
 from fmix.masker.protect import MixingConfig
 from fmix.metrics import PrivacyRow, best_constituent_ssim
-from fmix.train.data import FaceSet, load_face_set
+from fmix.data.faces import FaceSet, load_face_set
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,6 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
     if json.loads(metadata["policy"]) == "strategy":
         if policy_model is None:
             raise ValueError(f"{masker_path} holds a trained policy: pass the model it came from (--policy)")
-        from fmix.masker.export import masker_with_trained_policy
-
         masker = masker_with_trained_policy(policy_model)
     else:
         masker = masker_from_metadata(metadata)
@@ -172,9 +173,6 @@ def invert_model(
     Returns:
         The inversion record.
     """
-    from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
-    from fmix.evaluate.run import load_trained_model
-
     out_dir, splits = Path(out_dir), Path(splits)
     if judge not in JUDGES:
         raise ValueError(f"attack judge must be one of {JUDGES}, got {judge!r}")
@@ -185,14 +183,14 @@ def invert_model(
     public_images = public.float_images(torch.arange(len(public)))
     embed = lambda images: target.backbone(target.encoder(images))  # noqa: E731 - the target as the attacker queries it
     start = time.process_time()
-    decoder, losses = train_decoder(embed, public_images, record["params"]["embedding_size"], steps=100_000, seconds=seconds, seed=seed)
-    identities = torch.arange(record["num_classes"])
+    decoder, losses = train_decoder(embed, public_images, record.params.embedding_size, steps=100_000, seconds=seconds, seed=seed)
+    identities = torch.arange(record.num_classes)
     with torch.no_grad():
         decoded = decoder(target.head.centres())
     decoder_seconds = time.process_time() - start
     clean = evaluator.embed(private.float_images(torch.arange(len(private))))
-    templates = torch.nn.functional.normalize(torch.zeros(record["num_classes"], clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
-    scorer = IdentityScorer(judge, evaluator, private, record["num_classes"], gallery_file=gallery_file)
+    templates = torch.nn.functional.normalize(torch.zeros(record.num_classes, clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
+    scorer = IdentityScorer(judge, evaluator, private, record.num_classes, gallery_file=gallery_file)
 
     def judged(images, chosen):
         hits = scorer.identified(images, chosen[:, None], torch.ones(len(chosen), 1, dtype=torch.bool))
@@ -200,7 +198,7 @@ def invert_model(
         return {**hits, "chance": hits["chance_top1"], "by_judge": by_judge}
 
     result = {
-        "method": record["params"]["method"],
+        "method": record.method,
         "judge": judge,
         "decoder": {**judged(decoded, identities), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": decoder_seconds},
     }

@@ -11,69 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fmix.data.faces import load_faces
+from fmix.data.faces import load_face_set, load_faces
 from fmix.data.splits import Pair, read_pairs
+from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.evaluate.verification import cosine_scores, verification_metrics
 from fmix.masker.build import faces_to_tensor
-from fmix.params import EvaluateParams, TrainParams, section_from_mapping
-from fmix.train.checkpoint import load_checkpoint
-from fmix.train.encoders import encoder_from_spec
+from fmix.models.artifact import TrainedModel, load_trained_model
+from fmix.params import EvaluateParams
 
-
-class TrainedModel(nn.Module):
-    """A trained model: input encoder (the masker, no mixing), backbone and head."""
-
-    def __init__(self, encoder: nn.Module, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.backbone, self.head = encoder, backbone, head
-
-    @torch.no_grad()
-    def embed(self, images: Tensor, flip_average: bool = True, batch_size: int = 256) -> Tensor:
-        """L2-normalised embeddings of aligned RGB faces (B, 3, H, W) in [0, 255]."""
-        self.eval()
-        out = []
-        for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size]
-            emb = self.backbone(self.encoder(batch))
-            if flip_average:
-                emb = nn.functional.normalize(emb, dim=1) + nn.functional.normalize(self.backbone(self.encoder(batch.flip(-1))), dim=1)
-            out.append(nn.functional.normalize(emb.float(), dim=1))
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def raw_features(self, images: Tensor) -> Tensor:
-        """The untrained inputs of the network, flattened: the raw-feature floor's features."""
-        return self.encoder(images).flatten(1).float()
-
-
-# What `fmix train` saves in model.pt.
-MODEL_KEYS = ("params", "encoder", "backbone", "head", "policy", "num_classes", "input")
-
-
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainedModel, dict]:
-    """Rebuild a model saved by ``fmix train`` (``model.pt``).
-
-    Returns:
-        (model in eval mode, the saved record: params, encoder spec, num_classes, policy state).
-    """
-    from fmix.train.loop import build_net
-
-    record = load_checkpoint(path, device)
-    missing = [key for key in MODEL_KEYS if not isinstance(record, dict) or key not in record]
-    if missing:
-        raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
-    try:
-        params = section_from_mapping(TrainParams, record["params"], "train")
-        channels, size = record["input"]
-        net = build_net(params, channels, size, record["num_classes"])
-        net.backbone.load_state_dict(record["backbone"])
-        net.head.load_state_dict(record["head"])
-        encoder = encoder_from_spec(record["encoder"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a damaged or foreign record
-        raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
-    return TrainedModel(encoder, net.backbone, net.head).to(device).eval(), record
+__all__ = ["TrainedModel", "evaluate_model", "load_trained_model", "pair_faces", "verify"]
 
 
 def pair_faces(aligned: str | Path, pairs: list[Pair]) -> tuple[Tensor, dict[str, int]]:
@@ -114,15 +62,12 @@ def evaluate_model(model_path: str | Path, aligned: str | Path, pairs_csv: str |
         raise ValueError(f"{pairs_csv} holds no pairs")
     faces, row = pair_faces(aligned, pairs)
     result = {
-        "method": record["params"]["method"],
+        "method": record.method,
         "pairs": len(pairs),
         "verification": verify(model.embed(faces, params.flip_average, params.batch_size), row, pairs),
         "raw_feature_floor": verify(model.raw_features(faces), row, pairs),
     }
     if val_csv is not None:
-        from fmix.train.data import load_face_set
-        from fmix.train.loop import closed_set_accuracy
-
         result["val_accuracy"] = closed_set_accuracy(model.encoder, model, load_face_set(aligned, val_csv), torch.device("cpu"))
     return result
 

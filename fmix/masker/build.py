@@ -11,7 +11,7 @@ import torch
 
 from fmix import __version__
 from fmix.data.faces import load_faces
-from fmix.freq import FrequencyMask, RunningChannelStats, block_dct, select_channels
+from fmix.freq import NUM_CHANNELS, FrequencyMask, RunningChannelStats, block_dct, select_channels
 from fmix.masker.module import FixedKPolicy, Masker
 from fmix.masker.protect import MixingConfig
 from fmix.params import ExportParams
@@ -119,3 +119,20 @@ def masker_from_metadata(metadata: dict[str, str]) -> Masker:
     kind, _, value = json.loads(metadata["policy"]).partition(":")
     policy = FixedKPolicy(int(value) if kind == "fixed" else k_values[0], k_values)
     return Masker(mask_from_metadata(metadata), json.loads(metadata["upsample"]), policy, k_values).eval()
+
+
+def all_channel_masker(aligned: str | Path, public_paths: list[str], upsample: int) -> Masker:
+    """Every channel, DC included, normalised by public statistics (the ``freq`` baseline's encoder).
+
+    Args:
+        aligned: output folder of ``fmix align``.
+        public_paths: public faces, relative to ``aligned``.
+        upsample: the transform's ``u``.
+
+    Returns:
+        The masker (fixed k = 1: it never mixes).
+    """
+    stats, _ = public_channel_stats([Path(aligned) / p for p in public_paths], upsample)
+    kept = torch.arange(NUM_CHANNELS)
+    mask = FrequencyMask(kept, stats.mean.float(), stats.std.float(), allow_dc=True)
+    return Masker(mask, upsample, FixedKPolicy(1, (1,)), (1,))

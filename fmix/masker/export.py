@@ -13,6 +13,8 @@ from fmix.data.faces import read_face_list
 from fmix.io import atomic_write
 from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
 from fmix.masker.module import Masker, StrategyPolicy
+from fmix.models.artifact import load_trained_model
+from fmix.models.strategy import StrategyNetwork
 from fmix.params import ExportParams
 
 MIN_OPSET = 17  # the oldest opset the masker's operators export to
@@ -91,17 +93,14 @@ def check_cap(cap: float | None, k_values: tuple[int, ...]) -> None:
 
 def masker_with_trained_policy(model_path: str | Path) -> Masker:
     """The masker a model was trained with, its policy replaced by the trained strategy network."""
-    from fmix.evaluate.run import load_trained_model
-    from fmix.models import StrategyNetwork
-
     model, record = load_trained_model(model_path)
-    if not record["policy"]:
+    if not record.policy:
         raise ValueError(f"{model_path} has no strategy network (train with method 'adaptive')")
     frequency = model.encoder.masker
     try:
-        k_values = tuple(record["policy"]["k_table"].tolist())  # the actions the policy was trained with
+        k_values = tuple(record.policy["k_table"].tolist())  # the actions the policy was trained with
         network = StrategyNetwork(frequency.mask.num_kept, k_values)
-        network.load_state_dict(record["policy"])
+        network.load_state_dict(record.policy)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{model_path} holds a damaged strategy network: {type(err).__name__}: {err}") from err
     return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), k_values).eval()

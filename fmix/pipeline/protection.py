@@ -1,7 +1,8 @@
 """The reconstruction attack against the protection a trained model of the sweep was trained with.
 
-The model says its method: ``adaptive`` is attacked through its own trained k policy, ``mixup``
-through a fixed-k masker with the model's k, ``ppfrfd`` through the masking alone (no mix);
+The model's method says what to attack (:attr:`fmix.methods.base.Method.protection`): ``mixed``
+methods through their masker and mixing (``adaptive``: its own trained k policy; fixed-k
+methods: a masker with the model's k), ``masked`` ones through the masking alone (no mix);
 methods without a masker (``none``, ``freq``) share the faces themselves, so there is nothing
 to reconstruct: their record says so and holds no scores.
 """
@@ -12,10 +13,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fmix.attacks.reconstruction import AttackConfig
+from fmix.attacks.run import AttackRun, attack_method
 from fmix.io import write_json_atomic
+from fmix.masker.export import export_masker
+from fmix.methods import get_method
+from fmix.models.artifact import ModelRecord
 from fmix.params import AttackParams, ExportParams
-
-MIXED = {"adaptive": True, "mixup": True, "ppfrfd": False}
 
 
 def attack_protection(
@@ -47,31 +51,26 @@ def attack_protection(
     Returns:
         The privacy record (``row`` None for methods without a masker).
     """
-    from fmix.attacks.reconstruction import AttackConfig
-    from fmix.attacks.run import AttackRun, attack_method
-    from fmix.masker.export import export_masker
-    from fmix.train.checkpoint import load_checkpoint
-
     model, out_dir, splits = Path(model), Path(out_dir), Path(splits)
     if not model.is_file():
         raise FileNotFoundError(f"trained model not found: {model}")
-    trained = load_checkpoint(model, "cpu")["params"]
-    method = trained["method"]
-    if method not in MIXED:
-        record = {"method": name or method, "train_method": method, "row": None, "reason": f"method {method!r} trains on unmasked inputs: nothing to reconstruct"}
+    trained = ModelRecord.load(model, "cpu").params
+    method = get_method(trained.method)
+    if method.protection is None:
+        record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack (it trains on {method.summary})"}
         write_json_atomic(out_dir / "privacy.json", record)
         return record
     masker = out_dir / "masker.onnx"
-    if method == "adaptive":
+    if method.learns_policy:
         export_masker(aligned, splits / "public.csv", masker, export, policy_model=model)
     else:
-        if method == "mixup" and trained["k"] not in export.k_values:
-            raise ValueError(f"the model mixes k={trained['k']}, which is not in export.k_values={list(export.k_values)}")
-        k = trained["k"] if method == "mixup" else export.k
-        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=k))
+        k = method.masker_k(trained)
+        if k is not None and k not in export.k_values:
+            raise ValueError(f"the model mixes k={k}, which is not in export.k_values={list(export.k_values)}")
+        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=export.k if k is None else k))
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
-    run = AttackRun(attack.seconds, attack.eval_faces, MIXED[method], attack.black_box_k, attack.seed, attack.judge)
+    mixed = method.protection == "mixed"
+    run = AttackRun(attack.seconds, attack.eval_faces, mixed, attack.black_box_k, attack.seed, attack.judge)
     network = AttackConfig(batch_size=attack.batch_size, seed=attack.seed)
-    policy = model if method == "adaptive" else None
-    record = attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method, network, gallery_file)
-    return record
+    policy = model if method.learns_policy else None
+    return attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method.name, network, gallery_file)

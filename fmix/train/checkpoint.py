@@ -1,38 +1,14 @@
-"""Atomic checkpoints loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only)."""
+"""Training checkpoints: the atomic, weights-only files of :mod:`fmix.models.checkpoint` and the random states."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
-from fmix.io import atomic_write
+from fmix.models.checkpoint import load_checkpoint, save_checkpoint
 
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` through a temporary file: a run killed while saving keeps the previous checkpoint."""
-    with atomic_write(path, "wb") as out:
-        torch.save(state, out)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Load a checkpoint without unpickling arbitrary objects.
-
-    Args:
-        path: the checkpoint file.
-        device: where tensors are loaded.
-
-    Returns:
-        The saved state.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"{path} is not a readable fmix checkpoint: {err}") from err
+__all__ = ["load_checkpoint", "restore_rng_state", "rng_state", "save_checkpoint"]
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -41,6 +17,7 @@ def rng_state(generator: torch.Generator) -> dict:
 
 
 def restore_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     generator.set_state(state["generator"])

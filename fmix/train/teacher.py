@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from fmix.models.frnet import TeacherProjection
+
+__all__ = ["TeacherProjection", "load_teacher_targets", "mixed_targets"]
 
 
 def load_teacher_targets(path: str | Path, paths: list[str]) -> Tensor:
@@ -46,32 +50,6 @@ def load_teacher_targets(path: str | Path, paths: list[str]) -> Tensor:
         raise ValueError(f"{path} has no descriptor for {len(missing)} training faces, e.g. {missing[0]} (rerun `fmix attack gallery` for this split)")
     targets = torch.from_numpy(np.ascontiguousarray(descriptors[[row_of[p] for p in paths]], dtype=np.float32))
     return F.normalize(targets, dim=1)
-
-
-class TeacherProjection(nn.Module):
-    """Linear map from the FR embedding to the teacher's descriptor space, and the cosine loss.
-
-    Args:
-        embedding_size: the FR network's embedding size.
-        teacher_size: the teacher's descriptor size (128 for dlib).
-    """
-
-    def __init__(self, embedding_size: int, teacher_size: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(embedding_size, teacher_size, bias=False)
-
-    def forward(self, embeddings: Tensor, targets: Tensor) -> Tensor:
-        """Per-sample ``1 - cos(W e, t)``.
-
-        Shape:
-            - embeddings: :math:`(B, E)`.
-            - targets: :math:`(B, D)`.
-            - Output: :math:`(B,)` float32.
-        """
-        if targets.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"Expected one teacher target per sample, got {targets.shape[0]} for {embeddings.shape[0]}")
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return 1.0 - F.cosine_similarity(self.linear(embeddings.float()), targets.float(), dim=1)
 
 
 def mixed_targets(targets: Tensor, partners: Tensor, weights: Tensor) -> Tensor:

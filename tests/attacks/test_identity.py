@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fmix.attacks.identity import DlibGallery, IdentityScorer, chance_hit_rate
-from fmix.train.data import FaceSet
+from fmix.data.faces import FaceSet
 
 IDENTITIES = 5  # the first 5 identities of the aligned sample: 30 faces
 

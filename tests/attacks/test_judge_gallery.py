@@ -9,7 +9,7 @@ import torch
 from fmix.attacks.identity import DlibGallery
 from fmix.attacks.judge_gallery import load_gallery, write_gallery
 from fmix.models.dlib_judge import DlibJudge
-from fmix.train.data import load_face_set
+from fmix.data.faces import load_face_set
 
 
 @pytest.fixture(scope="module")

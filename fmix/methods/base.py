@@ -1,0 +1,119 @@
+"""What a protection method is: the interface every module of :mod:`fmix.methods` implements.
+
+A method is a small object with class attributes that declare it and a few hooks the trainer
+calls (:class:`fmix.train.trainer.Trainer`). Defaults describe the simplest method: RGB inputs, no
+mixing, no game, no privacy accounting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from fmix.freq import MixedBatch, frequency_mixup
+from fmix.masker.build import masker_from_metadata, read_masker_metadata
+from fmix.models import DEFAULT_K_VALUES
+from fmix.models.encoders import FrequencyEncoder, RgbEncoder, encoder_spec
+from fmix.params import TrainParams
+
+if TYPE_CHECKING:  # the trainer calls the hooks; methods never import it at run time
+    from fmix.train.trainer import Trainer
+
+K_VALUES = DEFAULT_K_VALUES  # the k a mix may have (the adaptive policy's actions)
+K_MAX = max(K_VALUES)
+PROTECTIONS = ("masked", "mixed")
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a method may build its encoder from.
+
+    Args:
+        params: the ``train`` parameters.
+        aligned: output folder of ``fmix align``.
+        splits: output folder of ``fmix split``.
+        masker_path: ``masker.onnx`` of ``fmix export``, or None.
+    """
+
+    params: TrainParams
+    aligned: Path
+    splits: Path
+    masker_path: Path | None = None
+
+
+class Method:
+    """A protection method (override the attributes and the hooks that differ).
+
+    Attributes:
+        name: the registry name (``train.method``).
+        summary: one line for the README and ``--help``.
+        mixes: trains on mixed samples (after ``train.mix_warmup_fraction`` of training).
+        protection: what ``fmix attack protection`` attacks: ``"masked"`` (the masker alone),
+            ``"mixed"`` (masker + mixing) or None (the method has no exported masker).
+        learns_policy: the k policy is trained with the model (``fmix export --policy`` exports it).
+    """
+
+    name: str = ""
+    summary: str = ""
+    mixes: bool = False
+    protection: str | None = None
+    learns_policy: bool = False
+
+    # ------------------------------------------------------------------ declaration
+    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
+        """The encoder (images in [0, 255] -> network inputs) and its spec for ``model.pt``."""
+        return RgbEncoder(), encoder_spec(self.name, None)
+
+    def check(self, params: TrainParams, world: int) -> None:
+        """Refuse parameters the method cannot train with (default: all accepted).
+
+        Args:
+            params: the ``train`` parameters.
+            world: number of training processes.
+        """
+
+    def masker_k(self, params: TrainParams) -> int | None:
+        """The fixed k of an exported masker that protects as this method trained (None: ``export.k``)."""
+        return None
+
+    # ------------------------------------------------------------------ mixing
+    def build_game(self, channels: int, params: TrainParams) -> Any:
+        """The adversarial game that picks k (None: k is fixed)."""
+        return None
+
+    def choose_k(self, trainer: "Trainer", x: Tensor, game_on: bool) -> Tensor | int:
+        """k of each sample of an FR step (only called for mixing methods)."""
+        raise NotImplementedError(f"method {self.name!r} does not mix")
+
+    def mix(self, trainer: "Trainer", x: Tensor, labels: Tensor, k: Tensor | int) -> MixedBatch:
+        """Mix a batch of encoded faces (default: Frequency MixUp with the ``train.mix_*`` settings)."""
+        params = trainer.params
+        return frequency_mixup(x, labels, k, K_MAX, params.mix_law, params.mix_cap, generator=trainer.generator, rescale=params.mix_rescale)
+
+    # ------------------------------------------------------------------ training hooks
+    def setup(self, trainer: "Trainer") -> None:
+        """Called once the trainer has its network and optimiser (e.g. to make them private)."""
+
+    def privacy(self, trainer: "Trainer") -> dict:
+        """What the method reports about its privacy budget (summary and ``model.pt``); {} for none."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}>"
+
+
+class MaskingMethod(Method):
+    """A method whose network sees the exported masker's channels (``--masker``)."""
+
+    protection = "masked"
+
+    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
+        if inputs.masker_path is None:
+            raise ValueError(f"method {self.name!r} needs the exported masker (--masker)")
+        masker = masker_from_metadata(read_masker_metadata(inputs.masker_path))
+        return FrequencyEncoder(masker), encoder_spec(self.name, masker)
+

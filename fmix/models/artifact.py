@@ -1,0 +1,165 @@
+"""The trained-model artifact ``model.pt``: one typed record, one writer, one reader.
+
+``fmix train`` writes it; ``fmix evaluate``, ``fmix export --policy``, the attacks and the
+pipeline read it, all through :class:`ModelRecord` and :func:`load_trained_model`. The file holds
+tensors and plain containers only (loaded with ``weights_only=True``):
+
+- ``params``: the ``train`` section it was trained with (a plain dict);
+- ``encoder``: the input encoder's spec (:func:`fmix.models.encoders.encoder_spec`);
+- ``backbone``, ``head``: state dicts of the FR network;
+- ``policy``: the strategy network's state dict (empty unless the method learns a k policy);
+- ``num_classes``, ``input``: training identities, and ``[channels, side]`` of the encoder's output;
+- ``privacy`` (optional): what the method reports about its privacy budget (e.g. epsilon).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fmix.models.checkpoint import load_checkpoint, save_checkpoint
+from fmix.models.encoders import encoder_from_spec
+from fmix.models.frnet import build_net
+from fmix.params import TrainParams, plain_dict, section_from_mapping
+
+# What `fmix train` saves in model.pt (``privacy`` is optional).
+MODEL_KEYS = ("params", "encoder", "backbone", "head", "policy", "num_classes", "input")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    """The contents of ``model.pt``.
+
+    Args:
+        params: the ``train`` parameters the model was trained with.
+        encoder: the input encoder's spec.
+        backbone: the backbone's state dict.
+        head: the margin head's state dict.
+        policy: the strategy network's state dict (empty without a learned k policy).
+        num_classes: training identities.
+        input_shape: (channels, side) of the encoder's output.
+        privacy: the method's privacy accounting (empty when it defines none).
+    """
+
+    params: TrainParams
+    encoder: dict
+    backbone: dict
+    head: dict
+    policy: dict
+    num_classes: int
+    input_shape: tuple[int, int]
+    privacy: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """The training method's name."""
+        return self.params.method
+
+    def to_state(self) -> dict:
+        """The plain dict written to ``model.pt``."""
+        return {
+            "params": plain_dict(dataclasses.asdict(self.params)),
+            "encoder": self.encoder,
+            "backbone": self.backbone,
+            "head": self.head,
+            "policy": self.policy,
+            "num_classes": self.num_classes,
+            "input": list(self.input_shape),
+            "privacy": self.privacy,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.pt`` atomically."""
+        save_checkpoint(self.to_state(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "ModelRecord":
+        """Read and check a ``model.pt``.
+
+        Args:
+            path: the file.
+            device: where tensors are loaded.
+
+        Returns:
+            The record.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a checkpoint, a part is missing, or the train parameters are not valid.
+        """
+        state = load_checkpoint(path, device)
+        missing = [key for key in MODEL_KEYS if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
+        try:
+            channels, size = state["input"]
+            return cls(
+                params=section_from_mapping(TrainParams, state["params"], "train"),
+                encoder=state["encoder"],
+                backbone=state["backbone"],
+                head=state["head"],
+                policy=state["policy"],
+                num_classes=int(state["num_classes"]),
+                input_shape=(int(channels), int(size)),
+                privacy=state.get("privacy") or {},
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
+
+
+class TrainedModel(nn.Module):
+    """A trained model: input encoder (the masker, no mixing), backbone and head."""
+
+    def __init__(self, encoder: nn.Module, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.backbone, self.head = encoder, backbone, head
+
+    @torch.no_grad()
+    def embed(self, images: Tensor, flip_average: bool = True, batch_size: int = 256) -> Tensor:
+        """L2-normalised embeddings of aligned RGB faces.
+
+        Shape:
+            - images: :math:`(B, 3, H, W)` in [0, 255].
+            - Output: :math:`(B, E)`.
+        """
+        self.eval()
+        out = []
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size]
+            emb = self.backbone(self.encoder(batch))
+            if flip_average:
+                emb = nn.functional.normalize(emb, dim=1) + nn.functional.normalize(self.backbone(self.encoder(batch.flip(-1))), dim=1)
+            out.append(nn.functional.normalize(emb.float(), dim=1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def raw_features(self, images: Tensor) -> Tensor:
+        """The untrained inputs of the network, flattened: the raw-feature floor's features."""
+        return self.encoder(images).flatten(1).float()
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainedModel, ModelRecord]:
+    """Rebuild a model saved by ``fmix train`` (``model.pt``).
+
+    Args:
+        path: the file.
+        device: where the model goes.
+
+    Returns:
+        (model in eval mode, its record).
+
+    Raises:
+        ValueError: a missing or damaged part (named in the message).
+    """
+    record = ModelRecord.load(path, device)
+    try:
+        net = build_net(record.params, *record.input_shape, record.num_classes)
+        net.backbone.load_state_dict(record.backbone)
+        net.head.load_state_dict(record.head)
+        encoder = encoder_from_spec(record.encoder)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a damaged or foreign record
+        raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
+    return TrainedModel(encoder, net.backbone, net.head).to(device).eval(), record

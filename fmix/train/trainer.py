@@ -1,0 +1,317 @@
+"""The trainer: one FR step, the policy's turn, the end of an epoch, checkpoints and the saved model.
+
+:func:`fmix.train.loop.train` sets the run up and drives the epochs; everything a step does is
+here, and everything that differs between methods comes from the method's hooks
+(:class:`fmix.methods.base.Method`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fmix.data.faces import FaceSet
+from fmix.evaluate.closed_set import closed_set_accuracy
+from fmix.methods.base import K_VALUES, Method
+from fmix.models.artifact import ModelRecord
+from fmix.models.frnet import FRNet
+from fmix.params import TrainParams, plain_dict
+from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
+from fmix.train.data import batch_indices, epoch_order
+from fmix.train.game import k_histogram, mutual_information
+from fmix.train.teacher import mixed_targets
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine decay to 0 or steps of x0.1 at 60% and 85% of training."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return 0.1 ** sum(step >= total * mark for mark in (0.6, 0.85))
+
+
+@dataclass
+class EpochStats:
+    """What one epoch accumulates (checkpointed as a plain dict, so a resumed epoch continues it)."""
+
+    loss: float = 0.0
+    fr_steps: int = 0
+    fr_seconds: float = 0.0
+    policy_steps: int = 0
+    policy_seconds: float = 0.0
+    reward: float = 0.0
+    entropy: float = 0.0
+    k: dict[int, int] = field(default_factory=dict)  # k -> samples mixed with it
+    k_by_difficulty: list[list[int]] | None = None  # difficulty quartile x k counts (the game)
+
+    def count_k(self, ks: Tensor) -> None:
+        """Add the k of each sample of a mixed step."""
+        for k_value, count in Counter(ks.tolist()).items():
+            self.k[k_value] = self.k.get(k_value, 0) + count
+
+    def add_policy_step(self, step: dict) -> None:
+        """Add the statistics of one REINFORCE step (:meth:`fmix.train.game.AdaptiveGame.policy_step`)."""
+        self.reward += step["reward"]
+        self.entropy += step["entropy"]
+        table = step["k_by_difficulty"]
+        self.k_by_difficulty = table if self.k_by_difficulty is None else [[a + b for a, b in zip(x, y)] for x, y in zip(self.k_by_difficulty, table)]
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "EpochStats":
+        return cls(**{**state, "k": {int(k): int(n) for k, n in state["k"].items()}})
+
+    def row(self, epoch: int, val_accuracy: float, lr: float, game: Any, nu: float | None) -> dict:
+        """The epoch's line of ``train_log.jsonl``."""
+        fr, pi = max(1, self.fr_steps), self.policy_steps
+        row = {"epoch": epoch, "loss": self.loss / fr, "val_accuracy": val_accuracy, "lr": lr, "fr_steps": self.fr_steps, "seconds_per_fr_step": self.fr_seconds / fr}
+        if self.k:
+            row["k_histogram"] = k_histogram(self.k, K_VALUES)
+            row["mean_k"] = sum(k * n for k, n in self.k.items()) / sum(self.k.values())
+        if game is not None:
+            row.update(
+                policy_steps=pi,
+                seconds_per_policy_step=self.policy_seconds / pi if pi else None,
+                policy_overhead=self.policy_seconds / self.fr_seconds if self.fr_seconds else None,
+                mean_reward=self.reward / pi if pi else None,
+                entropy=self.entropy / pi if pi else None,
+                baseline=game.baseline.value,
+                nu=nu,
+            )
+            if self.k_by_difficulty:
+                # Rows: quartiles of the un-mixed loss (easiest first); columns: k. The MI shows per-sample choice.
+                row["k_by_difficulty"] = self.k_by_difficulty
+                row["k_difficulty_mutual_information"] = mutual_information(self.k_by_difficulty)
+        return row
+
+
+@dataclass
+class TrainState:
+    """Where a run is: epoch, batch within it, global step, the finished epochs' rows, this epoch's stats."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    stats: EpochStats = field(default_factory=EpochStats)
+
+    def to_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "history": self.history, "epoch_stats": self.stats.to_state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TrainState":
+        return cls(state["epoch"], state["batch"], state["step"], state["history"], EpochStats.from_state(state["epoch_stats"]))
+
+
+def _average_gradients(module: nn.Module, world: int) -> None:
+    if world > 1:
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+
+def _random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
+class Trainer:
+    """Trains an FR network with one method; the pieces of a run, each a method.
+
+    Args:
+        params: the ``train`` parameters.
+        method: the protection method.
+        encoder: images -> network inputs (the method's; frozen).
+        net: the FR network.
+        train_set: the private training faces.
+        device: where training runs.
+        rank: this process's rank.
+        world: number of processes (DDP when more than one).
+        teacher_targets: the teacher's descriptors of ``train_set`` (distillation), or None.
+    """
+
+    def __init__(
+        self,
+        params: TrainParams,
+        method: Method,
+        encoder: nn.Module,
+        net: FRNet,
+        train_set: FaceSet,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        teacher_targets: Tensor | None = None,
+    ) -> None:
+        self.params, self.method, self.encoder, self.net = params, method, encoder, net
+        self.train_set, self.device, self.rank, self.world, self.teacher_targets = train_set, device, rank, world, teacher_targets
+        self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        self.steps_per_epoch = len(self.batches(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_set)} training faces make no full batch of {params.batch_size} per process")
+        self.total_steps = params.epochs * self.steps_per_epoch
+        warmup = int(params.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule))
+        self.game = method.build_game(encoder.channels, params)
+        if self.game is not None:
+            self.game.to(device)
+        self.generator = torch.Generator().manual_seed(params.seed * 7919 + rank)
+        self.amp = params.amp and device.type == "cuda"
+        self.state = TrainState()
+        self.game_on = False  # whether the policy played in the last FR step
+        method.setup(self)
+
+    # ------------------------------------------------------------------ schedule
+    def batches(self, epoch: int) -> list[Tensor]:
+        """This rank's full batches of ``epoch`` (a function of the seed and the epoch only)."""
+        return batch_indices(epoch_order(len(self.train_set), epoch, self.params.seed), self.params.batch_size, self.rank, self.world)
+
+    @property
+    def progress(self) -> float:
+        """Training progress in [0, 1): steps done over all steps."""
+        return self.state.step / self.total_steps
+
+    def position(self, epoch: int, number: int) -> float:
+        """Where batch ``number`` of ``epoch`` lies, in epochs."""
+        return epoch + number / self.steps_per_epoch
+
+    def mixing_at(self, position: float) -> bool:
+        """Whether the method mixes at ``position`` (after the un-mixed curriculum, ``train.mix_warmup_fraction``)."""
+        return self.method.mixes and position >= self.params.mix_warmup_fraction * self.params.epochs
+
+    def game_on_at(self, position: float) -> bool:
+        """Whether the k policy plays at ``position`` (mixing, and after ``train.policy_warmup_epochs``)."""
+        return self.game is not None and self.mixing_at(position) and position >= self.params.policy_warmup_epochs
+
+    # ------------------------------------------------------------------ steps
+    def fr_loss(self, x: Tensor, labels: Tensor, weights: Tensor | None, targets: Tensor | None) -> Tensor:
+        """Per-sample loss of the (DDP-wrapped) network, in bf16 autocast on CUDA with ``train.amp``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model(x, labels, weights, targets)
+
+    def fr_step(self, index: Tensor, epoch: int, number: int) -> tuple[Tensor, Tensor]:
+        """One FR step on the faces ``index``: encode, maybe mix, one optimiser step.
+
+        Args:
+            index: the batch's face indices.
+            epoch: the current epoch.
+            number: the batch's number within the epoch.
+
+        Returns:
+            The encoded un-mixed batch and its labels (the policy plays on them).
+        """
+        params, stats = self.params, self.state.stats
+        start = time.perf_counter()
+        images = self.train_set.float_images(index).to(self.device)
+        if params.flip:
+            images = _random_flip(images, self.generator)
+        labels = self.train_set.labels[index].to(self.device)
+        targets = self.teacher_targets[index].to(self.device) if self.teacher_targets is not None else None
+        with torch.no_grad():
+            x = self.encoder(images)
+        position = self.position(epoch, number)
+        mixing = self.mixing_at(position)
+        self.game_on = self.game_on_at(position)
+        if mixing:
+            k = self.method.choose_k(self, x, self.game_on)
+            mixed = self.method.mix(self, x, labels, k)
+            mixed_teacher = mixed_targets(targets, mixed.partners, mixed.weights) if targets is not None else None
+            loss = self.fr_loss(mixed.x, labels[mixed.partners], mixed.weights, mixed_teacher).mean()
+            stats.count_k(mixed.k)
+        else:
+            loss = self.fr_loss(x, labels, None, targets).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), params.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        stats.fr_steps += 1
+        stats.fr_seconds += time.perf_counter() - start
+        stats.loss += loss.item()
+        return x, labels
+
+    def policy_due(self) -> bool:
+        """Whether the policy plays after the step just done (every ``n_fr`` steps, once the game is on)."""
+        return self.game_on and (self.state.step + 1) % self.params.n_fr == 0
+
+    def policy_turn(self, x: Tensor, labels: Tensor) -> None:
+        """The policy's turn on the same batch: FR frozen, ``n_pi`` REINFORCE steps."""
+        stats, start = self.state.stats, time.perf_counter()
+        self.net.eval()
+        for _ in range(self.params.n_pi):
+            step = self.game.policy_step(x, labels, self.progress, self.generator, lambda xs, ls, ws: self.net(xs, ls, ws))
+            _average_gradients(self.game.policy, self.world)  # keeps the ranks' policies equal
+            stats.add_policy_step(step)
+        self.net.train()
+        stats.policy_steps += self.params.n_pi
+        stats.policy_seconds += time.perf_counter() - start
+
+    def end_epoch(self, epoch: int, val_set: FaceSet) -> dict:
+        """Validation accuracy, the dual step of the game, the epoch's log row; the next epoch starts."""
+        val_accuracy = closed_set_accuracy(self.encoder, self.net, val_set, self.device)
+        game = self.game
+        game_on = self.game_on_at(self.position(epoch, self.steps_per_epoch - 1))  # as at the epoch's last step
+        nu = game.end_epoch(val_accuracy) if game is not None and game_on else (game.dual.value if game is not None else None)
+        row = self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], game, nu)
+        self.state.history.append(row)
+        self.state = TrainState(epoch + 1, 0, self.state.step, self.state.history)
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        """Everything needed to resume (tensors and plain containers)."""
+        return {
+            **self.state.to_state(),
+            "params": plain_dict(dataclasses.asdict(self.params)),
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "game": self.game.state_dict() if self.game is not None else {},
+            "rng": rng_state(self.generator),
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write the checkpoint (rank 0 only)."""
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_state(), path)
+
+    def restore(self, saved: dict, path: Path) -> None:
+        """Continue from a checkpoint written with the same parameters.
+
+        Raises:
+            ValueError: the checkpoint was written with other ``train`` parameters.
+        """
+        if saved["params"] != plain_dict(dataclasses.asdict(self.params)):
+            raise ValueError(f"{path} was written with other train parameters; use another folder or drop --resume")
+        self.net.load_state_dict(saved["net"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.game is not None:
+            self.game.load_state_dict(saved["game"])
+        restore_rng_state(saved["rng"], self.generator)
+        self.state = TrainState.from_state(saved)
+
+    def model_record(self, spec: dict, num_classes: int) -> ModelRecord:
+        """The trained model as ``model.pt`` holds it."""
+        return ModelRecord(
+            params=self.params,
+            encoder=spec,
+            backbone=self.net.backbone.state_dict(),
+            head=self.net.head.state_dict(),
+            policy=self.game.policy.state_dict() if self.game is not None else {},
+            num_classes=num_classes,
+            input_shape=(self.encoder.channels, self.encoder.size),
+            privacy=self.method.privacy(self),
+        )
