@@ -1,0 +1,141 @@
+"""The package's layers: a module imports only from its own layer or lower ones, anywhere in the file.
+
+Order (low to high): the base modules (params, io, checks, the method registry), then data and
+freq, masker and models, evaluate and metrics, train and methods, attacks, and cli / pipeline.
+Imports inside functions count too, so a cycle cannot hide behind a late import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from fmix_testing import REPO
+
+LAYERS: dict[str, int] = {
+    "fmix": 0,
+    "fmix.checks": 0,
+    "fmix.io": 0,
+    "fmix.params": 0,
+    "fmix.methods.registry": 0,
+    "fmix.data": 1,
+    "fmix.freq": 1,
+    "fmix.masker": 2,
+    "fmix.models": 2,
+    "fmix.evaluate": 3,
+    "fmix.metrics": 3,
+    "fmix.train": 4,
+    "fmix.methods": 4,
+    "fmix.attacks": 5,
+    "fmix.cli": 6,
+    "fmix.pipeline": 6,
+    "fmix.__main__": 6,
+}
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int:
+    """The layer of the most specific entry of ``layers`` that is ``module`` or a package above it.
+
+    Raises:
+        KeyError: no entry covers the module (every module must be placed).
+    """
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in layers and (end == len(parts) or name != parts[0]):
+            return layers[name]
+    raise KeyError(f"module {module} is in no layer; add it to LAYERS")
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str]]:
+    """(line, module) of every import of ``package`` in the file, at any depth (functions included)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == package]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == package:
+            found.append((node.lineno, node.module))
+            # `from fmix import io`: the names may be modules themselves
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names if f"{node.module}.{alias.name}" in _KNOWN]
+    return found
+
+
+_KNOWN: set[str] = set()
+
+
+def layer_violations(root: Path, layers: dict[str, int]) -> list[str]:
+    """Every import of a higher layer by a lower one under the package folder ``root``.
+
+    Args:
+        root: the package folder (e.g. ``fmix/``).
+        layers: module or package name -> layer (0 lowest).
+
+    Returns:
+        One line per violation: ``file:line: module (layer a) imports other (layer b)``.
+    """
+    package = root.name
+    files = sorted(root.rglob("*.py"))
+    _KNOWN.clear()
+    _KNOWN.update(module_name(path, root) for path in files)
+    problems = []
+    for path in files:
+        module = module_name(path, root)
+        own = layer_of(module, layers)
+        for line, imported in imported_modules(ast.parse(path.read_text(encoding="utf-8")), package):
+            if imported == package and own > 0:
+                continue  # the root package (its __version__) is the lowest layer
+            other = layer_of(imported, layers)
+            if other > own:
+                problems.append(f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports {imported} (layer {other})")
+    return problems
+
+
+def test_fmix_respects_its_layers():
+    """Also places every module: an unplaced one raises KeyError."""
+    assert layer_violations(REPO / "fmix", LAYERS) == []
+
+
+def _fake_package(tmp_path: Path, data_source: str) -> Path:
+    root = tmp_path / "fake"
+    for folder in ("data", "train"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "train" / "loop.py").write_text("from fake.data.faces import load\n")
+    (root / "data" / "faces.py").write_text(data_source)
+    return root
+
+
+FAKE_LAYERS = {"fake": 0, "fake.data": 1, "fake.train": 4}
+
+
+def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
+    root = _fake_package(tmp_path, "def load():\n    from fake.train.loop import step  # hidden in a function\n    return step\n")
+    assert layer_violations(root, FAKE_LAYERS) == ["fake/data/faces.py:2: fake.data.faces (layer 1) imports fake.train.loop (layer 4)"]
+
+
+def test_a_module_import_of_a_higher_layer_is_caught(tmp_path):
+    root = _fake_package(tmp_path, "import fake.train.loop\nfrom fake import train\n")
+    assert layer_violations(root, FAKE_LAYERS) == [
+        "fake/data/faces.py:1: fake.data.faces (layer 1) imports fake.train.loop (layer 4)",
+        "fake/data/faces.py:2: fake.data.faces (layer 1) imports fake.train (layer 4)",
+    ]
+
+
+def test_upward_imports_only_are_allowed(tmp_path):
+    root = _fake_package(tmp_path, "import numpy\n")
+    assert layer_violations(root, FAKE_LAYERS) == []
+
+
+def test_an_unplaced_module_is_an_error(tmp_path):
+    root = _fake_package(tmp_path, "")
+    (root / "extra.py").write_text("")
+    with pytest.raises(KeyError, match="module fake.extra is in no layer; add it to LAYERS"):
+        layer_violations(root, FAKE_LAYERS)
