@@ -14,15 +14,14 @@ Needs data/aligned, data/splits and the trained runs (ppfrfd, mixup_2, mixup_6, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from fmix.attacks.run import AttackRun, attack_method, invert_model
-from fmix.masker.export import export_masker
-from fmix.params import ExportParams, load_section
+from fmix.attacks.run import invert_model
+from fmix.params import AttackParams, ExportParams, load_section
+from fmix.pipeline.protection import attack_protection
 
-METHODS = {"ppfrfd": (None, False), "mixup_2": (2, True), "mixup_6": (6, True), "adaptive": ("policy", True)}
+RUNS = ("ppfrfd", "mixup_2", "mixup_6", "adaptive")  # run folders; each model.pt says its method (fmix.methods)
 
 
 def find_run(roots: list[Path], name: str) -> Path:
@@ -42,23 +41,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--invert-seconds", type=float, default=60.0)
     parser.add_argument("--eval-faces", type=int, default=256)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(RUNS), help="run folders under --runs")
     parser.add_argument("--out", type=Path, default=Path("runs/privacy"))
     args = parser.parse_args()
     export = load_section(ExportParams, args.params, "export")
     rows = []
     for name in args.methods:
-        k, mix = METHODS[name]
         run = find_run(args.runs, name)
         out = args.out / name
-        masker = out / "masker.onnx"
-        if k == "policy":
-            export_masker(None, None, masker, export, policy_model=run / "model.pt")
-        else:
-            export_masker(args.aligned, args.splits / "public.csv", masker, dataclasses.replace(export, k=k or export.k))
-        score_cls = json.loads((run / "evaluate.json").read_text())["verification"]["accuracy_mean"]
-        record = attack_method(masker, args.aligned, args.splits, args.evaluator, out, AttackRun(args.seconds, args.eval_faces, mix),
-                               policy_model=run / "model.pt" if k == "policy" else None, score_cls=score_cls, method=name)
+        attack = AttackParams(seconds=args.seconds, eval_faces=args.eval_faces)
+        record = attack_protection(run / "model.pt", args.aligned, args.splits, args.evaluator, out, export, attack, run / "evaluate.json", name)
+        if record["row"] is None:
+            print(f"{name}: {record['reason']}", flush=True)
+            continue
         inversion = invert_model(run / "model.pt", args.aligned, args.splits, args.evaluator, out, seconds=args.invert_seconds)
         rows.append((name, record, inversion))
         print(f"{name}: {json.dumps(record['row'])}", flush=True)

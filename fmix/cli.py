@@ -285,14 +285,10 @@ def attack_reconstruct(
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
-    from fmix.attacks.run import AttackRun, attack_method
+    from fmix.attacks.run import attack_method
 
     score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
-    from fmix.attacks.reconstruction import AttackConfig
-
-    run = AttackRun(cfg.seconds, cfg.eval_faces, mix, cfg.black_box_k, cfg.seed, judge=cfg.judge)
-    network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
-    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, run, policy, score_cls, method, network, gallery))
+    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery))
     row, white, black = record["row"], record["white"], record["black"]
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
@@ -324,7 +320,7 @@ def attack_unmix(
     from fmix.attacks.reconstruction import AttackConfig
     from fmix.attacks.release import attack_release
 
-    network = AttackConfig(batch_size=cfg.batch_size, seed=cfg.seed)
+    network = AttackConfig.from_params(cfg)
     record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg.seconds, cfg.eval_faces, network, ledger))
     base = record["mix_baseline"]
     typer.echo(

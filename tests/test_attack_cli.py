@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fmix.attacks.run import AttackRun, Evaluator, attack_method, load_protector
+from fmix.attacks.run import Evaluator, attack_method, load_protector
 from fmix.cli import app
 from fmix.params import TrainParams
 from fmix.train.loop import train

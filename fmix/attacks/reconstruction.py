@@ -31,6 +31,7 @@ from fmix.attacks.protectors import ProtectedPairs, Protector
 from fmix.attacks.unet import UNetGenerator
 from fmix.metrics.image import best_constituent_ssim, mix_floor, psnr, ssim_separable
 from fmix.checks import check_float, check_integer, check_tensor
+from fmix.params import AttackParams
 
 GAN_LOSSES = ("lsgan", "bce")
 CLOCKS = ("process", "wall")
@@ -94,6 +95,16 @@ class AttackConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_params(cls, params: AttackParams, **overrides) -> "AttackConfig":
+        """The network settings of the ``attack`` section: its batch size and seed, defaults for the rest.
+
+        Args:
+            params: the ``attack`` section.
+            overrides: further fields to set (e.g. ``device``).
+        """
+        return cls(**{"batch_size": params.batch_size, "seed": params.seed, **overrides})
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,19 +33,8 @@ from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
 from fmix.masker.protect import MixingConfig
 from fmix.metrics import PrivacyRow, best_constituent_ssim
+from fmix.params import AttackParams
 from fmix.data.faces import FaceSet, load_face_set
-
-
-@dataclass(frozen=True)
-class AttackRun:
-    """What to attack and how hard."""
-
-    seconds: float = 90.0  # CPU seconds of inversion-network training per attacker
-    eval_faces: int = 256  # private faces attacked
-    mix: bool = True  # protect the private faces with mixing (training data) or mask only
-    black_box_k: int = 2  # the black-box attacker's guess of k
-    seed: int = 0
-    judge: str = "dlib"  # headline identity judge of S2/S4 (fmix.attacks.identity.JUDGES)
 
 
 def spread_subset(faces: FaceSet, count: int) -> FaceSet:
@@ -76,12 +64,13 @@ def attack_method(
     splits: str | Path,
     evaluator_path: str | Path,
     out_dir: str | Path,
-    run: AttackRun,
+    params: AttackParams,
+    mix: bool = True,
     policy_model: str | Path | None = None,
     score_cls: float | None = None,
     method: str = "",
-    attack: AttackConfig | None = None,
     gallery_file: str | Path | None = None,
+    network: AttackConfig | None = None,
 ) -> dict:
     """Measure the privacy of one protection method; writes ``privacy.json`` and PNG grids.
 
@@ -91,29 +80,28 @@ def attack_method(
         splits: output folder of ``fmix split``.
         evaluator_path: ``model.pt`` of the evaluator (``fmix train --method none``, another seed).
         out_dir: destination of ``privacy.json`` and the grids.
-        run: budgets and choices.
+        params: the ``attack`` section (budget, faces, black-box k, seed, judge, batch size).
+        mix: protect the private faces with mixing (training data) or mask only.
         policy_model: the adaptive model, when the masker holds a trained policy.
         score_cls: the method's verification accuracy, for the report row.
         method: the method's name, for the report row.
-        attack: inversion-network settings (default :class:`AttackConfig` with ``run.seed``).
         gallery_file: the dlib judge's gallery from ``fmix attack gallery`` (None: embed it here).
+        network: inversion-network settings (default: :meth:`AttackConfig.from_params`).
 
     Returns:
         The privacy record.
     """
     out_dir, splits = Path(out_dir), Path(splits)
-    attack = attack or AttackConfig(seed=run.seed)
-    if run.judge not in JUDGES:
-        raise ValueError(f"attack judge must be one of {JUDGES}, got {run.judge!r}")
-    protector, metadata = load_protector(masker_path, policy_model, run.mix)
+    attack = network or AttackConfig.from_params(params)
+    protector, metadata = load_protector(masker_path, policy_model, mix)
     evaluator = Evaluator(evaluator_path)
     public = load_face_set(aligned, splits / "public.csv")
     gallery = load_face_set(aligned, splits / "private_train.csv")
-    private = spread_subset(gallery, run.eval_faces)
-    scorer = IdentityScorer(run.judge, evaluator, gallery, gallery_file=gallery_file)
+    private = spread_subset(gallery, params.eval_faces)
+    scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
-    pairs = protector(originals, private.labels, torch.Generator().manual_seed(run.seed + 1))
+    pairs = protector(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
     constituents, valid = constituents_of(originals, pairs)
     labels = private.labels[pairs.partners]
     gallery_index = {path: i for i, path in enumerate(gallery.paths)}
@@ -122,12 +110,12 @@ def attack_method(
     visual = protected_to_image(pairs.x, protector.masker.mask, upsample)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, labels, valid, sources)
-    record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": run.mix, "judge": run.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    attackers = {"white": protector, "black": surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], run.black_box_k if run.mix else None)}
+    record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": mix, "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
+    attackers = {"white": protector, "black": surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], params.black_box_k if mix else None)}
     recon_white = None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()
-        fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=run.seconds)
+        fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=params.seconds)
         recon = fitted.invert(pairs.x)
         scores = evaluate_reconstruction(recon, constituents, valid, mean_face).summary()
         cpu_seconds = time.process_time() - start
@@ -139,7 +127,7 @@ def attack_method(
     record["chance_top1"] = s2["chance_top1"]
     row = PrivacyRow(method, s1, s2["top1"], record["white"]["S3"], record["white"]["S4"], record["white"]["psnr"], record["white"]["top5"], record["free_floor"], score_cls)
     record["row"] = row.to_dict()
-    if run.judge != "evaluator":  # the same row judged by the RGB evaluator, for comparison with earlier runs
+    if params.judge != "evaluator":  # the same row judged by the RGB evaluator, for comparison with earlier runs
         rgb_s2, rgb_s4 = s2["by_judge"]["evaluator"], record["white"]["S4_by_judge"]["evaluator"]
         record["row_evaluator"] = PrivacyRow(method, s1, rgb_s2["top1"], record["white"]["S3"], rgb_s4["top1"], record["white"]["psnr"], rgb_s4["top5"], record["free_floor"], score_cls).to_dict()
     heaviest = pairs.heaviest()

@@ -13,8 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fmix.attacks.reconstruction import AttackConfig
-from fmix.attacks.run import AttackRun, attack_method
+from fmix.attacks.run import attack_method
 from fmix.io import write_json_atomic
 from fmix.masker.export import export_masker
 from fmix.methods import get_method
@@ -69,8 +68,5 @@ def attack_protection(
             raise ValueError(f"the model mixes k={k}, which is not in export.k_values={list(export.k_values)}")
         export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=export.k if k is None else k))
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
-    mixed = method.protection == "mixed"
-    run = AttackRun(attack.seconds, attack.eval_faces, mixed, attack.black_box_k, attack.seed, attack.judge)
-    network = AttackConfig(batch_size=attack.batch_size, seed=attack.seed)
     policy = model if method.learns_policy else None
-    return attack_method(masker, aligned, splits, evaluator, out_dir, run, policy, score_cls, name or method.name, network, gallery_file)
+    return attack_method(masker, aligned, splits, evaluator, out_dir, attack, method.protection == "mixed", policy, score_cls, name or method.name, gallery_file)
