@@ -146,9 +146,10 @@ def export(
 ) -> None:
     """Build the masker (block DCT, channel masking, public-data normalisation, k policy) and export it to ONNX."""
     cfg = _load("ExportParams", params, "export", k=k, upsample=upsample)
+    mixing = _load("MixingParams", params, "mixing")
     from fmix.masker.export import export_masker
 
-    summary = _run(lambda: export_masker(aligned, public, out, cfg, policy_model=policy))
+    summary = _run(lambda: export_masker(aligned, public, out, cfg, policy_model=policy, mixing=mixing))
     typer.echo(
         f"masker: {summary['kept_channels']} of 192 channels kept, {summary['map_size']}x{summary['map_size']} maps, "
         + (f"statistics from {summary['public_faces_for_stats']} public faces" if policy is None else f"masking and policy of {policy}")
@@ -213,9 +214,10 @@ def train(
     entry = _sweep_entry(params, sweep) if sweep else {}
     options = {key: value for key, value in dict(method=method, k=k, epochs=epochs, seed=seed).items() if value is not None}
     cfg = _load("TrainParams", params, "train", **{**entry, **options})
+    mixing = _load("MixingParams", params, "mixing")
     from fmix.train.loop import train as run_training
 
-    summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet))
+    summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing))
     typer.echo(
         f"trained {summary['method']} on {summary['training_faces']} faces of {summary['identities']} identities: "
         f"validation accuracy {summary['val_accuracy']:.3f}, mean k {summary['final_mean_k']}"

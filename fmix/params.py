@@ -85,19 +85,16 @@ class SplitParams:
 
 @dataclasses.dataclass(frozen=True)
 class ExportParams:
-    """The masker (``fmix export``): transform, channel masking, normalisation, k policy, mixing."""
+    """The masker (``fmix export``): transform, channel masking, normalisation and the fixed k policy.
+
+    How the masker's samples are mixed is the ``mixing`` section (:class:`MixingParams`).
+    """
 
     upsample: int = 1  # bilinear factor before the block DCT: 1 -> 14x14 maps, 8 -> 112x112 (the family's)
     low_freq_threshold: int | None = 2  # drop channels with p + q <= t in every colour plane
     drop: tuple[int, ...] = ()  # further channels to drop
     keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels (PPFR-FD: 36)
-    permute_channels: bool = False  # per-sample random channel permutation
-    k: int = 2  # fixed-k policy (until a trained strategy network is given)
-    k_values: tuple[int, ...] = (2, 3, 4, 5, 6)
-    weight_law: str = "dirichlet"  # or "instahide"
-    cap: float | None = 0.65  # largest mixing weight
-    sign_flip: bool = False  # random +-1 per coefficient after mixing (InstaHide)
-    mix_rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
+    k: int = 2  # fixed-k policy (until a trained strategy network is given); one of mixing.k_values
     stats_images: int = 2000  # public faces used for channel statistics
     opset: int = 18
 
@@ -105,13 +102,46 @@ class ExportParams:
         _require(self.upsample in (1, 2, 4, 8), f"export.upsample must be 1, 2, 4 or 8, got {self.upsample}")
         _require(self.low_freq_threshold is None or self.low_freq_threshold >= 0, "export.low_freq_threshold must be >= 0 or null")
         _require(self.keep_lowest_energy is None or self.keep_lowest_energy >= 1, "export.keep_lowest_energy must be >= 1 or null")
-        _require(len(self.k_values) >= 1 and min(self.k_values) >= 1, "export.k_values must be a non-empty list of k >= 1")
-        _require(list(self.k_values) == sorted(set(self.k_values)), "export.k_values must be increasing without repeats")
-        _require(self.k in self.k_values, f"export.k={self.k} must be one of export.k_values={list(self.k_values)}")
-        _require(self.weight_law in ("dirichlet", "instahide"), f"export.weight_law must be 'dirichlet' or 'instahide', got {self.weight_law!r}")
-        _require(self.cap is None or 0 < self.cap <= 1, "export.cap must be in (0, 1] or null")
+        _require(self.k >= 1, "export.k must be >= 1")
         _require(self.stats_images >= 1, "export.stats_images must be >= 1")
         _require(self.opset >= 17, "export.opset must be >= 17")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixingParams:
+    """How protected samples are mixed, everywhere: training, the exported masker (``fmix mask``) and the attacks."""
+
+    k_values: tuple[int, ...] = (2, 3, 4, 5, 6)  # the k a mix may have (the adaptive policy's actions); k_max = the largest
+    weight_law: str = "dirichlet"  # or "instahide" (|N(0, 1)| normalised)
+    cap: float | None = 0.65  # largest mixing weight
+    sign_flip: bool = False  # random +-1 per coefficient after mixing (InstaHide)
+    permute_channels: bool = False  # per-sample random channel permutation before mixing (PPFR-FD)
+    rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
+
+    def __post_init__(self) -> None:
+        _require(len(self.k_values) >= 1 and min(self.k_values) >= 1, "mixing.k_values must be a non-empty list of k >= 1")
+        _require(list(self.k_values) == sorted(set(self.k_values)), "mixing.k_values must be increasing without repeats")
+        _require(self.weight_law in ("dirichlet", "instahide"), f"mixing.weight_law must be 'dirichlet' or 'instahide', got {self.weight_law!r}")
+        _require(self.cap is None or 0 < self.cap <= 1, "mixing.cap must be in (0, 1] or null")
+        problem = cap_problem(self.cap, self.k_values)
+        _require(problem is None, problem or "")
+
+
+def cap_problem(cap: float | None, k_values: tuple[int, ...]) -> str | None:
+    """Why no mix of the smallest k can meet ``cap`` (k weights summing to 1 need ``cap * k >= 1``), or None.
+
+    Args:
+        cap: ``mixing.cap``, the largest mixing weight (None: no cap).
+        k_values: the k a mix may have (k = 1 does not mix).
+
+    Returns:
+        The message, or None when the cap is feasible.
+    """
+    mixed = [k for k in k_values if k >= 2]
+    if cap is None or not mixed or cap * min(mixed) >= 1.0 - 1e-9:
+        return None
+    smallest = min(mixed)
+    return f"mixing.cap={cap} is infeasible for the smallest k={smallest}: {smallest} weights summing to 1 cannot all be <= {cap} (need mixing.cap >= {1.0 / smallest:.4g})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +184,6 @@ class TrainParams:
     clip_grad: float = 5.0
     flip: bool = True  # random horizontal flips of the aligned faces
     recalibrate_bn: bool = True  # re-estimate BN statistics on un-mixed faces after training
-    mix_law: str = "dirichlet"
-    mix_cap: float | None = 0.65
-    mix_rescale: bool = True  # variance-preserving mixes (else the test faces' scale differs from training's)
     policy_lr: float = 0.002
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
     policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
@@ -255,6 +282,7 @@ SECTIONS: dict[str, type] = {
     "split": SplitParams,
     "export": ExportParams,
     "mask": MaskParams,
+    "mixing": MixingParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "evaluator": EvaluatorParams,

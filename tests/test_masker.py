@@ -12,7 +12,7 @@ from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample
 from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
-from fmix.masker.protect import MixingConfig, protect_batch
+from fmix.masker.protection import MixingConfig, protect_batch
 from fmix.params import AlignParams, ExportParams, MaskParams
 
 

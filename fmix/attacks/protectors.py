@@ -5,7 +5,8 @@ batch of public faces and says which faces of the batch each sample was made of,
 attack can train toward the heaviest constituent of a mix.
 
 - White-box: :class:`MaskerProtector` with the real masker (transform, masking, normalisation,
-  policy) and the real :class:`~fmix.masker.protect.MixingConfig`.
+  policy) and the real :class:`~fmix.masker.protection.MixingConfig`, through the owner's
+  :class:`~fmix.masker.protection.Protection`.
 - Black-box: :func:`surrogate_protector`, a masker built with the default parameters and a
   guessed k from public statistics.
 """
@@ -18,11 +19,11 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from fmix.freq import RunningChannelStats, apply_mixing, random_channel_permutation, sample_mixing
-from fmix.masker.build import build_masker, mixing_config
+from fmix.freq import RunningChannelStats
+from fmix.masker.build import build_masker
 from fmix.masker.module import Masker
-from fmix.masker.protect import MixingConfig
-from fmix.params import ExportParams
+from fmix.masker.protection import MixingConfig, Protection
+from fmix.params import ExportParams, MixingParams
 
 
 class ProtectedPairs(NamedTuple):
@@ -46,11 +47,11 @@ Protector = Callable[[Tensor, Tensor, torch.Generator], ProtectedPairs]
 
 
 class MaskerProtector:
-    """Protect a batch with a masker and (optionally) Frequency MixUp, keeping the partners.
+    """Protect a batch through the owner's :class:`~fmix.masker.protection.Protection`, keeping the partners.
 
-    Draws from ``generator`` in the order of :func:`fmix.masker.protect.protect_batch` (policy
-    noise, channel permutation, then partners, weights and signs), so the same seed gives the
-    same samples as the data owner's ``fmix mask``.
+    Draws from ``generator`` exactly as :meth:`fmix.masker.protection.Protection.protect` (policy
+    noise, channel permutation, then partners, weights and signs), so the same seed gives the same
+    samples as the data owner's protection.
 
     Args:
         masker: the masker; its policy picks k per sample.
@@ -59,31 +60,24 @@ class MaskerProtector:
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255].
         - labels: :math:`(B,)` identity labels (partners prefer other identities).
-        - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, k_{max})`.
+        - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, k_{max})` (:math:`(B, 1)` unmixed).
     """
 
     def __init__(self, masker: Masker, mixing: MixingConfig | None = None) -> None:
         self.masker = masker.eval()
         self.mixing = mixing
+        self.protection = Protection(self.masker, mixing)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
-        batch = images.shape[0]
-        noise = torch.rand(batch, generator=generator)
-        masked, k = self.masker(images, noise)
-        config = self.mixing
-        if config is not None and config.permute_channels:
-            permutation = random_channel_permutation(batch, masked.shape[1], generator)
-            masked = torch.gather(masked, 1, permutation[:, :, None, None].expand_as(masked))
-        if config is None:
-            return ProtectedPairs(masked, torch.arange(batch)[:, None], torch.ones(batch, 1))
-        sign_shape = tuple(masked.shape[1:]) if config.sign_flip else None
-        draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator)
-        mixed = apply_mixing(masked, draw.partners, draw.weights, draw.sign, config.rescale)
-        return ProtectedPairs(mixed, draw.partners, draw.weights)
+        if self.mixing is None:
+            masked, _ = self.protection.mask(images, generator)
+            return ProtectedPairs(masked, torch.arange(images.shape[0])[:, None], torch.ones(images.shape[0], 1))
+        batch = self.protection.protect(images, labels, generator)
+        return ProtectedPairs(batch.x, batch.partners, batch.weights)
 
 
-def surrogate_protector(stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None) -> MaskerProtector:
+def surrogate_protector(stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None, mixing: MixingParams | None = None) -> MaskerProtector:
     """Black-box protector: the default masking algorithm with a guessed k.
 
     Args:
@@ -91,12 +85,14 @@ def surrogate_protector(stats: RunningChannelStats, k: int | None = 2, params: E
             (:func:`fmix.masker.build.public_channel_stats`).
         k: the guessed number of mixed faces, or None to mask without mixing.
         params: the guessed masking parameters (default: :class:`~fmix.params.ExportParams`).
+        mixing: the guessed mixing (default: :class:`~fmix.params.MixingParams`).
 
     Returns:
         The protector.
     """
-    params = params or ExportParams()
+    params, mixing = params or ExportParams(), mixing or MixingParams()
     if k is not None:
-        params = dataclasses.replace(params, k=k, k_values=tuple(sorted(set(params.k_values) | {k})))
-    masker = build_masker(params, stats)
-    return MaskerProtector(masker, mixing_config(params) if k is not None and k > 1 else None)
+        params = dataclasses.replace(params, k=k)
+        mixing = dataclasses.replace(mixing, k_values=tuple(sorted(set(mixing.k_values) | {k})))
+    masker = build_masker(params, stats, mixing)
+    return MaskerProtector(masker, MixingConfig.from_params(mixing) if k is not None and k > 1 else None)

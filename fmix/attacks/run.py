@@ -31,7 +31,7 @@ from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, cons
 from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
-from fmix.masker.protect import MixingConfig
+from fmix.masker.protection import Protection
 from fmix.metrics import PrivacyRow, best_constituent_ssim
 from fmix.params import AttackParams
 from fmix.data.faces import FaceSet, load_face_set
@@ -54,8 +54,7 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
         masker = masker_with_trained_policy(policy_model)
     else:
         masker = masker_from_metadata(metadata)
-    mixing = MixingConfig(**json.loads(metadata["mixing"])) if mix else None
-    return MaskerProtector(masker, mixing), metadata
+    return MaskerProtector(masker, Protection.from_metadata(metadata, masker, mix).mixing), metadata
 
 
 def attack_method(

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from fmix.freq import random_channel_permutation, sample_mixing
-from fmix.masker.protect import MixingConfig
+from fmix.masker.protection import MixingConfig
 
 SEED_GUESSES = 16  # seeds an attacker tries when the release records none: 0 .. 15
 WEIGHT_TOLERANCE = 0.0051  # published weights have 2 decimals (6 in an --insecure-reuse release)
@@ -104,7 +104,7 @@ def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SE
 
     For every seed tried (the recorded one, else ``0 .. guesses - 1``) and shard, the generator
     ``seed * 1_000_003 + shard`` is replayed in the order of
-    :func:`fmix.masker.protect.protect_batch` (policy noise, permutation, partners, weights,
+    :meth:`fmix.masker.protection.Protection.protect` (policy noise, permutation, partners, weights,
     signs), with each row's first published label as its anchor's and the number of its
     weights as its k. A shard whose regenerated labels and weights equal the published ones is
     solved: ``x = W m`` with the regenerated ``W``.

@@ -34,7 +34,7 @@ from fmix.data.images import list_identity_folders, write_png_atomic
 from fmix.io import atomic_write, write_json_atomic
 from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
 from fmix.masker.ledger import Ledger, default_ledger_path, file_hash
-from fmix.masker.protect import MixingConfig, protect_batch, protect_groups
+from fmix.masker.protection import Protection
 from fmix.masker.randomness import ReleaseRandomness
 from fmix.params import AlignParams, MaskParams
 
@@ -70,7 +70,8 @@ class OnnxMasker:
             raise ValueError(f"{path} is not an fmix masker: metadata lacks {sorted(missing)}")
         self.input_size = int(self.metadata["input_size"])
         self.upsample = int(self.metadata["upsample"])
-        self.mixing = MixingConfig(**json.loads(self.metadata["mixing"]))
+        self.protection = Protection.from_metadata(self.metadata, self)
+        self.mixing = self.protection.mixing
         shapes = {item.name: item.shape for item in self.session.get_inputs()}
         if shapes.get("images", [None])[1:] != [3, self.input_size, self.input_size] or "policy_noise" not in shapes:
             raise ValueError(f"{path} does not take faces of its metadata's input_size={self.input_size}: its inputs are {shapes}")
@@ -325,11 +326,11 @@ def _protect_shard(shard, batch, in_root, out_root, masker, params, label_of, al
         labels = torch.tensor([label_of[batch[i][1]] for i in loaded])
         images = faces_to_tensor(faces)
         if one_use:
-            protected = protect_groups(masker, images, labels, masker.mixing, generator)
+            protected = masker.protection.protect_groups(images, labels, generator)
             members = [[loaded[m] for m in group[:size]] for group, size in zip(protected.members.tolist(), protected.k.tolist())]
             skipped += [(loaded[i], "left_over", "no face left in its batch to mix it with: not released") for i in protected.leftover.tolist()]
         else:
-            protected = protect_batch(masker, images, labels, masker.mixing, generator, params.mix)
+            protected = masker.protection.protect(images, labels, generator, params.mix)
             members = [[index] for index in loaded]
         samples = protected.x.numpy().astype(dtype)
         for row, sources in enumerate(members):

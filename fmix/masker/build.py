@@ -13,8 +13,8 @@ from fmix import __version__
 from fmix.data.faces import load_faces
 from fmix.freq import NUM_CHANNELS, FrequencyMask, RunningChannelStats, block_dct, select_channels
 from fmix.masker.module import FixedKPolicy, Masker
-from fmix.masker.protect import MixingConfig
-from fmix.params import ExportParams
+from fmix.masker.protection import MixingConfig
+from fmix.params import ExportParams, MixingParams
 
 
 def faces_to_tensor(batch) -> torch.Tensor:
@@ -45,35 +45,51 @@ def public_channel_stats(paths: list[Path], upsample: int, batch_size: int = 128
     return stats, used
 
 
-def params_hash(params: ExportParams) -> str:
-    """Short hash of the masking parameters, stored with the masker."""
-    return hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:16]
+def params_hash(params: ExportParams, mixing: MixingParams | None = None) -> str:
+    """Short hash of the masking and mixing parameters, stored with the masker."""
+    values = {"export": asdict(params), "mixing": asdict(mixing or MixingParams())}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_masker(params: ExportParams, stats: RunningChannelStats) -> Masker:
+def build_masker(params: ExportParams, stats: RunningChannelStats, mixing: MixingParams | None = None) -> Masker:
     """Assemble the masker: channel selection, normalisation by public statistics, fixed-k policy.
 
     Args:
         params: the ``export`` parameters.
         stats: public-face channel statistics (:func:`public_channel_stats`).
+        mixing: the ``mixing`` parameters (the policy's k values; default: the defaults).
 
     Returns:
         The masker in eval mode.
+
+    Raises:
+        ValueError: ``export.k`` is not one of ``mixing.k_values``.
     """
+    k_values = (mixing or MixingParams()).k_values
     energy = stats.energy.float() if params.keep_lowest_energy is not None else None
     kept = select_channels(params.drop, params.low_freq_threshold, params.keep_lowest_energy, energy)
     mean, std = stats.stats(kept)
     mask = FrequencyMask(kept, mean.float(), std.float())
-    policy = FixedKPolicy(params.k, params.k_values)
-    return Masker(mask, params.upsample, policy, params.k_values).eval()
+    policy = FixedKPolicy(params.k, k_values)
+    return Masker(mask, params.upsample, policy, k_values).eval()
 
 
-def mixing_config(params: ExportParams) -> MixingConfig:
-    return MixingConfig(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels, params.mix_rescale)
+def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int | None, mixing: MixingParams | None = None) -> dict[str, str]:
+    """The metadata stored in ``masker.onnx`` (all values JSON strings).
 
+    Args:
+        masker: the masker.
+        params: the ``export`` parameters.
+        input_size: side of the aligned faces.
+        public_faces: faces the statistics came from (None: from a trained model).
+        mixing: the ``mixing`` parameters its samples are mixed with (default: the defaults).
 
-def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int | None) -> dict[str, str]:
-    """The metadata stored in ``masker.onnx`` (all values JSON strings)."""
+    Returns:
+        Key -> JSON string; ``mixing`` is the :class:`~fmix.masker.protection.MixingConfig` (k_max:
+        the masker's largest k).
+    """
+    mixing = mixing or MixingParams()
+    config = MixingConfig.from_params(mixing)
     values = {
         "fmix_version": __version__,
         "input_size": input_size,
@@ -83,9 +99,10 @@ def masker_metadata(masker: Masker, params: ExportParams, input_size: int, publi
         "channel_std": masker.mask.std.tolist(),
         "k_values": masker.k_values.tolist(),
         "policy": f"fixed:{params.k}",
-        "mixing": {**mixing_config(params).to_dict(), "k_max": max(masker.k_values.tolist())},
-        "params_hash": params_hash(params),
+        "mixing": {**config.to_dict(), "k_max": max(masker.k_values.tolist())},
+        "params_hash": params_hash(params, mixing),
         "export_params": asdict(params),
+        "mixing_params": asdict(mixing),
         "public_faces_for_stats": public_faces,
     }
     return {key: json.dumps(value) for key, value in values.items()}

@@ -13,9 +13,9 @@ from fmix.data.faces import read_face_list
 from fmix.io import atomic_write
 from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
 from fmix.masker.module import Masker, StrategyPolicy
-from fmix.models.artifact import load_trained_model
+from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.strategy import StrategyNetwork
-from fmix.params import ExportParams
+from fmix.params import ExportParams, MixingParams, cap_problem
 
 MIN_OPSET = 17  # the oldest opset the masker's operators export to
 INPUT_NAMES = ("images", "policy_noise")
@@ -80,15 +80,15 @@ def check_cap(cap: float | None, k_values: tuple[int, ...]) -> None:
     """Refuse a cap no mix of the smallest k can meet: k weights summing to 1 need ``cap * k >= 1``.
 
     Args:
-        cap: ``export.cap``, the largest mixing weight (None: no cap).
+        cap: ``mixing.cap``, the largest mixing weight (None: no cap).
         k_values: the k the policy can choose (k = 1 does not mix).
+
+    Raises:
+        ValueError: the cap is infeasible.
     """
-    mixed = [k for k in k_values if k >= 2]
-    if cap is not None and mixed and cap * min(mixed) < 1.0 - 1e-9:
-        raise ValueError(
-            f"export.cap={cap} is infeasible for the smallest k={min(mixed)}: {min(mixed)} weights summing to 1 "
-            f"cannot all be <= {cap} (need export.cap >= {1.0 / min(mixed):.4g})"
-        )
+    problem = cap_problem(cap, k_values)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def masker_with_trained_policy(model_path: str | Path) -> Masker:
@@ -107,7 +107,13 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
 
 
 def export_masker(
-    aligned: str | Path, public_csv: str | Path, out_path: str | Path, params: ExportParams, input_size: int = 112, policy_model: str | Path | None = None
+    aligned: str | Path,
+    public_csv: str | Path,
+    out_path: str | Path,
+    params: ExportParams,
+    input_size: int = 112,
+    policy_model: str | Path | None = None,
+    mixing: MixingParams | None = None,
 ) -> dict:
     """Compute public channel statistics, build the masker and export it.
 
@@ -119,22 +125,28 @@ def export_masker(
         params: ``export`` parameters.
         input_size: side of the aligned faces.
         policy_model: a ``model.pt`` trained with the adaptive method: its strategy network becomes
-            the policy, and its masking (channels, statistics) is kept exactly as trained.
+            the policy, and its masking (channels, statistics) and mixing are kept exactly as trained.
+        mixing: the ``mixing`` parameters (default: the defaults); with ``policy_model``, the
+            model's own mixing is used instead.
 
     Returns:
         A summary: channels kept, faces used, file size.
     """
     check_opset(params.opset)
+    mixing = mixing or MixingParams()
     if policy_model is not None:
         masker, used = masker_with_trained_policy(policy_model), None
-        check_cap(params.cap, tuple(masker.k_values.tolist()))
+        mixing = ModelRecord.load(policy_model).mixing  # what the policy was trained with
+        check_cap(mixing.cap, tuple(masker.k_values.tolist()))
     else:
-        check_cap(params.cap, params.k_values)
+        check_cap(mixing.cap, mixing.k_values)
+        if params.k not in mixing.k_values:
+            raise ValueError(f"export.k={params.k} must be one of mixing.k_values={list(mixing.k_values)}")
         rows = read_face_list(public_csv)
         rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
         stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
-        masker = build_masker(params, stats)
-    metadata = masker_metadata(masker, params, input_size, used)
+        masker = build_masker(params, stats, mixing)
+    metadata = masker_metadata(masker, params, input_size, used, mixing)
     if policy_model is not None:
         metadata["policy"] = json.dumps("strategy")
     export_onnx(masker, out_path, metadata, input_size, params.opset)

@@ -2,7 +2,7 @@
 
 Everything deterministic lives here and goes into ``masker.onnx``. The random parts of a
 protected sample (policy draw, channel permutation, partners, weights, signs) come from
-:mod:`fmix.masker.protect`, shared by the torch and the ONNX Runtime paths.
+:mod:`fmix.masker.protection`, shared by the torch and the ONNX Runtime paths.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from fmix.methods.base import K_VALUES, MaskingMethod
+from fmix.masker.protection import Protection
+from fmix.methods.base import MaskingMethod
 from fmix.params import TrainParams
 from fmix.train.game import AdaptiveGame
 
@@ -21,18 +22,18 @@ if TYPE_CHECKING:
 
 class AdaptiveMixup(MaskingMethod):
     name = "adaptive"
-    summary = "masked faces mixed, k in {2..6} chosen per sample by the strategy network"
+    summary = "masked faces mixed, k in mixing.k_values chosen per sample by the strategy network"
     mixes = True
     protection = "mixed"
     learns_policy = True
 
-    def build_game(self, channels: int, params: TrainParams) -> AdaptiveGame:
-        return AdaptiveGame(channels, K_VALUES, params)
+    def build_game(self, channels: int, params: TrainParams, protection: Protection) -> AdaptiveGame:
+        return AdaptiveGame(channels, protection.k_values, params, protection)
 
     def choose_k(self, trainer: "Trainer", x: Tensor, game_on: bool) -> Tensor | int:
         if game_on:
             return trainer.game.choose_k(x, trainer.progress, trainer.generator)
-        return min(K_VALUES)  # FR warm-up: the mildest mixing, so the FR network starts learning
+        return min(trainer.protection.k_values)  # FR warm-up: the mildest mixing, so the FR network starts learning
 
 
 METHOD = AdaptiveMixup()

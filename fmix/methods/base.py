@@ -14,17 +14,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from fmix.freq import MixedBatch, frequency_mixup
 from fmix.masker.build import masker_from_metadata, read_masker_metadata
-from fmix.models import DEFAULT_K_VALUES
+from fmix.masker.protection import MixingConfig, ProtectedBatch, Protection
 from fmix.models.encoders import FrequencyEncoder, RgbEncoder, encoder_spec
-from fmix.params import TrainParams
+from fmix.params import MixingParams, TrainParams
 
 if TYPE_CHECKING:  # the trainer calls the hooks; methods never import it at run time
     from fmix.train.trainer import Trainer
 
-K_VALUES = DEFAULT_K_VALUES  # the k a mix may have (the adaptive policy's actions)
-K_MAX = max(K_VALUES)
 PROTECTIONS = ("masked", "mixed")
 
 
@@ -68,20 +65,33 @@ class Method:
         """The encoder (images in [0, 255] -> network inputs) and its spec for ``model.pt``."""
         return RgbEncoder(), encoder_spec(self.name, None)
 
-    def check(self, params: TrainParams, world: int) -> None:
+    def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
         """Refuse parameters the method cannot train with (default: all accepted).
 
         Args:
             params: the ``train`` parameters.
+            mixing: the method's mixing (:meth:`mixing`).
             world: number of training processes.
         """
+
+    def mixing(self, mixing: MixingParams, params: TrainParams) -> MixingParams:
+        """The mixing this method trains with, from the ``mixing`` section (default: the section as is)."""
+        return mixing
+
+    def build_protection(self, mixing: MixingParams) -> Protection | None:
+        """How training protects the encoded faces (None: not at all, the method has no masker).
+
+        The default: a :class:`~fmix.masker.protection.Protection` without a graph (the encoder
+        masks), with the ``mixing`` section's configuration (channel permutation, weights, signs).
+        """
+        return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.protection is not None else None
 
     def masker_k(self, params: TrainParams) -> int | None:
         """The fixed k of an exported masker that protects as this method trained (None: ``export.k``)."""
         return None
 
     # ------------------------------------------------------------------ mixing
-    def build_game(self, channels: int, params: TrainParams) -> Any:
+    def build_game(self, channels: int, params: TrainParams, protection: Protection) -> Any:
         """The adversarial game that picks k (None: k is fixed)."""
         return None
 
@@ -89,10 +99,9 @@ class Method:
         """k of each sample of an FR step (only called for mixing methods)."""
         raise NotImplementedError(f"method {self.name!r} does not mix")
 
-    def mix(self, trainer: "Trainer", x: Tensor, labels: Tensor, k: Tensor | int) -> MixedBatch:
-        """Mix a batch of encoded faces (default: Frequency MixUp with the ``train.mix_*`` settings)."""
-        params = trainer.params
-        return frequency_mixup(x, labels, k, K_MAX, params.mix_law, params.mix_cap, generator=trainer.generator, rescale=params.mix_rescale)
+    def mix(self, trainer: "Trainer", x: Tensor, labels: Tensor, k: Tensor | int) -> ProtectedBatch:
+        """Mix a batch of encoded faces (default: the trainer's protection, i.e. the ``mixing`` section)."""
+        return trainer.protection.protect_encoded(x, labels, k, trainer.generator)
 
     # ------------------------------------------------------------------ training hooks
     def setup(self, trainer: "Trainer") -> None:

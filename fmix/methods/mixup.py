@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from fmix.methods.base import K_MAX, MaskingMethod
-from fmix.params import TrainParams
+from fmix.methods.base import MaskingMethod
+from fmix.params import MixingParams, TrainParams
 
 if TYPE_CHECKING:
     from fmix.train.trainer import Trainer
@@ -19,9 +19,9 @@ class FixedKMixup(MaskingMethod):
     mixes = True
     protection = "mixed"
 
-    def check(self, params: TrainParams, world: int) -> None:
-        if params.k > K_MAX:
-            raise ValueError(f"method 'mixup' mixes at most {K_MAX} faces, got train.k={params.k}")
+    def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
+        if params.k > max(mixing.k_values):
+            raise ValueError(f"method 'mixup' mixes at most max(mixing.k_values)={max(mixing.k_values)} faces, got train.k={params.k}")
 
     def masker_k(self, params: TrainParams) -> int:
         return params.k

@@ -9,6 +9,8 @@ tensors and plain containers only (loaded with ``weights_only=True``):
 - ``backbone``, ``head``: state dicts of the FR network;
 - ``policy``: the strategy network's state dict (empty unless the method learns a k policy);
 - ``num_classes``, ``input``: training identities, and ``[channels, side]`` of the encoder's output;
+- ``mixing`` (optional): the ``mixing`` section training mixed with (after the method's own
+  settings; ``fmix export --policy`` exports it with the policy);
 - ``privacy`` (optional): what the method reports about its privacy budget (e.g. epsilon).
 """
 
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from fmix.models.checkpoint import load_checkpoint, save_checkpoint
 from fmix.models.encoders import encoder_from_spec
 from fmix.models.frnet import build_net
-from fmix.params import TrainParams, plain_dict, section_from_mapping
+from fmix.params import MixingParams, TrainParams, plain_dict, section_from_mapping
 
 # What `fmix train` saves in model.pt (``privacy`` is optional).
 MODEL_KEYS = ("params", "encoder", "backbone", "head", "policy", "num_classes", "input")
@@ -41,6 +43,7 @@ class ModelRecord:
         policy: the strategy network's state dict (empty without a learned k policy).
         num_classes: training identities.
         input_shape: (channels, side) of the encoder's output.
+        mixing: the mixing training used (defaults for a model saved before the ``mixing`` section).
         privacy: the method's privacy accounting (empty when it defines none).
     """
 
@@ -51,6 +54,7 @@ class ModelRecord:
     policy: dict
     num_classes: int
     input_shape: tuple[int, int]
+    mixing: MixingParams = dataclasses.field(default_factory=MixingParams)
     privacy: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -68,6 +72,7 @@ class ModelRecord:
             "policy": self.policy,
             "num_classes": self.num_classes,
             "input": list(self.input_shape),
+            "mixing": plain_dict(dataclasses.asdict(self.mixing)),
             "privacy": self.privacy,
         }
 
@@ -96,18 +101,29 @@ class ModelRecord:
             raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
         try:
             channels, size = state["input"]
+            params, mixing = _legacy_mixing(dict(state["params"]), state.get("mixing"))
             return cls(
-                params=section_from_mapping(TrainParams, state["params"], "train"),
+                params=section_from_mapping(TrainParams, params, "train"),
                 encoder=state["encoder"],
                 backbone=state["backbone"],
                 head=state["head"],
                 policy=state["policy"],
                 num_classes=int(state["num_classes"]),
                 input_shape=(int(channels), int(size)),
+                mixing=section_from_mapping(MixingParams, mixing, "mixing"),
                 privacy=state.get("privacy") or {},
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
+
+
+LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": "rescale"}
+
+
+def _legacy_mixing(params: dict, mixing: dict | None) -> tuple[dict, dict]:
+    """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it over."""
+    legacy = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
+    return params, mixing if mixing is not None else legacy
 
 
 class TrainedModel(nn.Module):

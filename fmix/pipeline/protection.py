@@ -41,7 +41,8 @@ def attack_protection(
         splits: output folder of ``fmix split``.
         evaluator: ``model.pt`` of ``fmix evaluator``.
         out_dir: destination of ``masker.onnx``, ``privacy.json`` and the grids.
-        export: the ``export`` section (the masking the model was trained with).
+        export: the ``export`` section (the masking the model was trained with; the mixing is the
+            model's own, as ``model.pt`` records it).
         attack: the ``attack`` section.
         metrics: the model's verification JSON (Score_cls).
         name: the sweep entry, for the report.
@@ -53,7 +54,8 @@ def attack_protection(
     model, out_dir, splits = Path(model), Path(out_dir), Path(splits)
     if not model.is_file():
         raise FileNotFoundError(f"trained model not found: {model}")
-    trained = ModelRecord.load(model, "cpu").params
+    record = ModelRecord.load(model, "cpu")
+    trained, mixing = record.params, record.mixing
     method = get_method(trained.method)
     if method.protection is None:
         record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack (it trains on {method.summary})"}
@@ -64,9 +66,9 @@ def attack_protection(
         export_masker(aligned, splits / "public.csv", masker, export, policy_model=model)
     else:
         k = method.masker_k(trained)
-        if k is not None and k not in export.k_values:
-            raise ValueError(f"the model mixes k={k}, which is not in export.k_values={list(export.k_values)}")
-        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=export.k if k is None else k))
+        if k is not None and k not in mixing.k_values:
+            raise ValueError(f"the model mixes k={k}, which is not in its mixing.k_values={list(mixing.k_values)}")
+        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=export.k if k is None else k), mixing=mixing)
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
     policy = model if method.learns_policy else None
     return attack_method(masker, aligned, splits, evaluator, out_dir, attack, method.protection == "mixed", policy, score_cls, name or method.name, gallery_file)

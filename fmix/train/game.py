@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from fmix.freq import frequency_mixup
+from fmix.masker.protection import MixingConfig, Protection
 from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, effective_reward, policy_loss
 from fmix.params import TrainParams
 
@@ -24,17 +24,18 @@ class AdaptiveGame:
     Args:
         in_channels: channels of the masked anchors.
         k_values: the policy's actions.
-        params: training parameters (policy lr, entropy weight, baseline momentum, floor, dual lr,
-            mixing law and cap).
+        params: training parameters (policy lr, entropy weight, baseline momentum, floor, dual lr).
+        protection: how the policy's k are mixed (the trainer's; default: the ``mixing`` defaults
+            with ``k_max = max(k_values)``).
     """
 
-    def __init__(self, in_channels: int, k_values: tuple[int, ...], params: TrainParams) -> None:
+    def __init__(self, in_channels: int, k_values: tuple[int, ...], params: TrainParams, protection: Protection | None = None) -> None:
         self.policy = StrategyNetwork(in_channels, k_values)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
         self.params = params
-        self.k_max = max(k_values)
+        self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
 
     def to(self, device: torch.device) -> "AdaptiveGame":
         self.policy.to(device)
@@ -59,9 +60,7 @@ class AdaptiveGame:
             Statistics of the step (mean reward, mean k, entropy).
         """
         k, log_prob, entropy = self.policy.sample(anchors, progress, generator)
-        mixed = frequency_mixup(
-            anchors, labels, k, self.k_max, self.params.mix_law, self.params.mix_cap, generator=generator, rescale=self.params.mix_rescale
-        )
+        mixed = self.protection.protect_encoded(anchors, labels, k, generator)
         with torch.no_grad():
             reward = loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
             unmixed_loss = loss_fn(anchors, labels[:, None], torch.ones_like(labels[:, None], dtype=anchors.dtype)).float()

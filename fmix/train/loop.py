@@ -25,7 +25,7 @@ from fmix.io import atomic_write, write_json_atomic
 from fmix.methods import get_method
 from fmix.methods.base import TrainInputs
 from fmix.models.frnet import FRNet, build_net
-from fmix.params import TrainParams
+from fmix.params import MixingParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint
 from fmix.train.teacher import load_teacher_targets
 from fmix.train.trainer import Trainer, lr_factor
@@ -75,6 +75,7 @@ def train(
     max_steps: int | None = None,
     progress: bool = True,
     teacher: str | Path | None = None,
+    mixing: MixingParams | None = None,
 ) -> dict:
     """Train an FR network with one protection method; resumable from ``out_dir/checkpoint.pt``.
 
@@ -89,13 +90,13 @@ def train(
         progress: show a progress bar.
         teacher: ``gallery.npz`` of ``fmix attack gallery`` (the dlib descriptors of the clean
             training faces); required when ``params.distill_weight > 0``.
+        mixing: the ``mixing`` section (default: its defaults); the method may change it.
 
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
     """
     method = get_method(params.method)
     rank, world = _distributed()
-    method.check(params, world)
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(params.threads)
     torch.manual_seed(params.seed)
@@ -110,7 +111,7 @@ def train(
     encoder = encoder.to(device)
     num_classes = int(train_set.labels.max()) + 1
     net = build_net(params, encoder.channels, encoder.size, num_classes).to(device)
-    trainer = Trainer(params, method, encoder, net, train_set, device, rank, world, teacher_targets)
+    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world, teacher_targets)
 
     checkpoint_path = out_dir / "checkpoint.pt"
     if resume and checkpoint_path.exists():
@@ -170,6 +171,7 @@ def _summary(params: TrainParams, history: list[dict], final_val: float, recalib
     }
     if privacy:
         summary["privacy"] = privacy
+        summary["epsilon"] = privacy.get("epsilon")  # the report's column
     return summary
 
 

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 
 from fmix.data.faces import FaceSet
 from fmix.evaluate.closed_set import closed_set_accuracy
-from fmix.methods.base import K_VALUES, Method
+from fmix.methods.base import Method
 from fmix.models.artifact import ModelRecord
 from fmix.models.frnet import FRNet
-from fmix.params import TrainParams, plain_dict
+from fmix.params import MixingParams, TrainParams, plain_dict
 from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
 from fmix.train.game import k_histogram, mutual_information
@@ -72,12 +72,12 @@ class EpochStats:
     def from_state(cls, state: dict) -> "EpochStats":
         return cls(**{**state, "k": {int(k): int(n) for k, n in state["k"].items()}})
 
-    def row(self, epoch: int, val_accuracy: float, lr: float, game: Any, nu: float | None) -> dict:
-        """The epoch's line of ``train_log.jsonl``."""
+    def row(self, epoch: int, val_accuracy: float, lr: float, k_values: tuple[int, ...], game: Any, nu: float | None) -> dict:
+        """The epoch's line of ``train_log.jsonl`` (``k_values``: the histogram's columns)."""
         fr, pi = max(1, self.fr_steps), self.policy_steps
         row = {"epoch": epoch, "loss": self.loss / fr, "val_accuracy": val_accuracy, "lr": lr, "fr_steps": self.fr_steps, "seconds_per_fr_step": self.fr_seconds / fr}
         if self.k:
-            row["k_histogram"] = k_histogram(self.k, K_VALUES)
+            row["k_histogram"] = k_histogram(self.k, k_values)
             row["mean_k"] = sum(k * n for k, n in self.k.items()) / sum(self.k.values())
         if game is not None:
             row.update(
@@ -133,6 +133,7 @@ class Trainer:
     Args:
         params: the ``train`` parameters.
         method: the protection method.
+        mixing: the ``mixing`` section (the method may change it: :meth:`~fmix.methods.base.Method.mixing`).
         encoder: images -> network inputs (the method's; frozen).
         net: the FR network.
         train_set: the private training faces.
@@ -146,6 +147,7 @@ class Trainer:
         self,
         params: TrainParams,
         method: Method,
+        mixing: MixingParams,
         encoder: nn.Module,
         net: FRNet,
         train_set: FaceSet,
@@ -155,6 +157,9 @@ class Trainer:
         teacher_targets: Tensor | None = None,
     ) -> None:
         self.params, self.method, self.encoder, self.net = params, method, encoder, net
+        self.mixing = method.mixing(mixing, params)
+        method.check(params, self.mixing, world)
+        self.protection = method.build_protection(self.mixing)
         self.train_set, self.device, self.rank, self.world, self.teacher_targets = train_set, device, rank, world, teacher_targets
         self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
         self.optimizer: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
@@ -164,7 +169,7 @@ class Trainer:
         self.total_steps = params.epochs * self.steps_per_epoch
         warmup = int(params.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule))
-        self.game = method.build_game(encoder.channels, params)
+        self.game = method.build_game(encoder.channels, params, self.protection)
         if self.game is not None:
             self.game.to(device)
         self.generator = torch.Generator().manual_seed(params.seed * 7919 + rank)
@@ -231,7 +236,8 @@ class Trainer:
             loss = self.fr_loss(mixed.x, labels[mixed.partners], mixed.weights, mixed_teacher).mean()
             stats.count_k(mixed.k)
         else:
-            loss = self.fr_loss(x, labels, None, targets).mean()
+            shown = self.protection.permute(x, self.generator) if self.protection is not None else x
+            loss = self.fr_loss(shown, labels, None, targets).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), params.clip_grad)
@@ -264,17 +270,22 @@ class Trainer:
         game = self.game
         game_on = self.game_on_at(self.position(epoch, self.steps_per_epoch - 1))  # as at the epoch's last step
         nu = game.end_epoch(val_accuracy) if game is not None and game_on else (game.dual.value if game is not None else None)
-        row = self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], game, nu)
+        k_values = self.protection.k_values if self.protection is not None else self.mixing.k_values
+        row = self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], k_values, game, nu)
         self.state.history.append(row)
         self.state = TrainState(epoch + 1, 0, self.state.step, self.state.history)
         return row
 
     # ------------------------------------------------------------------ checkpoints
+    def settings(self) -> dict:
+        """The parameters a resumed run must share: the ``train`` section and the method's mixing."""
+        return {**plain_dict(dataclasses.asdict(self.params)), "mixing": plain_dict(dataclasses.asdict(self.mixing))}
+
     def checkpoint_state(self) -> dict:
         """Everything needed to resume (tensors and plain containers)."""
         return {
             **self.state.to_state(),
-            "params": plain_dict(dataclasses.asdict(self.params)),
+            "params": self.settings(),
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -293,7 +304,7 @@ class Trainer:
         Raises:
             ValueError: the checkpoint was written with other ``train`` parameters.
         """
-        if saved["params"] != plain_dict(dataclasses.asdict(self.params)):
+        if saved["params"] != self.settings():
             raise ValueError(f"{path} was written with other train parameters; use another folder or drop --resume")
         self.net.load_state_dict(saved["net"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -313,5 +324,6 @@ class Trainer:
             policy=self.game.policy.state_dict() if self.game is not None else {},
             num_classes=num_classes,
             input_shape=(self.encoder.channels, self.encoder.size),
+            mixing=self.mixing,
             privacy=self.method.privacy(self),
         )

@@ -14,9 +14,9 @@ from fmix.attacks import (
     surrogate_protector,
 )
 from fmix.freq import RunningChannelStats, block_dct
-from fmix.masker.build import build_masker, mixing_config
-from fmix.masker.protect import protect_batch
-from fmix.params import ExportParams
+from fmix.masker.build import build_masker
+from fmix.masker.protection import MixingConfig, protect_batch
+from fmix.params import ExportParams, MixingParams
 
 TINY = AttackConfig(width=8, skip_channels=4, head_min=4, batch_size=8, lr=2e-3, adv_weight=0.05, adv_warmup=10, disc_width=4, disc_layers=2, seed=3)
 
@@ -37,7 +37,7 @@ def test_masker_protector_matches_protect_batch_and_keeps_partners(aligned_faces
     faces, labels = aligned_faces
     images, labels = faces[:12].float(), labels[:12]
     params = ExportParams(k=3)
-    masker, config = build_masker(params, stats), mixing_config(params)
+    masker, config = build_masker(params, stats), MixingConfig.from_params(MixingParams())
     pairs = MaskerProtector(masker, config)(images, labels, torch.Generator().manual_seed(5))
     reference = protect_batch(masker, images, labels, config, torch.Generator().manual_seed(5))
     torch.testing.assert_close(pairs.x, reference.x)
@@ -79,7 +79,7 @@ def test_training_decreases_the_loss_and_is_deterministic(aligned_faces, masker)
 def test_mixed_training_targets_the_heaviest_constituent(aligned_faces, stats):
     faces, labels = aligned_faces[0][:16], aligned_faces[1][:16]
     params = ExportParams(k=2)
-    protector = MaskerProtector(build_masker(params, stats), mixing_config(params))
+    protector = MaskerProtector(build_masker(params, stats), MixingConfig.from_params(MixingParams()))
     seen = []
 
     def recording(images, batch_labels, generator):

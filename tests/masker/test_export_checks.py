@@ -24,7 +24,7 @@ def test_check_cap_against_the_smallest_mixing_k():
     check_cap(0.5, (2, 3))
     check_cap(None, (2,))
     check_cap(0.2, (1,))  # k = 1 does not mix
-    with pytest.raises(ValueError, match=r"export.cap=0.3 is infeasible for the smallest k=3: 3 weights summing to 1 cannot all be <= 0.3 \(need export.cap >= 0.3333\)"):
+    with pytest.raises(ValueError, match=r"mixing.cap=0.3 is infeasible for the smallest k=3: 3 weights summing to 1 cannot all be <= 0.3 \(need mixing.cap >= 0.3333\)"):
         check_cap(0.3, (1, 3, 4))
 
 
@@ -32,7 +32,8 @@ def test_check_cap_against_the_smallest_mixing_k():
     "section, message",
     [
         ("export: {opset: 99}\n", "export.opset must be in [17, {newest}] (the installed onnx's range), got 99"),
-        ("export: {cap: 0.4, k: 2}\n", "export.cap=0.4 is infeasible for the smallest k=2: 2 weights summing to 1 cannot all be <= 0.4 (need export.cap >= 0.5)"),
+        ("mixing: {cap: 0.4}\n", "mixing.cap=0.4 is infeasible for the smallest k=2: 2 weights summing to 1 cannot all be <= 0.4 (need mixing.cap >= 0.5)"),
+        ("export: {k: 7}\n", "export.k=7 must be one of mixing.k_values=[2, 3, 4, 5, 6]"),
     ],
 )
 def test_export_command_refuses_before_writing(pipeline_sample, tmp_path, section, message):

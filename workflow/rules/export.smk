@@ -8,6 +8,7 @@ rule export:
         masker=config["data"]["masker"],
     params:
         export=config["export"],
+        mixing=config["mixing"],
         params_file=PARAMS,
     log:
         "logs/export.log",

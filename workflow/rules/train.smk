@@ -9,6 +9,7 @@ rule train:
         model=directory(os.path.join(config["data"]["models"], "{method}")),
     params:
         train=config["train"],
+        mixing=config["mixing"],
         sweep=lambda wildcards: config["sweep"][wildcards.method],
         launch=config["launch"],
         params_file=PARAMS,

@@ -1,0 +1,112 @@
+"""The method registry: one module per method, the loop never branches on a name, mixing reaches training."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fmix.masker.protection import MixingConfig, Protection
+from fmix.methods import METHODS, REGISTRY, get_method
+from fmix.methods.base import Method, TrainInputs
+from fmix.models.artifact import ModelRecord
+from fmix.models.frnet import build_net
+from fmix.params import METHODS as PARAM_METHODS
+from fmix.params import MixingParams, ParamsError, TrainParams
+from fmix.train.loop import train
+from fmix.train.trainer import Trainer
+from fmix_testing import REPO
+
+TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, policy_warmup_epochs=0.0, n_fr=1, n_pi=1, mix_warmup_fraction=0.0)
+
+
+def test_the_registry_is_the_one_list_of_methods():
+    assert PARAM_METHODS is METHODS and METHODS == tuple(REGISTRY)
+    for name in METHODS:
+        method = get_method(name)
+        assert isinstance(method, Method) and method.name == name and method.summary
+        assert method.protection in (None, "masked", "mixed")
+    with pytest.raises(ValueError, match="unknown method 'fmix'; known: none, freq, ppfrfd, mixup, adaptive"):
+        get_method("fmix")
+    with pytest.raises(ParamsError, match="train.method must be one of none, freq, ppfrfd, mixup, adaptive"):
+        TrainParams(method="fmix")
+
+
+def _name_comparisons(path) -> list[str]:
+    """Comparisons of anything with a method's name (a string constant in METHODS) in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            constants = [c.value for o in operands for c in ast.walk(o) if isinstance(c, ast.Constant)]
+            if any(value in METHODS for value in constants):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_the_training_loop_never_branches_on_a_method_name():
+    files = sorted((REPO / "fmix" / "train").glob("*.py")) + [REPO / "fmix" / "pipeline" / "protection.py"]
+    assert [hit for path in files for hit in _name_comparisons(path)] == []
+
+
+def test_the_name_check_finds_a_branch(tmp_path):
+    path = tmp_path / "loop.py"
+    path.write_text("def k(params):\n    if params.method in ('mixup', 'adaptive'):\n        return 2\n")
+    assert _name_comparisons(path) == ["loop.py:2"]
+
+
+def test_mixup_honours_k_and_refuses_one_beyond_the_mixing_k_values(pipeline_sample, tmp_path):
+    params = dataclasses.replace(TINY, method="mixup", k=3)
+    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
+    assert summary["final_mean_k"] == 3.0 and summary["final_k_histogram"] == {"2": 0.0, "3": 1.0, "4": 0.0, "5": 0.0, "6": 0.0}
+    with pytest.raises(ValueError, match=r"method 'mixup' mixes at most max\(mixing.k_values\)=4 faces, got train.k=5"):
+        train(dataclasses.replace(params, k=5), pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "bad", pipeline_sample["masker"], progress=False, mixing=MixingParams(k_values=(2, 4)))
+
+
+def _trainer(pipeline_sample, method_name: str, mixing: MixingParams) -> Trainer:
+    from fmix.data.faces import load_face_set
+
+    params = dataclasses.replace(TINY, method=method_name, k=2, flip=False)
+    method = get_method(method_name)
+    encoder, _ = method.build_encoder(TrainInputs(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"]))
+    faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
+    net = build_net(params, encoder.channels, encoder.size, int(faces.labels.max()) + 1)
+    return Trainer(params, method, mixing, encoder, net, faces, torch.device("cpu"))
+
+
+def test_the_sign_mask_of_the_mixing_section_reaches_training(pipeline_sample):
+    trainer = _trainer(pipeline_sample, "mixup", MixingParams(sign_flip=True))
+    seen = []
+    original = trainer.fr_loss
+    trainer.fr_loss = lambda x, *rest: (seen.append(x.detach().clone()), original(x, *rest))[1]
+    index = trainer.batches(0)[0]
+    state = trainer.generator.get_state()
+    x, labels = trainer.fr_step(index, 0, 0)
+    # The same draws without the sign mask (drawn last): the step's inputs differ from them by +-1 only.
+    unsigned = Protection(None, MixingConfig(6, sign_flip=False)).protect_encoded(x, labels, 2, torch.Generator().set_state(state))
+    ratio = seen[0] / unsigned.x
+    assert set(ratio.round().unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(ratio.abs(), torch.ones_like(ratio))
+    assert trainer.mixing.sign_flip and trainer.protection.mixing.sign_flip
+
+
+def test_without_a_masker_nothing_is_permuted(pipeline_sample):
+    trainer = _trainer(pipeline_sample, "none", MixingParams(permute_channels=True))
+    assert trainer.protection is None
+
+
+def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp_path):
+    from fmix.masker.apply import OnnxMasker
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams
+
+    mixing = MixingParams(k_values=(2, 3), cap=0.6, sign_flip=True)
+    train(TINY, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False, mixing=mixing)
+    record = ModelRecord.load(tmp_path / "run" / "model.pt")
+    assert record.mixing == mixing and record.policy["k_table"].tolist() == [2, 3]
+    export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt", mixing=MixingParams())
+    metadata = OnnxMasker(tmp_path / "adaptive.onnx").metadata
+    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True}
