@@ -159,7 +159,8 @@ def test_each_stage_declares_the_params_sections_it_reads():
         assert "log:" in rule and "code=CODE" in rule and "fmix" in body["deps"]
         for section in table[name].params:
             assert (f'{section}=config["{section}"]' in rule) or (section == "sweep.{method}" and 'config["sweep"][wildcards.method]' in rule)
-    assert table["train"].params == ("train", "sweep.{method}", "launch") and table["evaluator"].params == ("evaluator", "train")
+    assert table["train"].params == ("train", "mixing", "sweep.{method}", "launch") and table["evaluator"].params == ("evaluator", "train")
+    assert table["export"].params == ("export", "mixing")
 
 
 def test_dvc_status_parses_the_pipeline():

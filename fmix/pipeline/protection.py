@@ -58,7 +58,7 @@ def attack_protection(
     trained, mixing = record.params, record.mixing
     method = get_method(trained.method)
     if method.protection is None:
-        record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack (it trains on {method.summary})"}
+        record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack: nothing to reconstruct (it trains on {method.summary})"}
         write_json_atomic(out_dir / "privacy.json", record)
         return record
     masker = out_dir / "masker.onnx"
