@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "ppfrfd": "fmix.methods.ppfrfd",
     "mixup": "fmix.methods.mixup",
     "adaptive": "fmix.methods.adaptive",
+    "instahide": "fmix.methods.instahide",
 }
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)

@@ -1,0 +1,41 @@
+"""InstaHide: 4 RGB faces per sample, weights capped at 0.65, a random sign per pixel."""
+
+import torch
+
+from fmix.methods import get_method
+from fmix.params import MixingParams, TrainParams
+
+
+def test_instahide_mixes_four_pixel_faces_with_capped_weights_and_a_sign_mask(make_trainer):
+    trainer = make_trainer("instahide", MixingParams(k_values=(2,), sign_flip=False))  # its own mixing overrides the section
+    assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False)
+    seen = []
+    original = trainer.fr_loss
+    trainer.fr_loss = lambda x, labels, weights, targets: (seen.append((x.detach(), labels, weights)), original(x, labels, weights, targets))[1]
+    index = trainer.batches(0)[0]
+    state = trainer.generator.get_state()
+    x, labels = trainer.fr_step(index, 0, 0)
+    assert x.shape == (8, 3, 112, 112)  # pixels, no frequency transform
+    torch.testing.assert_close(x, (trainer.train_set.float_images(index) - 127.5) / 128.0)
+    mixed, constituents, weights = seen[0]
+    assert trainer.state.stats.k == {4: 8}
+    assert ((weights > 0).sum(dim=1) == 4).all() and (weights.max(dim=1).values <= 0.65 + 1e-6).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(8))
+    # Replay the draws: partners, then weights, then the sign mask. The sample is the signed weighted mix.
+    generator = torch.Generator().set_state(state)
+    from fmix.freq import sample_mixing
+
+    draw = sample_mixing(labels, 4, 4, "instahide", 0.65, (3, 112, 112), generator)
+    plain = (draw.weights[:, :, None, None, None] * x[draw.partners]).sum(dim=1) / draw.weights.norm(dim=1)[:, None, None, None]
+    torch.testing.assert_close(mixed, plain * draw.sign)
+    assert torch.equal(constituents, labels[draw.partners])
+    negative = (draw.sign < 0).float().mean().item()
+    assert 0.45 < negative < 0.55
+
+
+def test_instahide_is_tested_on_plain_rgb_and_has_no_masker_to_attack():
+    method = get_method("instahide")
+    assert method.protection is None and method.mixes
+    encoder, spec = method.build_encoder(None)
+    assert spec == {"method": "instahide", "kind": "rgb"} and encoder.channels == 3
+    assert TrainParams(method="instahide").method == "instahide"
