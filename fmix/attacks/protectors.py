@@ -55,7 +55,8 @@ class MaskerProtector:
 
     Args:
         masker: the masker; its policy picks k per sample.
-        mixing: the mixing configuration, or None to mask without mixing.
+        mixing: the mixing configuration, or None to mask without mixing (and without permutation).
+        mix: False masks without mixing, with the configuration's channel permutation if it has one.
 
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255].
@@ -63,9 +64,9 @@ class MaskerProtector:
         - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, k_{max})` (:math:`(B, 1)` unmixed).
     """
 
-    def __init__(self, masker: Masker, mixing: MixingConfig | None = None) -> None:
+    def __init__(self, masker: Masker, mixing: MixingConfig | None = None, mix: bool = True) -> None:
         self.masker = masker.eval()
-        self.mixing = mixing
+        self.mixing = mixing if mix else None
         self.protection = Protection(self.masker, mixing)
 
     @torch.no_grad()

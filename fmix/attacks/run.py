@@ -54,7 +54,7 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
         masker = masker_with_trained_policy(policy_model)
     else:
         masker = masker_from_metadata(metadata)
-    return MaskerProtector(masker, Protection.from_metadata(metadata, masker, mix).mixing), metadata
+    return MaskerProtector(masker, Protection.from_metadata(metadata, masker).mixing, mix), metadata
 
 
 def attack_method(

@@ -106,6 +106,24 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), k_values).eval()
 
 
+def public_masker(aligned: str | Path, public_csv: str | Path, params: ExportParams, mixing: MixingParams | None = None) -> tuple[Masker, int]:
+    """The masker of ``params`` with statistics of (up to ``export.stats_images``) public faces.
+
+    Args:
+        aligned: output folder of ``fmix align``.
+        public_csv: the attacker-public split: statistics never come from private faces.
+        params: the ``export`` parameters.
+        mixing: the ``mixing`` parameters (the policy's k values).
+
+    Returns:
+        (the masker in eval mode, the number of faces its statistics came from).
+    """
+    rows = read_face_list(public_csv)
+    rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
+    stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
+    return build_masker(params, stats, mixing), used
+
+
 def export_masker(
     aligned: str | Path,
     public_csv: str | Path,
@@ -142,10 +160,7 @@ def export_masker(
         check_cap(mixing.cap, mixing.k_values)
         if params.k not in mixing.k_values:
             raise ValueError(f"export.k={params.k} must be one of mixing.k_values={list(mixing.k_values)}")
-        rows = read_face_list(public_csv)
-        rows = random.Random(0).sample(rows, min(len(rows), params.stats_images))
-        stats, used = public_channel_stats([Path(aligned) / path for path, _ in rows], params.upsample)
-        masker = build_masker(params, stats, mixing)
+        masker, used = public_masker(aligned, public_csv, params, mixing)
     metadata = masker_metadata(masker, params, input_size, used, mixing)
     if policy_model is not None:
         metadata["policy"] = json.dumps("strategy")

@@ -133,13 +133,12 @@ class Protection:
         self.k_values = k_values
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], graph: GraphFn, mix: bool = True) -> "Protection":
+    def from_metadata(cls, metadata: dict[str, str], graph: GraphFn) -> "Protection":
         """The protection an exported masker describes: its graph and the ``mixing`` of its metadata.
 
         Args:
             metadata: the masker's metadata (JSON strings, as ``masker.onnx`` stores them).
             graph: the masker itself (torch or ONNX Runtime) or one rebuilt from the metadata.
-            mix: False masks without mixing (verification faces, masking-only attacks).
 
         Raises:
             ValueError: the metadata lacks ``mixing`` or ``k_values``.
@@ -147,8 +146,7 @@ class Protection:
         missing = [key for key in ("mixing", "k_values") if key not in metadata]
         if missing:
             raise ValueError(f"masker metadata lacks {', '.join(missing)}: not a masker of `fmix export`")
-        mixing = MixingConfig(**json.loads(metadata["mixing"])) if mix else None
-        return cls(graph, mixing, tuple(json.loads(metadata["k_values"])))
+        return cls(graph, MixingConfig(**json.loads(metadata["mixing"])), tuple(json.loads(metadata["k_values"])))
 
     @property
     def k_max(self) -> int:

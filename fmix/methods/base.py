@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from fmix.masker.build import masker_from_metadata, read_masker_metadata
 from fmix.masker.protection import MixingConfig, ProtectedBatch, Protection
 from fmix.models.encoders import FrequencyEncoder, RgbEncoder, encoder_spec
-from fmix.params import MixingParams, TrainParams
+from fmix.params import ExportParams, MixingParams, TrainParams
 
 if TYPE_CHECKING:  # the trainer calls the hooks; methods never import it at run time
     from fmix.train.trainer import Trainer
@@ -85,6 +85,10 @@ class Method:
         masks), with the ``mixing`` section's configuration (channel permutation, weights, signs).
         """
         return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.protection is not None else None
+
+    def masker_params(self, export: ExportParams) -> ExportParams:
+        """The ``export`` parameters of the masker this method trains through (default: the section as is)."""
+        return export
 
     def masker_k(self, params: TrainParams) -> int | None:
         """The fixed k of an exported masker that protects as this method trained (None: ``export.k``)."""

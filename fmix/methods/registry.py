@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "mixup": "fmix.methods.mixup",
     "adaptive": "fmix.methods.adaptive",
     "instahide": "fmix.methods.instahide",
+    "ppfrfd_faithful": "fmix.methods.ppfrfd_faithful",
 }
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)

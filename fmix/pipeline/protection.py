@@ -68,7 +68,8 @@ def attack_protection(
         k = method.masker_k(trained)
         if k is not None and k not in mixing.k_values:
             raise ValueError(f"the model mixes k={k}, which is not in its mixing.k_values={list(mixing.k_values)}")
-        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(export, k=export.k if k is None else k), mixing=mixing)
+        params = method.masker_params(export)
+        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(params, k=params.k if k is None else k), mixing=mixing)
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
     policy = model if method.learns_policy else None
     return attack_method(masker, aligned, splits, evaluator, out_dir, attack, method.protection == "mixed", policy, score_cls, name or method.name, gallery_file)
