@@ -83,7 +83,7 @@ def make_trainer(pipeline_sample):
         params = dataclasses.replace(base, method=method_name, **overrides)
         method = get_method(method_name)
         inputs = TrainInputs(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"])
-        encoder, _ = method.build_encoder(inputs)
+        encoder = method.build_encoder(inputs)
         faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
         net = build_net(params, encoder.channels, encoder.size, int(faces.labels.max()) + 1)
         return Trainer(params, method, mixing or MixingParams(), encoder, net, faces, torch.device("cpu"))

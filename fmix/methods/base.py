@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fmix.masker.build import masker_from_metadata, read_masker_metadata
 from fmix.masker.protection import MixingConfig, ProtectedBatch, Protection
-from fmix.models.encoders import FrequencyEncoder, RgbEncoder, encoder_spec
+from fmix.models.encoders import FrequencyEncoder, RgbEncoder
 from fmix.params import ExportParams, MixingParams, TrainParams
 
 if TYPE_CHECKING:  # the trainer calls the hooks; methods never import it at run time
@@ -61,9 +61,9 @@ class Method:
     learns_policy: bool = False
 
     # ------------------------------------------------------------------ declaration
-    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
-        """The encoder (images in [0, 255] -> network inputs) and its spec for ``model.pt``."""
-        return RgbEncoder(), encoder_spec(self.name, None)
+    def build_encoder(self, inputs: TrainInputs) -> nn.Module:
+        """The encoder (images in [0, 255] -> network inputs; ``model.pt`` stores its spec)."""
+        return RgbEncoder()
 
     def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
         """Refuse parameters the method cannot train with (default: all accepted).
@@ -124,9 +124,9 @@ class MaskingMethod(Method):
 
     protection = "masked"
 
-    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
+    def build_encoder(self, inputs: TrainInputs) -> nn.Module:
         if inputs.masker_path is None:
             raise ValueError(f"method {self.name!r} needs the exported masker (--masker)")
         masker = masker_from_metadata(read_masker_metadata(inputs.masker_path))
-        return FrequencyEncoder(masker), encoder_spec(self.name, masker)
+        return FrequencyEncoder(masker)
 

@@ -9,19 +9,19 @@ from torch import nn
 from fmix.data.faces import read_face_list
 from fmix.masker.build import all_channel_masker, read_masker_metadata
 from fmix.methods.base import Method, TrainInputs
-from fmix.models.encoders import FrequencyEncoder, encoder_spec
+from fmix.models.encoders import FrequencyEncoder
 
 
 class AllChannels(Method):
     name = "freq"
     summary = "all 192 block-DCT channels (the frequency domain without masking)"
 
-    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
+    def build_encoder(self, inputs: TrainInputs) -> nn.Module:
         """The masker's transform at its upsample factor (1 without ``--masker``), every channel kept."""
         upsample = json.loads(read_masker_metadata(inputs.masker_path)["upsample"]) if inputs.masker_path else 1
         public = [path for path, _ in read_face_list(inputs.splits / "public.csv")]
         masker = all_channel_masker(inputs.aligned, public, upsample)
-        return FrequencyEncoder(masker), encoder_spec(self.name, masker)
+        return FrequencyEncoder(masker)
 
 
 METHOD = AllChannels()

@@ -18,7 +18,7 @@ from torch import nn
 from fmix.masker.build import read_masker_metadata
 from fmix.masker.export import public_masker
 from fmix.methods.base import Method, TrainInputs
-from fmix.models.encoders import FrequencyEncoder, encoder_spec
+from fmix.models.encoders import FrequencyEncoder
 from fmix.params import ExportParams, MixingParams, TrainParams
 
 KEEP = 36  # PPFR-FD's lowest-energy channels
@@ -35,12 +35,12 @@ class PpfrfdFaithful(Method):
     def mixing(self, mixing: MixingParams, params: TrainParams) -> MixingParams:
         return dataclasses.replace(mixing, permute_channels=True)
 
-    def build_encoder(self, inputs: TrainInputs) -> tuple[nn.Module, dict]:
+    def build_encoder(self, inputs: TrainInputs) -> nn.Module:
         """The masker of ``export`` (the ``--masker``'s transform) keeping the 36 lowest-energy channels."""
         upsample = json.loads(read_masker_metadata(inputs.masker_path)["upsample"]) if inputs.masker_path else 1
         params = self.masker_params(ExportParams(upsample=upsample))
         masker, _ = public_masker(inputs.aligned, inputs.splits / "public.csv", params)
-        return FrequencyEncoder(masker), encoder_spec(self.name, masker)
+        return FrequencyEncoder(masker)
 
 
 METHOD = PpfrfdFaithful()

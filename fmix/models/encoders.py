@@ -3,7 +3,9 @@
 Encoders are building blocks; a method (:mod:`fmix.methods`) picks one. Kinds:
 
 - ``rgb``: aligned RGB in [0, 255] -> ``(x - 127.5) / 128`` (``none``, and the pixel-domain methods);
-- ``frequency``: the masker's fused transform without mixing (masked or all frequency channels).
+- ``frequency``: the masker's fused transform without mixing (masked or all frequency channels);
+- ``noisy_frequency``: frequency channels clipped to [-C, C] plus Laplace noise whose per-channel
+  scale is learned under a fixed privacy budget (DCTDP, :class:`LaplaceBudgetNoise`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from fmix.freq import DC_CHANNELS, FrequencyMask
 from fmix.masker.module import FixedKPolicy, Masker
 
-ENCODER_KINDS = ("rgb", "frequency")
+ENCODER_KINDS = ("rgb", "frequency", "noisy_frequency")
 
 
 class RgbEncoder(nn.Module):
@@ -51,21 +53,101 @@ class FrequencyEncoder(nn.Module):
         return self.masker.masked(images)
 
 
-def encoder_spec(method: str, masker: Masker | None) -> dict:
+class LaplaceBudgetNoise(nn.Module):
+    """Clip each coefficient to [-C, C], add Laplace noise with a learned per-channel scale, within budget epsilon.
+
+    The Laplace mechanism on one face's clipped coefficients: replacing the face by any other
+    changes each coefficient by at most ``2 C`` (its sensitivity), so noise of scale ``b_c`` on
+    the ``h w`` coefficients of channel ``c`` costs ``2 C h w / b_c`` and the whole face
+    ``epsilon = sum_c 2 C h w / b_c`` (pure epsilon-DP per face, basic composition over its
+    coefficients). The budget is split over the channels by a learned softmax ``a = softmax(logits)``:
+    ``b_c = 2 C h w / (epsilon a_c)``, so the spent budget is ``epsilon`` exactly whatever the
+    logits; training moves the noise to the channels the FR network needs least. Noise is drawn
+    (from torch's global generator) in training and evaluation alike: the representation never
+    leaves without it.
+
+    Args:
+        channels: K, the channels.
+        size: h = w, the side of a channel map.
+        epsilon: the budget per face, > 0.
+        clip: C, > 0.
+
+    Shape:
+        - x: :math:`(B, K, h, w)`.
+        - Output: :math:`(B, K, h, w)`.
+
+    Raises:
+        ValueError: epsilon or clip not positive.
+    """
+
+    def __init__(self, channels: int, size: int, epsilon: float, clip: float) -> None:
+        super().__init__()
+        if not epsilon > 0 or not clip > 0:
+            raise ValueError(f"Expected epsilon > 0 and clip > 0, got epsilon={epsilon}, clip={clip}")
+        self.channels, self.size, self.epsilon, self.clip = channels, size, float(epsilon), float(clip)
+        self.logits = nn.Parameter(torch.zeros(channels))
+
+    def scales(self) -> Tensor:
+        """The Laplace scale ``b_c`` of every channel, shape :math:`(K,)`."""
+        share = torch.softmax(self.logits.double(), dim=0)
+        return (2.0 * self.clip * self.size * self.size / (self.epsilon * share)).to(self.logits.dtype)
+
+    def spent_epsilon(self) -> float:
+        """``sum_c 2 C h w / b_c``, computed from the scales themselves (equals ``epsilon`` up to rounding)."""
+        return float((2.0 * self.clip * self.size * self.size / self.scales().double()).sum())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"Expected x of shape (B, {self.channels}, h, w), got {tuple(x.shape)}")
+        u = torch.rand_like(x, dtype=torch.float32).clamp_min(1e-7) - 0.5  # in (-0.5, 0.5): finite noise
+        unit = -torch.sign(u) * torch.log1p(-2.0 * u.abs())  # Laplace(0, 1) by inverse CDF
+        return x.clamp(-self.clip, self.clip) + self.scales().to(x.dtype)[None, :, None, None] * unit.to(x.dtype)
+
+
+class NoisyFrequencyEncoder(nn.Module):
+    """Frequency channels (a masker's transform) through :class:`LaplaceBudgetNoise`.
+
+    Shape:
+        - images: :math:`(B, 3, H, W)` RGB in [0, 255].
+        - Output: :math:`(B, K, Hu/8, Wu/8)`.
+    """
+
+    def __init__(self, masker: Masker, epsilon: float, clip: float, input_size: int = 112) -> None:
+        super().__init__()
+        self.frequency = FrequencyEncoder(masker, input_size)
+        self.channels, self.size = self.frequency.channels, self.frequency.size
+        self.noise = LaplaceBudgetNoise(self.channels, self.size, epsilon, clip)
+
+    @property
+    def masker(self) -> Masker:
+        return self.frequency.masker
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.noise(self.frequency(images))
+
+
+def encoder_spec(method: str, encoder: nn.Module) -> dict:
     """What :func:`encoder_from_spec` needs to rebuild an encoder (stored with the trained model).
 
     Args:
         method: the training method (recorded for the reader).
-        masker: the masker of a frequency encoder, or None for RGB.
+        encoder: an encoder of :data:`ENCODER_KINDS`.
 
     Returns:
-        A plain dict: ``method``, ``kind`` and, for ``frequency``, upsample, kept channels,
-        their statistics and whether DC may be kept.
+        A plain dict: ``method``, ``kind`` and, for the frequency kinds, upsample, kept channels,
+        their statistics and whether DC may be kept; for ``noisy_frequency`` also epsilon, clip and
+        the learned logits.
+
+    Raises:
+        TypeError: an encoder of no known kind.
     """
-    if masker is None:
+    if isinstance(encoder, RgbEncoder):
         return {"method": method, "kind": "rgb"}
+    if not isinstance(encoder, (FrequencyEncoder, NoisyFrequencyEncoder)):
+        raise TypeError(f"Expected an encoder of kind {ENCODER_KINDS}, got {type(encoder).__name__}")
+    masker = encoder.masker
     mask = masker.mask
-    return {
+    spec = {
         "method": method,
         "kind": "frequency",
         "upsample": masker.upsample,
@@ -74,6 +156,10 @@ def encoder_spec(method: str, masker: Masker | None) -> dict:
         "channel_std": mask.std.tolist(),
         "allow_dc": bool(set(mask.kept.tolist()) & set(DC_CHANNELS)),
     }
+    if isinstance(encoder, NoisyFrequencyEncoder):
+        noise = encoder.noise
+        spec.update(kind="noisy_frequency", epsilon=noise.epsilon, clip=noise.clip, noise_logits=noise.logits.detach().cpu().tolist())
+    return spec
 
 
 def encoder_from_spec(spec: dict) -> nn.Module:
@@ -95,4 +181,10 @@ def encoder_from_spec(spec: dict) -> nn.Module:
         return RgbEncoder()
     allow_dc = spec.get("allow_dc", spec["method"] == "freq")
     mask = FrequencyMask(torch.tensor(spec["kept_channels"]), torch.tensor(spec["channel_mean"]), torch.tensor(spec["channel_std"]), allow_dc=allow_dc)
-    return FrequencyEncoder(Masker(mask, spec["upsample"], FixedKPolicy(1, (1,)), (1,)))
+    masker = Masker(mask, spec["upsample"], FixedKPolicy(1, (1,)), (1,))
+    if kind == "frequency":
+        return FrequencyEncoder(masker)
+    encoder = NoisyFrequencyEncoder(masker, spec["epsilon"], spec["clip"])
+    with torch.no_grad():
+        encoder.noise.logits.copy_(torch.tensor(spec["noise_logits"]))
+    return encoder

@@ -107,7 +107,7 @@ def train(
     if params.distill_weight > 0 and teacher is None:
         raise ValueError("train.distill_weight > 0 needs the teacher's descriptors (--teacher gallery.npz from `fmix attack gallery`)")
     teacher_targets = load_teacher_targets(teacher, train_set.paths) if params.distill_weight > 0 else None
-    encoder, spec = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None))
+    encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None))
     encoder = encoder.to(device)
     num_classes = int(train_set.labels.max()) + 1
     net = build_net(params, encoder.channels, encoder.size, num_classes).to(device)
@@ -141,7 +141,7 @@ def train(
     bar.close()
     recalibrated = params.recalibrate_bn and recalibrate_batchnorm(encoder, net.backbone, train_set, device)
     final_val = closed_set_accuracy(encoder, net, val_set, device)
-    record = trainer.model_record(spec, num_classes)
+    record = trainer.model_record(num_classes)
     summary = _summary(params, trainer.state.history, final_val, recalibrated, num_classes, len(train_set), record.privacy)
     if rank == 0:
         record.save(out_dir / "model.pt")

@@ -22,6 +22,7 @@ from fmix.data.faces import FaceSet
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.methods.base import Method
 from fmix.models.artifact import ModelRecord
+from fmix.models.encoders import encoder_spec
 from fmix.models.frnet import FRNet
 from fmix.params import MixingParams, TrainParams, plain_dict
 from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
@@ -314,11 +315,11 @@ class Trainer:
         restore_rng_state(saved["rng"], self.generator)
         self.state = TrainState.from_state(saved)
 
-    def model_record(self, spec: dict, num_classes: int) -> ModelRecord:
-        """The trained model as ``model.pt`` holds it."""
+    def model_record(self, num_classes: int) -> ModelRecord:
+        """The trained model as ``model.pt`` holds it (the encoder's spec as it is now: learned parts included)."""
         return ModelRecord(
             params=self.params,
-            encoder=spec,
+            encoder=encoder_spec(self.method.name, self.encoder),
             backbone=self.net.backbone.state_dict(),
             head=self.net.head.state_dict(),
             policy=self.game.policy.state_dict() if self.game is not None else {},
