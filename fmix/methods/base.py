@@ -52,6 +52,7 @@ class Method:
         protection: what ``fmix attack protection`` attacks: ``"masked"`` (the masker alone),
             ``"mixed"`` (masker + mixing) or None (the method has no exported masker).
         learns_policy: the k policy is trained with the model (``fmix export --policy`` exports it).
+        trainable_encoder: the encoder has parameters trained with the FR network (and runs with gradients).
     """
 
     name: str = ""
@@ -59,6 +60,7 @@ class Method:
     mixes: bool = False
     protection: str | None = None
     learns_policy: bool = False
+    trainable_encoder: bool = False
 
     # ------------------------------------------------------------------ declaration
     def build_encoder(self, inputs: TrainInputs) -> nn.Module:

@@ -163,7 +163,8 @@ class Trainer:
         self.protection = method.build_protection(self.mixing)
         self.train_set, self.device, self.rank, self.world, self.teacher_targets = train_set, device, rank, world, teacher_targets
         self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
-        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        trained = list(net.parameters()) + (list(encoder.parameters()) if method.trainable_encoder else [])
+        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
         self.steps_per_epoch = len(self.batches(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train_set)} training faces make no full batch of {params.batch_size} per process")
@@ -225,7 +226,7 @@ class Trainer:
             images = _random_flip(images, self.generator)
         labels = self.train_set.labels[index].to(self.device)
         targets = self.teacher_targets[index].to(self.device) if self.teacher_targets is not None else None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.method.trainable_encoder):
             x = self.encoder(images)
         position = self.position(epoch, number)
         mixing = self.mixing_at(position)
@@ -241,13 +242,13 @@ class Trainer:
             loss = self.fr_loss(shown, labels, None, targets).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), params.clip_grad)
+        torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], params.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
         stats.fr_steps += 1
         stats.fr_seconds += time.perf_counter() - start
         stats.loss += loss.item()
-        return x, labels
+        return x.detach(), labels
 
     def policy_due(self) -> bool:
         """Whether the policy plays after the step just done (every ``n_fr`` steps, once the game is on)."""
@@ -288,6 +289,7 @@ class Trainer:
             **self.state.to_state(),
             "params": self.settings(),
             "net": self.net.state_dict(),
+            "encoder": self.encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "game": self.game.state_dict() if self.game is not None else {},
@@ -308,6 +310,7 @@ class Trainer:
         if saved["params"] != self.settings():
             raise ValueError(f"{path} was written with other train parameters; use another folder or drop --resume")
         self.net.load_state_dict(saved["net"])
+        self.encoder.load_state_dict(saved["encoder"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.game is not None:
