@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "adaptive": "fmix.methods.adaptive",
     "instahide": "fmix.methods.instahide",
     "ppfrfd_faithful": "fmix.methods.ppfrfd_faithful",
+    "dctdp": "fmix.methods.dctdp",
 }
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)

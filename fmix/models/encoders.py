@@ -94,7 +94,7 @@ class LaplaceBudgetNoise(nn.Module):
 
     def spent_epsilon(self) -> float:
         """``sum_c 2 C h w / b_c``, computed from the scales themselves (equals ``epsilon`` up to rounding)."""
-        return float((2.0 * self.clip * self.size * self.size / self.scales().double()).sum())
+        return float((2.0 * self.clip * self.size * self.size / self.scales().detach().double()).sum())
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
