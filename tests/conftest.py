@@ -69,23 +69,13 @@ def make_trainer(pipeline_sample):
     on the pipeline sample (mixing from the first step, no flips), to look at single steps."""
     import dataclasses
 
-    import torch
-
-    from fmix.data.faces import load_face_set
-    from fmix.methods import get_method
-    from fmix.methods.base import TrainInputs
-    from fmix.models.frnet import build_net
     from fmix.params import MixingParams, TrainParams
+    from fmix.train.loop import build_trainer
     from fmix.train.trainer import Trainer
 
     def make(method_name: str, mixing: MixingParams | None = None, **overrides) -> Trainer:
         base = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, policy_warmup_epochs=0.0, n_fr=1, n_pi=1, mix_warmup_fraction=0.0, flip=False)
         params = dataclasses.replace(base, method=method_name, **overrides)
-        method = get_method(method_name)
-        inputs = TrainInputs(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"])
-        encoder = method.build_encoder(inputs)
-        faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
-        net = build_net(params, encoder.channels, encoder.size, int(faces.labels.max()) + 1)
-        return Trainer(params, method, mixing or MixingParams(), encoder, net, faces, torch.device("cpu"))
+        return build_trainer(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"], mixing)[0]
 
     return make

@@ -53,6 +53,8 @@ class Method:
             ``"mixed"`` (masker + mixing) or None (the method has no exported masker).
         learns_policy: the k policy is trained with the model (``fmix export --policy`` exports it).
         trainable_encoder: the encoder has parameters trained with the FR network (and runs with gradients).
+        net_fix: how :meth:`prepare_net` changes the network's layers, for ``model.pt`` (``""``: not
+            at all; ``"opacus"``: opacus' ``ModuleValidator.fix``).
     """
 
     name: str = ""
@@ -61,6 +63,7 @@ class Method:
     protection: str | None = None
     learns_policy: bool = False
     trainable_encoder: bool = False
+    net_fix: str = ""
 
     # ------------------------------------------------------------------ declaration
     def build_encoder(self, inputs: TrainInputs) -> nn.Module:
@@ -110,8 +113,19 @@ class Method:
         return trainer.protection.protect_encoded(x, labels, k, trainer.generator)
 
     # ------------------------------------------------------------------ training hooks
+    def prepare_net(self, net: nn.Module) -> nn.Module:
+        """The FR network as this method trains it, before the optimiser sees it (default: unchanged)."""
+        return net
+
     def setup(self, trainer: "Trainer") -> None:
         """Called once the trainer has its network and optimiser (e.g. to make them private)."""
+
+    def state_dict(self, trainer: "Trainer") -> dict:
+        """What of the method a checkpoint must keep (e.g. a privacy accountant's history)."""
+        return {}
+
+    def load_state_dict(self, trainer: "Trainer", state: dict) -> None:
+        """Restore :meth:`state_dict` on resume."""
 
     def privacy(self, trainer: "Trainer") -> dict:
         """What the method reports about its privacy budget (summary and ``model.pt``); {} for none."""

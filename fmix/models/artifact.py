@@ -11,7 +11,9 @@ tensors and plain containers only (loaded with ``weights_only=True``):
 - ``num_classes``, ``input``: training identities, and ``[channels, side]`` of the encoder's output;
 - ``mixing`` (optional): the ``mixing`` section training mixed with (after the method's own
   settings; ``fmix export --policy`` exports it with the policy);
-- ``privacy`` (optional): what the method reports about its privacy budget (e.g. epsilon).
+- ``privacy`` (optional): what the method reports about its privacy budget (e.g. epsilon);
+- ``net_fix`` (optional): how the method changed the network's layers (``"opacus"``: batch norm
+  replaced by opacus' ``ModuleValidator.fix``), so the reader rebuilds the same layers.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ModelRecord:
         input_shape: (channels, side) of the encoder's output.
         mixing: the mixing training used (defaults for a model saved before the ``mixing`` section).
         privacy: the method's privacy accounting (empty when it defines none).
+        net_fix: ``""`` or ``"opacus"`` (the layers were changed by ``ModuleValidator.fix``).
     """
 
     params: TrainParams
@@ -56,6 +59,7 @@ class ModelRecord:
     input_shape: tuple[int, int]
     mixing: MixingParams = dataclasses.field(default_factory=MixingParams)
     privacy: dict = dataclasses.field(default_factory=dict)
+    net_fix: str = ""
 
     @property
     def method(self) -> str:
@@ -74,6 +78,7 @@ class ModelRecord:
             "input": list(self.input_shape),
             "mixing": plain_dict(dataclasses.asdict(self.mixing)),
             "privacy": self.privacy,
+            "net_fix": self.net_fix,
         }
 
     def save(self, path: str | Path) -> None:
@@ -112,6 +117,7 @@ class ModelRecord:
                 input_shape=(int(channels), int(size)),
                 mixing=section_from_mapping(MixingParams, mixing, "mixing"),
                 privacy=state.get("privacy") or {},
+                net_fix=state.get("net_fix") or "",
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
@@ -157,6 +163,24 @@ class TrainedModel(nn.Module):
         return self.encoder(images).flatten(1).float()
 
 
+NET_FIXES = ("", "opacus")
+
+
+def fix_net(net: nn.Module, fix: str) -> nn.Module:
+    """The network with the layer changes ``fix`` names (:data:`NET_FIXES`).
+
+    Raises:
+        ValueError: an unknown fix.
+    """
+    if fix not in NET_FIXES:
+        raise ValueError(f"unknown net_fix {fix!r}; known: {NET_FIXES}")
+    if fix == "opacus":
+        from opacus.validators import ModuleValidator  # a large optional import, only for DP-SGD models
+
+        return ModuleValidator.fix(net)
+    return net
+
+
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrainedModel, ModelRecord]:
     """Rebuild a model saved by ``fmix train`` (``model.pt``).
 
@@ -172,7 +196,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """
     record = ModelRecord.load(path, device)
     try:
-        net = build_net(record.params, *record.input_shape, record.num_classes)
+        net = fix_net(build_net(record.params, *record.input_shape, record.num_classes), record.net_fix)
         net.backbone.load_state_dict(record.backbone)
         net.head.load_state_dict(record.head)
         encoder = encoder_from_spec(record.encoder)

@@ -103,17 +103,7 @@ class MarginHead(nn.Module):
 
     def _cosines(self, embeddings: Tensor) -> Tensor:
         """Float32 cosines to every class centre, clamped inside (-1, 1)."""
-        cos = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
-        return cos.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
-
-    def _target_cosine(self, cos: Tensor) -> Tensor:
-        """The margin-adjusted cosine of a target class (elementwise)."""
-        if self.kind == "cosface":
-            return cos - self.m
-        sin = torch.sqrt((1.0 - cos * cos).clamp(min=COS_EPS))
-        cos_theta_plus_m = cos * math.cos(self.m) - sin * math.sin(self.m)
-        threshold = math.cos(math.pi - self.m)
-        return torch.where(cos > threshold, cos_theta_plus_m, cos - math.sin(math.pi - self.m) * self.m)
+        return _cosines(embeddings, self.weight)
 
     def forward(self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         """Per-sample mixed-label margin loss.
@@ -134,16 +124,7 @@ class MarginHead(nn.Module):
         """
         embeddings = self._check_embeddings(embeddings)
         labels, weights = self._check_targets(labels, weights, embeddings.shape[0])
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cos = self._cosines(embeddings)
-            logits = self.s * cos
-            loss = cos.new_zeros(cos.shape[0])
-            for i in range(labels.shape[1]):  # K <= k_max columns; each uses its own target margin
-                target = labels[:, i : i + 1]
-                margin_logit = self.s * self._target_cosine(cos.gather(1, target))
-                term = -F.log_softmax(logits.scatter(1, target, margin_logit), dim=1).gather(1, target).squeeze(1)
-                loss = loss + weights[:, i].to(cos.device) * term
-        return loss
+        return margin_loss(self.weight, embeddings, labels, weights, self.kind, self.s, self.m)
 
     def logits(self, embeddings: Tensor) -> Tensor:
         """Scaled cosines without margin, for closed-set accuracy and evaluation.
@@ -172,3 +153,53 @@ class MarginHead(nn.Module):
             One unit vector per class.
         """
         return F.normalize(self.weight.detach().float(), dim=1)
+
+
+def _cosines(embeddings: Tensor, centres: Tensor) -> Tensor:
+    """Float32 cosines of embeddings (B, E) to centres (C, E), clamped inside (-1, 1)."""
+    cos = F.normalize(embeddings.float(), dim=1) @ F.normalize(centres.float(), dim=1).t()
+    return cos.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
+
+
+def _target_cosine(cos: Tensor, kind: str, m: float) -> Tensor:
+    """The margin-adjusted cosine of a target class (elementwise)."""
+    if kind == "cosface":
+        return cos - m
+    sin = torch.sqrt((1.0 - cos * cos).clamp(min=COS_EPS))
+    cos_theta_plus_m = cos * math.cos(m) - sin * math.sin(m)
+    threshold = math.cos(math.pi - m)
+    return torch.where(cos > threshold, cos_theta_plus_m, cos - math.sin(math.pi - m) * m)
+
+
+def margin_loss(centres: Tensor, embeddings: Tensor, labels: Tensor, weights: Tensor, kind: str, s: float, m: float) -> Tensor:
+    """The mixed-label margin loss of :class:`MarginHead` as a function of its centres (no input checks).
+
+    Pure tensor code without data-dependent branches, so ``torch.func`` can take per-sample
+    gradients of it (DP-SGD).
+
+    Args:
+        centres: the class centres.
+        embeddings: FR network outputs.
+        labels: class of each constituent (int64).
+        weights: label weights (float).
+        kind: ``"arcface"`` or ``"cosface"``.
+        s: logit scale.
+        m: margin.
+
+    Shape:
+        - centres: :math:`(C, E)`; embeddings: :math:`(B, E)`; labels, weights: :math:`(B, K)`.
+        - Output: :math:`(B,)` float32.
+
+    Returns:
+        ``sum_i weights[:, i] * CE(margin_logits(embeddings, labels[:, i]), labels[:, i])``.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        cos = _cosines(embeddings, centres)
+        logits = s * cos
+        loss = cos.new_zeros(cos.shape[0])
+        for i in range(labels.shape[1]):  # K <= k_max columns; each uses its own target margin
+            target = labels[:, i : i + 1]
+            margin_logit = s * _target_cosine(cos.gather(1, target), kind, m)
+            term = -F.log_softmax(logits.scatter(1, target, margin_logit), dim=1).gather(1, target).squeeze(1)
+            loss = loss + weights[:, i].to(cos.device) * term
+    return loss

@@ -65,6 +65,51 @@ def _distributed() -> tuple[int, int]:
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
+def build_trainer(
+    params: TrainParams,
+    aligned: str | Path,
+    splits: str | Path,
+    masker_path: str | Path | None = None,
+    mixing: MixingParams | None = None,
+    device: torch.device | None = None,
+    rank: int = 0,
+    world: int = 1,
+    teacher: str | Path | None = None,
+) -> tuple[Trainer, FaceSet]:
+    """Load the faces, build the method's encoder and the FR network, and the trainer around them.
+
+    Args:
+        params: the ``train`` parameters.
+        aligned: output folder of ``fmix align``.
+        splits: output folder of ``fmix split``.
+        masker_path: ``masker.onnx`` of ``fmix export`` (masking methods).
+        mixing: the ``mixing`` section (default: its defaults).
+        device: where training runs (default: the CPU).
+        rank: this process's rank.
+        world: number of processes.
+        teacher: the teacher's ``gallery.npz`` (needed when ``params.distill_weight > 0``).
+
+    Returns:
+        (the trainer, the validation faces).
+
+    Raises:
+        ValueError: distillation without a teacher, or parameters the method refuses.
+    """
+    method = get_method(params.method)
+    device = device or torch.device("cpu")
+    splits = Path(splits)
+    train_set = load_face_set(aligned, splits / "private_train.csv")
+    val_set = load_face_set(aligned, splits / "private_val.csv")
+    if params.distill_weight > 0 and teacher is None:
+        raise ValueError("train.distill_weight > 0 needs the teacher's descriptors (--teacher gallery.npz from `fmix attack gallery`)")
+    teacher_targets = load_teacher_targets(teacher, train_set.paths) if params.distill_weight > 0 else None
+    encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)).to(device)
+    num_classes = int(train_set.labels.max()) + 1
+    net = method.prepare_net(build_net(params, encoder.channels, encoder.size, num_classes)).to(device)
+    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world, teacher_targets)
+    return trainer, val_set
+
+
 def train(
     params: TrainParams,
     aligned: str | Path,
@@ -95,23 +140,14 @@ def train(
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
     """
-    method = get_method(params.method)
     rank, world = _distributed()
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(params.threads)
     torch.manual_seed(params.seed)
     random.seed(params.seed)
-    out_dir, splits = Path(out_dir), Path(splits)
-    train_set = load_face_set(aligned, splits / "private_train.csv")
-    val_set = load_face_set(aligned, splits / "private_val.csv")
-    if params.distill_weight > 0 and teacher is None:
-        raise ValueError("train.distill_weight > 0 needs the teacher's descriptors (--teacher gallery.npz from `fmix attack gallery`)")
-    teacher_targets = load_teacher_targets(teacher, train_set.paths) if params.distill_weight > 0 else None
-    encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None))
-    encoder = encoder.to(device)
-    num_classes = int(train_set.labels.max()) + 1
-    net = build_net(params, encoder.channels, encoder.size, num_classes).to(device)
-    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world, teacher_targets)
+    out_dir = Path(out_dir)
+    trainer, val_set = build_trainer(params, aligned, splits, masker_path, mixing, device, rank, world, teacher)
+    net, encoder, train_set, num_classes = trainer.net, trainer.encoder, trainer.train_set, trainer.num_classes
 
     checkpoint_path = out_dir / "checkpoint.pt"
     if resume and checkpoint_path.exists():

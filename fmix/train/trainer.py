@@ -158,6 +158,7 @@ class Trainer:
         teacher_targets: Tensor | None = None,
     ) -> None:
         self.params, self.method, self.encoder, self.net = params, method, encoder, net
+        self.num_classes = net.head.num_classes
         self.mixing = method.mixing(mixing, params)
         method.check(params, self.mixing, world)
         self.protection = method.build_protection(self.mixing)
@@ -293,6 +294,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "game": self.game.state_dict() if self.game is not None else {},
+            "method": self.method.state_dict(self),
             "rng": rng_state(self.generator),
         }
 
@@ -315,6 +317,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.game is not None:
             self.game.load_state_dict(saved["game"])
+        self.method.load_state_dict(self, saved["method"])
         restore_rng_state(saved["rng"], self.generator)
         self.state = TrainState.from_state(saved)
 
@@ -330,4 +333,5 @@ class Trainer:
             input_shape=(self.encoder.channels, self.encoder.size),
             mixing=self.mixing,
             privacy=self.method.privacy(self),
+            net_fix=self.method.net_fix,
         )
