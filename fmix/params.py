@@ -201,11 +201,16 @@ class TrainParams:
     distill_weight: float = 0.0  # > 0: also pull the embedding towards the dlib teacher's descriptor (needs --teacher)
     dctdp_epsilon: float = 200000.0  # dctdp: Laplace budget per face (all its clipped coefficients; 189 x 14 x 14 at u = 1)
     dctdp_clip: float = 3.0  # dctdp: coefficients clipped to [-C, C] (normalised units): sensitivity 2 C each
+    dpsgd_noise_multiplier: float = 1.0  # dpsgd: Gaussian noise std / clipping norm
+    dpsgd_max_grad_norm: float = 1.0  # dpsgd: per-sample gradient clipping norm
+    dpsgd_delta: float = 1.0e-5  # dpsgd: the delta epsilon is reported at
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
         _require(self.distill_weight >= 0, "train.distill_weight must be >= 0")
         _require(self.dctdp_epsilon > 0 and self.dctdp_clip > 0, "train.dctdp_epsilon and train.dctdp_clip must be > 0")
+        _require(self.dpsgd_noise_multiplier >= 0 and self.dpsgd_max_grad_norm > 0, "train.dpsgd_noise_multiplier must be >= 0 and train.dpsgd_max_grad_norm > 0")
+        _require(0 < self.dpsgd_delta < 1, "train.dpsgd_delta must be in (0, 1)")
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _require(self.k >= 1, "train.k must be >= 1")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")

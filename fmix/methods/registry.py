@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "instahide": "fmix.methods.instahide",
     "ppfrfd_faithful": "fmix.methods.ppfrfd_faithful",
     "dctdp": "fmix.methods.dctdp",
+    "dpsgd": "fmix.methods.dpsgd",
 }
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
