@@ -31,6 +31,7 @@ import torch
 
 from fmix.data.faces import load_faces, read_face_list
 from fmix.data.images import list_identity_folders, write_png_atomic
+from fmix.freq import protected_to_image, to_uint8_hwc
 from fmix.io import atomic_write, write_json_atomic
 from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
 from fmix.masker.ledger import Ledger, default_ledger_path, file_hash
@@ -389,8 +390,6 @@ def _write_previews(out_root: Path, rows: list[dict], masker: OnnxMasker) -> Non
     """Inverse transform (dropped channels as zeros) of the first samples, as PNG."""
     if not rows:
         return
-    from fmix.freq import protected_to_image, to_uint8_hwc
-
     mask = mask_from_metadata(masker.metadata)
     shards: dict[int, np.ndarray] = {}
     for row in rows:
