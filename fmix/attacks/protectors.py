@@ -78,22 +78,32 @@ class MaskerProtector:
         return ProtectedPairs(batch.x, batch.partners, batch.weights)
 
 
-def surrogate_protector(stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None, mixing: MixingParams | None = None) -> MaskerProtector:
+def surrogate_protector(
+    stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None, mixing: MixingParams | None = None, channels: int | None = None
+) -> MaskerProtector:
     """Black-box protector: the default masking algorithm with a guessed k.
 
     Args:
         stats: channel statistics of the attacker's public faces
-            (:func:`fmix.masker.build.public_channel_stats`).
+            (:func:`fmix.masker.build.public_channel_stats`), at the transform's upsample factor.
         k: the guessed number of mixed faces, or None to mask without mixing.
-        params: the guessed masking parameters (default: :class:`~fmix.params.ExportParams`).
+        params: the guessed masking parameters (default: :class:`~fmix.params.ExportParams`); give
+            the ``upsample`` the released maps show.
         mixing: the guessed mixing (default: :class:`~fmix.params.MixingParams`).
+        channels: the channels the released samples have: when the default masking keeps another
+            number, the guess keeps that many lowest-energy channels instead (PPFR-FD's choice).
 
     Returns:
         The protector.
+
+    Raises:
+        ValueError: more channels than the default masking leaves (from :func:`fmix.freq.select_channels`).
     """
     params, mixing = params or ExportParams(), mixing or MixingParams()
     if k is not None:
         params = dataclasses.replace(params, k=k)
         mixing = dataclasses.replace(mixing, k_values=tuple(sorted(set(mixing.k_values) | {k})))
     masker = build_masker(params, stats, mixing)
+    if channels is not None and masker.mask.num_kept != channels:
+        masker = build_masker(dataclasses.replace(params, keep_lowest_energy=channels), stats, mixing)
     return MaskerProtector(masker, MixingConfig.from_params(mixing) if k is not None and k > 1 else None)

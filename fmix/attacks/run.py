@@ -33,7 +33,7 @@ from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
 from fmix.masker.protection import Protection
 from fmix.metrics import PrivacyRow, best_constituent_ssim
-from fmix.params import AttackParams
+from fmix.params import AttackParams, ExportParams
 from fmix.data.faces import FaceSet, load_face_set
 
 
@@ -110,7 +110,10 @@ def attack_method(
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": mix, "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    attackers = {"white": protector, "black": surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], params.black_box_k if mix else None)}
+    # The black-box attacker sees the released maps' size (so u) and channel count, and guesses the rest.
+    public_stats = public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0]
+    black_box = surrogate_protector(public_stats, params.black_box_k if mix else None, ExportParams(upsample=upsample), channels=pairs.x.shape[1])
+    attackers = {"white": protector, "black": black_box}
     recon_white = None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()

@@ -61,6 +61,19 @@ def test_unmixed_protector_and_surrogate(aligned_faces, masker, stats):
     assert surrogate_protector(stats, k=None).mixing is None
 
 
+def test_the_black_box_guess_matches_the_released_channel_count(aligned_faces, stats):
+    images = aligned_faces[0][:4].float()
+    guess = surrogate_protector(stats, k=None, channels=36)  # e.g. PPFR-FD's 36 lowest-energy channels
+    kept = guess.masker.mask.kept
+    assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (4, 36, 14, 14)
+    default = build_masker(ExportParams(), stats).mask.kept.tolist()
+    energy = stats.energy
+    assert sorted(kept.tolist()) == sorted(sorted(default, key=lambda c: energy[c].item())[:36])
+    assert surrogate_protector(stats, k=None, channels=174).masker.mask.num_kept == 174
+    with pytest.raises(ValueError, match=r"Expected keep_lowest_energy in \[1, 174\] \(the channels not otherwise dropped\), got 180"):
+        surrogate_protector(stats, k=None, channels=180)
+
+
 def test_training_decreases_the_loss_and_is_deterministic(aligned_faces, masker):
     faces, labels = aligned_faces[0][:16], aligned_faces[1][:16]
     protector = MaskerProtector(masker)
