@@ -170,11 +170,9 @@ class TrainParams:
     threads: int = 2
     checkpoint_every: int = 50  # steps
     amp: bool = True  # bf16 autocast on CUDA
-    distill_weight: float = 0.0  # > 0: also pull the embedding towards the dlib teacher's descriptor (needs --teacher)
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
-        _require(self.distill_weight >= 0, "train.distill_weight must be >= 0")
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _require(self.k >= 1, "train.k must be >= 1")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")

@@ -29,32 +29,24 @@ from fmix.train.checkpoint import load_checkpoint, restore_rng_state, rng_state,
 from fmix.train.data import FaceSet, batch_indices, epoch_order, load_face_set
 from fmix.train.encoders import MIXING_METHODS, build_encoder
 from fmix.train.game import AdaptiveGame, k_histogram, mutual_information
-from fmix.train.teacher import TeacherProjection, load_teacher_targets, mixed_targets
-
-TEACHER_SIZE = 128  # dlib's descriptor
 
 K_VALUES = DEFAULT_K_VALUES  # the adaptive policy's actions
 
 
 class FRNet(nn.Module):
-    """Backbone + margin head (+ teacher projection); ``forward`` returns the per-sample loss."""
+    """Backbone + margin head; ``forward`` returns the per-sample (mixed-label) loss."""
 
-    def __init__(self, backbone: nn.Module, head: MarginHead, teacher: TeacherProjection | None = None, distill_weight: float = 0.0) -> None:
+    def __init__(self, backbone: nn.Module, head: MarginHead) -> None:
         super().__init__()
-        self.backbone, self.head, self.teacher, self.distill_weight = backbone, head, teacher, distill_weight
+        self.backbone, self.head = backbone, head
 
-    def forward(self, x: Tensor, labels: Tensor, weights: Tensor | None = None, targets: Tensor | None = None) -> Tensor:
-        embeddings = self.backbone(x)
-        loss = self.head(embeddings, labels, weights)
-        if targets is not None and self.teacher is not None:
-            loss = loss + self.distill_weight * self.teacher(embeddings, targets)
-        return loss
+    def forward(self, x: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(x), labels, weights)
 
 
 def build_net(params: TrainParams, in_channels: int, input_size: int, num_classes: int) -> FRNet:
     backbone = build_backbone(params.backbone, in_channels, input_size, params.embedding_size, params.width, params.strides, params.norm)
-    teacher = TeacherProjection(params.embedding_size, TEACHER_SIZE) if params.distill_weight > 0 else None
-    return FRNet(backbone, MarginHead(params.embedding_size, num_classes, params.head, params.scale, params.margin), teacher, params.distill_weight)
+    return FRNet(backbone, MarginHead(params.embedding_size, num_classes, params.head, params.scale, params.margin))
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -133,7 +125,6 @@ def train(
     resume: bool = False,
     max_steps: int | None = None,
     progress: bool = True,
-    teacher: str | Path | None = None,
 ) -> dict:
     """Train an FR network with one protection method; resumable from ``out_dir/checkpoint.pt``.
 
@@ -146,8 +137,6 @@ def train(
         resume: continue from the checkpoint in ``out_dir`` if there is one.
         max_steps: stop (after checkpointing) once this many steps are done; for tests of resume.
         progress: show a progress bar.
-        teacher: ``gallery.npz`` of ``fmix attack gallery`` (the dlib descriptors of the clean
-            training faces); required when ``params.distill_weight > 0``.
 
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
@@ -162,9 +151,6 @@ def train(
     out_dir, splits = Path(out_dir), Path(splits)
     train_set = load_face_set(aligned, splits / "private_train.csv")
     val_set = load_face_set(aligned, splits / "private_val.csv")
-    if params.distill_weight > 0 and teacher is None:
-        raise ValueError("train.distill_weight > 0 needs the teacher's descriptors (--teacher gallery.npz from `fmix attack gallery`)")
-    teacher_targets = load_teacher_targets(teacher, train_set.paths) if params.distill_weight > 0 else None
     public = [path for path, _ in read_face_list(splits / "public.csv")] if params.method == "freq" else []
     encoder, spec = build_encoder(params.method, masker_path, aligned, public)
     encoder = encoder.to(device)
@@ -211,9 +197,9 @@ def train(
                 checkpoint_path,
             )
 
-    def fr_loss(x: Tensor, labels: Tensor, weights: Tensor | None, targets: Tensor | None) -> Tensor:
+    def fr_loss(x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return trained(x, labels, weights, targets)
+            return trained(x, labels, weights)
 
     net.train()
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {params.method}", unit="step", disable=not progress or rank > 0)
@@ -226,7 +212,6 @@ def train(
             if params.flip:
                 images = _random_flip(images, generator)
             labels = train_set.labels[batches[number]].to(device)
-            targets = teacher_targets[batches[number]].to(device) if teacher_targets is not None else None
             with torch.no_grad():
                 x = encoder(images)
             done = state["step"] / total_steps
@@ -236,12 +221,11 @@ def train(
             if mixing:
                 k = _choose_k(params, game, game_on, x, done, generator)
                 mixed = frequency_mixup(x, labels, k, max(K_VALUES), params.mix_law, params.mix_cap, generator=generator, rescale=params.mix_rescale)
-                mixed_teacher = mixed_targets(targets, mixed.partners, mixed.weights) if targets is not None else None
-                loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights, mixed_teacher).mean()
+                loss = fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
                 for k_value, count in Counter(mixed.k.tolist()).items():
                     stats["k"][k_value] = stats["k"].get(k_value, 0) + count
             else:
-                loss = fr_loss(x, labels, None, targets).mean()
+                loss = fr_loss(x, labels, None).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), params.clip_grad)
