@@ -31,6 +31,7 @@ from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
 from fmix.masker.protect import MixingConfig
 from fmix.metrics import PrivacyRow, best_constituent_ssim
+from fmix.params import ExportParams
 from fmix.train.data import FaceSet, load_face_set
 
 
@@ -122,7 +123,9 @@ def attack_method(
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": run.mix, "judge": run.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    attackers = {"white": protector, "black": surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], run.black_box_k if run.mix else None)}
+    # The black-box attacker guesses the algorithm's defaults, but sees the maps' size (so u) in the data.
+    surrogate = surrogate_protector(public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0], run.black_box_k if run.mix else None, ExportParams(upsample=upsample))
+    attackers = {"white": protector, "black": surrogate}
     recon_white = None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()

@@ -319,6 +319,7 @@ def _epoch_row(epoch: int, stats: dict, val_accuracy: float, nu: float | None, g
             entropy=stats["entropy"] / pi if pi else None,
             baseline=game.baseline.value,
             nu=nu,
+            k_price=game.penalty,
         )
         if stats.get("k_by_difficulty"):
             # Rows: quartiles of the un-mixed loss (easiest first); columns: k. The MI shows per-sample choice.

@@ -91,8 +91,8 @@ def test_sample_with_a_generator_on_another_device_returns_on_the_input_device(a
 
 def test_cost_is_small_next_to_the_input():
     policy = StrategyNetwork(192)
-    # 1x1 reduction to 32 channels, two 3x3 convolutions and a 33 -> 32 -> 5 MLP.
-    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (33 * 32 + 32) + (32 * 5 + 5)
+    # 1x1 reduction to 32 channels, two 3x3 convolutions, the 32 -> 1 difficulty head and a 34 -> 32 -> 5 MLP.
+    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (32 + 1) + (34 * 32 + 32) + (32 * 5 + 5)
 
 
 def test_bad_arguments_raise_with_messages(anchors):
