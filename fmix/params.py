@@ -85,7 +85,7 @@ class SplitParams:
 class ExportParams:
     """The masker (``fmix export``): transform, channel masking, normalisation, k policy, mixing."""
 
-    upsample: int = 1  # bilinear factor before the block DCT: 1 -> 14x14 maps, 8 -> 112x112 (the family's)
+    upsample: int = 2  # bilinear factor before the block DCT: 1 -> 14x14 maps, 2 -> 28x28, 8 -> 112x112 (the family's)
     low_freq_threshold: int | None = 2  # drop channels with p + q <= t in every colour plane
     drop: tuple[int, ...] = ()  # further channels to drop
     keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels (PPFR-FD: 36)
