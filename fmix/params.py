@@ -166,7 +166,7 @@ class TrainParams:
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
-    target_mean_k: float | None = 4.0  # the policy holds this mean k (a dual price on k) and only chooses which samples get more; null: off
+    target_mean_k: float | None = None  # e.g. 4: a dual price holds this mean k, the policy only chooses which samples get more
     budget_lr: float = 0.5  # dual step of that price, per policy step
     difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
