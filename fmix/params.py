@@ -90,7 +90,7 @@ class ExportParams:
     How the masker's samples are mixed is the ``mixing`` section (:class:`MixingParams`).
     """
 
-    upsample: int = 1  # bilinear factor before the block DCT: 1 -> 14x14 maps, 8 -> 112x112 (the family's)
+    upsample: int = 2  # bilinear factor before the block DCT: 1 -> 14x14 maps, 2 -> 28x28, 8 -> 112x112 (the family's)
     low_freq_threshold: int | None = 2  # drop channels with p + q <= t in every colour plane
     drop: tuple[int, ...] = ()  # further channels to drop
     keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels (PPFR-FD: 36)
@@ -194,12 +194,14 @@ class TrainParams:
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
+    target_mean_k: float | None = None  # e.g. 4: a dual price holds this mean k, the policy only chooses which samples get more
+    budget_lr: float = 0.5  # dual step of that price, per policy step
+    difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 50  # steps
     amp: bool = True  # bf16 autocast on CUDA
-    distill_weight: float = 0.0  # > 0: also pull the embedding towards the dlib teacher's descriptor (needs --teacher)
-    dctdp_epsilon: float = 200000.0  # dctdp: Laplace budget per face (all its clipped coefficients; 189 x 14 x 14 at u = 1)
+    dctdp_epsilon: float = 200000.0  # dctdp: Laplace budget per face (all its clipped coefficients; 189 x 28 x 28 at u = 2)
     dctdp_clip: float = 3.0  # dctdp: coefficients clipped to [-C, C] (normalised units): sensitivity 2 C each
     dpsgd_noise_multiplier: float = 1.0  # dpsgd: Gaussian noise std / clipping norm
     dpsgd_max_grad_norm: float = 1.0  # dpsgd: per-sample gradient clipping norm
@@ -207,7 +209,6 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
-        _require(self.distill_weight >= 0, "train.distill_weight must be >= 0")
         _require(self.dctdp_epsilon > 0 and self.dctdp_clip > 0, "train.dctdp_epsilon and train.dctdp_clip must be > 0")
         _require(self.dpsgd_noise_multiplier >= 0 and self.dpsgd_max_grad_norm > 0, "train.dpsgd_noise_multiplier must be >= 0 and train.dpsgd_max_grad_norm > 0")
         _require(0 < self.dpsgd_delta < 1, "train.dpsgd_delta must be in (0, 1)")
@@ -222,6 +223,8 @@ class TrainParams:
         _require(self.policy_reference in ("none", "unmixed"), f"train.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
         _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
+        _require(self.target_mean_k is None or 2 <= self.target_mean_k <= 6, "train.target_mean_k must be null or in [2, 6] (the policy's k values)")
+        _require(self.budget_lr > 0 and self.difficulty_weight >= 0, "train.budget_lr must be > 0 and train.difficulty_weight >= 0")
         _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
 
 

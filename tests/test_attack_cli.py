@@ -67,6 +67,22 @@ def test_attack_with_the_rgb_evaluator_as_judge(pipeline_sample, trained, tmp_pa
     assert result.exit_code == 1 and "attack.judge must be 'dlib' or 'evaluator', got 'arcface'" in result.output
 
 
+def test_black_box_attacker_reads_the_map_size_from_the_data(pipeline_sample, trained, tmp_path):
+    """A u=2 masker gives 28x28 maps; the surrogate keeps the defaults but takes u from the data's shape."""
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams
+
+    masker = tmp_path / "masker_u2.onnx"
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", masker, ExportParams(upsample=2))
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 4\n  batch_size: 4\n")
+    common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt"), str(tmp_path / "out")]
+    result = runner.invoke(app, ["attack", "reconstruct", str(masker), *common, "-p", str(params)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert record["mixed"] is True and record["black"]["steps"] >= 1 and -1.0 <= record["black"]["S3"] <= 1.0
+
+
 def test_attack_errors(pipeline_sample, trained, tmp_path):
     with pytest.raises(ValueError, match="the evaluator must be trained on clean RGB faces"):
         Evaluator(trained / "adaptive" / "model.pt")

@@ -72,7 +72,7 @@ def test_export_and_mask_commands(aligned_sample, tmp_path):
     public.write_text("path,identity\n" + "".join(f"{p.relative_to(aligned_sample).as_posix()},x\n" for p in sorted(aligned_sample.glob("B*/*.png"))))
     result = runner.invoke(app, ["export", str(aligned_sample), str(public), str(tmp_path / "m.onnx"), "--k", "3"])
     assert result.exit_code == 0, result.output
-    assert "masker: 174 of 192 channels kept, 14x14 maps, statistics from 6 public faces" in result.output
+    assert "masker: 174 of 192 channels kept, 28x28 maps, statistics from 6 public faces" in result.output
     result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--masker", str(tmp_path / "m.onnx"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert 'protected 60 of 60 faces in 20 samples (mixed, one use per face, k histogram {"3": 20}); skipped: none' in result.output

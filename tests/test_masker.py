@@ -64,7 +64,7 @@ def test_fixed_k_policy_checks_k():
 def test_export_metadata_and_onnx_parity(masker_file, aligned_sample):
     onnx_masker = OnnxMasker(masker_file)
     meta = onnx_masker.metadata
-    assert len(json.loads(meta["kept_channels"])) == 174 and json.loads(meta["upsample"]) == 1
+    assert len(json.loads(meta["kept_channels"])) == 174 and json.loads(meta["upsample"]) == 2
     assert json.loads(meta["k_values"]) == [2, 3, 4, 5, 6] and json.loads(meta["policy"]) == "fixed:2"
     assert json.loads(meta["params_hash"]) == params_hash(ExportParams())
     assert json.loads(meta["public_faces_for_stats"]) == 18
@@ -73,8 +73,8 @@ def test_export_metadata_and_onnx_parity(masker_file, aligned_sample):
     torch_mask = mask_from_metadata(meta)
     from fmix.freq import block_dct
 
-    expected = torch_mask.double()(block_dct(images.double()))
-    assert masked.shape == (5, 174, 14, 14) and k.tolist() == [2] * 5
+    expected = torch_mask.double()(block_dct(images.double(), 2))
+    assert masked.shape == (5, 174, 28, 28) and k.tolist() == [2] * 5
     # Float32 limit: the error is measured against float64, relative to the output's scale.
     assert _relative_error(masked, expected) < 1e-5
     # Normalised by public statistics: roughly zero mean, unit variance on these faces.
@@ -172,7 +172,7 @@ def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, 
     weights = [line.split(",")[4] for line in index[1:]]
     assert all(len(w.split()) == 2 and all(len(v.split(".")[1]) <= 2 for v in w.split()) for w in weights)
     shard = np.load(out / "shard-00000.npy")
-    assert shard.dtype == np.float16 and shard.shape[1:] == (174, 14, 14)
+    assert shard.dtype == np.float16 and shard.shape[1:] == (174, 28, 28)
     assert not (out / "labels.json").exists()  # label numbering is a secret permutation unless asked
     assert (tmp_path / "fmix-ledger.jsonl").is_file() and not list(out.glob("*ledger*"))
     previews = sorted((out / "previews").glob("*.png"))
@@ -251,7 +251,7 @@ def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_inpu
     with pytest.raises(ValueError, match=r"zeroed.onnx: its graph does not compute the masking its metadata describes \(relative error 1 on a probe batch\)"):
         protect_folder(mask_input, tmp_path / "o1", zeroed, MaskParams(), progress=False)
     passing = _tampered(masker_file, tmp_path, "pass.onnx", pass_through)
-    with pytest.raises(ValueError, match=r"pass.onnx: its graph outputs \(4, 3, 112, 112\) where its metadata describes \(4, 174, 14, 14\)"):
+    with pytest.raises(ValueError, match=r"pass.onnx: its graph outputs \(4, 3, 112, 112\) where its metadata describes \(4, 174, 28, 28\)"):
         protect_folder(mask_input, tmp_path / "o2", passing, MaskParams(), progress=False)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 

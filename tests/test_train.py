@@ -76,7 +76,7 @@ def test_every_method_trains_through_the_same_loop(pipeline_sample, tmp_path, me
     assert summary["method"] == method and 0.0 <= summary["val_accuracy"] <= 1.0
     assert summary["final_mean_k"] == (3.0 if method == "mixup" else None)
     record = load_checkpoint(tmp_path / "model.pt")
-    assert record["input"] == {"none": [3, 112], "freq": [192, 14]}.get(method, [174, 14])
+    assert record["input"] == {"none": [3, 112], "freq": [192, 28]}.get(method, [174, 28])  # export.upsample 2: 28x28 maps
 
 
 def test_masking_method_without_masker_is_refused(pipeline_sample, tmp_path):

@@ -60,10 +60,10 @@ class _ExplicitWeights(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, labels: Tensor, weights: Tensor | None = None, targets: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         if weights is None:
             labels, weights = labels[:, None], torch.ones(labels.shape[0], 1, device=x.device)
-        return self.net(x, labels, weights, targets)
+        return self.net(x, labels, weights)
 
 
 class DpSgd(Method):
@@ -74,8 +74,6 @@ class DpSgd(Method):
     def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
         if world > 1:
             raise ValueError("method 'dpsgd' trains in one process (opacus' accountant sees one optimiser): drop torchrun")
-        if params.distill_weight > 0:
-            raise ValueError("method 'dpsgd' does not distil: the teacher's targets are not private (set train.distill_weight: 0)")
 
     def prepare_net(self, net: nn.Module) -> nn.Module:
         fixed = ModuleValidator.fix(net)

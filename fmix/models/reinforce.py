@@ -222,6 +222,42 @@ class DualVariable:
         self.value, self.count = float(state["value"]), int(state["count"])
 
 
+class BudgetDual:
+    """Lagrange multiplier ``lambda >= 0`` of the mean-k budget [ours].
+
+    The user fixes the mean k of the mixes (the privacy level); the policy only decides which
+    samples get more or fewer faces. After each policy step,
+    ``lambda <- max(0, lambda + lr * (mean_k - target))``; ``lambda`` joins ``nu`` in the penalty
+    ``(nu + lambda) * k`` of :func:`effective_reward`.
+
+    Args:
+        lr: dual step size, > 0 (reward units per unit of k per unit of excess k).
+        target: the mean k to hold, > 0.
+    """
+
+    def __init__(self, lr: float, target: float) -> None:
+        if check_number(lr, "lr") <= 0:
+            raise ValueError(f"Expected lr > 0, got {lr}")
+        if check_number(target, "target") <= 0:
+            raise ValueError(f"Expected target > 0, got {target}")
+        self.lr, self.target = float(lr), float(target)
+        self.value = 0.0
+
+    def update(self, mean_k: float) -> float:
+        """One dual ascent step with the mean k of the last policy step; returns the new ``lambda``."""
+        self.value = max(0.0, self.value + self.lr * (check_number(mean_k, "mean_k") - self.target))
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state to checkpoint: ``{"value": float}``."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state written by :meth:`state_dict`."""
+        _check_state(state, ("value",), "BudgetDual")
+        self.value = float(state["value"])
+
+
 def _check_state(state: object, keys: tuple[str, ...], owner: str) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"Expected a state dict for {owner}, got {type(state).__name__}")

@@ -6,6 +6,12 @@ distribution over ``k`` in ``k_values`` (default {2, ..., 6}). It is trained wit
 convolution first reduces the channels to ``hidden``, then two strided 3x3 convolutions,
 global average pooling and a two-layer MLP that also sees the progress.
 
+Per-sample signal [ours]: a linear *difficulty head* on the same features predicts how hard the
+frozen FR network finds the anchor (its un-mixed loss, standardised within the batch), trained by
+regression during the policy's turns (:meth:`StrategyNetwork.difficulty_loss`). The MLP reads that
+prediction (detached) beside the progress, so k can depend on the sample, and the exported masker
+needs nothing but the policy itself.
+
 The last layer starts at zero, so the initial policy is uniform over ``k_values``.
 """
 
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+import torch.nn.functional as F
 
 from fmix.checks import check_float, check_int, check_integer, check_tensor, is_tracing
 
@@ -56,7 +64,8 @@ class StrategyNetwork(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
+        self.difficulty = nn.Linear(hidden, 1)
+        self.mlp = nn.Sequential(nn.Linear(hidden + 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
@@ -117,7 +126,32 @@ class StrategyNetwork(nn.Module):
         """
         x = self._check_input(x)
         column = self._progress_column(progress, x)
-        return self.mlp(torch.cat([self.features(x), column], dim=1))
+        features = self.features(x)
+        return self.mlp(torch.cat([features, column, self.difficulty(features).detach()], dim=1))
+
+    def difficulty_loss(self, x: Tensor, difficulty: Tensor) -> Tensor:
+        """Regression of the difficulty head on the FR network's per-sample difficulty.
+
+        Args:
+            x: masked anchors.
+            difficulty: e.g. the frozen FR network's un-mixed loss per anchor (any scale: it is
+                standardised within the batch).
+
+        Shape:
+            - x: :math:`(B, C, h, w)`, :math:`B \\geq 2`.
+            - difficulty: :math:`(B,)`.
+            - Output: :math:`()`.
+
+        Returns:
+            The smooth-L1 loss between the head's prediction and the batch z-scores.
+        """
+        x = self._check_input(x)
+        difficulty = check_tensor(difficulty, "difficulty")
+        if difficulty.shape != (x.shape[0],) or x.shape[0] < 2:
+            raise ValueError(f"Expected difficulty of shape ({x.shape[0]},) for a batch of at least 2, got {tuple(difficulty.shape)}")
+        target = difficulty.detach().float().to(x.device)
+        target = (target - target.mean()) / (target.std() + 1e-6)
+        return F.smooth_l1_loss(self.difficulty(self.features(x)).squeeze(1).float(), target)
 
     def distribution(self, x: Tensor, progress: float | Tensor) -> torch.distributions.Categorical:
         """The categorical policy over action indices (positions in ``k_values``).

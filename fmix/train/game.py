@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, effective_reward, policy_loss
+from fmix.models import BudgetDual, DualVariable, EmaBaseline, StrategyNetwork, effective_reward, policy_loss
 from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
@@ -34,6 +34,7 @@ class AdaptiveGame:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
+        self.budget = BudgetDual(params.budget_lr, params.target_mean_k) if params.target_mean_k is not None else None
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
 
@@ -67,18 +68,26 @@ class AdaptiveGame:
         if self.params.policy_reference == "unmixed":
             # Per-sample advantage: what mixing costs this sample, not how hard the sample is anyway.
             reward = reward - unmixed_loss
-        nu = self.dual.value
+        nu = self.penalty
         loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
+        loss = loss + self.params.difficulty_weight * self.policy.difficulty_loss(anchors, unmixed_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
+        if self.budget is not None:
+            self.budget.update(k.float().mean().item())
         return {
             "reward": reward.mean().item(),
             "k": k.float().mean().item(),
             "entropy": entropy.mean().item(),
             "k_by_difficulty": difficulty_table(unmixed_loss, k, self.policy.k_values, DIFFICULTY_BINS),
         }
+
+    @property
+    def penalty(self) -> float:
+        """The price of one more face per sample: ``nu`` (utility floor) + ``lambda`` (mean-k budget)."""
+        return self.dual.value + (self.budget.value if self.budget is not None else 0.0)
 
     def end_epoch(self, val_accuracy: float) -> float:
         """Dual ascent on nu with the epoch's un-mixed validation accuracy; returns the new nu."""
@@ -90,6 +99,7 @@ class AdaptiveGame:
             "optimizer": self.optimizer.state_dict(),
             "baseline": self.baseline.state_dict(),
             "dual": self.dual.state_dict(),
+            "budget": self.budget.state_dict() if self.budget is not None else {},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -97,6 +107,8 @@ class AdaptiveGame:
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.dual.load_state_dict(state["dual"])
+        if self.budget is not None:
+            self.budget.load_state_dict(state["budget"])
 
 
 def k_histogram(ks: list[int] | Counter, k_values: tuple[int, ...]) -> dict[str, float]:

@@ -27,7 +27,6 @@ from fmix.methods.base import TrainInputs
 from fmix.models.frnet import FRNet, build_net
 from fmix.params import MixingParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint
-from fmix.train.teacher import load_teacher_targets
 from fmix.train.trainer import Trainer, lr_factor
 
 __all__ = ["FRNet", "build_net", "closed_set_accuracy", "lr_factor", "recalibrate_batchnorm", "train"]
@@ -74,7 +73,6 @@ def build_trainer(
     device: torch.device | None = None,
     rank: int = 0,
     world: int = 1,
-    teacher: str | Path | None = None,
 ) -> tuple[Trainer, FaceSet]:
     """Load the faces, build the method's encoder and the FR network, and the trainer around them.
 
@@ -87,26 +85,22 @@ def build_trainer(
         device: where training runs (default: the CPU).
         rank: this process's rank.
         world: number of processes.
-        teacher: the teacher's ``gallery.npz`` (needed when ``params.distill_weight > 0``).
 
     Returns:
         (the trainer, the validation faces).
 
     Raises:
-        ValueError: distillation without a teacher, or parameters the method refuses.
+        ValueError: parameters the method refuses.
     """
     method = get_method(params.method)
     device = device or torch.device("cpu")
     splits = Path(splits)
     train_set = load_face_set(aligned, splits / "private_train.csv")
     val_set = load_face_set(aligned, splits / "private_val.csv")
-    if params.distill_weight > 0 and teacher is None:
-        raise ValueError("train.distill_weight > 0 needs the teacher's descriptors (--teacher gallery.npz from `fmix attack gallery`)")
-    teacher_targets = load_teacher_targets(teacher, train_set.paths) if params.distill_weight > 0 else None
     encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)).to(device)
     num_classes = int(train_set.labels.max()) + 1
     net = method.prepare_net(build_net(params, encoder.channels, encoder.size, num_classes)).to(device)
-    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world, teacher_targets)
+    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world)
     return trainer, val_set
 
 
@@ -119,7 +113,6 @@ def train(
     resume: bool = False,
     max_steps: int | None = None,
     progress: bool = True,
-    teacher: str | Path | None = None,
     mixing: MixingParams | None = None,
 ) -> dict:
     """Train an FR network with one protection method; resumable from ``out_dir/checkpoint.pt``.
@@ -133,8 +126,6 @@ def train(
         resume: continue from the checkpoint in ``out_dir`` if there is one.
         max_steps: stop (after checkpointing) once this many steps are done; for tests of resume.
         progress: show a progress bar.
-        teacher: ``gallery.npz`` of ``fmix attack gallery`` (the dlib descriptors of the clean
-            training faces); required when ``params.distill_weight > 0``.
         mixing: the ``mixing`` section (default: its defaults); the method may change it.
 
     Returns:
@@ -146,7 +137,7 @@ def train(
     torch.manual_seed(params.seed)
     random.seed(params.seed)
     out_dir = Path(out_dir)
-    trainer, val_set = build_trainer(params, aligned, splits, masker_path, mixing, device, rank, world, teacher)
+    trainer, val_set = build_trainer(params, aligned, splits, masker_path, mixing, device, rank, world)
     net, encoder, train_set, num_classes = trainer.net, trainer.encoder, trainer.train_set, trainer.num_classes
 
     checkpoint_path = out_dir / "checkpoint.pt"

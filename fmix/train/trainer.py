@@ -28,7 +28,6 @@ from fmix.params import MixingParams, TrainParams, plain_dict
 from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
 from fmix.train.game import k_histogram, mutual_information
-from fmix.train.teacher import mixed_targets
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -89,6 +88,7 @@ class EpochStats:
                 entropy=self.entropy / pi if pi else None,
                 baseline=game.baseline.value,
                 nu=nu,
+                k_price=game.penalty,
             )
             if self.k_by_difficulty:
                 # Rows: quartiles of the un-mixed loss (easiest first); columns: k. The MI shows per-sample choice.
@@ -141,7 +141,6 @@ class Trainer:
         device: where training runs.
         rank: this process's rank.
         world: number of processes (DDP when more than one).
-        teacher_targets: the teacher's descriptors of ``train_set`` (distillation), or None.
     """
 
     def __init__(
@@ -155,14 +154,13 @@ class Trainer:
         device: torch.device,
         rank: int = 0,
         world: int = 1,
-        teacher_targets: Tensor | None = None,
     ) -> None:
         self.params, self.method, self.encoder, self.net = params, method, encoder, net
         self.num_classes = net.head.num_classes
         self.mixing = method.mixing(mixing, params)
         method.check(params, self.mixing, world)
         self.protection = method.build_protection(self.mixing)
-        self.train_set, self.device, self.rank, self.world, self.teacher_targets = train_set, device, rank, world, teacher_targets
+        self.train_set, self.device, self.rank, self.world = train_set, device, rank, world
         self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
         trained = list(net.parameters()) + (list(encoder.parameters()) if method.trainable_encoder else [])
         self.optimizer: torch.optim.Optimizer = torch.optim.SGD(trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
@@ -204,10 +202,10 @@ class Trainer:
         return self.game is not None and self.mixing_at(position) and position >= self.params.policy_warmup_epochs
 
     # ------------------------------------------------------------------ steps
-    def fr_loss(self, x: Tensor, labels: Tensor, weights: Tensor | None, targets: Tensor | None) -> Tensor:
+    def fr_loss(self, x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
         """Per-sample loss of the (DDP-wrapped) network, in bf16 autocast on CUDA with ``train.amp``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(x, labels, weights, targets)
+            return self.model(x, labels, weights)
 
     def fr_step(self, index: Tensor, epoch: int, number: int) -> tuple[Tensor, Tensor]:
         """One FR step on the faces ``index``: encode, maybe mix, one optimiser step.
@@ -226,7 +224,6 @@ class Trainer:
         if params.flip:
             images = _random_flip(images, self.generator)
         labels = self.train_set.labels[index].to(self.device)
-        targets = self.teacher_targets[index].to(self.device) if self.teacher_targets is not None else None
         with torch.set_grad_enabled(self.method.trainable_encoder):
             x = self.encoder(images)
         position = self.position(epoch, number)
@@ -235,12 +232,11 @@ class Trainer:
         if mixing:
             k = self.method.choose_k(self, x, self.game_on)
             mixed = self.method.mix(self, x, labels, k)
-            mixed_teacher = mixed_targets(targets, mixed.partners, mixed.weights) if targets is not None else None
-            loss = self.fr_loss(mixed.x, labels[mixed.partners], mixed.weights, mixed_teacher).mean()
+            loss = self.fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
             stats.count_k(mixed.k)
         else:
             shown = self.protection.permute(x, self.generator) if self.protection is not None else x
-            loss = self.fr_loss(shown, labels, None, targets).mean()
+            loss = self.fr_loss(shown, labels, None).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], params.clip_grad)

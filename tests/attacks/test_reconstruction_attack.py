@@ -57,7 +57,7 @@ def test_unmixed_protector_and_surrogate(aligned_faces, masker, stats):
     surrogate = surrogate_protector(stats, k=4)
     assert surrogate.mixing.k_max == 6 and surrogate.masker.k_values.tolist() == [2, 3, 4, 5, 6]
     mixed = surrogate(images, torch.arange(4), torch.Generator().manual_seed(0))
-    assert mixed.x.shape == (4, 174, 14, 14) and ((mixed.weights > 0).sum(dim=1) == 4).all()
+    assert mixed.x.shape == (4, 174, 28, 28) and ((mixed.weights > 0).sum(dim=1) == 4).all()
     assert surrogate_protector(stats, k=None).mixing is None
 
 
@@ -65,7 +65,7 @@ def test_the_black_box_guess_matches_the_released_channel_count(aligned_faces, s
     images = aligned_faces[0][:4].float()
     guess = surrogate_protector(stats, k=None, channels=36)  # e.g. PPFR-FD's 36 lowest-energy channels
     kept = guess.masker.mask.kept
-    assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (4, 36, 14, 14)
+    assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (4, 36, 28, 28)  # export.upsample 2
     default = build_masker(ExportParams(), stats).mask.kept.tolist()
     energy = stats.energy
     assert sorted(kept.tolist()) == sorted(sorted(default, key=lambda c: energy[c].item())[:36])
@@ -137,7 +137,7 @@ def test_invert_and_evaluate(aligned_faces, masker):
     torch.testing.assert_close(invert(attack.generator, protected), recon)
     with pytest.raises(ValueError, match=r"protected of shape \(B, K, h, w\)"):
         attack.invert(protected[0])
-    with pytest.raises(ValueError, match=r"x of shape \(B, 174, 14, 14\)"):
+    with pytest.raises(ValueError, match=r"x of shape \(B, 174, 28, 28\)"):
         attack.invert(torch.zeros(2, 10, 14, 14))
 
     mean_face = faces.float().mean(dim=0)

@@ -33,19 +33,20 @@ def test_noise_scales_spend_the_budget_whatever_the_learned_split():
 
 
 def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample, tmp_path):
+    # The pipeline sample's masker is at the default u = 2: 28x28 maps.
     params = TrainParams(method="dctdp", width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, dctdp_epsilon=5.0e4, dctdp_clip=2.0)
     summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
     privacy = summary["privacy"]
     assert summary["epsilon"] == privacy["epsilon"] == pytest.approx(5.0e4, rel=1e-6)
-    assert privacy["coefficients_per_face"] == 189 * 14 * 14 and privacy["sensitivity_per_coefficient"] == 4.0
-    assert privacy["epsilon_per_coefficient_mean"] == pytest.approx(5.0e4 / (189 * 14 * 14))
+    assert privacy["coefficients_per_face"] == 189 * 28 * 28 and privacy["sensitivity_per_coefficient"] == 4.0
+    assert privacy["epsilon_per_coefficient_mean"] == pytest.approx(5.0e4 / (189 * 28 * 28))
     model, record = load_trained_model(tmp_path / "model.pt")
     assert record.privacy == privacy and record.encoder["kind"] == "noisy_frequency"
     assert not set(record.encoder["kept_channels"]) & set(DC_CHANNELS) and len(record.encoder["kept_channels"]) == 189
     logits = torch.tensor(record.encoder["noise_logits"])
     assert logits.abs().max() > 0  # the split was learned (it starts uniform)
-    uniform = 2.0 * 2.0 * 14 * 14 * 189 / 5.0e4
+    uniform = 2.0 * 2.0 * 28 * 28 * 189 / 5.0e4
     assert privacy["noise_scale_min"] < uniform < privacy["noise_scale_max"]
     scales = model.encoder.noise.scales().detach().double()
-    assert float((2.0 * 2.0 * 14 * 14 / scales).sum()) == pytest.approx(5.0e4, rel=1e-6)
+    assert float((2.0 * 2.0 * 28 * 28 / scales).sum()) == pytest.approx(5.0e4, rel=1e-6)
     assert math.isclose(ModelRecord.load(tmp_path / "model.pt").privacy["epsilon_budget"], 5.0e4)

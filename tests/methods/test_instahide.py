@@ -12,7 +12,7 @@ def test_instahide_mixes_four_pixel_faces_with_capped_weights_and_a_sign_mask(ma
     assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False)
     seen = []
     original = trainer.fr_loss
-    trainer.fr_loss = lambda x, labels, weights, targets: (seen.append((x.detach(), labels, weights)), original(x, labels, weights, targets))[1]
+    trainer.fr_loss = lambda x, labels, weights: (seen.append((x.detach(), labels, weights)), original(x, labels, weights))[1]
     index = trainer.batches(0)[0]
     state = trainer.generator.get_state()
     x, labels = trainer.fr_step(index, 0, 0)

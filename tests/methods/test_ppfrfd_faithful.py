@@ -15,7 +15,7 @@ def test_keeps_the_lowest_energy_channels_and_shuffles_each_sample(make_trainer,
     from fmix.data.faces import read_face_list
 
     public = [pipeline_sample["aligned"] / path for path, _ in read_face_list(pipeline_sample["splits"] / "public.csv")]
-    energy = public_channel_stats(public, 1)[0].energy
+    energy = public_channel_stats(public, 2)[0].energy  # at the masker's u = 2
     candidates = sorted(set(range(192)) - set(low_frequency_channels(2)), key=lambda c: energy[c].item())
     assert sorted(kept) == sorted(candidates[:36])
     seen = []
@@ -23,7 +23,7 @@ def test_keeps_the_lowest_energy_channels_and_shuffles_each_sample(make_trainer,
     trainer.fr_loss = lambda x, *rest: (seen.append(x.detach()), original(x, *rest))[1]
     x, _ = trainer.fr_step(trainer.batches(0)[0], 0, 0)
     shown = seen[0]
-    assert shown.shape == x.shape == (8, 36, 14, 14) and not torch.equal(shown, x)
+    assert shown.shape == x.shape == (8, 36, 28, 28) and not torch.equal(shown, x)
     orders = []
     for b in range(8):  # each sample's channels are a permutation of its own, in an order of its own
         match = [int((x[b] - shown[b, j]).abs().flatten(1).amax(1).argmin()) for j in range(36)]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fmix.models import DualVariable, EmaBaseline, effective_reward, policy_loss, reinforce_loss
+from fmix.models import BudgetDual, DualVariable, EmaBaseline, effective_reward, policy_loss, reinforce_loss
 
 
 def test_reinforce_loss_reference_value_and_gradient():
@@ -75,6 +75,25 @@ def test_dual_variable_state_round_trip():
     restored.load_state_dict(dual.state_dict())
     assert restored.state_dict() == dual.state_dict() == {"value": pytest.approx(0.25), "count": 2}
     assert restored.update(0.8) == dual.update(0.8) == pytest.approx(0.3)
+
+
+def test_budget_dual_prices_k_above_the_target_and_never_goes_negative():
+    budget = BudgetDual(lr=0.5, target=4.0)
+    assert budget.value == 0.0
+    assert budget.update(6.0) == pytest.approx(1.0)
+    assert budget.update(5.0) == pytest.approx(1.5)
+    assert budget.update(4.0) == pytest.approx(1.5)  # on target: unchanged
+    assert budget.update(3.0) == pytest.approx(1.0)
+    assert budget.update(2.0) == 0.0  # max(0, 1.0 - 1.0)
+    assert budget.update(2.0) == 0.0
+    restored = BudgetDual(lr=0.5, target=4.0)
+    budget.update(5.0)
+    restored.load_state_dict(budget.state_dict())
+    assert restored.state_dict() == {"value": pytest.approx(0.5)}
+    with pytest.raises(ValueError, match=r"Expected target > 0, got 0"):
+        BudgetDual(lr=0.5, target=0)
+    with pytest.raises(ValueError, match=r"Expected a state for BudgetDual with keys \['value'\], got \['count', 'value'\]"):
+        restored.load_state_dict({"value": 1.0, "count": 2})
 
 
 def test_bad_arguments_raise_with_messages():

@@ -80,6 +80,31 @@ def test_lagrange_penalty_lowers_the_expected_k(anchors):
     assert before == pytest.approx(4.0) and expected_k() < before - 0.05
 
 
+def test_difficulty_head_learns_the_per_sample_signal_and_moves_the_policy(anchors):
+    """The head regresses a per-sample difficulty (z-scored); the logits then differ between easy and hard anchors."""
+    torch.manual_seed(0)
+    policy = StrategyNetwork(8, hidden=8)
+    difficulty = anchors[:, 0].mean(dim=(1, 2)) * 10 + 3  # any scale: only the ranking matters
+    optimizer = torch.optim.Adam(policy.parameters(), lr=0.02)
+    first = policy.difficulty_loss(anchors, difficulty).item()
+    for _ in range(150):
+        optimizer.zero_grad()
+        policy.difficulty_loss(anchors, difficulty).backward()
+        optimizer.step()
+    assert policy.difficulty_loss(anchors, difficulty).item() < 0.1 * first
+    with torch.no_grad():
+        predicted = policy.difficulty(policy.features(anchors)).squeeze(1)
+    assert torch.corrcoef(torch.stack([predicted, difficulty]))[0, 1] > 0.95
+    # The MLP reads the prediction: a trained last layer makes k depend on it.
+    torch.nn.init.normal_(policy.mlp[-1].weight)
+    with torch.no_grad():
+        logits = policy(anchors, 0.5)
+    easy, hard = difficulty.argsort()[:8], difficulty.argsort()[-8:]
+    assert not torch.allclose(logits[easy].mean(0), logits[hard].mean(0), atol=1e-3)
+    with pytest.raises(ValueError, match=r"Expected difficulty of shape \(64,\) for a batch of at least 2, got \(3,\)"):
+        policy.difficulty_loss(anchors, torch.zeros(3))
+
+
 def test_sample_with_a_generator_on_another_device_returns_on_the_input_device(anchors):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA: a CPU generator drawing for CUDA inputs")
@@ -91,8 +116,8 @@ def test_sample_with_a_generator_on_another_device_returns_on_the_input_device(a
 
 def test_cost_is_small_next_to_the_input():
     policy = StrategyNetwork(192)
-    # 1x1 reduction to 32 channels, two 3x3 convolutions and a 33 -> 32 -> 5 MLP.
-    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (33 * 32 + 32) + (32 * 5 + 5)
+    # 1x1 reduction to 32 channels, two 3x3 convolutions, the 32 -> 1 difficulty head and a 34 -> 32 -> 5 MLP.
+    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (32 + 1) + (34 * 32 + 32) + (32 * 5 + 5)
 
 
 def test_bad_arguments_raise_with_messages(anchors):
