@@ -174,7 +174,7 @@ class TrainParams:
     head: str = "cosface"  # or "arcface"
     scale: float = 32.0
     margin: float | None = None  # None: 0.35 for CosFace, 0.5 for ArcFace
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -198,7 +198,7 @@ class TrainParams:
     budget_lr: float = 0.5  # dual step of that price, per policy step
     difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     checkpoint_every: int = 50  # steps
     amp: bool = True  # bf16 autocast on CUDA
     dctdp_epsilon: float = 200000.0  # dctdp: Laplace budget per face (all its clipped coefficients; 189 x 28 x 28 at u = 2)
@@ -246,8 +246,8 @@ class EvaluatorParams:
     seed: int = 1
     backbone: str = "iresnet18"
     width: float = 0.25
-    epochs: int = 4
-    threads: int = 2
+    epochs: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "evaluator.seed")
@@ -258,11 +258,11 @@ class EvaluatorParams:
 class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
-    seconds: float = 60.0  # CPU seconds of inversion-network training per attacker
+    seconds: float = 30.0  # CPU seconds of inversion-network training per attacker
     eval_faces: int = 256  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
-    invert_seconds: float = 60.0  # decoder training for model inversion
+    invert_seconds: float = 30.0  # decoder training for model inversion
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)
@@ -305,7 +305,7 @@ SECTIONS: dict[str, type] = {
 # attack stages (DVC foreach, Snakemake {method} wildcard); params.yaml's `sweep` section holds
 # this default (the quick profile), workflow/params/<profile>.yaml others.
 DEFAULT_SWEEP: dict[str, dict[str, Any]] = {
-    "none": {"method": "none"},
+    "none": {"method": "none", "width": 0.25},  # quick: the RGB reference at a quarter width
     "ppfrfd": {"method": "ppfrfd"},
     "mixup4": {"method": "mixup", "k": 4},
     "adaptive": {"method": "adaptive"},

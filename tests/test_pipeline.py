@@ -203,7 +203,7 @@ def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
     assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
     bad = runner.invoke(app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)])
-    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, paper" in bad.output
+    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, paper" in bad.output
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):
