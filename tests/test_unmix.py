@@ -145,3 +145,57 @@ def test_secret_streams_and_key_file(tmp_path):
         read_secret_key(tmp_path / "out" / "key", tmp_path / "out")
     with pytest.raises(ValueError, match="give a secret key or an insecure seed, not both"):
         ReleaseRandomness(key=b"k" * 16, insecure_seed=0)
+
+
+def _synthetic_shard(partners, weights, dim=4000, seed=0):
+    """Mixes ``(w0 f_b + w1 f_p(b)) / ||w||`` of random near-orthogonal faces around a common mean face."""
+    rng = np.random.default_rng(seed)
+    faces = rng.standard_normal((len(partners), dim)) + 0.5 * rng.standard_normal(dim)
+    w = np.array(weights)
+    mixes = (w[:, :1] * faces + w[:, 1:] * faces[partners]) / np.linalg.norm(w, axis=1, keepdims=True)
+    return torch.from_numpy(mixes).float().reshape(len(partners), 1, 1, dim), torch.from_numpy(faces).float()
+
+
+def test_structure_attack_solves_cycles_and_trees_exactly():
+    from fmix.attacks.unmix import Release, ReleasedShard
+
+    # 0 -> 1 -> 2 -> 0 (3-cycle) with 3 -> 0, 4 -> 0; 5 <-> 6 (2-cycle) with 7 -> 6; 8 -> 9 -> 10 -> 11 -> 8 (4-cycle) with 12 -> 9
+    partners = [1, 2, 0, 0, 0, 6, 5, 6, 9, 10, 11, 8, 9]
+    weights = [[0.6, 0.4], [0.45, 0.55], [0.5, 0.5], [0.62, 0.38], [0.4, 0.6], [0.55, 0.45], [0.35, 0.65], [0.6, 0.4], [0.52, 0.48], [0.47, 0.53], [0.64, 0.36], [0.58, 0.42], [0.41, 0.59]]
+    samples, faces = _synthetic_shard(partners, weights)
+    release = Release(folder=None, run={}, shards={0: ReleasedShard(samples, [[0, 1]] * len(partners), weights)})
+    estimates, info = match_structure(release)
+    error = (estimates[0].reshape(len(partners), -1) - faces).norm(dim=1) / faces.norm(dim=1)
+    assert error.max() < 1e-4
+    # the 2-cycle's samples hold the same two faces: one of them is no clique of its own, and
+    # the triangle 5, 6, 7 is tried as a 3-cycle before it is settled as one face and a 2-cycle
+    assert info["rows_linked"] == 13 and info["triangles_tried"] == 2 and info["faces"] == 14
+
+
+def test_structure_attack_leaves_unshared_samples_alone():
+    from fmix.attacks.unmix import Release, ReleasedShard
+
+    rng = np.random.default_rng(1)
+    samples = torch.from_numpy(rng.standard_normal((6, 2, 3, 3))).float()
+    release = Release(folder=None, run={}, shards={0: ReleasedShard(samples, [[0, 1]] * 6, [[0.6, 0.4]] * 6)})
+    estimates, info = match_structure(release)
+    torch.testing.assert_close(estimates[0], samples)
+    assert info["rows_linked"] == 0
+    with pytest.raises(ValueError, match=r"Expected threshold in \(0, 1\), got 1.5"):
+        match_structure(release, threshold=1.5)
+
+
+def test_face_cliques_and_orientation_reference_values():
+    from fmix.attacks.unmix import _maximal_cliques, face_cliques, orient_faces, sharing_graph
+
+    # partners 1 -> 0, 2 -> 0, 0 -> 3 and the 4-cycle 3 -> 4 -> 5 -> 6 -> 3; faces (samples
+    # holding them): {0, 1, 2}, {1}, {2}, {3, 0, 6}, {4, 3}, {5, 4}, {6, 5}
+    truth = [[3], [0], [0], [4], [5], [6], [3]]
+    adjacency = [{1, 2, 3, 6}, {0, 2}, {0, 1}, {0, 4, 6}, {3, 5}, {4, 6}, {0, 3, 5}]
+    assert sorted(map(sorted, _maximal_cliques(adjacency[0], adjacency))) == [[1, 2], [3, 6]]
+    faces = face_cliques(adjacency, [2] * 7)
+    assert sorted(map(sorted, faces)) == [[0, 1, 2], [0, 3, 6], [1], [2], [3, 4], [4, 5], [5, 6]]
+    partners, cycles = orient_faces(faces, 7, lambda p: sum(a != b for a, b in zip(p, truth)))
+    assert partners == truth and cycles == 1
+    with pytest.raises(ValueError, match="Expected one weight list per sample, got 5 samples and 4 lists"):
+        sharing_graph(torch.zeros(5, 1, 2, 2), [[0.5, 0.5]] * 4)

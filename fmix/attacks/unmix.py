@@ -14,8 +14,10 @@ face, partners from its batch):
   as its first (anchor) label names that row; rows whose partners are all named give exact
   equations;
 - (c) :func:`match_structure`: without labels (after Carlini et al. 2021, "An Attack on
-  InstaHide"): samples sharing a face correlate, so each sample's partners are picked among its
-  most correlated samples, then least squares and re-picking by residual, alternately.
+  InstaHide"): samples sharing a face correlate, so the samples holding one face form a clique
+  of the sharing graph; the cliques give the faces, peeling the faces held by one sample gives
+  each sample's anchor face and thereby its partners (cycles of partners oriented by the
+  decorrelation of the solved faces), then least squares.
 
 Each returns one estimate of a masked face per released sample (the sample itself where it has
 nothing better). A release with one use per face and secret randomness defeats all three.
@@ -24,7 +26,9 @@ nothing better). A release with one use per face and secret randomness defeats a
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,37 +338,353 @@ def resolve_labels(release: Release, rescale: bool = True, rounds: int = 6) -> t
     return estimates, {"partners": total, "partners_named": named, "rows_changed_in_last_round": unsettled}
 
 
-def match_structure(release: Release, rescale: bool = True, candidates: int = 8, rounds: int = 8) -> tuple[dict[int, Tensor], dict]:
-    """Attack (c): without labels, partners among the most correlated samples, then least squares.
+SHARING_THRESHOLD = 0.05  # cosine above which two samples share a face (different people: |cos| < 0.05)
+MEAN_FACE_SAMPLES = 128  # shards this large centre on a least-squares mean face
 
-    Samples that share a face correlate (centred over the shard). Each row's partners are
-    picked among its ``candidates`` most correlated other samples (:func:`_alternate`); its k
-    and weights come from the published weights (the first is its anchor's).
+
+def match_structure(release: Release, rescale: bool = True, threshold: float = SHARING_THRESHOLD) -> tuple[dict[int, Tensor], dict]:
+    """Attack (c): without labels, the faces the samples share, then least squares (after Carlini et al.).
+
+    Per shard: two samples share a face when their centred cosine exceeds ``threshold`` (the
+    masked faces of different people are nearly orthogonal, :func:`sharing_graph`). Each face
+    is then a clique of samples, and every sample lies in as many cliques as it has constituents
+    (the line-graph structure of the release, :func:`face_cliques`). Each sample is the anchor
+    of exactly one face: faces held by one sample are its anchor, and peeling those leaves
+    decides the rest except around cycles of partners, whose two orientations are told apart by
+    the solved faces' decorrelation (:func:`orient_faces`). Triangles of samples that may be a
+    3-cycle instead of one face are tried both ways, the same way. A sample's partners are the
+    anchors of its other faces (its k and weights come from the published weights, the first
+    being its anchor's); a sample with no face shared is left as it is. Then least squares.
 
     Args:
         release: the released folder.
         rescale: the release's mixes are divided by the weights' L2 norm (white-box).
-        candidates: most correlated samples considered as partners.
-        rounds: alternations.
+        threshold: smallest centred cosine taken as a shared face, in (0, 1); raised to five
+            times the shard's robust spread of cosines where that is larger.
 
     Returns:
-        (shard -> estimated masked face per sample, a record: rows whose partners changed in
-        the last round).
+        (shard -> estimated masked face per sample, a record: faces found, rows linked, cycles
+        oriented, triangles tried, seconds).
+
+    Raises:
+        ValueError: if ``threshold`` is not in (0, 1).
     """
-    estimates, unsettled = {}, 0
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"Expected threshold in (0, 1), got {threshold}")
+    start = time.perf_counter()
+    estimates, record = {}, {"faces": 0, "rows": 0, "rows_linked": 0, "cycles_oriented": 0, "triangles_tried": 0}
     for shard, part in release.shards.items():
         batch = len(part.weights)
+        record["rows"] += batch
         if batch < 2:
             estimates[shard] = part.samples.clone()
             continue
-        flat = part.samples.reshape(batch, -1).double()
-        centred = torch.nn.functional.normalize(flat - flat.mean(dim=0), dim=1)
-        correlation = (centred @ centred.T).fill_diagonal_(-float("inf"))
-        shortlist = correlation.topk(min(candidates, batch - 1), dim=1).indices.tolist()
-        options = [[shortlist[row]] * (len(w) - 1) for row, w in enumerate(part.weights)]
-        estimates[shard], changed = _alternate(part.samples, part.weights, options, rescale, rounds)
-        unsettled += changed
-    return estimates, {"rows_changed_in_last_round": unsettled, "candidates": candidates, "rounds": rounds}
+        solved, info = _unmix_shard(part.samples, part.weights, rescale, threshold)
+        estimates[shard] = solved
+        for key in ("faces", "rows_linked", "cycles_oriented", "triangles_tried"):
+            record[key] += info[key]
+    record["threshold"] = threshold
+    record["seconds"] = time.perf_counter() - start
+    return estimates, record
+
+
+def _unmix_shard(samples: Tensor, weights: list[list[float]], rescale: bool, threshold: float) -> tuple[Tensor, dict]:
+    """Attack (c) on one shard: faces as cliques, anchors by peeling, partners, least squares."""
+    batch = samples.shape[0]
+    cosines, used, gram = sharing_graph(samples, weights, rescale, threshold)
+    adjacency = [set(np.flatnonzero(cosines[b] > used).tolist()) for b in range(batch)]
+    nearby = [list(np.argsort(-cosines[b])[: int((cosines[b] > 0.6 * used).sum())]) for b in range(batch)]
+    sizes = [len(w) for w in weights]
+    norms = np.array([np.linalg.norm(w) for w in weights]) if rescale else np.ones(batch)
+
+    def score(partners: list[list[int]]) -> float:
+        system = _link_system(weights, partners, norms)
+        left = _solve_linked(system, gram)  # W^-1 G W^-T: the Gram matrix of the solved faces
+        return _decorrelation(_solve_linked(system, left.T))
+
+    triangles = _even_triangles(adjacency)
+    if len(triangles) <= 3:
+        hypotheses = [frozenset(c) for n in range(len(triangles) + 1) for c in itertools.combinations(triangles, n)]
+    else:  # every even triangle a 3-cycle, then each one in turn a face
+        hypotheses = [frozenset(triangles)] + [frozenset(triangles) - {t} for t in triangles]
+    best = None
+    for cycles in hypotheses:
+        faces = face_cliques(adjacency, sizes, cycles)
+        partners, oriented = orient_faces(faces, batch, score)
+        partners = _complete(partners, sizes, nearby, score)
+        value = score(partners)
+        if best is None or value < best[0]:
+            best = (value, partners, len(faces), oriented)
+    _, partners, found, oriented = best
+    partners = _settle_triangles(partners, triangles, sizes, score)
+    flat = samples.reshape(batch, -1).double().numpy()
+    solution = _solve_linked(_link_system(weights, partners, norms), flat)
+    info = {"faces": found, "rows_linked": sum(bool(p) for p in partners), "cycles_oriented": oriented, "triangles_tried": len(triangles)}
+    return torch.from_numpy(solution).float().reshape(samples.shape), info
+
+
+def _solve_linked(system: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """``system^-1 samples`` (least squares where the system is singular)."""
+    try:
+        return np.linalg.solve(system, samples)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(system, samples, rcond=None)[0]
+
+
+def _settle_triangles(partners: list[list[int]], triangles: list[frozenset[int]], sizes: list[int], score) -> list[list[int]]:
+    """Try every partner of a triangle's three rows among the other two (and its own): the best by ``score``.
+
+    Around a triangle of samples the cliques do not say which faces are shared (one face of
+    three samples, a 3-cycle of partners, a 2-cycle with a third sample), so its rows of
+    ``k = 2`` are decided jointly, each taking one of the triangle's other samples or keeping
+    its partner (at most 27 tries per triangle).
+    """
+    partners = [list(p) for p in partners]
+    for triangle in triangles:
+        rows = sorted(triangle)
+        if any(sizes[row] != 2 for row in rows):
+            continue
+        choices = [list(dict.fromkeys(partners[row][:1] + [c for c in rows if c != row])) for row in rows]
+        best = None
+        for pick in itertools.product(*choices):
+            trial = list(partners)
+            for row, c in zip(rows, pick):
+                trial[row] = [c]
+            value = score(trial)
+            if best is None or value < best[0]:
+                best = (value, trial)
+        partners = best[1]
+    return partners
+
+
+def _link_system(weights: list[list[float]], partners: list[list[int]], norms: np.ndarray) -> np.ndarray:
+    """``W`` with row ``b`` the anchor's weight at ``b`` and the partners' at theirs; a row without partners is the sample itself."""
+    batch = len(weights)
+    system = np.zeros((batch, batch))
+    for row, (row_weights, row_partners) in enumerate(zip(weights, partners)):
+        if not row_partners:
+            system[row, row] = 1.0
+            continue
+        for column, weight in zip([row] + list(row_partners), row_weights):
+            system[row, column] += weight / norms[row]
+    return system
+
+
+def _complete(partners: list[list[int]], sizes: list[int], nearby: list[list[int]], score) -> list[list[int]]:
+    """Give every linked row ``k - 1`` partners in the order of its weights, choosing by ``score``.
+
+    A row with more partner faces than weights keeps the best ones; one with fewer (its face
+    cliques were not all found) takes the best of its most correlated samples; a row with
+    several partners tries their orders (up to three partners). A row with no correlated
+    sample stays unlinked.
+    """
+    partners = [list(p) for p in partners]
+    for row, size in enumerate(sizes):
+        want = size - 1
+        if len(partners[row]) == want or not nearby[row]:
+            continue
+        pool = list(dict.fromkeys(partners[row] + [int(c) for c in nearby[row]]))
+        keep = partners[row][:want] if len(partners[row]) < want else []
+        while len(keep) < want and len(keep) < len(pool):
+            options = [c for c in pool if c not in keep]
+            scores = [score(partners[:row] + [keep + [c]] + partners[row + 1 :]) for c in options]
+            keep.append(options[int(np.argmin(scores))])
+        partners[row] = keep
+    for row, size in enumerate(sizes):
+        if 2 <= len(partners[row]) <= 3:
+            orders = [list(o) for o in itertools.permutations(partners[row])]
+            partners[row] = min(orders, key=lambda o: score(partners[:row] + [o] + partners[row + 1 :]))
+    return partners
+
+
+def sharing_graph(samples: Tensor, weights: list[list[float]], rescale: bool = True, threshold: float = SHARING_THRESHOLD) -> tuple[np.ndarray, float, np.ndarray]:
+    """Which samples share a face: cosines of the samples less the mean face, thresholded.
+
+    A sample is ``x_b = sum_j w_bj f_j / ||w_b||``; with faces ``f = m + g`` (``m`` the mean
+    face), ``x_b - r_b m = sum_j w_bj g_j / ||w_b||`` where ``r_b`` is the sample's sum of weights
+    over ``||w_b||``. The deviations ``g`` of different people's masked faces are nearly
+    orthogonal (on aligned LFW a cosine of about 0.01, rarely above 0.05), so a clearly higher
+    cosine between two samples means a shared face. With at least
+    :data:`MEAN_FACE_SAMPLES` samples ``m`` is fitted by least squares (``x ~ r m``); a smaller
+    shard would bias that fit towards each sample itself, so there only the mean face's energy
+    ``|m|^2`` is removed from the Gram matrix, as the median over pairs of ``G_bc / (r_b r_c)``
+    (most pairs share nothing). The threshold is raised to the cosines' median plus five robust
+    standard deviations (1.4826 median absolute deviations) where that is higher.
+
+    Args:
+        samples: the shard's released samples.
+        weights: each sample's published weights.
+        rescale: mixes are divided by the weights' L2 norm.
+        threshold: smallest cosine taken as sharing.
+
+    Shape:
+        - samples: :math:`(B, K, h, w)`.
+        - Output: cosines and Gram matrix :math:`(B, B)` (cosines with a zero diagonal).
+
+    Returns:
+        (cosines, the threshold used, the Gram matrix of the samples less the mean face).
+
+    Raises:
+        ValueError: if the number of weight lists is not the number of samples.
+    """
+    batch = samples.shape[0]
+    if batch != len(weights):
+        raise ValueError(f"Expected one weight list per sample, got {batch} samples and {len(weights)} lists")
+    flat = samples.reshape(batch, -1).double().numpy()
+    sums = np.array([sum(w) / (np.linalg.norm(w) if rescale else 1.0) for w in weights])
+    off = ~np.eye(batch, dtype=bool)
+    if batch >= MEAN_FACE_SAMPLES:
+        centred = flat - np.outer(sums, sums @ flat / float(sums @ sums))
+        gram = centred @ centred.T
+    else:
+        gram = flat @ flat.T
+        energy = float(np.median((gram / np.outer(sums, sums))[off])) if batch > 1 else 0.0
+        gram = gram - energy * np.outer(sums, sums)
+    scale = np.sqrt(np.maximum(np.diag(gram), 1e-12))
+    cosines = gram / np.outer(scale, scale)
+    np.fill_diagonal(cosines, 0.0)
+    if batch > 1:
+        values = cosines[off]
+        centre = float(np.median(values))
+        threshold = max(threshold, centre + 5.0 * 1.4826 * float(np.median(np.abs(values - centre))))
+    return cosines, threshold, gram
+
+
+def _maximal_cliques(nodes: set[int], adjacency: list[set[int]]) -> list[frozenset[int]]:
+    """Maximal cliques of the graph induced on ``nodes`` (Bron-Kerbosch with pivoting)."""
+    found: list[frozenset[int]] = []
+
+    def expand(clique: frozenset[int], pending: set[int], done: set[int]) -> None:
+        if not pending and not done:
+            found.append(clique)
+            return
+        pivot = max(pending | done, key=lambda v: len(adjacency[v] & pending))
+        for v in list(pending - adjacency[pivot]):
+            expand(clique | {v}, pending & adjacency[v], done & adjacency[v])
+            pending = pending - {v}
+            done = done | {v}
+
+    if nodes:
+        expand(frozenset(), set(nodes), set())
+    return found
+
+
+def _even_triangles(adjacency: list[set[int]]) -> list[frozenset[int]]:
+    """Triangles no other sample touches once or thrice: possibly a 3-cycle of partners, not one face.
+
+    Three samples sharing one face are touched by the other samples of that face (all three)
+    and by those sharing one sample's other face (one); a 3-cycle ``a -> b -> c -> a`` is a
+    triangle too, whose every other neighbour shares one of its faces, i.e. two of its samples.
+    """
+    triangles = []
+    for a, around in enumerate(adjacency):
+        for b in around:
+            if b <= a:
+                continue
+            for c in around & adjacency[b]:
+                if c <= b:
+                    continue
+                counts: dict[int, int] = {}
+                for v in (a, b, c):
+                    for u in adjacency[v] - {a, b, c}:
+                        counts[u] = counts.get(u, 0) + 1
+                if all(n == 2 for n in counts.values()):
+                    triangles.append(frozenset((a, b, c)))
+    return triangles
+
+
+def face_cliques(adjacency: list[set[int]], sizes: list[int], cycles: frozenset[frozenset[int]] = frozenset()) -> list[frozenset[int]]:
+    """The faces of a shard as cliques of samples, from each sample's neighbourhood.
+
+    Sample ``b`` sees its neighbours grouped by the face they share with it: two neighbours
+    share that face when they are adjacent, unless the three form a triangle listed in
+    ``cycles`` (a 3-cycle of partners: each pair shares a different face). The groups are the
+    fewest maximal cliques (at most ``sizes[b]``) covering the neighbours with the least
+    overlap; each with ``b`` is a face, and ``b``'s faces that no other sample holds are
+    ``{b}``.
+
+    Args:
+        adjacency: per sample, the samples it shares a face with.
+        sizes: per sample, its number of constituents k.
+        cycles: triangles taken as 3-cycles.
+
+    Returns:
+        The distinct faces (sets of the samples holding them), in order of discovery.
+    """
+    faces: dict[frozenset[int], None] = {}
+    for b, around in enumerate(adjacency):
+        if cycles:
+            local = [adjacency[v] - {u for u in adjacency[v] if frozenset((b, u, v)) in cycles} for v in range(len(adjacency))]
+        else:
+            local = adjacency
+        groups = _maximal_cliques(around, local)
+        want = max(sizes[b], 1)
+        if len(groups) > want:
+            groups = list(min(itertools.combinations(groups, want), key=lambda c: (len(around - frozenset().union(*c)), sum(map(len, c)))))
+        for group in groups:
+            faces.setdefault(group | {b}, None)
+        if len(groups) < want:
+            faces.setdefault(frozenset((b,)), None)
+    return list(faces)
+
+
+def orient_faces(faces: list[frozenset[int]], batch: int, score) -> tuple[list[list[int]], int]:
+    """Each sample's partners: the anchors of its other faces, every sample anchoring one face.
+
+    A face with one sample left unassigned is that sample's anchor face, and a sample with one
+    face left unanchored anchors it; assigning one may settle others (peeling leaves of the
+    partner forest). What stays open are cycles of partners, each with two orientations: the
+    first open sample is tried on each of its open faces, the rest peeled, and the orientation
+    whose partners ``score`` lower is kept.
+
+    Args:
+        faces: the shard's faces (sets of samples holding them).
+        batch: the number of samples.
+        score: partners (list per sample; may be empty) -> a number, lower is better.
+
+    Returns:
+        (per sample the anchors of its other faces, cycles oriented).
+    """
+    holding = [[f for f, members in enumerate(faces) if b in members] for b in range(batch)]
+    anchor, owner = _peel(faces, holding, {}, {})
+    cycles = 0
+    while True:
+        open_samples = [b for b in range(batch) if b not in owner and any(f not in anchor for f in holding[b])]
+        if not open_samples:
+            break
+        b, options = open_samples[0], []
+        for f in dict.fromkeys(holding[b]):
+            if f in anchor:
+                continue
+            trial_anchor, trial_owner = _peel(faces, holding, {**anchor, f: b}, {**owner, b: f})
+            options.append((score(_partners(holding, trial_anchor, trial_owner)), trial_anchor, trial_owner))
+        _, anchor, owner = min(options, key=lambda option: option[0])
+        cycles += 1
+    return _partners(holding, anchor, owner), cycles
+
+
+def _peel(faces, holding, anchor: dict[int, int], owner: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Assign anchors while some face has one free sample or some free sample one open face."""
+    changed = True
+    while changed:
+        changed = False
+        for f, members in enumerate(faces):
+            if f not in anchor:
+                free = [m for m in members if m not in owner]
+                if len(free) == 1:
+                    anchor[f], owner[free[0]] = free[0], f
+                    changed = True
+        for b, held in enumerate(holding):
+            if b not in owner:
+                unanchored = [f for f in held if f not in anchor]
+                if len(unanchored) == 1:
+                    anchor[unanchored[0]], owner[b] = b, unanchored[0]
+                    changed = True
+    return anchor, owner
+
+
+def _partners(holding, anchor, owner) -> list[list[int]]:
+    return [list(dict.fromkeys(anchor[f] for f in held if f in anchor and f != owner.get(b) and anchor[f] != b)) for b, held in enumerate(holding)]
 
 
 ATTACKS = {"regenerate": "a", "labels": "b", "structure": "c"}
