@@ -259,7 +259,7 @@ class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
     seconds: float = 30.0  # CPU seconds of inversion-network training per attacker
-    eval_faces: int = 256  # private faces attacked
+    eval_faces: int = 128  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
     invert_seconds: float = 30.0  # decoder training for model inversion
