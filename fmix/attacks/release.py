@@ -28,6 +28,7 @@ from fmix.data.faces import load_faces
 from fmix.io import write_json_atomic
 from fmix.masker.apply import OnnxMasker
 from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
+from fmix.params import AttackParams
 from fmix.masker.ledger import Ledger, default_ledger_path
 from fmix.data.faces import load_face_set
 
@@ -81,8 +82,8 @@ def attack_release(
     splits: str | Path,
     evaluator_path: str | Path,
     out_dir: str | Path,
-    seconds: float = 60.0,
-    eval_faces: int = 256,
+    seconds: float = AttackParams.seconds,
+    eval_faces: int = AttackParams.eval_faces,
     attack: AttackConfig | None = None,
     ledger: str | Path | None = None,
 ) -> dict:

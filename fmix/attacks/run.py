@@ -145,10 +145,10 @@ def invert_model(
     splits: str | Path,
     evaluator_path: str | Path,
     out_dir: str | Path,
-    seconds: float = 60.0,
-    optimise_identities: int = 32,
-    seed: int = 0,
-    judge: str = "dlib",
+    seconds: float = AttackParams.invert_seconds,
+    optimise_identities: int = AttackParams.invert_identities,
+    seed: int = AttackParams.seed,
+    judge: str = AttackParams.judge,
     gallery_file: str | Path | None = None,
 ) -> dict:
     """Model inversion of a trained FR model; writes ``inversion.json`` and a grid.
