@@ -168,14 +168,34 @@ def _system(weights: list[list[float]], partners: list[list[int]], norms: np.nda
     return system
 
 
-def _decorrelation(gram: np.ndarray) -> float:
-    """Sum of squared cosines between different estimated faces (0 for orthogonal faces)."""
-    diagonal = np.maximum(np.diag(gram), 1e-12)
-    cosines = gram / np.sqrt(np.outer(diagonal, diagonal))
-    return float(np.square(cosines).sum() - np.square(np.diag(cosines)).sum())
+def _decorrelation(gram: np.ndarray) -> float | np.ndarray:
+    """Sum of squared cosines between different estimated faces (0 for orthogonal faces).
+
+    Shape:
+        - gram: :math:`(..., B, B)`, one Gram matrix or a stack of them.
+        - Output: a float, or :math:`(...)` for a stack.
+    """
+    diagonal = np.maximum(np.diagonal(gram, axis1=-2, axis2=-1), 1e-12)
+    root = np.sqrt(diagonal)
+    cosines = gram / (root[..., :, None] * root[..., None, :])
+    scores = np.square(cosines).sum(axis=(-2, -1)) - np.square(np.diagonal(cosines, axis1=-2, axis2=-1)).sum(axis=-1)
+    return float(scores) if gram.ndim == 2 else scores
 
 
-def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[list[list[int]]], rescale: bool, rounds: int, dims: int = 1024, restarts: int = 8) -> tuple[Tensor, int]:
+def _gram_factor(rows: np.ndarray) -> np.ndarray:
+    """A ``(B, B)`` matrix with the same Gram matrix as ``rows`` (B, D): every search step only needs inner products.
+
+    Shape:
+        - rows: :math:`(B, D)`.
+        - Output: :math:`(B, \\min(B, D))`.
+    """
+    if rows.shape[1] <= rows.shape[0]:
+        return rows
+    values, vectors = np.linalg.eigh(rows @ rows.T)
+    return vectors * np.sqrt(np.maximum(values, 0.0))
+
+
+def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[list[list[int]]], rescale: bool, rounds: int, restarts: int = 8) -> tuple[Tensor, int]:
     """Pick each row's partners among candidates so that the solved faces are least correlated.
 
     Any invertible ``W`` explains the samples (``x = W m``), so partners are picked by a prior:
@@ -185,7 +205,7 @@ def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[lis
     is left of the sample once it is taken out, ``x_b ||w_b|| - w_bj x_c``. Then local search:
     for every row and partner column, try each candidate and keep the one that most lowers the
     sum of squared cosines between the solved faces (each try is a rank-one update of ``W^-1``,
-    in a random projection of ``dims`` coefficients), until a sweep changes nothing or
+    on a factor of the samples' Gram matrix, since only inner products matter), until a sweep changes nothing or
     ``rounds`` sweeps are done; for shards of up to 64 rows, ``restarts`` more searches from
     random partners, keeping the least correlated outcome. The faces are finally solved at full size.
 
@@ -195,9 +215,7 @@ def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[lis
     batch = samples.shape[0]
     flat = samples.reshape(batch, -1).double().numpy()
     centred = flat - flat.mean(axis=0)
-    if centred.shape[1] > dims:
-        projection = np.random.default_rng(0).standard_normal((centred.shape[1], dims)) / np.sqrt(dims)
-        centred = centred @ projection
+    centred = _gram_factor(centred)
     norms = np.array([np.linalg.norm(w) for w in weights]) if rescale else np.ones(batch)
     # Start: with the samples themselves as the faces.
     unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
@@ -244,14 +262,12 @@ def _gram_search(centred, weights, partners, candidates, norms, rounds) -> list[
             for j in range(1, len(row_weights)):
                 current, a = partners[row][j - 1], row_weights[j] / norms[row]
                 residual = (target[row] - energy * product[row]) * off[row]
-                best, gain = None, 0.0
-                for c in candidates[row][j - 1]:
-                    if c == current or c in partners[row]:
-                        continue
-                    step = energy * a * (system[:, c] - system[:, current]) * off[row]
-                    new_gain = float(np.square(residual).sum() - np.square(residual - step).sum())
-                    if new_gain > gain + 1e-9:
-                        best, gain = c, new_gain
+                options = [c for c in candidates[row][j - 1] if c != current and c not in partners[row]]
+                if not options:
+                    continue
+                steps = energy * a * (system[:, options] - system[:, [current]]) * off[row][:, None]  # one column per option
+                gains = np.square(residual).sum() - np.square(residual[:, None] - steps).sum(axis=0)
+                best = options[int(gains.argmax())] if gains.max() > 1e-9 else None
                 if best is not None:
                     delta = a * (system[:, best] - system[:, current])
                     system[row, best] += a
@@ -266,6 +282,20 @@ def _gram_search(centred, weights, partners, candidates, norms, rounds) -> list[
     return partners
 
 
+TRIAL_ELEMENTS = 4_000_000  # Gram matrices scored at once by the local search (32 MB)
+
+
+def _updated_gram(gram: np.ndarray, faces: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Gram matrices of ``faces - u v_c^T`` for each row ``v_c`` of ``v``: rank-one updates of ``gram``.
+
+    Shape:
+        - gram: :math:`(B, B)`; faces: :math:`(B, D)`; u: :math:`(B,)`; v: :math:`(C, D)`.
+        - Output: :math:`(C, B, B)`.
+    """
+    mv = v @ faces.T
+    return gram - u[None, :, None] * mv[:, None, :] - mv[:, :, None] * u[None, None, :] + np.square(v).sum(axis=1)[:, None, None] * np.outer(u, u)
+
+
 def _local_search(centred, weights, partners, candidates, norms, rounds) -> tuple[float, list[list[int]], int]:
     batch = len(weights)
     partners = [list(p) for p in partners]
@@ -273,27 +303,24 @@ def _local_search(centred, weights, partners, candidates, norms, rounds) -> tupl
     faces = inverse @ centred
     gram = faces @ faces.T
     score, changed = _decorrelation(gram), 0
+    chunk = max(1, TRIAL_ELEMENTS // batch**2)
     for _ in range(rounds):
         changed = 0
         for row, row_weights in enumerate(weights):
             for j in range(1, len(row_weights)):
                 current = partners[row][j - 1]
                 weight = row_weights[j] / norms[row]
-                best = None
-                for c in candidates[row][j - 1]:
-                    if c == current or c in partners[row]:
-                        continue
-                    delta_m = weight * (faces[c] - faces[current])  # delta^T m: the row's change of W, times m
-                    u = inverse[:, row]
-                    denominator = 1.0 + weight * (u[c] - u[current])
-                    if abs(denominator) < 1e-6:
-                        continue
-                    v = delta_m / denominator
-                    mv = faces @ v
-                    trial = gram - np.outer(u, mv) - np.outer(mv, u) + (v @ v) * np.outer(u, u)
-                    trial_score = _decorrelation(trial)
-                    if trial_score < score - 1e-9 and (best is None or trial_score < best[0]):
-                        best = (trial_score, c, u.copy(), v, trial)
+                options = np.array([c for c in candidates[row][j - 1] if c != current and c not in partners[row]], dtype=np.int64)
+                u = inverse[:, row]
+                denominators = 1.0 + weight * (u[options] - u[current])
+                options, denominators = options[np.abs(denominators) >= 1e-6], denominators[np.abs(denominators) >= 1e-6]
+                if len(options) == 0:
+                    continue
+                # All options at once: the row's change of W times m, then the rank-one updates of the Gram matrix.
+                v = weight * (faces[options] - faces[current]) / denominators[:, None]
+                trial_scores = np.concatenate([_decorrelation(_updated_gram(gram, faces, u, v[i : i + chunk])) for i in range(0, len(v), chunk)])
+                pick = int(trial_scores.argmin())
+                best = (float(trial_scores[pick]), int(options[pick]), u.copy(), v[pick], _updated_gram(gram, faces, u, v[pick : pick + 1])[0]) if trial_scores[pick] < score - 1e-9 else None
                 if best is not None:
                     score, c, u, v, gram = best
                     delta = np.zeros(batch)
