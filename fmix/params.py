@@ -262,7 +262,7 @@ class AttackParams:
     eval_faces: int = 128  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
-    invert_seconds: float = 30.0  # decoder training for model inversion
+    invert_seconds: float = 30.0  # model inversion: the decoder's training, and again the identity optimisation
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)

@@ -93,7 +93,7 @@ def total_variation(images: Tensor) -> Tensor:
 
 
 def optimise_identity_images(
-    logits_fn, identities: Tensor, start: Tensor, steps: int = 100, lr: float = 2.0, tv_weight: float = 0.05
+    logits_fn, identities: Tensor, start: Tensor, steps: int = 100, lr: float = 2.0, tv_weight: float = 0.05, seconds: float | None = None
 ) -> Tensor:
     """Gradient ascent on each identity's logit, from a start image, with a total-variation prior.
 
@@ -105,13 +105,17 @@ def optimise_identity_images(
         steps: Adam steps.
         lr: Adam step size, in pixel units.
         tv_weight: weight of the total-variation prior.
+        seconds: optional wall-clock budget (fewer steps when it runs out).
 
     Returns:
         The optimised images (B, 3, 112, 112) in [0, 255].
     """
     images = start.detach().expand(len(identities), -1, -1, -1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([images], lr=lr)
+    begin = time.perf_counter()
     for _ in range(steps):
+        if seconds is not None and time.perf_counter() - begin > seconds:
+            break
         logits = logits_fn(images.clamp(0, 255))
         target = logits.gather(1, identities[:, None]).squeeze(1)
         loss = (-target + tv_weight * total_variation(images)).mean()

@@ -155,7 +155,8 @@ def invert_model(
 
     (a) a decoder from the target's embeddings to faces, fitted on public faces, applied to each
     private identity's class centre; (b) input optimisation of the identity logit from the mean
-    public face, for the first ``optimise_identities`` identities. Both scored by ``judge``
+    public face, for the first ``optimise_identities`` identities; each gets ``seconds`` of wall
+    clock at most. Both scored by ``judge``
     (:class:`~fmix.attacks.identity.IdentityScorer`: top-1, top-5, and for dlib the TAR against
     the identity's clean photos), with the RGB evaluator's top-1, top-5 and cosine to the
     identity's clean template beside it.
@@ -195,7 +196,7 @@ def invert_model(
     chosen = identities[:optimise_identities]
     logits_fn = lambda images: target.head.logits(target.backbone(target.encoder(images)))  # noqa: E731
     target.eval()
-    optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0))
+    optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0), seconds=seconds)
     result["optimisation"] = judged(optimised, chosen)
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])
