@@ -156,17 +156,17 @@ def test_the_white_box_knows_the_models_own_protection(pipeline_sample, maskerle
     from fmix.masker.protection import MixingConfig
     from fmix.models.artifact import load_trained_model
 
-    pixels = model_target(maskerless / "instahide" / "model.pt", [], black_box_k=2)
+    pixels = model_target(maskerless / "instahide" / "model.pt", black_box_k=2)
     assert pixels.info["protection"] == "pixels" and pixels.white.k == 4
     assert pixels.white.mixing == MixingConfig(4, "instahide", 0.65, sign_flip=True, permute_channels=False, rescale=True)
-    assert pixels.black(torch.zeros(1, 3, 112, 112)).mixing == MixingConfig(2, "dirichlet", 0.65, sign_flip=True)
-    noisy = model_target(maskerless / "dctdp" / "model.pt", [], black_box_k=2)
+    assert pixels.black(torch.zeros(1, 3, 112, 112), []).mixing == MixingConfig(2, "dirichlet", 0.65, sign_flip=True)
+    noisy = model_target(maskerless / "dctdp" / "model.pt", black_box_k=2)
     model, _ = load_trained_model(maskerless / "dctdp" / "model.pt")
     assert noisy.info["protection"] == "noisy" and noisy.white.clip == model.encoder.noise.clip
     torch.testing.assert_close(noisy.white.scales, model.encoder.noise.scales().detach())  # the learned scales, from model.pt
     assert noisy.white.scales.std() > 0 and torch.equal(noisy.white.masker.mask.kept, model.encoder.masker.mask.kept)
     with pytest.raises(ValueError, match=r"method 'none' has protection None: only pixels, noisy are attacked through the trained model"):
-        model_target(maskerless / "evaluator" / "model.pt", [], black_box_k=2)
+        model_target(maskerless / "evaluator" / "model.pt", black_box_k=2)
 
 
 @pytest.mark.parametrize(("method", "kind", "mixed"), [("instahide", "pixels", True), ("dctdp", "noisy", False)])

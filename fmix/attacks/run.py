@@ -33,7 +33,6 @@ from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
 from fmix.masker.export import masker_with_trained_policy
 from fmix.methods import get_method
-from fmix.methods.base import MASKER_PROTECTIONS
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
 from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, Protector, pixel_mix_to_image, surrogate_protector
@@ -44,7 +43,7 @@ from fmix.masker.build import masker_from_metadata, public_channel_stats, read_m
 from fmix.masker.protection import MixingConfig, Protection
 from fmix.metrics import PrivacyRow, best_constituent_ssim
 from fmix.params import AttackParams, ExportParams, MixingParams
-from fmix.data.faces import FaceSet, load_face_set, read_face_list
+from fmix.data.faces import FaceSet, load_face_set
 
 
 def spread_subset(faces: FaceSet, count: int) -> FaceSet:
@@ -60,14 +59,14 @@ class AttackTarget(NamedTuple):
 
     Attributes:
         white: the white-box protector (the owner's algorithm and parameters, its own draws).
-        black: the private protected samples -> the black-box protector (what the release shows
-            plus a guess of the rest).
+        black: (the private protected samples, the attacker's aligned public faces) -> the
+            black-box protector (what the release shows plus a guess of the rest).
         visualise: protected samples -> RGB images in [0, 255] (S1, S2 and the grid).
         info: what ``privacy.json`` records about the protection (at least ``mixed``).
     """
 
     white: Protector
-    black: Callable[[Tensor], Protector]
+    black: Callable[[Tensor, list[Path]], Protector]
     visualise: Callable[[Tensor], Tensor]
     info: dict
 
@@ -84,20 +83,19 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
     return MaskerProtector(masker, Protection.from_metadata(metadata, masker).mixing, mix), metadata
 
 
-def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix: bool, public_paths: list[Path], black_box_k: int) -> AttackTarget:
+def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix: bool, black_box_k: int) -> AttackTarget:
     """An exported masker's protection: white-box the masker (and its mixing), black-box the default masking.
 
     Args:
         masker_path: the method's exported masker.
         policy_model: the adaptive model, when the masker holds a trained policy.
         mix: protect with mixing (training data) or mask only.
-        public_paths: the attacker's aligned public faces (the surrogate's channel statistics).
         black_box_k: the black-box attacker's guess of k.
     """
     protector, metadata = load_protector(masker_path, policy_model, mix)
     upsample = json.loads(metadata["upsample"])
 
-    def black(released: Tensor) -> Protector:
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
         # The black-box attacker sees the released maps' size (so u) and channel count, and guesses the rest.
         stats = public_channel_stats(public_paths, upsample)[0]
         return surrogate_protector(stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1])
@@ -105,11 +103,11 @@ def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix:
     return AttackTarget(protector, black, lambda x: protected_to_image(x, protector.masker.mask, upsample), {"masker": str(masker_path), "mixed": mix})
 
 
-def _pixel_target(record: ModelRecord, public_paths: list[Path], black_box_k: int) -> AttackTarget:
+def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
     """InstaHide-style pixel mixing: white-box the model's own mixing and k; black-box a guessed k."""
     white = PixelMixProtector(MixingConfig.from_params(record.mixing), max(record.mixing.k_values))
 
-    def black(released: Tensor) -> Protector:
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
         # The release shows signed pixels (so a sign mask), not k nor the weight law: guess k with the default law.
         guess = dataclasses.replace(MixingParams(), k_values=(black_box_k,), sign_flip=True)
         return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
@@ -118,7 +116,7 @@ def _pixel_target(record: ModelRecord, public_paths: list[Path], black_box_k: in
     return AttackTarget(white, black, pixel_mix_to_image, info)
 
 
-def _noisy_target(record: ModelRecord, public_paths: list[Path], black_box_k: int) -> AttackTarget:
+def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
     """DCTDP-style noisy channels: white-box the model's transform, clip and learned noise scales;
     black-box the transform without DC and one noise scale guessed from the release."""
     encoder = encoder_from_spec(record.encoder)
@@ -126,7 +124,7 @@ def _noisy_target(record: ModelRecord, public_paths: list[Path], black_box_k: in
         raise ValueError(f"a 'noisy' protection needs a noisy_frequency encoder, got kind {record.encoder.get('kind')!r}")
     upsample = encoder.masker.upsample
 
-    def black(released: Tensor) -> Protector:
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
         # The release shows u (the maps' size) and its channels (192 - 3: all but DC), not the noise. The
         # guess: DC dropped, public normalisation (unit variance), no clip, and one Laplace scale b for
         # every channel, from the release's variance beyond the signal's: 2 b^2 = var - 1.
@@ -139,15 +137,14 @@ def _noisy_target(record: ModelRecord, public_paths: list[Path], black_box_k: in
     return AttackTarget(NoisyFrequencyProtector.from_encoder(encoder), black, lambda x: protected_to_image(x, encoder.masker.mask, upsample), info)
 
 
-MODEL_TARGETS: dict[str, Callable[[ModelRecord, list[Path], int], AttackTarget]] = {"pixels": _pixel_target, "noisy": _noisy_target}
+MODEL_TARGETS: dict[str, Callable[[ModelRecord, int], AttackTarget]] = {"pixels": _pixel_target, "noisy": _noisy_target}
 
 
-def model_target(model_path: str | Path, public_paths: list[Path], black_box_k: int) -> AttackTarget:
+def model_target(model_path: str | Path, black_box_k: int) -> AttackTarget:
     """The protection a trained model applies itself (no exported masker), by its method's ``protection``.
 
     Args:
         model_path: ``model.pt`` of ``fmix train``.
-        public_paths: the attacker's aligned public faces.
         black_box_k: the black-box attacker's guess of k (mixing protections).
 
     Raises:
@@ -157,12 +154,8 @@ def model_target(model_path: str | Path, public_paths: list[Path], black_box_k: 
     kind = get_method(record.method).protection
     if kind not in MODEL_TARGETS:
         raise ValueError(f"method {record.method!r} has protection {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model")
-    target = MODEL_TARGETS[kind](record, public_paths, black_box_k)
+    target = MODEL_TARGETS[kind](record, black_box_k)
     return target._replace(info={"model": str(model_path), "protection": kind, **target.info})
-
-
-def _public_paths(aligned: str | Path, splits: Path) -> list[Path]:
-    return [Path(aligned) / path for path, _ in read_face_list(splits / "public.csv")]
 
 
 def attack_method(
@@ -198,7 +191,7 @@ def attack_method(
     Returns:
         The privacy record.
     """
-    target = masker_target(masker_path, policy_model, mix, _public_paths(aligned, Path(splits)), params.black_box_k)
+    target = masker_target(masker_path, policy_model, mix, params.black_box_k)
     return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
 
 
@@ -221,7 +214,7 @@ def attack_model(
     Returns:
         The privacy record.
     """
-    target = model_target(model_path, _public_paths(aligned, Path(splits)), params.black_box_k)
+    target = model_target(model_path, params.black_box_k)
     return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
 
 
@@ -262,7 +255,7 @@ def attack_target(
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    attackers = {"white": target.white, "black": target.black(pairs.x)}
+    attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
     recon_white = None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()
