@@ -139,3 +139,50 @@ def test_attack_unmix_command_scores_a_weak_and_a_default_release(pipeline_sampl
     assert "seed" not in json.dumps(default["run"]) and weak["run"]["randomness"] == {"source": "insecure_seed", "seed": 0}
     result = runner.invoke(app, ["attack", "unmix", str(tmp_path / "default" / "release"), *common, str(tmp_path / "o"), "-p", str(params), "--ledger", str(tmp_path / "none.jsonl")])
     assert result.exit_code == 1 and "error: the ledger" in result.output and "holds no shard of the release" in result.output
+
+
+@pytest.fixture(scope="module")
+def maskerless(pipeline_sample, trained):
+    """Tiny instahide and dctdp models (beside the evaluator): protections without an exported masker."""
+    for method in ("instahide", "dctdp"):
+        train(TrainParams(method=method, **TINY), pipeline_sample["aligned"], pipeline_sample["splits"], trained / method, pipeline_sample["masker"], progress=False)
+    return trained
+
+
+def test_the_white_box_knows_the_models_own_protection(pipeline_sample, maskerless):
+    import torch
+
+    from fmix.attacks.run import model_target
+    from fmix.masker.protection import MixingConfig
+    from fmix.models.artifact import load_trained_model
+
+    pixels = model_target(maskerless / "instahide" / "model.pt", black_box_k=2)
+    assert pixels.info["protection"] == "pixels" and pixels.white.k == 4
+    assert pixels.white.mixing == MixingConfig(4, "instahide", 0.65, sign_flip=True, permute_channels=False, rescale=True)
+    assert pixels.black(torch.zeros(1, 3, 112, 112), []).mixing == MixingConfig(2, "dirichlet", 0.65, sign_flip=True)
+    noisy = model_target(maskerless / "dctdp" / "model.pt", black_box_k=2)
+    model, _ = load_trained_model(maskerless / "dctdp" / "model.pt")
+    assert noisy.info["protection"] == "noisy" and noisy.white.clip == model.encoder.noise.clip
+    torch.testing.assert_close(noisy.white.scales, model.encoder.noise.scales().detach())  # the learned scales, from model.pt
+    assert noisy.white.scales.std() > 0 and torch.equal(noisy.white.masker.mask.kept, model.encoder.masker.mask.kept)
+    with pytest.raises(ValueError, match=r"method 'none' has protection None: only pixels, noisy are attacked through the trained model"):
+        model_target(maskerless / "evaluator" / "model.pt", black_box_k=2)
+
+
+@pytest.mark.parametrize(("method", "kind", "mixed"), [("instahide", "pixels", True), ("dctdp", "noisy", False)])
+def test_attack_protection_of_methods_without_a_masker(pipeline_sample, maskerless, tmp_path, method, kind, mixed):
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 8\n  batch_size: 4\n  judge: evaluator\n")
+    model, out = maskerless / method / "model.pt", tmp_path / "out"
+    common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(maskerless / "evaluator" / "model.pt"), str(out)]
+    result = runner.invoke(app, ["attack", "protection", str(model), *common, "-p", str(params), "--name", f"{method}_tiny"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "privacy.json").read_text())
+    assert record["protection"] == kind and record["mixed"] is mixed and record["model"] == str(model) and record["faces"] == 8
+    assert not (out / "masker.onnx").exists() and (out / "grid.png").is_file() and "black_box" in record
+    row = record["row"]
+    assert row["method"] == f"{method}_tiny" and f"{method}_tiny: S1 {row['S1']:.3f}" in result.output
+    assert row["Score_pp"] == pytest.approx(0.4 * (1 - (max(row["S1"], 0.0) + row["S2"]) / 2) + 0.6 * (1 - (max(row["S3"], 0.0) + row["S4"]) / 2), abs=1e-6)
+    for mode in ("white", "black"):
+        assert record[mode]["steps"] >= 1 and -1.0 <= record[mode]["S3"] <= 1.0 and 0.0 <= record[mode]["S4"] <= 1.0 and record[mode]["n"] == 8
+    assert record["free_floor"] == record["white"]["floor"] and -1.0 <= row["S1"] <= 1.0

@@ -11,7 +11,7 @@ import torch
 
 from fmix.masker.protection import MixingConfig, Protection
 from fmix.methods import METHODS, REGISTRY, get_method
-from fmix.methods.base import Method
+from fmix.methods.base import PROTECTIONS, Method
 from fmix.models.artifact import ModelRecord
 from fmix.params import METHODS as PARAM_METHODS
 from fmix.params import MixingParams, ParamsError, TrainParams
@@ -26,7 +26,7 @@ def test_the_registry_is_the_one_list_of_methods():
     for name in METHODS:
         method = get_method(name)
         assert isinstance(method, Method) and method.name == name and method.summary
-        assert method.protection in (None, "masked", "mixed")
+        assert method.protection in (None, *PROTECTIONS)
     assert METHODS[:5] == ("none", "freq", "ppfrfd", "mixup", "adaptive")
     with pytest.raises(ValueError, match=f"unknown method 'fmix'; known: {', '.join(METHODS)}$"):
         get_method("fmix")

@@ -2,7 +2,7 @@
 
 from fmix.attacks.grids import image_grid, one_per_identity, write_attack_grid
 from fmix.attacks.patchgan import PatchDiscriminator
-from fmix.attacks.protectors import MaskerProtector, ProtectedPairs, Protector, surrogate_protector
+from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, Protector, surrogate_protector
 from fmix.attacks.reconstruction import (
     AttackConfig,
     ReconstructionAttack,
@@ -16,7 +16,9 @@ from fmix.attacks.unet import UNetGenerator
 __all__ = [
     "AttackConfig",
     "MaskerProtector",
+    "NoisyFrequencyProtector",
     "PatchDiscriminator",
+    "PixelMixProtector",
     "ProtectedPairs",
     "Protector",
     "ReconstructionAttack",

@@ -9,6 +9,14 @@ attack can train toward the heaviest constituent of a mix.
   :class:`~fmix.masker.protection.Protection`.
 - Black-box: :func:`surrogate_protector`, a masker built with the default parameters and a
   guessed k from public statistics.
+
+Methods without a masker are attacked through the trained model's own protection:
+
+- :class:`PixelMixProtector` (``protection = "pixels"``, InstaHide): RGB faces mixed in the pixel
+  domain with the model's mixing (k, weight law, cap, sign mask), through the owner's
+  :class:`~fmix.masker.protection.Protection`;
+- :class:`NoisyFrequencyProtector` (``protection = "noisy"``, DCTDP): a masker's frequency channels,
+  clipped, plus Laplace noise at given per-channel scales (white-box: the model's learned scales).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from fmix.freq import RunningChannelStats
 from fmix.masker.build import build_masker
 from fmix.masker.module import Masker
 from fmix.masker.protection import MixingConfig, Protection
+from fmix.models.encoders import NoisyFrequencyEncoder, RgbEncoder, add_laplace_noise
 from fmix.params import ExportParams, MixingParams
 
 
@@ -73,9 +82,95 @@ class MaskerProtector:
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
         if self.mixing is None:
             masked, _ = self.protection.mask(images, generator)
-            return ProtectedPairs(masked, torch.arange(images.shape[0])[:, None], torch.ones(images.shape[0], 1))
+            return _unmixed(masked)
         batch = self.protection.protect(images, labels, generator)
         return ProtectedPairs(batch.x, batch.partners, batch.weights)
+
+
+def _unmixed(x: Tensor) -> ProtectedPairs:
+    return ProtectedPairs(x, torch.arange(x.shape[0])[:, None], torch.ones(x.shape[0], 1))
+
+
+class PixelMixProtector:
+    """Mix RGB faces in the pixel domain as a model trained on them did (InstaHide).
+
+    The faces go through the RGB encoding ``(x - 127.5) / 128``, then through the owner's
+    :class:`~fmix.masker.protection.Protection` with ``mixing``: partners, weights and the sign mask
+    are drawn from ``generator`` in that order, as in training. The attacker knows k, the weight
+    law, the cap and that a sign mask is applied, never the owner's draws.
+
+    Args:
+        mixing: the mixing configuration (weight law, cap, sign mask, rescaling).
+        k: faces per sample, in [1, ``mixing.k_max``].
+
+    Shape:
+        - images: :math:`(B, 3, H, W)` RGB in [0, 255].
+        - labels: :math:`(B,)` identity labels (partners prefer other identities).
+        - Output: x :math:`(B, 3, H, W)`; partners, weights :math:`(B, k_{max})`.
+
+    Raises:
+        ValueError: k outside [1, ``mixing.k_max``].
+    """
+
+    def __init__(self, mixing: MixingConfig, k: int) -> None:
+        if not 1 <= k <= mixing.k_max:
+            raise ValueError(f"Expected k in [1, {mixing.k_max}] (the mixing's k_max), got {k}")
+        self.mixing, self.k = mixing, k
+        self.encoder = RgbEncoder()
+        self.protection = Protection(None, mixing, (k,))
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
+        batch = self.protection.protect_encoded(self.encoder(images), labels, self.k, generator)
+        return ProtectedPairs(batch.x, batch.partners, batch.weights)
+
+
+def pixel_mix_to_image(x: Tensor) -> Tensor:
+    """What a pixel-domain mix shows: its absolute value, which removes the sign mask.
+
+    Carlini et al. (2021) start their attack on InstaHide from ``|x|``; shown as an image of
+    ``|x|`` in [0, 1] (``x`` is a mix of faces encoded as ``(face - 127.5) / 128``).
+
+    Shape:
+        - x: :math:`(B, 3, H, W)`.
+        - Output: :math:`(B, 3, H, W)` in [0, 255].
+    """
+    return (255.0 * x.abs()).clamp(0.0, 255.0)
+
+
+class NoisyFrequencyProtector:
+    """A masker's frequency channels, clipped, plus Laplace noise per channel, un-mixed (DCTDP).
+
+    Args:
+        masker: the transform, channel masking and normalisation.
+        scales: the Laplace scale of every kept channel.
+        clip: coefficients are clipped to [-clip, clip] before the noise (None: not clipped).
+
+    Shape:
+        - images: :math:`(B, 3, H, W)` RGB in [0, 255]; labels: :math:`(B,)` (unused).
+        - scales: :math:`(K,)`.
+        - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, 1)`.
+
+    Raises:
+        ValueError: the scales do not match the masker's channels, or a negative scale.
+    """
+
+    def __init__(self, masker: Masker, scales: Tensor, clip: float | None = None) -> None:
+        if scales.shape != (masker.mask.num_kept,) or bool((scales < 0).any()):
+            raise ValueError(f"Expected {masker.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}")
+        self.masker, self.scales, self.clip = masker.eval(), scales.detach().float(), clip
+
+    @classmethod
+    def from_encoder(cls, encoder: NoisyFrequencyEncoder) -> "NoisyFrequencyProtector":
+        """The white-box protector of a trained model's noisy encoder: its masker, learned scales and clip."""
+        return cls(encoder.masker, encoder.noise.scales(), encoder.noise.clip)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
+        x = self.masker.masked(images)
+        if self.clip is not None:
+            x = x.clamp(-self.clip, self.clip)
+        return _unmixed(add_laplace_noise(x, self.scales, generator))
 
 
 def surrogate_protector(

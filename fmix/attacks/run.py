@@ -7,6 +7,10 @@ For private training faces protected exactly as the data owner protects them:
   top-5; the same for a black-box attacker (surrogate masking, guessed k);
 - the free floors: the mean public face against the private faces (best constituent for mixes);
 - Score_pp = 0.4 (1 - (S1 + S2) / 2) + 0.6 (1 - (S3 + S4) / 2), and Score_cls when given.
+The protection is an :class:`AttackTarget`: an exported masker (:func:`masker_target`), or for a
+method without one the trained model's own protection (:func:`model_target`: ``pixels``, the
+model's pixel-domain mixing with its sign mask, visualised as ``|x|``; ``noisy``, the model's
+frequency channels with Laplace noise at its learned scales).
 Identities are judged by :class:`~fmix.attacks.identity.IdentityScorer`: by default dlib's
 pretrained descriptor (top-1 among the private identities, and TAR against the person's other
 photos), with the RGB evaluator's top-1 / top-5 beside it. A mixed sample counts as identified
@@ -15,25 +19,30 @@ when the judge names any of its constituents (the attacker wins by recognising a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
+from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
 from fmix.masker.export import masker_with_trained_policy
-from fmix.models.artifact import load_trained_model
-from fmix.attacks.protectors import MaskerProtector, surrogate_protector
+from fmix.methods import get_method
+from fmix.models.artifact import ModelRecord, load_trained_model
+from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
+from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, Protector, pixel_mix_to_image, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
-from fmix.masker.protection import Protection
+from fmix.masker.protection import MixingConfig, Protection
 from fmix.metrics import PrivacyRow, best_constituent_ssim
-from fmix.params import AttackParams, ExportParams
+from fmix.params import AttackParams, ExportParams, MixingParams
 from fmix.data.faces import FaceSet, load_face_set
 
 
@@ -43,6 +52,23 @@ def spread_subset(faces: FaceSet, count: int) -> FaceSet:
         return faces
     index = torch.tensor([round(i * len(faces) / count) for i in range(count)])
     return FaceSet(faces.images[index], faces.labels[index], [faces.paths[i] for i in index.tolist()])
+
+
+class AttackTarget(NamedTuple):
+    """A protection as the reconstruction attacks see it.
+
+    Attributes:
+        white: the white-box protector (the owner's algorithm and parameters, its own draws).
+        black: (the private protected samples, the attacker's aligned public faces) -> the
+            black-box protector (what the release shows plus a guess of the rest).
+        visualise: protected samples -> RGB images in [0, 255] (S1, S2 and the grid).
+        info: what ``privacy.json`` records about the protection (at least ``mixed``).
+    """
+
+    white: Protector
+    black: Callable[[Tensor, list[Path]], Protector]
+    visualise: Callable[[Tensor], Tensor]
+    info: dict
 
 
 def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix: bool) -> tuple[MaskerProtector, dict]:
@@ -55,6 +81,81 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
     else:
         masker = masker_from_metadata(metadata)
     return MaskerProtector(masker, Protection.from_metadata(metadata, masker).mixing, mix), metadata
+
+
+def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix: bool, black_box_k: int) -> AttackTarget:
+    """An exported masker's protection: white-box the masker (and its mixing), black-box the default masking.
+
+    Args:
+        masker_path: the method's exported masker.
+        policy_model: the adaptive model, when the masker holds a trained policy.
+        mix: protect with mixing (training data) or mask only.
+        black_box_k: the black-box attacker's guess of k.
+    """
+    protector, metadata = load_protector(masker_path, policy_model, mix)
+    upsample = json.loads(metadata["upsample"])
+
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
+        # The black-box attacker sees the released maps' size (so u) and channel count, and guesses the rest.
+        stats = public_channel_stats(public_paths, upsample)[0]
+        return surrogate_protector(stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1])
+
+    return AttackTarget(protector, black, lambda x: protected_to_image(x, protector.masker.mask, upsample), {"masker": str(masker_path), "mixed": mix})
+
+
+def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
+    """InstaHide-style pixel mixing: white-box the model's own mixing and k; black-box a guessed k."""
+    white = PixelMixProtector(MixingConfig.from_params(record.mixing), max(record.mixing.k_values))
+
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
+        # The release shows signed pixels (so a sign mask), not k nor the weight law: guess k with the default law.
+        guess = dataclasses.replace(MixingParams(), k_values=(black_box_k,), sign_flip=True)
+        return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
+
+    info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask"}
+    return AttackTarget(white, black, pixel_mix_to_image, info)
+
+
+def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
+    """DCTDP-style noisy channels: white-box the model's transform, clip and learned noise scales;
+    black-box the transform without DC and one noise scale guessed from the release."""
+    encoder = encoder_from_spec(record.encoder)
+    if not isinstance(encoder, NoisyFrequencyEncoder):
+        raise ValueError(f"a 'noisy' protection needs a noisy_frequency encoder, got kind {record.encoder.get('kind')!r}")
+    upsample = encoder.masker.upsample
+
+    def black(released: Tensor, public_paths: list[Path]) -> Protector:
+        # The release shows u (the maps' size) and its channels (192 - 3: all but DC), not the noise. The
+        # guess: DC dropped, public normalisation (unit variance), no clip, and one Laplace scale b for
+        # every channel, from the release's variance beyond the signal's: 2 b^2 = var - 1.
+        stats = public_channel_stats(public_paths, upsample)[0]
+        masker = surrogate_protector(stats, None, ExportParams(upsample=upsample, low_freq_threshold=0), channels=released.shape[1]).masker
+        scale = ((released.var(dim=(0, 2, 3)).mean() - 1.0).clamp_min(0.0) / 2.0).sqrt()
+        return NoisyFrequencyProtector(masker, scale.expand(released.shape[1]).clone())
+
+    info = {"mixed": False, "black_box": "all but DC, public normalisation, one Laplace scale from the release's variance, no clip"}
+    return AttackTarget(NoisyFrequencyProtector.from_encoder(encoder), black, lambda x: protected_to_image(x, encoder.masker.mask, upsample), info)
+
+
+MODEL_TARGETS: dict[str, Callable[[ModelRecord, int], AttackTarget]] = {"pixels": _pixel_target, "noisy": _noisy_target}
+
+
+def model_target(model_path: str | Path, black_box_k: int) -> AttackTarget:
+    """The protection a trained model applies itself (no exported masker), by its method's ``protection``.
+
+    Args:
+        model_path: ``model.pt`` of ``fmix train``.
+        black_box_k: the black-box attacker's guess of k (mixing protections).
+
+    Raises:
+        ValueError: the method's protection is attacked through a masker, or not at all.
+    """
+    record = ModelRecord.load(model_path, "cpu")
+    kind = get_method(record.method).protection
+    if kind not in MODEL_TARGETS:
+        raise ValueError(f"method {record.method!r} has protection {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model")
+    target = MODEL_TARGETS[kind](record, black_box_k)
+    return target._replace(info={"model": str(model_path), "protection": kind, **target.info})
 
 
 def attack_method(
@@ -71,7 +172,7 @@ def attack_method(
     gallery_file: str | Path | None = None,
     network: AttackConfig | None = None,
 ) -> dict:
-    """Measure the privacy of one protection method; writes ``privacy.json`` and PNG grids.
+    """Measure the privacy of one protection method's masker; writes ``privacy.json`` and PNG grids.
 
     Args:
         masker_path: the method's exported masker.
@@ -90,9 +191,54 @@ def attack_method(
     Returns:
         The privacy record.
     """
+    target = masker_target(masker_path, policy_model, mix, params.black_box_k)
+    return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
+
+
+def attack_model(
+    model_path: str | Path,
+    aligned: str | Path,
+    splits: str | Path,
+    evaluator_path: str | Path,
+    out_dir: str | Path,
+    params: AttackParams,
+    score_cls: float | None = None,
+    method: str = "",
+    gallery_file: str | Path | None = None,
+    network: AttackConfig | None = None,
+) -> dict:
+    """Measure the privacy of the protection a trained model applies itself (:func:`model_target`).
+
+    Args: as :func:`attack_method`, with ``model_path`` (``model.pt``) for the masker.
+
+    Returns:
+        The privacy record.
+    """
+    target = model_target(model_path, params.black_box_k)
+    return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
+
+
+def attack_target(
+    target: AttackTarget,
+    aligned: str | Path,
+    splits: str | Path,
+    evaluator_path: str | Path,
+    out_dir: str | Path,
+    params: AttackParams,
+    score_cls: float | None = None,
+    method: str = "",
+    gallery_file: str | Path | None = None,
+    network: AttackConfig | None = None,
+) -> dict:
+    """The white-box and black-box reconstruction attacks on a protection; writes ``privacy.json`` and PNG grids.
+
+    Args: as :func:`attack_method`, with ``target`` (:class:`AttackTarget`) for the masker.
+
+    Returns:
+        The privacy record.
+    """
     out_dir, splits = Path(out_dir), Path(splits)
     attack = network or AttackConfig.from_params(params)
-    protector, metadata = load_protector(masker_path, policy_model, mix)
     evaluator = Evaluator(evaluator_path)
     public = load_face_set(aligned, splits / "public.csv")
     gallery = load_face_set(aligned, splits / "private_train.csv")
@@ -100,20 +246,16 @@ def attack_method(
     scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
-    pairs = protector(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
+    pairs = target.white(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
     constituents, valid = constituents_of(originals, pairs)
     labels = private.labels[pairs.partners]
     gallery_index = {path: i for i, path in enumerate(gallery.paths)}
     sources = torch.tensor([gallery_index[path] for path in private.paths])[pairs.partners]
-    upsample = json.loads(metadata["upsample"])
-    visual = protected_to_image(pairs.x, protector.masker.mask, upsample)
+    visual = target.visualise(pairs.x)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, labels, valid, sources)
-    record = {"method": method, "masker": str(masker_path), "faces": len(private), "mixed": mix, "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    # The black-box attacker sees the released maps' size (so u) and channel count, and guesses the rest.
-    public_stats = public_channel_stats([Path(aligned) / p for p in public.paths], upsample)[0]
-    black_box = surrogate_protector(public_stats, params.black_box_k if mix else None, ExportParams(upsample=upsample), channels=pairs.x.shape[1])
-    attackers = {"white": protector, "black": black_box}
+    record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
+    attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
     recon_white = None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()

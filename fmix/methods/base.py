@@ -22,7 +22,9 @@ from fmix.params import ExportParams, MixingParams, TrainParams
 if TYPE_CHECKING:  # the trainer calls the hooks; methods never import it at run time
     from fmix.train.trainer import Trainer
 
-PROTECTIONS = ("masked", "mixed")
+PROTECTIONS = ("masked", "mixed", "pixels", "noisy")
+# Attacked through an exported masker (``fmix export``); the others through the trained model's own encoder.
+MASKER_PROTECTIONS = ("masked", "mixed")
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ class Method:
         name: the registry name (``train.method``).
         summary: one line for the README and ``--help``.
         mixes: trains on mixed samples (after ``train.mix_warmup_fraction`` of training).
-        protection: what ``fmix attack protection`` attacks: ``"masked"`` (the masker alone),
-            ``"mixed"`` (masker + mixing) or None (the method has no exported masker).
+        protection: what ``fmix attack protection`` attacks (:data:`PROTECTIONS`): ``"masked"``
+            (the exported masker alone), ``"mixed"`` (masker + mixing), ``"pixels"`` (the model's
+            pixel-domain mixing, with its sign mask), ``"noisy"`` (the model's noisy encoder at its
+            learned noise scales) or None (nothing: the method shares the faces themselves).
         learns_policy: the k policy is trained with the model (``fmix export --policy`` exports it).
         trainable_encoder: the encoder has parameters trained with the FR network (and runs with gradients).
         net_fix: how :meth:`prepare_net` changes the network's layers, for ``model.pt`` (``""``: not
@@ -84,12 +88,13 @@ class Method:
         return mixing
 
     def build_protection(self, mixing: MixingParams) -> Protection | None:
-        """How training protects the encoded faces (None: not at all, the method has no masker).
+        """How training protects the encoded faces (None: not at all beyond the encoder).
 
-        The default: a :class:`~fmix.masker.protection.Protection` without a graph (the encoder
-        masks), with the ``mixing`` section's configuration (channel permutation, weights, signs).
+        The default: for a masker's protection (:data:`MASKER_PROTECTIONS`), a
+        :class:`~fmix.masker.protection.Protection` without a graph (the encoder masks), with the
+        ``mixing`` section's configuration (channel permutation, weights, signs); else None.
         """
-        return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.protection is not None else None
+        return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.protection in MASKER_PROTECTIONS else None
 
     def masker_params(self, export: ExportParams) -> ExportParams:
         """The ``export`` parameters of the masker this method trains through (default: the section as is)."""

@@ -10,7 +10,11 @@ coefficient (one face replaced by any other), the face's privacy loss is
 here ``privacy`` in ``train_summary.json`` and ``model.pt`` reports the epsilon spent per face as
 computed from the learned scales, the sensitivity, the number of coefficients and the scales'
 range. Noise is drawn at evaluation too (what leaves the client is always noisy). There is no ONNX
-masker for the noise, so ``fmix attack protection`` has nothing of it to attack.
+masker for the noise: ``fmix attack protection`` attacks the model's own encoder (``protection =
+"noisy"``, :class:`~fmix.attacks.protectors.NoisyFrequencyProtector`). The white-box attacker
+knows the transform, the clip and the learned scales (``model.pt`` holds them) and draws its own
+noise; the black-box attacker drops DC only (the release shows 189 channels), normalises by public
+statistics, does not clip, and adds one Laplace scale guessed from the release's variance.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 class Dctdp(Method):
     name = "dctdp"
     summary = "189 block-DCT channels (DC dropped), clipped, plus Laplace noise with learned scales under a per-face budget (DCTDP)"
+    protection = "noisy"
     trainable_encoder = True
 
     def build_encoder(self, inputs: TrainInputs) -> nn.Module:

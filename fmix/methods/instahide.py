@@ -4,9 +4,12 @@ Each training sample is a mix of k = 4 RGB faces of the batch with weights cappe
 ``instahide`` law: normalised ``|N(0, 1)|``), multiplied by a random +-1 sign per pixel; the label
 is the same mix of the constituents' labels. No frequency transform and no masking: the network
 sees (signed) pixels, and is tested on plain RGB faces like ``none``. The sign mask and the weights
-are secret draws of the training run. ``fmix attack protection`` has no masker to attack here (its
-inversion networks attack a masker's output); the un-mixing attacks of Carlini et al. (2021) on
-InstaHide are what such a release would face.
+are secret draws of the training run. ``fmix attack protection`` attacks this pixel-domain
+protection itself (``protection = "pixels"``, :class:`~fmix.attacks.protectors.PixelMixProtector`):
+the white-box attacker knows k = 4, the cap, the weight law and that a sign mask is applied, and
+draws its own partners, weights and signs to train the inversion network on public faces; the
+black-box attacker guesses ``attack.black_box_k`` faces with the default weight law and a sign
+mask. S1 and S2 are measured on ``|x|``, where Carlini et al. (2021) start their attack.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class InstaHide(Method):
     name = "instahide"
     summary = "RGB faces mixed 4 at a time (weights <= 0.65) with a random sign per pixel (InstaHide)"
     mixes = True
+    protection = "pixels"
 
     def mixing(self, mixing: MixingParams, params: TrainParams) -> MixingParams:
         """InstaHide's own mixing: k = 4, the ``instahide`` weight law capped at 0.65, a sign mask, no permutation."""

@@ -53,6 +53,23 @@ class FrequencyEncoder(nn.Module):
         return self.masker.masked(images)
 
 
+def add_laplace_noise(x: Tensor, scales: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``x`` plus Laplace noise of scale ``scales[c]`` on channel ``c``.
+
+    Args:
+        x: the channels.
+        scales: the Laplace scale of every channel.
+        generator: where the uniform draws come from (None: torch's global generator).
+
+    Shape:
+        - x: :math:`(B, K, h, w)`; scales: :math:`(K,)`.
+        - Output: :math:`(B, K, h, w)`.
+    """
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float32, device=x.device).clamp_min(1e-7) - 0.5  # in (-0.5, 0.5): finite noise
+    unit = -torch.sign(u) * torch.log1p(-2.0 * u.abs())  # Laplace(0, 1) by inverse CDF
+    return x + scales.to(x.dtype)[None, :, None, None] * unit.to(x.dtype)
+
+
 class LaplaceBudgetNoise(nn.Module):
     """Clip each coefficient to [-C, C], add Laplace noise with a learned per-channel scale, within budget epsilon.
 
@@ -96,12 +113,11 @@ class LaplaceBudgetNoise(nn.Module):
         """``sum_c 2 C h w / b_c``, computed from the scales themselves (equals ``epsilon`` up to rounding)."""
         return float((2.0 * self.clip * self.size * self.size / self.scales().detach().double()).sum())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Clip, then add the noise (drawn from ``generator``, or torch's global generator when None)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"Expected x of shape (B, {self.channels}, h, w), got {tuple(x.shape)}")
-        u = torch.rand_like(x, dtype=torch.float32).clamp_min(1e-7) - 0.5  # in (-0.5, 0.5): finite noise
-        unit = -torch.sign(u) * torch.log1p(-2.0 * u.abs())  # Laplace(0, 1) by inverse CDF
-        return x.clamp(-self.clip, self.clip) + self.scales().to(x.dtype)[None, :, None, None] * unit.to(x.dtype)
+        return add_laplace_noise(x.clamp(-self.clip, self.clip), self.scales(), generator)
 
 
 class NoisyFrequencyEncoder(nn.Module):
@@ -122,8 +138,8 @@ class NoisyFrequencyEncoder(nn.Module):
     def masker(self) -> Masker:
         return self.frequency.masker
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.noise(self.frequency(images))
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.noise(self.frequency(images), generator)
 
 
 def encoder_spec(method: str, encoder: nn.Module) -> dict:

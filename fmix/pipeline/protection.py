@@ -3,8 +3,10 @@
 The model's method says what to attack (:attr:`fmix.methods.base.Method.protection`): ``mixed``
 methods through their masker and mixing (``adaptive``: its own trained k policy; fixed-k
 methods: a masker with the model's k), ``masked`` ones through the masking alone (no mix);
-methods without a masker (``none``, ``freq``) share the faces themselves, so there is nothing
-to reconstruct: their record says so and holds no scores.
+methods whose network sees the faces' own pixels or channels (``none``, ``freq``, ``dpsgd``) share
+the faces themselves, so there is nothing to reconstruct: their record says so and holds no
+scores. Methods that protect without a masker (``pixels``: ``instahide``; ``noisy``: ``dctdp``)
+are attacked through the trained model's own protection (:func:`fmix.attacks.run.attack_model`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fmix.attacks.run import attack_method
+from fmix.attacks.run import attack_method, attack_model
 from fmix.io import write_json_atomic
 from fmix.masker.export import export_masker
 from fmix.methods import get_method
+from fmix.methods.base import MASKER_PROTECTIONS
 from fmix.models.artifact import ModelRecord
 from fmix.params import AttackParams, ExportParams
 
@@ -33,14 +36,14 @@ def attack_protection(
     name: str = "",
     gallery_file: str | Path | None = None,
 ) -> dict:
-    """Export the model's protection as a masker, then run the white-box and black-box attacks.
+    """Export the model's protection as a masker (or take the model's own), then run the white-box and black-box attacks.
 
     Args:
         model: ``model.pt`` of ``fmix train``.
         aligned: output folder of ``fmix align``.
         splits: output folder of ``fmix split``.
         evaluator: ``model.pt`` of ``fmix evaluator``.
-        out_dir: destination of ``masker.onnx``, ``privacy.json`` and the grids.
+        out_dir: destination of ``masker.onnx`` (methods with a masker), ``privacy.json`` and the grids.
         export: the ``export`` section (the masking the model was trained with; the mixing is the
             model's own, as ``model.pt`` records it).
         attack: the ``attack`` section.
@@ -61,6 +64,9 @@ def attack_protection(
         record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack: nothing to reconstruct (it trains on {method.summary})"}
         write_json_atomic(out_dir / "privacy.json", record)
         return record
+    score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
+    if method.protection not in MASKER_PROTECTIONS:  # the model protects by itself: its own mixing or noise
+        return attack_model(model, aligned, splits, evaluator, out_dir, attack, score_cls, name or method.name, gallery_file)
     masker = out_dir / "masker.onnx"
     if method.learns_policy:
         export_masker(aligned, splits / "public.csv", masker, export, policy_model=model)
@@ -70,6 +76,5 @@ def attack_protection(
             raise ValueError(f"the model mixes k={k}, which is not in its mixing.k_values={list(mixing.k_values)}")
         params = method.masker_params(export)
         export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(params, k=params.k if k is None else k), mixing=mixing)
-    score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
     policy = model if method.learns_policy else None
     return attack_method(masker, aligned, splits, evaluator, out_dir, attack, method.protection == "mixed", policy, score_cls, name or method.name, gallery_file)

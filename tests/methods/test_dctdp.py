@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fmix.freq import DC_CHANNELS
+from fmix.methods import get_method
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.encoders import LaplaceBudgetNoise
 from fmix.params import TrainParams
@@ -50,3 +51,4 @@ def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample
     scales = model.encoder.noise.scales().detach().double()
     assert float((2.0 * 2.0 * 28 * 28 / scales).sum()) == pytest.approx(5.0e4, rel=1e-6)
     assert math.isclose(ModelRecord.load(tmp_path / "model.pt").privacy["epsilon_budget"], 5.0e4)
+    assert get_method("dctdp").protection == "noisy" and get_method("dctdp").build_protection(record.mixing) is None  # the noise is the encoder's

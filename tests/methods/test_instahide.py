@@ -34,9 +34,9 @@ def test_instahide_mixes_four_pixel_faces_with_capped_weights_and_a_sign_mask(ma
     assert 0.45 < negative < 0.55
 
 
-def test_instahide_is_tested_on_plain_rgb_and_has_no_masker_to_attack():
+def test_instahide_is_tested_on_plain_rgb_and_attacked_in_the_pixel_domain():
     method = get_method("instahide")
-    assert method.protection is None and method.mixes
+    assert method.protection == "pixels" and method.mixes
     encoder = method.build_encoder(None)
     assert encoder_spec("instahide", encoder) == {"method": "instahide", "kind": "rgb"} and encoder.channels == 3
     assert TrainParams(method="instahide").method == "instahide"
