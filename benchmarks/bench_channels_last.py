@@ -26,7 +26,7 @@ def step_seconds(channels: int, side: int, width: float, strides: str | None, me
     """Mean seconds of one training step after a warm-up step."""
     torch.manual_seed(0)
     net = build_backbone("iresnet18", channels, side, 256, width, strides)
-    net.memory_format = memory_format
+    net.channels_last = memory_format == torch.channels_last
     net.to(memory_format=memory_format)
     x = torch.randn(64, channels, side, side)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)

@@ -74,6 +74,7 @@ def test_a_stage_in_only_one_front_end_fails(tmp_path):
     assert stale_files(root) == []
     assert "  extra:\n    cmd: fmix split ${data.aligned} data/x --params params.yaml\n" in (root / "dvc.yaml").read_text()
     assert 'include: "workflow/rules/extra.smk"' in (root / "Snakefile").read_text()
+    assert "    priority: 2\n" in (root / "workflow" / "rules" / "unmix.smk").read_text()  # the release's chain goes first
 
 
 BAD_STAGES = [
@@ -84,6 +85,7 @@ BAD_STAGES = [
     ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "thread": 2}, r"unknown key\(s\) thread"),
     ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "threads": "two"}, r"threads must be SECTION.KEY, got 'two'"),
     ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "paths": {"split": "x"}, "params": ["split"]}, r"names \['split'\] are reserved"),
+    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "priority": "high"}, r"priority must be an int >= 0, got 'high'"),
 ]
 
 

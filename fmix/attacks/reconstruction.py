@@ -348,7 +348,7 @@ class ReconstructionScores:
         return out
 
 
-def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | None = None, mean_face: Tensor | None = None) -> ReconstructionScores:
+def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | None = None, mean_face: Tensor | None = None, floor: Tensor | None = None) -> ReconstructionScores:
     """Score reconstructions against the originals, or against the best constituent of each mix.
 
     Args:
@@ -357,6 +357,8 @@ def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | No
             :math:`(B, k_{max}, 3, H, W)` (then ``valid`` is required).
         valid: which constituents exist, :math:`(B, k_{max})` bool.
         mean_face: the mean public face :math:`(3, H, W)`, for the free floor.
+        floor: the free floor of each sample :math:`(B,)`, when an earlier call's scores hold it
+            (several attacks on the same samples); then ``mean_face`` is not used.
 
     Returns:
         The per-sample scores.
@@ -371,7 +373,10 @@ def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | No
         raise ValueError("Constituents of shape (B, k_max, 3, H, W) need valid")
     best, index = best_constituent_ssim(recon, originals, valid)
     matched = originals[torch.arange(originals.shape[0]), index]
-    floor = None if mean_face is None else mix_floor(mean_face, originals, valid)
+    if floor is None and mean_face is not None:
+        floor = mix_floor(mean_face, originals, valid)
+    elif floor is not None and floor.shape != best.shape:
+        raise ValueError(f"Expected floor of shape {tuple(best.shape)}, got {tuple(floor.shape)}")
     return ReconstructionScores(best, index, psnr(recon.float(), matched.float()), floor)
 
 

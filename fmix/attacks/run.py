@@ -256,12 +256,13 @@ def attack_target(
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
     attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
-    recon_white = None
+    recon_white, floor = None, None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()
         fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=params.seconds)
         recon = fitted.invert(pairs.x)
-        scores = evaluate_reconstruction(recon, constituents, valid, mean_face).summary()
+        scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
+        scores, floor = scored.summary(), scored.floor
         cpu_seconds = time.process_time() - start
         hits = scorer.identified(recon, labels, valid, sources)
         record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}

@@ -255,8 +255,9 @@ class IResNet(nn.Module):
         self._init_weights()
         # NHWC convolutions: about 1.3x faster on CPU (benchmarks/bench_channels_last.py). Not below 16
         # channels: the backward of a strided 1x1 convolution then crashes on CPU (torch 2.14, 112x112 input).
-        self.memory_format = torch.channels_last if self.widths[0] >= MIN_CHANNELS_LAST_WIDTH else torch.contiguous_format
-        self.to(memory_format=self.memory_format)
+        self.channels_last = self.widths[0] >= MIN_CHANNELS_LAST_WIDTH  # a bool: the module stays deep-copyable
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -280,8 +281,8 @@ class IResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._check_input(x)
-        if not is_tracing():
-            x = x.contiguous(memory_format=self.memory_format)
+        if self.channels_last and not is_tracing():
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.dropout(self.bn2(x).flatten(1))

@@ -138,6 +138,8 @@ def render_rule(stage: Stage) -> str:
     lines += ["    log:", f'        "{log}",', "    conda:", '        "../../environment.yml",', "    benchmark:", f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",']
     if stage.threads:
         lines.append(f"    threads: {_smk_config(stage.threads)}")
+    if stage.priority:
+        lines.append(f"    priority: {stage.priority}")
     resources = []
     if stage.gpu is True:
         resources.append("        gpu=1,")

@@ -1,7 +1,7 @@
 """The stage table (``workflow/stages.yaml``): the one description of the pipeline's stages.
 
 Each stage names its command, inputs, outputs (plain, metric or plot), extra paths, the params
-sections it reads, its threads and whether it wants a GPU. ``sweep: true`` stages run once per
+sections it reads, its threads, whether it wants a GPU and its Snakemake priority. ``sweep: true`` stages run once per
 entry of params.yaml's ``sweep`` section. Paths are templates: ``${data.KEY}`` is a value of
 params.yaml's ``data`` section, ``{method}`` the sweep entry, a trailing ``/`` marks a folder.
 In commands, ``{NAME}`` is the stage's input, output or path NAME, ``{method}`` the entry and
@@ -55,6 +55,7 @@ class Stage:
     threads: str | None = None
     gpu: bool | str = False  # true (one GPU) or SECTION.KEY (that many, at least one)
     nodes: str | None = None  # SECTION.KEY: nodes of a multi-node job
+    priority: int = 0  # Snakemake starts ready jobs of higher priority first (DVC runs stages one by one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _stage(name: str, spec: Any) -> Stage:
         raise TableError(f"stage name {name!r} must be lower-case letters, digits and _")
     if not isinstance(spec, dict):
         raise TableError(f"stage {name}: must be a mapping")
-    known = {"cmd", "inputs", "outputs", "paths", "params", "sweep", "threads", "gpu", "nodes"}
+    known = {"cmd", "inputs", "outputs", "paths", "params", "sweep", "threads", "gpu", "nodes", "priority"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise TableError(f"stage {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -115,6 +116,7 @@ def _stage(name: str, spec: Any) -> Stage:
         threads=spec.get("threads"),
         gpu=spec.get("gpu", False),
         nodes=spec.get("nodes"),
+        priority=spec.get("priority", 0),
     )
     _check(stage)
     return stage
@@ -156,5 +158,7 @@ def _check(stage: Stage) -> None:
         value = getattr(stage, key)
         if value is not None and not THREADS.fullmatch(str(value)):
             raise TableError(f"stage {stage.name}: {key} must be SECTION.KEY, got {value!r}")
+    if isinstance(stage.priority, bool) or not isinstance(stage.priority, int) or stage.priority < 0:
+        raise TableError(f"stage {stage.name}: priority must be an int >= 0, got {stage.priority!r}")
     if not isinstance(stage.gpu, bool) and not THREADS.fullmatch(str(stage.gpu)):
         raise TableError(f"stage {stage.name}: gpu must be true, false or SECTION.KEY, got {stage.gpu!r}")

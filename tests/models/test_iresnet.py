@@ -144,11 +144,11 @@ def test_wrong_input_raises_with_message():
 def test_channels_last_from_16_channels_with_the_same_output():
     torch.manual_seed(0)
     net = IResNet((1, 1, 1, 1), in_channels=3, input_size=112, embedding_size=32, width=0.25).eval()  # 16 channels first
-    assert net.memory_format == torch.channels_last and net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.channels_last and net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 3, 112, 112) * 255
     nhwc = net(x)
-    net.memory_format = torch.contiguous_format
+    net.channels_last = False
     net.to(memory_format=torch.contiguous_format)
     assert torch.allclose(nhwc, net(x), rtol=1e-4, atol=1e-5 * nhwc.abs().max().item())  # same sums, other order
     narrow = IResNet((1, 1, 1, 1), in_channels=3, input_size=112, width=0.125)  # 8 channels: NCHW (NHWC crashes there)
-    assert narrow.memory_format == torch.contiguous_format
+    assert not narrow.channels_last

@@ -16,5 +16,6 @@ rule export_policy:
         "../../environment.yml",
     benchmark:
         "logs/benchmarks/export_policy.tsv",
+    priority: 2
     shell:
         "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"

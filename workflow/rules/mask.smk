@@ -17,5 +17,6 @@ rule mask:
         "../../environment.yml",
     benchmark:
         "logs/benchmarks/mask.tsv",
+    priority: 2
     shell:
         "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"

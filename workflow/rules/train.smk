@@ -20,6 +20,7 @@ rule train:
     benchmark:
         "logs/benchmarks/train/{method}.tsv",
     threads: config["train"]["threads"]
+    priority: 1
     resources:
         gpu=max(1, config["launch"]["gpus_per_node"]),
         nodes=config["launch"]["nodes"],

@@ -20,5 +20,6 @@ rule unmix:
         "../../environment.yml",
     benchmark:
         "logs/benchmarks/unmix.tsv",
+    priority: 2
     shell:
         "fmix attack unmix {input.protected} {input.masker} {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --ledger {input.ledger} --params {params.params_file} > {log} 2>&1"
