@@ -387,7 +387,10 @@ def _finish(out_root: Path, shards: int, masker: OnnxMasker, params: MaskParams,
 
 
 def _write_previews(out_root: Path, rows: list[dict], masker: OnnxMasker) -> None:
-    """Inverse transform (dropped channels as zeros) of the first samples, as PNG."""
+    """Inverse transform (dropped channels as zeros) of the first samples, as PNG named by shard and row.
+
+    Not by sample name: a kept name of a k = 6 mix joins six paths, past the file system's 255 bytes.
+    """
     if not rows:
         return
     mask = mask_from_metadata(masker.metadata)
@@ -397,4 +400,4 @@ def _write_previews(out_root: Path, rows: list[dict], masker: OnnxMasker) -> Non
             shards[row["shard"]] = np.load(out_root / f"shard-{row['shard']:05d}.npy")
         sample = torch.from_numpy(shards[row["shard"]][row["row"] : row["row"] + 1].astype(np.float32))
         image = to_uint8_hwc(protected_to_image(sample, mask, masker.upsample))[0].numpy()
-        write_png_atomic(image, out_root / "previews" / f"{row['name'].replace('/', '__')}.png")
+        write_png_atomic(image, out_root / "previews" / f"shard-{row['shard']:05d}-row-{row['row']:05d}.png")
