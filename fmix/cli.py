@@ -166,7 +166,7 @@ def mask(
     faces: Annotated[Optional[Path], typer.Option("--faces", help="Split CSV (path, identity) restricting the inputs.")] = None,
     mix: Annotated[Optional[bool], typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment).")] = None,
     align: Annotated[bool, typer.Option("--align", help="Inputs are raw photos: detect and align them first.")] = False,
-    anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help=f"Keyed-hash output names (key from $FMIX_NAME_KEY).")] = None,
+    anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help="Keyed-hash output names (the default; key from $FMIX_NAME_KEY, else derived from --secret-key-file, else random and kept by nobody), or the file names joined by + (which say which faces a mix holds).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
     secret_key_file: Annotated[Optional[Path], typer.Option("--secret-key-file", help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.")] = None,
     ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces (default: fmix-ledger.jsonl beside OUT_DIR).")] = None,

@@ -151,7 +151,7 @@ class MaskParams:
     batch_size: int = 256  # faces per batch; mixing partners come from the same batch; one shard each
     mix: bool = True  # false: mask only (verification and enrolment faces)
     previews: int = 16  # PNG visualisations of the first protected samples
-    anonymize: bool = False  # keyed-hash sample names (key from FMIX_NAME_KEY) instead of identity/file names
+    anonymize: bool = True  # keyed-hash sample names (key: FMIX_NAME_KEY, the secret key, or random); false: file names joined by +
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
@@ -262,7 +262,7 @@ class AttackParams:
     eval_faces: int = 128  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
-    invert_seconds: float = 30.0  # model inversion: the decoder's training, and again the identity optimisation
+    invert_seconds: float = 20.0  # model inversion: the decoder's training, and again the identity optimisation
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)

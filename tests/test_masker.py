@@ -13,6 +13,7 @@ from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata,
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
 from fmix.masker.protection import MixingConfig, protect_batch
+from fmix.masker.randomness import ReleaseRandomness
 from fmix.params import AlignParams, ExportParams, MaskParams
 
 
@@ -158,7 +159,7 @@ def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, 
     before = _snapshot(mask_input)
     out = tmp_path / "out"
     key = ReleaseOptions(secret_key=b"a secret research key")
-    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False, release=key)
+    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3, anonymize=False), progress=False, release=key)
     assert _snapshot(mask_input) == before
     # One use per face: 30 readable faces in groups of k = 2 (odd batches leave a face over).
     assert summary["inputs"] == 33 and summary["faces_used"] + summary["skipped_by_status"].get("left_over", 0) == 30
@@ -181,16 +182,16 @@ def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, 
     # Resume with the key: a lost shard is redone from the ledger, identically; the others are kept.
     first = np.load(out / "shard-00002.npy")
     (out / "shard-00002.json").unlink()
-    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3), progress=False, release=key)
+    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3, anonymize=False), progress=False, release=key)
     assert again["protected"] == summary["protected"]
     np.testing.assert_array_equal(np.load(out / "shard-00002.npy"), first)
     with pytest.raises(ValueError, match=r"holds another run \(randomness: \{'source': 'key'\} -> \{'source': 'os'\}\)"):
-        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11), progress=False)
+        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=False), progress=False)
 
 
 def test_mask_resume_refuses_another_anonymize_or_masker(mask_input, masker_file, tmp_path):
     out = tmp_path / "out"
-    protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=0), progress=False)
+    protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=0, anonymize=False), progress=False)
     (out / "shard-00002.json").unlink()
     with pytest.raises(ValueError, match=r"holds another run \(anonymize: False -> True\)"):
         protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=True), name_key=b"k", progress=False)
@@ -259,7 +260,7 @@ def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_inpu
 def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_path):
     src = copy_sample(tmp_path / "in", identities=("Andre_Agassi",), per_identity=0)
     shutil.copytree(aligned_sample / "Andre_Agassi", src / "Andre_Agassi", dirs_exist_ok=True)
-    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(mix=False, previews=0), dtype="float32", progress=False)
+    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(mix=False, previews=0, anonymize=False), dtype="float32", progress=False)
     assert summary["k_histogram"] == {"1": 6}
     rows = (tmp_path / "out" / "index.csv").read_text().splitlines()[1:]
     names = [row.split(",")[0] for row in rows]
@@ -270,8 +271,14 @@ def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_
 
 
 def test_mask_anonymized_names(mask_input, masker_file, tmp_path):
-    with pytest.raises(ValueError, match="anonymized names need a key: set FMIX_NAME_KEY"):
-        protect_folder(mask_input, tmp_path / "o1", masker_file, MaskParams(anonymize=True), progress=False)
+    # The default: keyed-hash names without any key given (a random key that nobody keeps).
+    protect_folder(mask_input, tmp_path / "o1", masker_file, MaskParams(), progress=False, release=ReleaseOptions(ledger=tmp_path / "o1.ledger"))
+    names = [line.split(",")[0] for line in (tmp_path / "o1" / "index.csv").read_text().splitlines()[1:]]
+    assert names and all(len(name) == 20 and int(name, 16) >= 0 for name in names)
+    assert MaskParams().anonymize and ReleaseRandomness().name_key() != ReleaseRandomness().name_key()
+    assert ReleaseRandomness(b"k" * 16, context="c").name_key() == ReleaseRandomness(b"k" * 16, context="c").name_key() != ReleaseRandomness(b"j" * 16, context="c").name_key()
+    with pytest.warns(UserWarning, match="kept names of mixed samples name the faces in them"):
+        protect_folder(mask_input, tmp_path / "o3", masker_file, MaskParams(anonymize=False, previews=0), progress=False, release=ReleaseOptions(ledger=tmp_path / "o3.ledger"))
     protect_folder(mask_input, tmp_path / "o2", masker_file, MaskParams(anonymize=True, previews=2), name_key=b"secret", progress=False)
     text = (tmp_path / "o2" / "index.csv").read_text() + (tmp_path / "o2" / "summary.json").read_text()
     assert "Alvaro" not in text and "Bad_Person" not in text

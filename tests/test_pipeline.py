@@ -135,10 +135,11 @@ def _dry_run_jobs(out: str) -> list[str]:
 def _snakemake_commands(root: Path) -> dict[str, str]:
     out = _run(["snakemake", "-n", "-p", "--cores", "1", "--forceall"], root)
     commands = {}
-    for match in re.finditer(r"^rule (\w+):\n(.*?)^Shell command: (fmix [^\n]*)$", out, flags=re.M | re.S):
+    for match in re.finditer(r"^rule (\w+):\n(.*?)^Shell command: (.*?)(fmix [^\n]*)$", out, flags=re.M | re.S):
         wildcard = re.search(r"wildcards: method=(\w+)", match.group(2))
         name = match.group(1) + (f"@{wildcard.group(1)}" if wildcard else "")
-        commands[name] = re.sub(r"\s*>\s*\S+\s+2>&1$", "", match.group(3).strip())
+        assert re.fullmatch(r"OMP_NUM_THREADS=\d+ ", match.group(3)), f"{name}: each job's torch must run on its own threads, got {match.group(3)!r}"
+        commands[name] = re.sub(r"\s*>\s*\S+\s+2>&1$", "", match.group(4).strip())
     return commands
 
 
@@ -205,7 +206,7 @@ def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
     assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
     bad = runner.invoke(app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)])
-    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, paper" in bad.output
+    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper" in bad.output
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):

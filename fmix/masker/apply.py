@@ -185,7 +185,7 @@ def protect_folder(
         params: ``mask`` parameters (batch size, mixing on/off, previews, anonymize).
         face_list: optional split CSV restricting and labelling the inputs.
         align: align raw photos in memory with these parameters.
-        name_key: key of the anonymised names (required when ``params.anonymize``).
+        name_key: key of the anonymised names (default: :meth:`ReleaseRandomness.name_key`).
         dtype: storage dtype of the shards, ``float16`` or ``float32``.
         progress: show a progress bar.
         release: secrets, ledger and the insecure options (default :class:`ReleaseOptions`).
@@ -203,8 +203,8 @@ def protect_folder(
         raise ValueError(f"output folder {out_dir} must not be inside the input folder {in_dir}")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
-    if params.anonymize and not name_key:
-        raise ValueError(f"anonymized names need a key: set {NAME_KEY_ENV} (keep it secret, it links names to files)")
+    if params.mix and not params.anonymize:
+        warnings.warn("kept names of mixed samples name the faces in them: the release then says which faces were mixed (use --anonymize)", stacklevel=2)
     _check_output_folder(out_root)
     ledger_path = Path(release.ledger).resolve() if release.ledger else default_ledger_path(out_root)
     if out_root in ledger_path.parents:
@@ -216,6 +216,7 @@ def protect_folder(
     identities = sorted({identity for _, identity in items})
     inputs_hash = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
     randomness = ReleaseRandomness(release.secret_key, release.insecure_seed, inputs_hash)
+    name_key = name_key or (randomness.name_key() if params.anonymize else None)
     one_use = params.mix and not release.insecure_reuse
     run = {
         "masker_params_hash": masker.metadata["params_hash"],

@@ -82,6 +82,19 @@ class ReleaseRandomness:
         digest = hmac.new(self.key, f"{self.context}:{purpose}".encode(), hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "little")
 
+    def name_key(self) -> bytes:
+        """Key of the keyed-hash sample names when the owner gives none.
+
+        Derived from the secret key (a research run names its samples the same way again), from
+        the insecure seed, or else 32 bytes of the OS CSPRNG that nobody keeps: the names then link
+        to no face at all (the owner's ledger still lists each shard's faces).
+        """
+        if self.key is not None:
+            return hmac.new(self.key, f"{self.context}:names".encode(), hashlib.sha256).digest()
+        if self.insecure_seed is not None:
+            return hashlib.sha256(f"{self.insecure_seed}:{self.context}:names".encode()).digest()
+        return os.urandom(32)
+
     def generator(self, shard: int) -> torch.Generator:
         """The CPU generator of one shard (policy noise, partners, weights, signs, permutations)."""
         if self.insecure_seed is not None:

@@ -48,10 +48,10 @@ def test_a_folder_of_unrelated_files_is_refused_and_left_alone(faces, pipeline_s
 
 def test_an_incomplete_shard_json_is_redone_on_resume(faces, pipeline_sample, tmp_path):
     out = tmp_path / "out"
-    first = protect_folder(faces, out, pipeline_sample["masker"], MaskParams(previews=0), progress=False)
+    first = protect_folder(faces, out, pipeline_sample["masker"], MaskParams(previews=0, anonymize=False), progress=False)
     index = (out / "index.csv").read_text()
     (out / "shard-00000.json").write_text('{"skipped": []}')  # a stray or damaged shard record without rows
-    again = protect_folder(faces, out, pipeline_sample["masker"], MaskParams(previews=0), progress=False)
+    again = protect_folder(faces, out, pipeline_sample["masker"], MaskParams(previews=0, anonymize=False), progress=False)
     # Redone with the same faces (the ledger's shard) but fresh secret draws: other groups, same faces.
     assert again["protected"] == first["protected"] and again["skipped"] == first["skipped"] == 0
     assert _released_faces((out / "index.csv").read_text()) == _released_faces(index)
@@ -82,7 +82,7 @@ def test_a_seed_out_of_range_is_refused_before_anything_is_written(faces, pipeli
 
 def test_skipped_files_are_reported_relative_to_the_input_folder(pipeline_sample, tmp_path):
     photos = copy_sample(tmp_path / "photos", identities=("Ariel_Sharon",), per_identity=2)  # 250x250, not aligned
-    summary = protect_folder(photos, tmp_path / "out", pipeline_sample["masker"], MaskParams(previews=0), progress=False)
+    summary = protect_folder(photos, tmp_path / "out", pipeline_sample["masker"], MaskParams(previews=0, anonymize=False), progress=False)
     assert summary["skipped_by_status"] == {"wrong_size": 2}
     text = (tmp_path / "out" / "summary.json").read_text()
     assert str(tmp_path) not in text

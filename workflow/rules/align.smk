@@ -16,4 +16,4 @@ rule align:
         "logs/benchmarks/align.tsv",
     threads: config["align"]["workers"]
     shell:
-        "fmix align {input.images} {output.aligned} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix align {input.images} {output.aligned} --params {params.params_file} --quiet > {log} 2>&1"

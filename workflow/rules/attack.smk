@@ -24,4 +24,4 @@ rule attack:
     resources:
         gpu=1,
     shell:
-        "fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

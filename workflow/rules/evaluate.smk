@@ -19,4 +19,4 @@ rule evaluate:
     resources:
         gpu=1,
     shell:
-        "fmix evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {params.params_file} > {log} 2>&1"

@@ -20,4 +20,4 @@ rule evaluator:
     resources:
         gpu=1,
     shell:
-        "fmix evaluator {input.aligned} {input.splits} {output.evaluator} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix evaluator {input.aligned} {input.splits} {output.evaluator} --params {params.params_file} --quiet > {log} 2>&1"

@@ -17,4 +17,4 @@ rule export:
     benchmark:
         "logs/benchmarks/export.tsv",
     shell:
-        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"

@@ -18,4 +18,4 @@ rule export_policy:
         "logs/benchmarks/export_policy.tsv",
     priority: 2
     shell:
-        "fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"

@@ -22,4 +22,4 @@ rule invert:
     resources:
         gpu=1,
     shell:
-        "fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

@@ -16,4 +16,4 @@ rule judge_gallery:
     benchmark:
         "logs/benchmarks/judge_gallery.tsv",
     shell:
-        "fmix attack gallery {input.aligned} {input.splits} {output.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix attack gallery {input.aligned} {input.splits} {output.gallery} --params {params.params_file} > {log} 2>&1"

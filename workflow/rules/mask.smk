@@ -19,4 +19,4 @@ rule mask:
         "logs/benchmarks/mask.tsv",
     priority: 2
     shell:
-        "fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"

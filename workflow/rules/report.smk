@@ -28,4 +28,4 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv",
     shell:
-        "fmix report {params.results} {params.models} {params.folder} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix report {params.results} {params.models} {params.folder} --params {params.params_file} > {log} 2>&1"

@@ -15,4 +15,4 @@ rule split:
     benchmark:
         "logs/benchmarks/split.tsv",
     shell:
-        "fmix split {input.aligned} {output.splits} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix split {input.aligned} {output.splits} --params {params.params_file} > {log} 2>&1"

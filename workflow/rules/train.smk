@@ -25,4 +25,4 @@ rule train:
         gpu=max(1, config["launch"]["gpus_per_node"]),
         nodes=config["launch"]["nodes"],
     shell:
-        "fmix launch --params {params.params_file} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {params.params_file} --sweep {wildcards.method} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix launch --params {params.params_file} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {params.params_file} --sweep {wildcards.method} --quiet > {log} 2>&1"

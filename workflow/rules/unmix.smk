@@ -22,4 +22,4 @@ rule unmix:
         "logs/benchmarks/unmix.tsv",
     priority: 2
     shell:
-        "fmix attack unmix {input.protected} {input.masker} {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --ledger {input.ledger} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix attack unmix {input.protected} {input.masker} {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --ledger {input.ledger} --params {params.params_file} > {log} 2>&1"
