@@ -246,7 +246,7 @@ class EvaluatorParams:
     seed: int = 1
     backbone: str = "iresnet18"
     width: float = 0.25
-    epochs: int = 2
+    epochs: int = 1
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -258,11 +258,11 @@ class EvaluatorParams:
 class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
-    seconds: float = 30.0  # CPU seconds of inversion-network training per attacker
-    eval_faces: int = 128  # private faces attacked
+    seconds: float = 20.0  # CPU seconds of inversion-network training per attacker
+    eval_faces: int = 64  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
-    invert_seconds: float = 20.0  # model inversion: the decoder's training, and again the identity optimisation
+    invert_seconds: float = 15.0  # model inversion: the decoder's training, and again the identity optimisation
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)

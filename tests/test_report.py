@@ -16,7 +16,7 @@ def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogra
     folder.mkdir(parents=True)
     verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
     (folder / "verification.json").write_text(json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}}))
-    privacy = {"row": privacy_row, "chance_top1": 0.004} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
+    privacy = {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib"} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
     (folder / "privacy.json").write_text(json.dumps(privacy))
     (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": 0.25}}))
     log = [{"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})} for e in range(3)]
@@ -44,6 +44,7 @@ def test_report_tables_figures_and_page(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.700 | 0.610 | 0.250 | 3.000 | — |" in markdown
     assert "Not attacked: none: nothing to reconstruct." in markdown
+    assert "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown  # the judge the attacks used
     assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\n"
     assert (out / "curves.csv").read_text().splitlines()[4] == "3,mixup3,0,10.0,0.0,"
     for figure in ("tradeoff.png", "curves.png", "k_distribution.png"):

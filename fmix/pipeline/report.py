@@ -61,7 +61,8 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
         entries: the sweep section (entry name -> train overrides).
 
     Returns:
-        Entry name -> ``{"row": table values, "log": training log rows}``.
+        Entry name -> ``{"row": table values, "log": training log rows, "note": why it was not
+        attacked, "judge": the S2/S4 judge}``.
     """
     out = {}
     for name in entries:
@@ -93,7 +94,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "mean_k": summary.get("final_mean_k"),
             "epsilon": summary.get("epsilon"),
         }
-        out[name] = {"row": row, "log": log, "note": privacy.get("reason")}
+        out[name] = {"row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge")}
     return out
 
 
@@ -189,16 +190,20 @@ def versions() -> list[list[str]]:
     return rows
 
 
+JUDGE_WORDS = {"dlib": "dlib's pretrained face descriptor (trained by no run)", "evaluator": "the RGB evaluator"}
+
+
 def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str) -> list[Block]:
     """The report's content, in order, for both renderings."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
+    judges = sorted({JUDGE_WORDS.get(item.get("judge"), str(item.get("judge"))) for item in collected.values() if item.get("judge")}) or ["no judge"]
     blocks = [
         Block("h1", "fmix report"),
         Block("p", "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
               "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
-              "S2/S4 evaluator top-1, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
+              f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
               "model inversion top-1 (decoder); ε where the method defines one."),
         Block("h2", "Methods"),
         Block("table", rows=table),
