@@ -195,29 +195,6 @@ def attack_method(
     return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
 
 
-def attack_model(
-    model_path: str | Path,
-    aligned: str | Path,
-    splits: str | Path,
-    evaluator_path: str | Path,
-    out_dir: str | Path,
-    params: AttackParams,
-    score_cls: float | None = None,
-    method: str = "",
-    gallery_file: str | Path | None = None,
-    network: AttackConfig | None = None,
-) -> dict:
-    """Measure the privacy of the protection a trained model applies itself (:func:`model_target`).
-
-    Args: as :func:`attack_method`, with ``model_path`` (``model.pt``) for the masker.
-
-    Returns:
-        The privacy record.
-    """
-    target = model_target(model_path, params.black_box_k)
-    return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
-
-
 def attack_target(
     target: AttackTarget,
     aligned: str | Path,

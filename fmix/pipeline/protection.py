@@ -6,7 +6,7 @@ methods: a masker with the model's k), ``masked`` ones through the masking alone
 methods whose network sees the faces' own pixels or channels (``none``, ``freq``, ``dpsgd``) share
 the faces themselves, so there is nothing to reconstruct: their record says so and holds no
 scores. Methods that protect without a masker (``pixels``: ``instahide``; ``noisy``: ``dctdp``)
-are attacked through the trained model's own protection (:func:`fmix.attacks.run.attack_model`).
+are attacked through the trained model's own protection (:func:`fmix.attacks.run.model_target`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fmix.attacks.run import attack_method, attack_model
+from fmix.attacks.run import attack_method, attack_target, model_target
 from fmix.io import write_json_atomic
 from fmix.masker.export import export_masker
 from fmix.methods import get_method
@@ -66,7 +66,7 @@ def attack_protection(
         return record
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
     if method.protection not in MASKER_PROTECTIONS:  # the model protects by itself: its own mixing or noise
-        return attack_model(model, aligned, splits, evaluator, out_dir, attack, score_cls, name or method.name, gallery_file)
+        return attack_target(model_target(model, attack.black_box_k), aligned, splits, evaluator, out_dir, attack, score_cls, name or method.name, gallery_file)
     masker = out_dir / "masker.onnx"
     if method.learns_policy:
         export_masker(aligned, splits / "public.csv", masker, export, policy_model=model)
