@@ -313,7 +313,8 @@ def _local_search(centred, weights, partners, candidates, norms, rounds) -> tupl
                 options = np.array([c for c in candidates[row][j - 1] if c != current and c not in partners[row]], dtype=np.int64)
                 u = inverse[:, row]
                 denominators = 1.0 + weight * (u[options] - u[current])
-                options, denominators = options[np.abs(denominators) >= 1e-6], denominators[np.abs(denominators) >= 1e-6]
+                invertible = np.abs(denominators) >= 1e-6
+                options, denominators = options[invertible], denominators[invertible]
                 if len(options) == 0:
                     continue
                 # All options at once: the row's change of W times m, then the rank-one updates of the Gram matrix.

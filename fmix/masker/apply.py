@@ -216,7 +216,7 @@ def protect_folder(
     identities = sorted({identity for _, identity in items})
     inputs_hash = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
     randomness = ReleaseRandomness(release.secret_key, release.insecure_seed, inputs_hash)
-    name_key = name_key or (randomness.name_key() if params.anonymize else None)
+    key = (name_key or randomness.name_key()) if params.anonymize else None  # of the sample names
     one_use = params.mix and not release.insecure_reuse
     run = {
         "masker_params_hash": masker.metadata["params_hash"],
@@ -255,7 +255,6 @@ def protect_folder(
         from fmix.data.align import PhotoAligner
 
         aligner = PhotoAligner(align)
-    key = name_key if params.anonymize else None
     assigned = ledger.shards(release_id)
     for shard, batch in enumerate(tqdm(batches, desc="mask", unit="shard", disable=not progress)):
         if _shard_done(out_root, shard):
