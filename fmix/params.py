@@ -184,9 +184,12 @@ class TrainParams:
     clip_grad: float = 5.0
     flip: bool = True  # random horizontal flips of the aligned faces
     recalibrate_bn: bool = True  # re-estimate BN statistics on un-mixed faces after training
-    policy_lr: float = 0.002
+    policy_lr: float = 0.01
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
     policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
+    policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
+    policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
+    policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
     mix_warmup_fraction: float = 0.5  # curriculum: mixing methods train on un-mixed masked faces first
     n_fr: int = 4  # the policy plays after every n_fr FR steps...
     n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
@@ -194,7 +197,7 @@ class TrainParams:
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
-    target_mean_k: float | None = None  # e.g. 4: a dual price holds this mean k, the policy only chooses which samples get more
+    target_mean_k: float | None = 4.0  # a dual price holds this mean k (null: free), the policy only chooses which samples get more
     budget_lr: float = 0.5  # dual step of that price, per policy step
     difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
@@ -221,6 +224,9 @@ class TrainParams:
         _require(self.lr > 0 and self.policy_lr > 0, "train.lr and train.policy_lr must be > 0")
         _require(self.n_fr >= 1 and self.n_pi >= 1, "train.n_fr and train.n_pi must be >= 1")
         _require(self.policy_reference in ("none", "unmixed"), f"train.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
+        _require(self.policy_reward in ("mixed", "anchor"), f"train.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}")
+        _require(self.policy_signal in ("none", "confidence"), f"train.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}")
+        _require(self.policy_gradient in ("sampled", "expected"), f"train.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
         _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
         _require(self.target_mean_k is None or 2 <= self.target_mean_k <= 6, "train.target_mean_k must be null or in [2, 6] (the policy's k values)")

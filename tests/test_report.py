@@ -11,7 +11,7 @@ from fmix.cli import app
 runner = CliRunner()
 
 
-def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None):
+def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None):
     folder = results / name
     folder.mkdir(parents=True)
     verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
@@ -22,7 +22,8 @@ def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogra
     log = [{"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})} for e in range(3)]
     (models / name).mkdir(parents=True)
     (models / name / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
-    (models / name / "train_summary.json").write_text(json.dumps({"final_mean_k": 3.0 if k_histogram else None}))
+    summary = {"final_mean_k": 3.0 if k_histogram else None, "final_k_histogram": k_histogram, "final_k_by_difficulty": k_by_difficulty}
+    (models / name / "train_summary.json").write_text(json.dumps(summary))
 
 
 def test_report_tables_figures_and_page(tmp_path):
@@ -52,6 +53,22 @@ def test_report_tables_figures_and_page(tmp_path):
     page = (out / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 3 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "Learned k against difficulty" not in markdown  # no learned policy in this sweep
+
+
+def test_report_shows_the_learned_k_against_difficulty(tmp_path):
+    results, models, out = tmp_path / "results", tmp_path / "models", tmp_path / "report"
+    row = {"S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "floor": 0.5, "Score_pp": 0.7}
+    # Easiest quartile all k=4, hardest all k=2, the middle two half and half: MI = 0.5 bits.
+    table = [[0, 0, 4], [2, 0, 2], [2, 0, 2], [4, 0, 0]]
+    _entry(results, models, "adaptive", "adaptive", 0.7, row, {"2": 0.5, "3": 0.0, "4": 0.5}, table)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {}, "sweep": {"adaptive": {"method": "adaptive"}}}, sort_keys=False))
+    result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    markdown = (out / "report.md").read_text()
+    assert "| entry | mean k, quartile 1 | mean k, quartile 2 | mean k, quartile 3 | mean k, quartile 4 | MI (bits) | samples |" in markdown
+    assert "| adaptive | 4.00 | 3.00 | 3.00 | 2.00 | 0.500 | 16 |" in markdown
 
 
 def test_report_errors(tmp_path):

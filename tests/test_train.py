@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from fmix.params import TrainParams
 from fmix.train.checkpoint import load_checkpoint, save_checkpoint
@@ -115,18 +116,20 @@ def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
     assert log[0]["policy_steps"] >= 1 and log[0]["fr_steps"] >= 1
 
 
-def test_export_with_the_trained_policy(pipeline_sample, tmp_path):
+@pytest.mark.parametrize("signal", ["none", "confidence"])
+def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
     from fmix.masker.apply import OnnxMasker
     from fmix.masker.export import export_masker, masker_with_trained_policy
     from fmix.params import ExportParams
 
-    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0})
+    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": signal})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
     summary = export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt")
     assert summary["kept_channels"] == 174
     onnx_masker = OnnxMasker(tmp_path / "adaptive.onnx")
     assert json.loads(onnx_masker.metadata["policy"]) == "strategy"
     torch_masker = masker_with_trained_policy(tmp_path / "run" / "model.pt")
+    assert (torch_masker.policy.signal is not None) == (signal == "confidence")  # the FR network travels with a confidence policy
     images, noise = torch.rand(16, 3, 112, 112) * 255, torch.linspace(0.01, 0.99, 16)
     masked, k = onnx_masker(images, noise)
     expected_masked, expected_k = torch_masker(images, noise)
@@ -191,8 +194,61 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
     rewards = {}
     for reference in ("none", "unmixed"):
         torch.manual_seed(0)  # the same policy weights, k draws and mixes for both references
-        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference))
+        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled"))
         rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)["reward"]
     # Un-mixed, each sample's loss is its own label: mean 1.5 over the batch.
     assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
 
+
+
+def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
+    """A game whose anchors show their label's parity: even labels +1 everywhere, odd ones -1."""
+    labels = torch.arange(16)
+    sign = 1.0 - 2.0 * (labels % 2).float()
+    anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
+    torch.manual_seed(0)
+    params = TrainParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", **overrides})
+    return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
+
+
+def _k_times_parity(x, constituents, weights):  # a stand-in FR loss: k for even anchors, -k for odd ones
+    return (weights > 0).sum(1).float() * (1.0 - 2.0 * (constituents[:, 0] % 2).float())
+
+
+def test_expected_policy_gradient_learns_a_per_sample_k():
+    game, anchors, labels = _parity_game(policy_gradient="expected")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    greedy = game.policy.greedy(anchors, 0.5)
+    assert greedy[0::2].tolist() == [6] * 8  # the loss grows with k for even anchors...
+    assert greedy[1::2].tolist() == [2] * 8  # ...and falls with k for odd ones
+    assert sum(map(sum, step["k_by_difficulty"])) == 16
+    assert 2.0 < step["k"] < 6.0  # the policy's expected mean k
+
+
+def test_expected_policy_gradient_scores_every_k_with_the_anchor_reward():
+    game, anchors, labels = _parity_game(policy_gradient="expected", policy_reward="anchor", policy_reference="none")
+    calls = []
+
+    def own_label_count(x, constituents, weights):  # the anchor reward passes only the anchor's label
+        calls.append(constituents.shape[1])
+        return weights.sum(1).float()
+
+    step = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), own_label_count)
+    assert calls == [1] * 6  # the un-mixed reference, then one mix per k in (2, ..., 6)
+    assert step["reward"] == pytest.approx(1.0)
+
+
+def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
+    game, anchors, labels = _parity_game(policy_gradient="expected", policy_signal="confidence")
+    anchors = torch.zeros_like(anchors)  # the faces alike: only the signal tells the samples apart
+    game.signal = lambda x: 1.0 - 2.0 * (labels % 2).float()
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    greedy = game.policy.greedy(anchors, 0.5, game.signal(anchors))
+    assert greedy[0::2].tolist() == [6] * 8 and greedy[1::2].tolist() == [2] * 8
+    game.signal = None
+    with pytest.raises(RuntimeError, match="no signal source was set"):
+        game.choose_k(anchors, 0.5, generator)

@@ -14,7 +14,7 @@ from fmix.io import atomic_write
 from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
 from fmix.masker.module import Masker, StrategyPolicy
 from fmix.models.artifact import ModelRecord, load_trained_model
-from fmix.models.strategy import StrategyNetwork
+from fmix.models.strategy import ConfidenceSignal, StrategyNetwork
 from fmix.params import ExportParams, MixingParams, cap_problem
 
 MIN_OPSET = 17  # the oldest opset the masker's operators export to
@@ -99,11 +99,12 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     frequency = model.encoder.masker
     try:
         k_values = tuple(record.policy["k_table"].tolist())  # the actions the policy was trained with
-        network = StrategyNetwork(frequency.mask.num_kept, k_values)
+        network = StrategyNetwork(frequency.mask.num_kept, k_values, signals=int(record.params.policy_signal == "confidence"))
         network.load_state_dict(record.policy)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{model_path} holds a damaged strategy network: {type(err).__name__}: {err}") from err
-    return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network), k_values).eval()
+    signal = ConfidenceSignal(model.backbone, model.head) if network.signals else None  # the FR network travels with the policy
+    return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network, signal), k_values).eval()
 
 
 def public_masker(aligned: str | Path, public_csv: str | Path, params: ExportParams, mixing: MixingParams | None = None) -> tuple[Masker, int]:

@@ -34,14 +34,21 @@ class FixedKPolicy(nn.Module):
 
 
 class StrategyPolicy(nn.Module):
-    """A strategy network's logits turned into probabilities (for export)."""
+    """A strategy network's logits turned into probabilities (for export).
 
-    def __init__(self, network: nn.Module) -> None:
+    Args:
+        network: the strategy network.
+        signal: the module computing its per-sample outside signal from the masked faces (the
+            FR network's confidence), or None when the network reads none.
+    """
+
+    def __init__(self, network: nn.Module, signal: nn.Module | None = None) -> None:
         super().__init__()
-        self.network = network
+        self.network, self.signal = network, signal
 
     def forward(self, masked: Tensor, progress: Tensor) -> Tensor:
-        return torch.softmax(self.network(masked, progress).float(), dim=1).to(masked.dtype)
+        signal = self.signal(masked) if self.signal is not None else None
+        return torch.softmax(self.network(masked, progress, signal).float(), dim=1).to(masked.dtype)
 
 
 def sample_k(probs: Tensor, noise: Tensor, k_values: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from fmix.masker.protection import Protection
 from fmix.methods.base import MaskingMethod
+from fmix.models import ConfidenceSignal
 from fmix.params import TrainParams
 from fmix.train.game import AdaptiveGame
 
@@ -29,6 +30,10 @@ class AdaptiveMixup(MaskingMethod):
 
     def build_game(self, channels: int, params: TrainParams, protection: Protection) -> AdaptiveGame:
         return AdaptiveGame(channels, protection.k_values, params, protection)
+
+    def setup(self, trainer: "Trainer") -> None:
+        if trainer.game.policy.signals:  # the policy reads the live FR network's confidence
+            trainer.game.signal = ConfidenceSignal(trainer.net.backbone, trainer.net.head)
 
     def choose_k(self, trainer: "Trainer", x: Tensor, game_on: bool) -> Tensor | int:
         if game_on:

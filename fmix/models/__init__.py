@@ -13,7 +13,7 @@ from fmix.models.iresnet import (
     stage_widths,
 )
 from fmix.models.reinforce import BudgetDual, DualVariable, EmaBaseline, effective_reward, policy_loss, reinforce_loss
-from fmix.models.strategy import DEFAULT_K_VALUES, StrategyNetwork
+from fmix.models.strategy import DEFAULT_K_VALUES, ConfidenceSignal, StrategyNetwork
 
 __all__ = [
     "DEFAULT_K_VALUES",
@@ -23,6 +23,7 @@ __all__ = [
     "KINDS",
     "STRIDE_PRESETS",
     "BudgetDual",
+    "ConfidenceSignal",
     "DualVariable",
     "EmaBaseline",
     "IBasicBlock",

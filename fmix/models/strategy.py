@@ -12,6 +12,16 @@ regression during the policy's turns (:meth:`StrategyNetwork.difficulty_loss`). 
 prediction (detached) beside the progress, so k can depend on the sample, and the exported masker
 needs nothing but the policy itself.
 
+FR signal [ours]: the anchor's un-mixed loss, which decides how much a larger k raises its loss,
+is a property of its identity that the masked face alone does not predict (measured: the
+difficulty head reaches a held-out correlation of 0.02-0.05). The frozen FR network's *confidence*,
+the largest cosine between the anchor's embedding and any class centre, needs no label and tracks
+that loss (correlation -0.9). With ``signals=1`` the policy also reads it (:class:`ConfidenceSignal`),
+standardised by running statistics (a batch norm without affine parameters, so a face's k does not
+depend on the batch once exported) and fed both to the MLP and straight to the logits through a
+linear map that starts at zero. The exported masker then holds the FR backbone and the class
+centres beside the policy.
+
 The last layer starts at zero, so the initial policy is uniform over ``k_values``.
 """
 
@@ -34,6 +44,8 @@ class StrategyNetwork(nn.Module):
         in_channels: channels of the masked anchor.
         k_values: the actions, distinct ints >= 1 in increasing order.
         hidden: channels of the convolutions and width of the MLP.
+        signals: per-sample inputs of the MLP from outside the network (0, or 1: the FR
+            network's confidence, :class:`ConfidenceSignal`).
 
     Example:
         >>> import torch
@@ -42,10 +54,13 @@ class StrategyNetwork(nn.Module):
         torch.Size([4, 5])
     """
 
-    def __init__(self, in_channels: int, k_values: tuple[int, ...] | list[int] = DEFAULT_K_VALUES, hidden: int = 32) -> None:
+    def __init__(self, in_channels: int, k_values: tuple[int, ...] | list[int] = DEFAULT_K_VALUES, hidden: int = 32, signals: int = 0) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", minimum=1)
         check_int(hidden, "hidden", minimum=1)
+        if check_int(signals, "signals", minimum=0) > 1:
+            raise ValueError(f"Expected signals 0 or 1, got {signals}")
+        self.signals = signals
         if not isinstance(k_values, (tuple, list)) or not k_values:
             raise ValueError(f"Expected k_values to be a non-empty sequence of ints, got {k_values!r}")
         for k in k_values:
@@ -65,9 +80,13 @@ class StrategyNetwork(nn.Module):
             nn.Flatten(),
         )
         self.difficulty = nn.Linear(hidden, 1)
-        self.mlp = nn.Sequential(nn.Linear(hidden + 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
+        self.mlp = nn.Sequential(nn.Linear(hidden + 2 + signals, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        if signals:
+            self.signal_norm = nn.BatchNorm1d(signals, affine=False)
+            self.signal_logits = nn.Linear(signals, len(self.k_values), bias=False)
+            nn.init.zeros_(self.signal_logits.weight)
 
     # ----------------------------------------------------------------------- checks
 
@@ -109,16 +128,29 @@ class StrategyNetwork(nn.Module):
 
     # ----------------------------------------------------------------------- policy
 
-    def forward(self, x: Tensor, progress: float | Tensor) -> Tensor:
+    def _signal_columns(self, signal: Tensor | None, x: Tensor) -> list[Tensor]:
+        """The outside signal as a (B, 1) column (none without ``signals``)."""
+        if (signal is None) != (self.signals == 0):
+            raise ValueError(f"Expected a signal of shape ({x.shape[0]},) exactly when the network has signals (it has {self.signals})")
+        if signal is None:
+            return []
+        signal = check_tensor(signal, "signal")
+        if not is_tracing() and signal.shape != (x.shape[0],):
+            raise ValueError(f"Expected signal of shape ({x.shape[0]},), got {tuple(signal.shape)}")
+        return [self.signal_norm(signal.to(device=x.device, dtype=x.dtype).unsqueeze(1))]
+
+    def forward(self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None) -> Tensor:
         """Logits over ``k_values``.
 
         Args:
             x: masked anchors.
             progress: training progress in [0, 1], one value or one per sample.
+            signal: per-sample outside signal, given exactly when ``signals`` is 1.
 
         Shape:
             - x: :math:`(B, C, h, w)`.
             - progress: :math:`()` or :math:`(B,)`.
+            - signal: :math:`(B,)`.
             - Output: :math:`(B, n_k)`.
 
         Returns:
@@ -127,7 +159,9 @@ class StrategyNetwork(nn.Module):
         x = self._check_input(x)
         column = self._progress_column(progress, x)
         features = self.features(x)
-        return self.mlp(torch.cat([features, column, self.difficulty(features).detach()], dim=1))
+        signals = self._signal_columns(signal, x)
+        logits = self.mlp(torch.cat([features, column, self.difficulty(features).detach(), *signals], dim=1))
+        return logits + self.signal_logits(signals[0]) if signals else logits
 
     def difficulty_loss(self, x: Tensor, difficulty: Tensor) -> Tensor:
         """Regression of the difficulty head on the FR network's per-sample difficulty.
@@ -153,20 +187,21 @@ class StrategyNetwork(nn.Module):
         target = (target - target.mean()) / (target.std() + 1e-6)
         return F.smooth_l1_loss(self.difficulty(self.features(x)).squeeze(1).float(), target)
 
-    def distribution(self, x: Tensor, progress: float | Tensor) -> torch.distributions.Categorical:
+    def distribution(self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None) -> torch.distributions.Categorical:
         """The categorical policy over action indices (positions in ``k_values``).
 
         Args:
             x: masked anchors, :math:`(B, C, h, w)`.
             progress: training progress in [0, 1].
+            signal: per-sample outside signal (see :meth:`forward`).
 
         Returns:
             ``Categorical`` with batch shape (B,), computed in float32.
         """
-        return torch.distributions.Categorical(logits=self(x, progress).float())
+        return torch.distributions.Categorical(logits=self(x, progress, signal).float())
 
     def sample(
-        self, x: Tensor, progress: float | Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, progress: float | Tensor, generator: torch.Generator | None = None, signal: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``k`` per sample.
 
@@ -175,6 +210,7 @@ class StrategyNetwork(nn.Module):
             progress: training progress in [0, 1].
             generator: source of randomness; the draw runs on its device and the result moves
                 to the device of ``x``, so a CPU generator gives the same draw on CPU and CUDA.
+            signal: per-sample outside signal (see :meth:`forward`).
 
         Shape:
             - x: :math:`(B, C, h, w)`.
@@ -184,32 +220,34 @@ class StrategyNetwork(nn.Module):
             ``(k, log_prob, entropy)``: the drawn k (int64), its log-probability and the
             policy's entropy, both float32 and differentiable.
         """
-        dist = self.distribution(x, progress)
+        dist = self.distribution(x, progress, signal)
         probs = dist.probs.detach()
         if generator is not None:
             probs = probs.to(generator.device)
         index = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
         return self.k_table[index], dist.log_prob(index), dist.entropy()
 
-    def greedy(self, x: Tensor, progress: float | Tensor) -> Tensor:
+    def greedy(self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None) -> Tensor:
         """The most probable ``k`` per sample (ties: the smallest k).
 
         Args:
             x: masked anchors, :math:`(B, C, h, w)`.
             progress: training progress in [0, 1].
+            signal: per-sample outside signal (see :meth:`forward`).
 
         Returns:
             k of shape :math:`(B,)`, int64.
         """
-        return self.k_table[self(x, progress).argmax(1)]
+        return self.k_table[self(x, progress, signal).argmax(1)]
 
-    def evaluate_actions(self, x: Tensor, progress: float | Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate_actions(self, x: Tensor, progress: float | Tensor, k: Tensor, signal: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Log-probability of given actions, for a policy step on ``k`` drawn earlier.
 
         Args:
             x: masked anchors.
             progress: training progress in [0, 1].
             k: actions, each in ``k_values``.
+            signal: per-sample outside signal (see :meth:`forward`).
 
         Shape:
             - x: :math:`(B, C, h, w)`.
@@ -219,6 +257,40 @@ class StrategyNetwork(nn.Module):
         Returns:
             ``(log_prob, entropy)``, float32 and differentiable.
         """
-        dist = self.distribution(x, progress)
+        dist = self.distribution(x, progress, signal)
         index = self._action_index(k, x.shape[0]).to(x.device)
         return dist.log_prob(index), dist.entropy()
+
+
+class ConfidenceSignal(nn.Module):
+    """The FR network's confidence in a masked face: the largest cosine to any class centre.
+
+    It needs no label, so the exported masker can compute it. The modules are used as given (the
+    trainer's live, frozen network): each call runs them in eval mode without gradients and puts
+    back their training mode.
+
+    Args:
+        backbone: the FR backbone (masked faces -> embeddings).
+        head: the margin head; its ``weight`` rows are the class centres.
+
+    Shape:
+        - masked: :math:`(B, C, h, w)`.
+        - Output: :math:`(B,)`, in [-1, 1].
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, masked: Tensor) -> Tensor:
+        modes = [module.training for module in (self.backbone, self.head)]
+        self.backbone.eval()
+        self.head.eval()
+        try:
+            with torch.no_grad():
+                embedding = F.normalize(self.backbone(masked).float(), dim=1)
+                centres = F.normalize(self.head.weight.float(), dim=1)
+                return (embedding @ centres.T).amax(1).to(masked.dtype)
+        finally:
+            self.backbone.train(modes[0])
+            self.head.train(modes[1])

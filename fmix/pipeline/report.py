@@ -25,6 +25,7 @@ import yaml
 
 from fmix.io import atomic_write, write_json_atomic
 from fmix.params import read_params_file, sweep_entries
+from fmix.train.game import mutual_information
 
 PACKAGES = ("fmix-privacy", "torch", "numpy", "onnxruntime", "matplotlib", "dvc", "snakemake")
 COLUMNS = (
@@ -94,7 +95,10 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "mean_k": summary.get("final_mean_k"),
             "epsilon": summary.get("epsilon"),
         }
-        out[name] = {"row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge")}
+        out[name] = {
+            "row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge"),
+            "k_by_difficulty": summary.get("final_k_by_difficulty"), "k_values": list((summary.get("final_k_histogram") or {}).keys()),
+        }
     return out
 
 
@@ -193,6 +197,28 @@ def versions() -> list[list[str]]:
 JUDGE_WORDS = {"dlib": "dlib's pretrained face descriptor (trained by no run)", "evaluator": "the RGB evaluator"}
 
 
+def difficulty_rows(collected: dict[str, dict]) -> list[list[str]]:
+    """Mean k per quartile of the un-mixed loss (last epoch's policy steps) and their mutual information, per learned policy.
+
+    Args:
+        collected: the output of :func:`collect`.
+
+    Returns:
+        A header row, then one row per entry whose policy logged k against difficulty (none: an empty list).
+    """
+    rows = []
+    for name, item in collected.items():
+        table, k_values = item.get("k_by_difficulty"), item.get("k_values")
+        if not table or not k_values:
+            continue
+        means = [sum(int(k) * count for k, count in zip(k_values, counts)) / max(1, sum(counts)) for counts in table]
+        rows.append([name, *(f"{mean:.2f}" for mean in means), f"{mutual_information(table):.3f}", str(sum(map(sum, table)))])
+    if not rows:
+        return []
+    quartiles = [f"mean k, quartile {i + 1}" for i in range(len(rows[0]) - 3)]
+    return [["entry", *quartiles, "MI (bits)", "samples"], *rows]
+
+
 def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str) -> list[Block]:
     """The report's content, in order, for both renderings."""
     header = ["entry"] + [title for _, title in COLUMNS]
@@ -214,8 +240,17 @@ def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: li
         Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
         Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
         Block("h2", "Learned k over epochs"), Block("img", "k distribution", path=figures["k"]),
-        Block("h2", "Image grids"),
     ]
+    by_difficulty = difficulty_rows(collected)
+    if by_difficulty:
+        blocks += [
+            Block("h2", "Learned k against difficulty"),
+            Block("p", "The last epoch's policy steps: the mean k the policy drew in each quartile of the frozen FR network's un-mixed loss "
+                  "(quartile 1: the easiest samples of the batch), and the mutual information between k and the quartile. "
+                  "A policy that ignores the sample still shows a small positive MI from the finite count (about 0.01-0.02 bits here)."),
+            Block("table", rows=by_difficulty),
+        ]
+    blocks.append(Block("h2", "Image grids"))
     for title, path in grids:
         blocks += [Block("h3", title), Block("img", title, path=path)]
     blocks += [Block("h2", "Versions"), Block("table", rows=[["package", "version"]] + versions()), Block("h2", "Parameters"), Block("code", params_text)]

@@ -1,5 +1,11 @@
 """The adversarial game of DESIGN 3: the strategy network picks k to maximise the FR loss (REINFORCE),
-under a Lagrange penalty that keeps un-mixed validation accuracy above a floor (dual ascent)."""
+under a Lagrange penalty that keeps un-mixed validation accuracy above a floor (dual ascent).
+
+[ours] ``train.policy_gradient: expected`` scores every k on the batch and follows the exact
+expected reward instead of one sampled k (the same gradient, without the noise of the draw), and
+``train.policy_signal: confidence`` lets the policy read the frozen FR network's confidence in
+each anchor, the per-sample signal the masked face alone does not carry.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# masked anchors -> a per-sample signal of the frozen FR network (its confidence)
+SignalFn = Callable[[Tensor], Tensor]
 DIFFICULTY_BINS = 4  # quartiles of the un-mixed loss within a batch
 
 
@@ -27,10 +35,14 @@ class AdaptiveGame:
         params: training parameters (policy lr, entropy weight, baseline momentum, floor, dual lr).
         protection: how the policy's k are mixed (the trainer's; default: the ``mixing`` defaults
             with ``k_max = max(k_values)``).
+
+    With ``train.policy_signal: confidence`` the policy also reads :attr:`signal`, which the
+    method sets once the FR network exists (:class:`fmix.models.ConfidenceSignal`).
     """
 
     def __init__(self, in_channels: int, k_values: tuple[int, ...], params: TrainParams, protection: Protection | None = None) -> None:
-        self.policy = StrategyNetwork(in_channels, k_values)
+        self.policy = StrategyNetwork(in_channels, k_values, signals=int(params.policy_signal == "confidence"))
+        self.signal: SignalFn | None = None
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
@@ -45,10 +57,24 @@ class AdaptiveGame:
     @torch.no_grad()
     def choose_k(self, anchors: Tensor, progress: float, generator: torch.Generator) -> Tensor:
         """k for each anchor of an FR step (the policy is not updated)."""
-        return self.policy.sample(anchors, progress, generator)[0]
+        return self.policy.sample(anchors, progress, generator, self._signal(anchors))[0]
+
+    def _signal(self, anchors: Tensor) -> Tensor | None:
+        """The policy's outside signal for ``anchors`` (None when the policy reads none)."""
+        if self.policy.signals == 0:
+            return None
+        if self.signal is None:
+            raise RuntimeError("the policy reads the FR network's confidence, but no signal source was set (AdaptiveGame.signal)")
+        return self.signal(anchors)
 
     def policy_step(self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn) -> dict:
-        """One REINFORCE step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
+        """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
+
+        ``train.policy_gradient`` says how the gradient is estimated: ``sampled`` (REINFORCE on one
+        k drawn per sample, with the EMA baseline) or ``expected`` (every k of the policy mixed and
+        scored on the batch, then the exact expectation over the policy: the same gradient without
+        the sampling noise of k). ``train.policy_reward`` says whose loss: ``mixed`` (the mix with
+        its constituents' labels and weights) or ``anchor`` (the anchor's own label under its mix).
 
         Args:
             anchors: masked, un-mixed faces of the batch.
@@ -58,31 +84,61 @@ class AdaptiveGame:
             loss_fn: the frozen FR loss (no gradient flows into the FR network).
 
         Returns:
-            Statistics of the step (mean reward, mean k, entropy).
+            Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
-        k, log_prob, entropy = self.policy.sample(anchors, progress, generator)
-        mixed = self.protection.protect_encoded(anchors, labels, k, generator)
         with torch.no_grad():
-            reward = loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
             unmixed_loss = loss_fn(anchors, labels[:, None], torch.ones_like(labels[:, None], dtype=anchors.dtype)).float()
-        if self.params.policy_reference == "unmixed":
+        reference = unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
+        nu, signal = self.penalty, self._signal(anchors)
+        if self.params.policy_gradient == "expected":
+            loss, k, reward, entropy, mean_k = self._expected_step(anchors, labels, progress, generator, loss_fn, reference, nu, signal)
+        else:
+            k, log_prob, entropy = self.policy.sample(anchors, progress, generator, signal)
             # Per-sample advantage: what mixing costs this sample, not how hard the sample is anyway.
-            reward = reward - unmixed_loss
-        nu = self.penalty
-        loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
+            reward = self._reward(anchors, labels, k, generator, loss_fn) - reference
+            loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
+            mean_k = k.float().mean().item()
         loss = loss + self.params.difficulty_weight * self.policy.difficulty_loss(anchors, unmixed_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
         if self.budget is not None:
-            self.budget.update(k.float().mean().item())
+            self.budget.update(mean_k)
         return {
             "reward": reward.mean().item(),
-            "k": k.float().mean().item(),
+            "k": mean_k,
             "entropy": entropy.mean().item(),
             "k_by_difficulty": difficulty_table(unmixed_loss, k, self.policy.k_values, DIFFICULTY_BINS),
         }
+
+    def _reward(self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn) -> Tensor:
+        """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.policy_reward``), no gradient."""
+        mixed = self.protection.protect_encoded(anchors, labels, k, generator)
+        with torch.no_grad():
+            if self.params.policy_reward == "anchor":
+                own = torch.ones_like(labels[:, None], dtype=anchors.dtype)
+                return loss_fn(mixed.x, labels[:, None], own).float()
+            return loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+
+    def _expected_step(self, anchors, labels, progress, generator, loss_fn, reference, nu, signal):
+        """The policy loss of the exact expectation over k: ``-sum_k pi(k|x) (r_k(x) - nu k)`` - entropy bonus.
+
+        Returns:
+            ``(loss, k, reward, entropy, mean_k)``: k drawn from the policy (for the statistics
+            only), the reward of that k, and the policy's expected mean k (the budget's signal).
+        """
+        rewards = torch.stack([self._reward(anchors, labels, k, generator, loss_fn) for k in self.policy.k_values], 1) - reference[:, None]
+        k_table = self.policy.k_table.to(rewards.device).float()
+        value = rewards - nu * k_table
+        value = value - value.mean(1, keepdim=True)  # an action-independent baseline per sample
+        dist = self.policy.distribution(anchors, progress, signal)
+        entropy = dist.entropy()
+        loss = -(dist.probs * value).sum(1).mean() - self.params.entropy_weight * entropy.mean()
+        with torch.no_grad():
+            index = torch.multinomial(dist.probs.detach().to(generator.device), 1, generator=generator).squeeze(1).to(anchors.device)
+            mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
+        return loss, self.policy.k_table[index], rewards.gather(1, index[:, None]).squeeze(1), entropy, mean_k
 
     @property
     def penalty(self) -> float:

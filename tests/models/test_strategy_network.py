@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fmix.models import StrategyNetwork, policy_loss, reinforce_loss
+from fmix.models import ConfidenceSignal, StrategyNetwork, policy_loss, reinforce_loss
 
 
 @pytest.fixture
@@ -138,6 +138,31 @@ def test_bad_arguments_raise_with_messages(anchors):
         StrategyNetwork(8, k_values=(3, 2))
     with pytest.raises(ValueError, match="Expected every entry of k_values >= 1, got 0"):
         StrategyNetwork(8, k_values=(0, 2))
+    with pytest.raises(ValueError, match="Expected signals 0 or 1, got 2"):
+        StrategyNetwork(8, signals=2)
+    with pytest.raises(ValueError, match=r"Expected a signal of shape \(64,\) exactly when the network has signals \(it has 0\)"):
+        policy(anchors, 0.5, torch.zeros(64))
+    informed = StrategyNetwork(8, hidden=8, signals=1)
+    with pytest.raises(ValueError, match=r"exactly when the network has signals \(it has 1\)"):
+        informed(anchors, 0.5)
+    with pytest.raises(ValueError, match=r"Expected signal of shape \(64,\), got \(64, 1\)"):
+        informed(anchors, 0.5, torch.zeros(64, 1))
+
+
+def test_confidence_signal_is_the_largest_cosine_to_a_class_centre():
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+
+    backbone, head = torch.nn.Flatten(), Head()
+    backbone.train()
+    masked = torch.tensor([[3.0, 4.0], [-1.0, 0.0], [0.0, -5.0]]).view(3, 2, 1, 1)
+    confidence = ConfidenceSignal(backbone, head)(masked)
+    # Unit embeddings (0.6, 0.8), (-1, 0), (0, -1) against the centres (1, 0) and (0, 1).
+    torch.testing.assert_close(confidence, torch.tensor([0.8, 0.0, 0.0]))
+    assert backbone.training and head.training  # modes put back
+    assert not confidence.requires_grad
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: fast, enough here
