@@ -191,7 +191,7 @@ class TrainParams:
     policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
     policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
     mix_warmup_fraction: float = 0.5  # curriculum: mixing methods train on un-mixed masked faces first
-    n_fr: int = 4  # the policy plays after every n_fr FR steps...
+    n_fr: int = 2  # the policy plays after every n_fr FR steps...
     n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
     entropy_weight: float = 0.1
     baseline_momentum: float = 0.9
