@@ -252,3 +252,18 @@ def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
     game.signal = None
     with pytest.raises(RuntimeError, match="no signal source was set"):
         game.choose_k(anchors, 0.5, generator)
+
+
+def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_with(pipeline_sample, tmp_path):
+    from fmix.masker.export import masker_with_trained_policy
+    from fmix.models.artifact import ModelRecord
+
+    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
+    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
+    state = load_checkpoint(tmp_path / "run" / "model.pt")
+    for key in ("policy_signal", "policy_gradient", "policy_reward"):  # what an older model.pt lacks
+        del state["params"][key]
+    save_checkpoint(state, tmp_path / "old.pt")
+    record = ModelRecord.load(tmp_path / "old.pt")
+    assert (record.params.policy_signal, record.params.policy_gradient, record.params.policy_reward) == ("none", "sampled", "mixed")
+    assert masker_with_trained_policy(tmp_path / "old.pt").policy.signal is None

@@ -124,12 +124,15 @@ class ModelRecord:
 
 
 LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": "rescale"}
+# The game as it was before these keys existed: a model.pt without them was trained that way.
+LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed"}
 
 
 def _legacy_mixing(params: dict, mixing: dict | None) -> tuple[dict, dict]:
-    """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it over."""
+    """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it
+    over; one from before the game's keys gets the game it was trained with (:data:`LEGACY_GAME`)."""
     legacy = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
-    return params, mixing if mixing is not None else legacy
+    return {**LEGACY_GAME, **params}, mixing if mixing is not None else legacy
 
 
 class TrainedModel(nn.Module):

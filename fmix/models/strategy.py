@@ -13,10 +13,10 @@ prediction (detached) beside the progress, so k can depend on the sample, and th
 needs nothing but the policy itself.
 
 FR signal [ours]: the anchor's un-mixed loss, which decides how much a larger k raises its loss,
-is a property of its identity that the masked face alone does not predict (measured: the
-difficulty head reaches a held-out correlation of 0.02-0.05). The frozen FR network's *confidence*,
-the largest cosine between the anchor's embedding and any class centre, needs no label and tracks
-that loss (correlation -0.9). With ``signals=1`` the policy also reads it (:class:`ConfidenceSignal`),
+is mostly a property of its identity, which the masked face alone does not show (the difficulty
+head's held-out correlation with it stays below 0.1: ``benchmarks/policy_signal.py``). The frozen FR
+network's *confidence*, the largest cosine between the anchor's embedding and any class centre,
+needs no label and tracks that loss (correlation -0.93). With ``signals=1`` the policy also reads it (:class:`ConfidenceSignal`),
 standardised by running statistics (a batch norm without affine parameters, so a face's k does not
 depend on the batch once exported) and fed both to the MLP and straight to the logits through a
 linear map that starts at zero. The exported masker then holds the FR backbone and the class
