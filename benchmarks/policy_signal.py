@@ -22,7 +22,6 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fmix.data.faces import load_face_set
 from fmix.masker.protection import MixingConfig, Protection
@@ -120,7 +119,7 @@ def main() -> None:
     design = torch.cat([embedding, torch.ones(len(faces), 1)], 1)
     probe = design[test] @ torch.linalg.lstsq(design[train], target[train, None]).solution
     with torch.no_grad():
-        cosine = (F.normalize(embedding[test], dim=1) @ F.normalize(model.head.weight, dim=1).T).amax(1)
+        cosine = model.head.cosines(embedding[test]).amax(1)
     print(f"held-out correlation with the un-mixed loss ({len(test)} faces): difficulty head on the masked face {held_out_corr(head, target[test]):.3f}, "
           f"linear probe of the FR embedding {held_out_corr(probe.squeeze(1), target[test]):.3f}, FR confidence {held_out_corr(cosine, target[test]):.3f}")
 

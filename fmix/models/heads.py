@@ -101,9 +101,17 @@ class MarginHead(nn.Module):
 
     # ----------------------------------------------------------------------- computation
 
-    def _cosines(self, embeddings: Tensor) -> Tensor:
-        """Float32 cosines to every class centre, clamped inside (-1, 1)."""
-        return _cosines(embeddings, self.weight)
+    def cosines(self, embeddings: Tensor) -> Tensor:
+        """Cosines to every class centre, clamped inside (-1, 1).
+
+        Args:
+            embeddings: FR network outputs.
+
+        Shape:
+            - embeddings: :math:`(B, E)`.
+            - Output: :math:`(B, num\\_classes)`, float32.
+        """
+        return _cosines(self._check_embeddings(embeddings), self.weight)
 
     def forward(self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         """Per-sample mixed-label margin loss.
@@ -139,9 +147,8 @@ class MarginHead(nn.Module):
         Returns:
             ``s * cos(embedding, centre_j)``.
         """
-        embeddings = self._check_embeddings(embeddings)
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return self.s * self._cosines(embeddings)
+        with torch.autocast(device_type=check_tensor(embeddings, "embeddings").device.type, enabled=False):
+            return self.s * self.cosines(embeddings)
 
     def centres(self) -> Tensor:
         """The L2-normalised class centres (identity templates for inversion attacks), detached.

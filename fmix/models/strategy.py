@@ -271,7 +271,7 @@ class ConfidenceSignal(nn.Module):
 
     Args:
         backbone: the FR backbone (masked faces -> embeddings).
-        head: the margin head; its ``weight`` rows are the class centres.
+        head: the margin head (:meth:`fmix.models.MarginHead.cosines`).
 
     Shape:
         - masked: :math:`(B, C, h, w)`.
@@ -288,9 +288,7 @@ class ConfidenceSignal(nn.Module):
         self.head.eval()
         try:
             with torch.no_grad():
-                embedding = F.normalize(self.backbone(masked).float(), dim=1)
-                centres = F.normalize(self.head.weight.float(), dim=1)
-                return (embedding @ centres.T).amax(1).to(masked.dtype)
+                return self.head.cosines(self.backbone(masked)).amax(1).to(masked.dtype)
         finally:
             self.backbone.train(modes[0])
             self.head.train(modes[1])

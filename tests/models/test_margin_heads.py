@@ -132,6 +132,7 @@ def test_embedding_on_a_class_centre_gives_finite_gradients(kind):
 def test_logits_and_centres():
     head = _head(s=4.0)
     torch.testing.assert_close(head.logits(torch.tensor([[3.0, 4.0], [0.0, -2.0]])), torch.tensor([[2.4, 3.2], [0.0, -4.0]]))
+    torch.testing.assert_close(head.cosines(torch.tensor([[3.0, 4.0]])), torch.tensor([[0.6, 0.8]]))
     centres = head.centres()
     torch.testing.assert_close(centres, torch.eye(2))
     assert not centres.requires_grad
@@ -148,6 +149,10 @@ def test_bad_arguments_raise_with_messages():
         MarginHead(4, 3, s=0)
     with pytest.raises(ValueError, match=r"Expected embeddings of shape \(B, 4\), got \(2, 5\)"):
         head(torch.randn(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"Expected embeddings of shape \(B, 4\), got \(2, 5\)"):
+        head.cosines(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"Expected embeddings of shape \(B, 4\), got \(2, 5\)"):
+        head.logits(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"Expected labels of shape \(2,\) when weights is None, got \(2, 2\)"):
         head(embeddings, torch.tensor([[0, 1], [1, 2]]))
     with pytest.raises(ValueError, match=r"Expected labels and weights of one shape \(2, K\), got \(2, 2\) and \(2, 3\)"):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fmix.models import ConfidenceSignal, StrategyNetwork, policy_loss, reinforce_loss
+from fmix.models import ConfidenceSignal, MarginHead, StrategyNetwork, policy_loss, reinforce_loss
 
 
 @pytest.fixture
@@ -150,12 +150,9 @@ def test_bad_arguments_raise_with_messages(anchors):
 
 
 def test_confidence_signal_is_the_largest_cosine_to_a_class_centre():
-    class Head(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
-
-    backbone, head = torch.nn.Flatten(), Head()
+    backbone, head = torch.nn.Flatten(), MarginHead(2, 2, "cosface")
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
     backbone.train()
     masked = torch.tensor([[3.0, 4.0], [-1.0, 0.0], [0.0, -5.0]]).view(3, 2, 1, 1)
     confidence = ConfidenceSignal(backbone, head)(masked)
