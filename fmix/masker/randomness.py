@@ -76,11 +76,14 @@ class ReleaseRandomness:
             return {"source": "insecure_seed", "seed": self.insecure_seed}
         return {"source": self.source}
 
+    def _digest(self, purpose: str) -> bytes:
+        """HMAC-SHA256 of the context and ``purpose`` under the secret key (a key is required)."""
+        return hmac.new(self.key, f"{self.context}:{purpose}".encode(), hashlib.sha256).digest()
+
     def _derive(self, purpose: str) -> int:
         if self.key is None:
             return int.from_bytes(os.urandom(8), "little")
-        digest = hmac.new(self.key, f"{self.context}:{purpose}".encode(), hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "little")
+        return int.from_bytes(self._digest(purpose)[:8], "little")
 
     def name_key(self) -> bytes:
         """Key of the keyed-hash sample names when the owner gives none.
@@ -90,7 +93,7 @@ class ReleaseRandomness:
         to no face at all (the owner's ledger still lists each shard's faces).
         """
         if self.key is not None:
-            return hmac.new(self.key, f"{self.context}:names".encode(), hashlib.sha256).digest()
+            return self._digest("names")
         if self.insecure_seed is not None:
             return hashlib.sha256(f"{self.insecure_seed}:{self.context}:names".encode()).digest()
         return os.urandom(32)

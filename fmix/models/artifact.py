@@ -106,7 +106,7 @@ class ModelRecord:
             raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
         try:
             channels, size = state["input"]
-            params, mixing = _legacy_mixing(dict(state["params"]), state.get("mixing"))
+            params, mixing = _legacy_params(dict(state["params"]), state.get("mixing"))
             return cls(
                 params=section_from_mapping(TrainParams, params, "train"),
                 encoder=state["encoder"],
@@ -128,7 +128,7 @@ LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": 
 LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed"}
 
 
-def _legacy_mixing(params: dict, mixing: dict | None) -> tuple[dict, dict]:
+def _legacy_params(params: dict, mixing: dict | None) -> tuple[dict, dict]:
     """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it
     over; one from before the game's keys gets the game it was trained with (:data:`LEGACY_GAME`)."""
     legacy = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
