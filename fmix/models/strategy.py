@@ -221,11 +221,16 @@ class StrategyNetwork(nn.Module):
             policy's entropy, both float32 and differentiable.
         """
         dist = self.distribution(x, progress, signal)
+        index = self.draw(dist, generator, x.device)
+        return self.k_table[index], dist.log_prob(index), dist.entropy()
+
+    @staticmethod
+    def draw(dist: torch.distributions.Categorical, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """One action index per sample of ``dist``, drawn on the generator's device, returned on ``device``."""
         probs = dist.probs.detach()
         if generator is not None:
             probs = probs.to(generator.device)
-        index = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
-        return self.k_table[index], dist.log_prob(index), dist.entropy()
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
 
     def greedy(self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None) -> Tensor:
         """The most probable ``k`` per sample (ties: the smallest k).

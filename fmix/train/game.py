@@ -86,8 +86,7 @@ class AdaptiveGame:
         Returns:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
-        with torch.no_grad():
-            unmixed_loss = loss_fn(anchors, labels[:, None], torch.ones_like(labels[:, None], dtype=anchors.dtype)).float()
+        unmixed_loss = _own_label_loss(loss_fn, anchors, labels)
         reference = unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
         nu, signal = self.penalty, self._signal(anchors)
         if self.params.policy_gradient == "expected":
@@ -115,10 +114,9 @@ class AdaptiveGame:
     def _reward(self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn) -> Tensor:
         """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.policy_reward``), no gradient."""
         mixed = self.protection.protect_encoded(anchors, labels, k, generator)
+        if self.params.policy_reward == "anchor":
+            return _own_label_loss(loss_fn, mixed.x, labels)
         with torch.no_grad():
-            if self.params.policy_reward == "anchor":
-                own = torch.ones_like(labels[:, None], dtype=anchors.dtype)
-                return loss_fn(mixed.x, labels[:, None], own).float()
             return loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
 
     def _expected_step(self, anchors, labels, progress, generator, loss_fn, reference, nu, signal):
@@ -135,9 +133,8 @@ class AdaptiveGame:
         dist = self.policy.distribution(anchors, progress, signal)
         entropy = dist.entropy()
         loss = -(dist.probs * value).sum(1).mean() - self.params.entropy_weight * entropy.mean()
-        with torch.no_grad():
-            index = torch.multinomial(dist.probs.detach().to(generator.device), 1, generator=generator).squeeze(1).to(anchors.device)
-            mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
+        index = self.policy.draw(dist, generator, anchors.device)
+        mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
         return loss, self.policy.k_table[index], rewards.gather(1, index[:, None]).squeeze(1), entropy, mean_k
 
     @property
@@ -165,6 +162,12 @@ class AdaptiveGame:
         self.dual.load_state_dict(state["dual"])
         if self.budget is not None:
             self.budget.load_state_dict(state["budget"])
+
+
+@torch.no_grad()
+def _own_label_loss(loss_fn: LossFn, x: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample FR loss of ``x`` under each anchor's own label alone (weight 1), float32."""
+    return loss_fn(x, labels[:, None], torch.ones_like(labels[:, None], dtype=x.dtype)).float()
 
 
 def k_histogram(ks: list[int] | Counter, k_values: tuple[int, ...]) -> dict[str, float]:
