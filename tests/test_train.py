@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from fmix.data.faces import load_face_set
 from fmix.params import TrainParams
 from fmix.train.checkpoint import load_checkpoint, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
@@ -135,6 +136,12 @@ def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
     expected_masked, expected_k = torch_masker(images, noise)
     assert torch.equal(k, expected_k) and set(k.tolist()) <= {2, 3, 4, 5, 6}
     assert ((masked - expected_masked).abs().max() / expected_masked.abs().max()).item() < 1e-5
+    # The exported policy is priced to the budget (4) on the private faces, after the last batch-norm recalibration.
+    private = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
+    with torch.no_grad():
+        masked = torch_masker.masked(private.float_images(torch.arange(len(private))))
+        probs = torch_masker.policy(masked, torch_masker.progress.expand(len(masked)))
+    assert (probs * torch_masker.k_values).sum(1).mean().item() == pytest.approx(4.0, abs=1e-4)
     with pytest.raises(ValueError, match="has no strategy network"):
         fixed = TrainParams(**{**TINY.__dict__, "method": "ppfrfd", "epochs": 1})
         train(fixed, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "fixed", pipeline_sample["masker"], progress=False)
@@ -252,6 +259,32 @@ def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
     game.signal = None
     with pytest.raises(RuntimeError, match="no signal source was set"):
         game.choose_k(anchors, 0.5, generator)
+
+
+def test_calibration_prices_the_learned_policy_to_the_budget():
+    game, anchors, labels = _parity_game(policy_gradient="expected", target_mean_k=3.0)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+
+    def expected_k():
+        with torch.no_grad():
+            return (game.policy.distribution(anchors, 0.5).probs * game.policy.k_table).sum(1)
+
+    game.policy.eval()
+    before = expected_k()
+    game.policy.train()
+    stats = game.calibrate(anchors.split(5), 0.5)
+    assert game.policy.training  # the mode it was in
+    game.policy.eval()
+    after = expected_k()
+    assert stats["expected_mean_k"] == pytest.approx(before.mean().item(), abs=1e-5)
+    assert after.mean().item() == pytest.approx(3.0, abs=1e-5) and stats["k_calibration"] == game.policy.k_price.item() != 0.0
+    assert after[0::2].min() > after[1::2].max()  # the even anchors, whose loss grows with k, still get more faces
+    free, *_ = _parity_game(target_mean_k=None)
+    assert free.calibrate(anchors.split(5), 0.5) == {} and free.policy.k_price.item() == 0.0
+    with pytest.raises(ValueError, match=r"train.target_mean_k=2.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4, 5, 6\)"):
+        _parity_game(target_mean_k=2.0)
 
 
 def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_with(pipeline_sample, tmp_path):

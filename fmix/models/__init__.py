@@ -12,7 +12,7 @@ from fmix.models.iresnet import (
     resolve_strides,
     stage_widths,
 )
-from fmix.models.reinforce import BudgetDual, DualVariable, EmaBaseline, effective_reward, policy_loss, reinforce_loss
+from fmix.models.reinforce import BudgetDual, DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
 from fmix.models.strategy import DEFAULT_K_VALUES, ConfidenceSignal, StrategyNetwork
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "IResNet",
     "MarginHead",
     "StrategyNetwork",
+    "budget_price",
     "build_backbone",
     "downsampled_side",
     "effective_reward",

@@ -258,6 +258,56 @@ class BudgetDual:
         self.value = float(state["value"])
 
 
+def budget_price(logits: Tensor, k_values: Tensor, target: float, tolerance: float = 1e-6) -> float:
+    r"""The price ``p`` on k that makes the policy's expected mean k over a set of samples ``target`` [ours].
+
+    The budget's dual price ``lambda`` (:class:`BudgetDual`) lags the policy, so the mean k swings
+    around the target from epoch to epoch. Shifting the logits by ``-p k`` with this ``p`` holds the
+    mean exactly on these samples (a calibration; the expected k falls monotonically as ``p``
+    grows, so bisection finds it).
+
+    Args:
+        logits: the policy's logits over ``k_values``, one row per sample.
+        k_values: the actions, increasing.
+        target: the mean k to hold, strictly between the smallest and the largest k.
+        tolerance: the bisection stops when the bracket is this narrow.
+
+    Shape:
+        - logits: :math:`(N, n_k)`, :math:`N \geq 1`.
+        - k_values: :math:`(n_k,)`.
+
+    Returns:
+        ``p`` such that ``mean_n sum_k softmax(logits_n - p k)_k k`` is ``target``.
+
+    Example:
+        >>> round(budget_price(torch.zeros(1, 2), torch.tensor([2, 3]), 2.5), 6)
+        0.0
+    """
+    logits, k_values = check_tensor(logits, "logits"), check_tensor(k_values, "k_values")
+    if logits.dim() != 2 or logits.shape[0] == 0 or k_values.shape != (logits.shape[1],):
+        raise ValueError(f"Expected logits of shape (N >= 1, {k_values.shape[0] if k_values.dim() == 1 else 'n_k'}) and k_values of shape (n_k,), got {tuple(logits.shape)} and {tuple(k_values.shape)}")
+    k = k_values.to(device=logits.device, dtype=torch.float64)
+    if not float(k.min()) < check_number(target, "target") < float(k.max()):
+        raise ValueError(f"Expected target strictly between {int(k.min())} and {int(k.max())}, got {target}")
+    check_float(logits, "logits")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("Expected finite logits")
+    logits = logits.detach().double()
+
+    def mean_k(price: float) -> float:
+        return float((torch.softmax(logits - price * k, dim=1) * k).sum(1).mean())
+
+    low, high = -1.0, 1.0
+    while mean_k(low) < target:
+        low *= 2
+    while mean_k(high) > target:
+        high *= 2
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_k(middle) > target else (low, middle)
+    return (low + high) / 2
+
+
 def _check_state(state: object, keys: tuple[str, ...], owner: str) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"Expected a state dict for {owner}, got {type(state).__name__}")

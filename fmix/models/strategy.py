@@ -22,6 +22,10 @@ depend on the batch once exported) and fed both to the MLP and straight to the l
 linear map that starts at zero. The exported masker then holds the FR backbone and the class
 centres beside the policy.
 
+Budget calibration [ours]: the buffer ``k_price`` shifts the logits by ``-k_price * k``. The game
+sets it at the end of each epoch so that the expected mean k over the private faces is the budget
+(:func:`fmix.models.reinforce.budget_price`); the exported masker carries it.
+
 The last layer starts at zero, so the initial policy is uniform over ``k_values``.
 """
 
@@ -69,6 +73,7 @@ class StrategyNetwork(nn.Module):
             raise ValueError(f"Expected k_values distinct and increasing, got {tuple(k_values)}")
         self.k_values = tuple(k_values)
         self.register_buffer("k_table", torch.tensor(self.k_values, dtype=torch.long))
+        self.register_buffer("k_price", torch.zeros(()))
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, hidden, kernel_size=1),
             nn.ReLU(inplace=True),
@@ -161,7 +166,13 @@ class StrategyNetwork(nn.Module):
         features = self.features(x)
         signals = self._signal_columns(signal, x)
         logits = self.mlp(torch.cat([features, column, self.difficulty(features).detach(), *signals], dim=1))
+        logits = logits - self.k_price.to(logits.dtype) * self.k_table.to(logits.dtype)
         return logits + self.signal_logits(signals[0]) if signals else logits
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # A policy saved before the budget calibration had no k_price: it loads with no shift.
+        state_dict.setdefault(prefix + "k_price", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def difficulty_loss(self, x: Tensor, difficulty: Tensor) -> Tensor:
         """Regression of the difficulty head on the FR network's per-sample difficulty.

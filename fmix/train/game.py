@@ -10,13 +10,13 @@ each anchor, the per-sample signal the masked face alone does not carry.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.models import BudgetDual, DualVariable, EmaBaseline, StrategyNetwork, effective_reward, policy_loss
+from fmix.models import BudgetDual, DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, policy_loss
 from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
@@ -47,6 +47,8 @@ class AdaptiveGame:
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
         self.budget = BudgetDual(params.budget_lr, params.target_mean_k) if params.target_mean_k is not None else None
+        if self.budget is not None and not min(k_values) < self.budget.target < max(k_values):
+            raise ValueError(f"train.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
 
@@ -136,6 +138,32 @@ class AdaptiveGame:
         index = self.policy.draw(dist, generator, anchors.device)
         mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
         return loss, self.policy.k_table[index], rewards.gather(1, index[:, None]).squeeze(1), entropy, mean_k
+
+    @torch.no_grad()
+    def calibrate(self, anchors: Iterable[Tensor], progress: float) -> dict:
+        """Price k so that the policy's expected mean k over ``anchors`` is the budget's target.
+
+        The dual price of the budget lags the policy (the mean k of an epoch swings around the
+        target); this shift of the logits (:attr:`StrategyNetwork.k_price`) holds the target on
+        the private faces at the end of each epoch, and so in the exported masker.
+
+        Args:
+            anchors: batches of masked, un-mixed faces (e.g. a fixed sample of the private faces).
+            progress: training progress in [0, 1] (1 at the end of training, as exported).
+
+        Returns:
+            ``{"expected_mean_k": before the shift, "k_calibration": the price now}``; {} without a budget.
+        """
+        if self.budget is None:
+            return {}
+        training = self.policy.training
+        self.policy.eval()  # running statistics, as in the exported masker
+        logits = torch.cat([self.policy(x, progress, self._signal(x)).float() for x in anchors])
+        self.policy.train(training)
+        k_table = self.policy.k_table
+        before = float((torch.softmax(logits, 1) * k_table.float()).sum(1).mean())
+        self.policy.k_price += budget_price(logits, k_table, self.budget.target)
+        return {"expected_mean_k": before, "k_calibration": float(self.policy.k_price)}
 
     @property
     def penalty(self) -> float:

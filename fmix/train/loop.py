@@ -167,6 +167,8 @@ def train(
             _write_log(out_dir / "train_log.jsonl", trainer.state.history)
     bar.close()
     recalibrated = params.recalibrate_bn and recalibrate_batchnorm(encoder, net.backbone, train_set, device)
+    if recalibrated and "k_calibration" in trainer.state.history[-1]:
+        trainer.calibrate_policy()  # the confidence signal moved with the batch norm: price k again
     final_val = closed_set_accuracy(encoder, net, val_set, device)
     record = trainer.model_record(num_classes)
     summary = _summary(params, trainer.state.history, final_val, recalibrated, num_classes, len(train_set), record.privacy)

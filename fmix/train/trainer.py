@@ -29,6 +29,8 @@ from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
 from fmix.train.game import k_histogram, mutual_information
 
+CALIBRATION_FACES = 1024  # private faces on which the policy's mean k is priced to the budget (standard error about 0.02)
+
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Linear warm-up, then cosine decay to 0 or steps of x0.1 at 60% and 85% of training."""
@@ -269,11 +271,24 @@ class Trainer:
         game = self.game
         game_on = self.game_on_at(self.position(epoch, self.steps_per_epoch - 1))  # as at the epoch's last step
         nu = game.end_epoch(val_accuracy) if game is not None and game_on else (game.dual.value if game is not None else None)
+        calibration = self.calibrate_policy() if game_on else {}
         k_values = self.protection.k_values if self.protection is not None else self.mixing.k_values
-        row = self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], k_values, game, nu)
+        row = {**self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], k_values, game, nu), **calibration}
         self.state.history.append(row)
         self.state = TrainState(epoch + 1, 0, self.state.step, self.state.history)
         return row
+
+    def calibrate_policy(self) -> dict:
+        """Price the policy's k so its expected mean k is the budget on a fixed sample of the private faces.
+
+        Returns:
+            :meth:`fmix.train.game.AdaptiveGame.calibrate`'s statistics; {} without a budget.
+        """
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.params.seed))
+        batches = order[:CALIBRATION_FACES].split(self.params.batch_size)  # the same faces every epoch and rank
+        with torch.no_grad():
+            anchors = (self.encoder(self.train_set.float_images(index).to(self.device)) for index in batches)
+            return self.game.calibrate(anchors, self.progress)
 
     # ------------------------------------------------------------------ checkpoints
     def settings(self) -> dict:

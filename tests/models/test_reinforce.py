@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from fmix.models import BudgetDual, DualVariable, EmaBaseline, effective_reward, policy_loss, reinforce_loss
+from fmix.models import BudgetDual, DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
 
 
 def test_reinforce_loss_reference_value_and_gradient():
@@ -94,6 +96,34 @@ def test_budget_dual_prices_k_above_the_target_and_never_goes_negative():
         BudgetDual(lr=0.5, target=0)
     with pytest.raises(ValueError, match=r"Expected a state for BudgetDual with keys \['value'\], got \['count', 'value'\]"):
         restored.load_state_dict({"value": 1.0, "count": 2})
+
+
+def test_budget_price_reference_values():
+    k = torch.tensor([2, 3])
+    assert budget_price(torch.zeros(1, 2), k, 2.5) == pytest.approx(0.0, abs=1e-6)
+    # p(3) / p(2) = exp(-price) = 3 gives a mean k of 2.75
+    assert budget_price(torch.zeros(1, 2), k, 2.75) == pytest.approx(-math.log(3), abs=1e-6)
+    assert budget_price(torch.tensor([[0.0, math.log(3)]]), k, 2.5) == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_budget_price_holds_the_target():
+    logits = torch.randn(256, 5, generator=torch.Generator().manual_seed(0)) * 2
+    k = torch.tensor([2, 3, 4, 5, 6])
+    for target in (2.5, 4.0, 5.9):
+        shifted = torch.softmax(logits - budget_price(logits, k, target) * k, 1)
+        assert (shifted * k).sum(1).mean().item() == pytest.approx(target, abs=1e-5)
+
+
+def test_budget_price_bad_arguments_raise_with_messages():
+    k = torch.tensor([2, 3, 4])
+    with pytest.raises(ValueError, match=r"Expected target strictly between 2 and 4, got 4.0"):
+        budget_price(torch.zeros(2, 3), k, 4.0)
+    with pytest.raises(ValueError, match=r"Expected logits of shape \(N >= 1, 3\) and k_values of shape \(n_k,\), got \(2, 2\) and \(3,\)"):
+        budget_price(torch.zeros(2, 2), k, 3.0)
+    with pytest.raises(ValueError, match=r"got \(0, 3\)"):
+        budget_price(torch.zeros(0, 3), k, 3.0)
+    with pytest.raises(ValueError, match="Expected finite logits"):
+        budget_price(torch.tensor([[0.0, float("nan"), 0.0]]), k, 3.0)
 
 
 def test_bad_arguments_raise_with_messages():

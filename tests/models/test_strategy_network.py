@@ -26,6 +26,19 @@ def test_initial_policy_is_uniform(anchors):
     assert policy.greedy(anchors, 0.5).tolist() == [2] * 64  # ties go to the smallest k
 
 
+def test_k_price_shifts_the_logits_and_older_policies_load_without_it(anchors):
+    policy = StrategyNetwork(8, hidden=8)
+    torch.nn.init.normal_(policy.mlp[-1].weight, generator=torch.Generator().manual_seed(0))
+    before = policy(anchors, 0.5)
+    policy.k_price.fill_(0.5)
+    torch.testing.assert_close(policy(anchors, 0.5), before - 0.5 * torch.tensor([2.0, 3, 4, 5, 6]))
+    older = {name: value for name, value in policy.state_dict().items() if name != "k_price"}
+    restored = StrategyNetwork(8, hidden=8)
+    restored.load_state_dict(older)  # a model.pt from before the budget calibration
+    assert restored.k_price.item() == 0.0
+    torch.testing.assert_close(restored(anchors, 0.5), before)
+
+
 def test_sample_is_reproducible_and_in_k_values(anchors):
     policy = StrategyNetwork(8, k_values=(2, 4, 6), hidden=8)
     k1, log_prob, entropy = policy.sample(anchors, 0.2, generator=torch.Generator().manual_seed(7))
