@@ -197,8 +197,7 @@ class TrainParams:
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
-    target_mean_k: float | None = 4.0  # a dual price holds this mean k (null: free), the policy only chooses which samples get more
-    budget_lr: float = 0.5  # dual step of that price, per policy step
+    target_mean_k: float | None = 4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
     difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
     threads: int = 1
@@ -229,8 +228,8 @@ class TrainParams:
         _require(self.policy_gradient in ("sampled", "expected"), f"train.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
         _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
-        _require(self.target_mean_k is None or 2 <= self.target_mean_k <= 6, "train.target_mean_k must be null or in [2, 6] (the policy's k values)")
-        _require(self.budget_lr > 0 and self.difficulty_weight >= 0, "train.budget_lr must be > 0 and train.difficulty_weight >= 0")
+        _require(self.target_mean_k is None or 2 < self.target_mean_k < 6, "train.target_mean_k must be null or strictly between 2 and 6 (the policy's k values)")
+        _require(self.difficulty_weight >= 0, "train.difficulty_weight must be >= 0")
         _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
 
 

@@ -83,6 +83,23 @@ def test_black_box_attacker_reads_the_map_size_from_the_data(pipeline_sample, tr
     assert record["mixed"] is True and record["black"]["steps"] >= 1 and -1.0 <= record["black"]["S3"] <= 1.0
 
 
+def test_the_attackers_invert_magnitudes_of_sign_masked_mixes(pipeline_sample, trained, tmp_path):
+    from fmix.attacks.run import masker_target
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams, MixingParams
+
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", tmp_path / "signs.onnx", ExportParams(), mixing=MixingParams(sign_flip=True))
+    assert masker_target(tmp_path / "signs.onnx", None, mix=True, black_box_k=2).sign_masked
+    assert not masker_target(tmp_path / "signs.onnx", None, mix=False, black_box_k=2).sign_masked  # masked only: no sign mask
+    assert not masker_target(pipeline_sample["masker"], None, mix=True, black_box_k=2).sign_masked
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 4\n  batch_size: 4\n  judge: evaluator\n")
+    common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt"), str(tmp_path / "out")]
+    result = runner.invoke(app, ["attack", "reconstruct", str(tmp_path / "signs.onnx"), *common, "-p", str(params)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "privacy.json").read_text())["attackers_read"] == "|x|"
+
+
 def test_attack_errors(pipeline_sample, trained, tmp_path):
     with pytest.raises(ValueError, match="the evaluator must be trained on clean RGB faces"):
         Evaluator(trained / "adaptive" / "model.pt")
@@ -157,12 +174,12 @@ def test_the_white_box_knows_the_models_own_protection(pipeline_sample, maskerle
     from fmix.models.artifact import load_trained_model
 
     pixels = model_target(maskerless / "instahide" / "model.pt", black_box_k=2)
-    assert pixels.info["protection"] == "pixels" and pixels.white.k == 4
+    assert pixels.info["protection"] == "pixels" and pixels.white.k == 4 and pixels.sign_masked  # the attackers invert |x|
     assert pixels.white.mixing == MixingConfig(4, "instahide", 0.65, sign_flip=True, permute_channels=False, rescale=True)
     assert pixels.black(torch.zeros(1, 3, 112, 112), []).mixing == MixingConfig(2, "dirichlet", 0.65, sign_flip=True)
     noisy = model_target(maskerless / "dctdp" / "model.pt", black_box_k=2)
     model, _ = load_trained_model(maskerless / "dctdp" / "model.pt")
-    assert noisy.info["protection"] == "noisy" and noisy.white.clip == model.encoder.noise.clip
+    assert noisy.info["protection"] == "noisy" and noisy.white.clip == model.encoder.noise.clip and not noisy.sign_masked
     torch.testing.assert_close(noisy.white.scales, model.encoder.noise.scales().detach())  # the learned scales, from model.pt
     assert noisy.white.scales.std() > 0 and torch.equal(noisy.white.masker.mask.kept, model.encoder.masker.mask.kept)
     with pytest.raises(ValueError, match=r"method 'none' has protection None: only pixels, noisy are attacked through the trained model"):
@@ -180,6 +197,7 @@ def test_attack_protection_of_methods_without_a_masker(pipeline_sample, maskerle
     record = json.loads((out / "privacy.json").read_text())
     assert record["protection"] == kind and record["mixed"] is mixed and record["model"] == str(model) and record["faces"] == 8
     assert not (out / "masker.onnx").exists() and (out / "grid.png").is_file() and "black_box" in record
+    assert record["attackers_read"] == ("|x|" if kind == "pixels" else "x")  # InstaHide's sign mask is dropped
     row = record["row"]
     assert row["method"] == f"{method}_tiny" and f"{method}_tiny: S1 {row['S1']:.3f}" in result.output
     assert row["Score_pp"] == pytest.approx(0.4 * (1 - (max(row["S1"], 0.0) + row["S2"]) / 2) + 0.6 * (1 - (max(row["S3"], 0.0) + row["S4"]) / 2), abs=1e-6)

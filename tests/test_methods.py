@@ -92,7 +92,7 @@ def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp
     from fmix.params import ExportParams
 
     mixing = MixingParams(k_values=(2, 3), cap=0.6, sign_flip=True)
-    train(TINY, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False, mixing=mixing)
+    train(dataclasses.replace(TINY, target_mean_k=2.5), pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False, mixing=mixing)
     record = ModelRecord.load(tmp_path / "run" / "model.pt")
     assert record.mixing == mixing and record.policy["k_table"].tolist() == [2, 3]
     export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt", mixing=MixingParams())

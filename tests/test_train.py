@@ -81,6 +81,17 @@ def test_every_method_trains_through_the_same_loop(pipeline_sample, tmp_path, me
     assert record["input"] == {"none": [3, 112], "freq": [192, 28]}.get(method, [174, 28])  # export.upsample 2: 28x28 maps
 
 
+@pytest.mark.parametrize(("method", "sign_invariant"), [("mixup", True), ("ppfrfd", False)])
+def test_a_network_trained_on_sign_masked_mixes_reads_magnitudes(pipeline_sample, tmp_path, method, sign_invariant):
+    from fmix.models.artifact import load_trained_model
+    from fmix.params import MixingParams
+
+    params = TrainParams(**{**TINY.__dict__, "method": method, "epochs": 1, "k": 2})
+    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False, mixing=MixingParams(sign_flip=True))
+    model, _ = load_trained_model(tmp_path / "model.pt")
+    assert model.backbone.sign_invariant is sign_invariant  # ppfrfd never mixes, so it sees no sign mask
+
+
 def test_masking_method_without_masker_is_refused(pipeline_sample, tmp_path):
     params = TrainParams(**{**TINY.__dict__, "method": "ppfrfd"})
     with pytest.raises(ValueError, match="method 'ppfrfd' needs the exported masker"):
@@ -279,12 +290,12 @@ def test_calibration_prices_the_learned_policy_to_the_budget():
     game.policy.eval()
     after = expected_k()
     assert stats["expected_mean_k"] == pytest.approx(before.mean().item(), abs=1e-5)
-    assert after.mean().item() == pytest.approx(3.0, abs=1e-5) and stats["k_calibration"] == game.policy.k_price.item() != 0.0
+    assert after.mean().item() == pytest.approx(3.0, abs=1e-5) and stats["budget_price"] == game.policy.k_price.item() != 0.0
     assert after[0::2].min() > after[1::2].max()  # the even anchors, whose loss grows with k, still get more faces
     free, *_ = _parity_game(target_mean_k=None)
     assert free.calibrate(anchors.split(5), 0.5) == {} and free.policy.k_price.item() == 0.0
-    with pytest.raises(ValueError, match=r"train.target_mean_k=2.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4, 5, 6\)"):
-        _parity_game(target_mean_k=2.0)
+    with pytest.raises(ValueError, match=r"train.target_mean_k=5.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4\)"):
+        AdaptiveGame(3, (2, 3, 4), TrainParams(target_mean_k=5.0))
 
 
 def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_with(pipeline_sample, tmp_path):
@@ -296,7 +307,10 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     state = load_checkpoint(tmp_path / "run" / "model.pt")
     for key in ("policy_signal", "policy_gradient", "policy_reward"):  # what an older model.pt lacks
         del state["params"][key]
+    del state["policy"]["k_price"]
+    state["params"]["budget_lr"] = 0.5  # the dual step of the mean-k price, retired since
     save_checkpoint(state, tmp_path / "old.pt")
     record = ModelRecord.load(tmp_path / "old.pt")
     assert (record.params.policy_signal, record.params.policy_gradient, record.params.policy_reward) == ("none", "sampled", "mixed")
-    assert masker_with_trained_policy(tmp_path / "old.pt").policy.signal is None
+    old = masker_with_trained_policy(tmp_path / "old.pt").policy
+    assert old.signal is None and old.network.k_price.item() == 0.0

@@ -125,6 +125,20 @@ class PixelMixProtector:
         return ProtectedPairs(batch.x, batch.partners, batch.weights)
 
 
+def sign_blind(protector: Protector) -> Protector:
+    """The protector's samples as an attacker who knows of the sign mask reads them: ``|x|``.
+
+    A random sign per coefficient carries no information about the faces, so the attacker drops
+    it before the inversion network sees the samples (Carlini et al., 2021, start from ``|x|`` too).
+    """
+
+    def protect(images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
+        pairs = protector(images, labels, generator)
+        return pairs._replace(x=pairs.x.abs())
+
+    return protect
+
+
 def pixel_mix_to_image(x: Tensor) -> Tensor:
     """What a pixel-domain mix shows: its absolute value, which removes the sign mask.
 

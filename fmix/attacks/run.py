@@ -35,7 +35,7 @@ from fmix.masker.export import masker_with_trained_policy
 from fmix.methods import get_method
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
-from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, Protector, pixel_mix_to_image, surrogate_protector
+from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, Protector, pixel_mix_to_image, sign_blind, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
@@ -63,12 +63,15 @@ class AttackTarget(NamedTuple):
             black-box protector (what the release shows plus a guess of the rest).
         visualise: protected samples -> RGB images in [0, 255] (S1, S2 and the grid).
         info: what ``privacy.json`` records about the protection (at least ``mixed``).
+        sign_masked: the samples carry a random sign per coefficient; the attackers then invert
+            ``|x|`` (:func:`~fmix.attacks.protectors.sign_blind`).
     """
 
     white: Protector
     black: Callable[[Tensor, list[Path]], Protector]
     visualise: Callable[[Tensor], Tensor]
     info: dict
+    sign_masked: bool = False
 
 
 def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix: bool) -> tuple[MaskerProtector, dict]:
@@ -100,7 +103,8 @@ def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix:
         stats = public_channel_stats(public_paths, upsample)[0]
         return surrogate_protector(stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1])
 
-    return AttackTarget(protector, black, lambda x: protected_to_image(x, protector.masker.mask, upsample), {"masker": str(masker_path), "mixed": mix})
+    sign_masked = protector.mixing is not None and protector.mixing.sign_flip
+    return AttackTarget(protector, black, lambda x: protected_to_image(x, protector.masker.mask, upsample), {"masker": str(masker_path), "mixed": mix}, sign_masked)
 
 
 def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -113,7 +117,7 @@ def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
         return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
 
     info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask"}
-    return AttackTarget(white, black, pixel_mix_to_image, info)
+    return AttackTarget(white, black, pixel_mix_to_image, info, white.mixing.sign_flip)
 
 
 def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -233,11 +237,15 @@ def attack_target(
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
     attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
+    seen = pairs.x.abs() if target.sign_masked else pairs.x  # what the attackers invert
+    if target.sign_masked:
+        attackers = {mode: sign_blind(protector) for mode, protector in attackers.items()}
+    record["attackers_read"] = "|x|" if target.sign_masked else "x"
     recon_white, floor = None, None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()
         fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=params.seconds)
-        recon = fitted.invert(pairs.x)
+        recon = fitted.invert(seen)
         scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
         scores, floor = scored.summary(), scored.floor
         cpu_seconds = time.process_time() - start

@@ -96,6 +96,10 @@ class Method:
         """
         return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.protection in MASKER_PROTECTIONS else None
 
+    def sign_invariant(self, mixing: MixingParams) -> bool:
+        """Whether the FR network reads ``|x|``: the method mixes under a random sign mask (``mixing.sign_flip``)."""
+        return self.mixes and mixing.sign_flip
+
     def masker_params(self, export: ExportParams) -> ExportParams:
         """The ``export`` parameters of the masker this method trains through (default: the section as is)."""
         return export

@@ -12,7 +12,7 @@ from fmix.models.iresnet import (
     resolve_strides,
     stage_widths,
 )
-from fmix.models.reinforce import BudgetDual, DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
+from fmix.models.reinforce import DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
 from fmix.models.strategy import DEFAULT_K_VALUES, ConfidenceSignal, StrategyNetwork
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "DEPTHS",
     "KINDS",
     "STRIDE_PRESETS",
-    "BudgetDual",
     "ConfidenceSignal",
     "DualVariable",
     "EmaBaseline",

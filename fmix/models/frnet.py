@@ -31,7 +31,7 @@ class FRNet(nn.Module):
         return self.head(self.backbone(x), labels, weights)
 
 
-def build_net(params: TrainParams, in_channels: int, input_size: int, num_classes: int) -> FRNet:
+def build_net(params: TrainParams, in_channels: int, input_size: int, num_classes: int, sign_invariant: bool = False) -> FRNet:
     """The FR network of ``params`` for inputs of ``in_channels`` x ``input_size`` x ``input_size``.
 
     Args:
@@ -39,9 +39,10 @@ def build_net(params: TrainParams, in_channels: int, input_size: int, num_classe
         in_channels: channels of the encoder's output.
         input_size: side of the encoder's output.
         num_classes: training identities.
+        sign_invariant: the backbone reads ``|x|`` (the method mixes under a sign mask).
 
     Returns:
         The network (on the CPU).
     """
-    backbone = build_backbone(params.backbone, in_channels, input_size, params.embedding_size, params.width, params.strides, params.norm)
+    backbone = build_backbone(params.backbone, in_channels, input_size, params.embedding_size, params.width, params.strides, params.norm, sign_invariant=sign_invariant)
     return FRNet(backbone, MarginHead(params.embedding_size, num_classes, params.head, params.scale, params.margin))

@@ -187,6 +187,9 @@ class IResNet(nn.Module):
         strides: stride plan (see :func:`resolve_strides`).
         norm: ``"batch"`` (insightface) or ``"group"`` (no batch statistics anywhere).
         dropout: dropout probability before the FC layer.
+        sign_invariant: read the input's magnitude ``|x|`` [ours]: under a random sign per
+            coefficient (``mixing.sign_flip``) the information is in the magnitudes, and a
+            convolution over randomly signed inputs learns nothing.
 
     Shape:
         - Input: :math:`(B, in\\_channels, input\\_size, input\\_size)`.
@@ -209,6 +212,7 @@ class IResNet(nn.Module):
         strides: str | tuple[int, ...] | list[int] | None = None,
         norm: str = "batch",
         dropout: float = 0.0,
+        sign_invariant: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(layers, (tuple, list)) or len(layers) != 4:
@@ -225,6 +229,7 @@ class IResNet(nn.Module):
         self.strides = resolve_strides(strides, input_size)
         self.widths = stage_widths(width)
         self.norm = norm
+        self.sign_invariant = bool(sign_invariant)
 
         side = input_size
         for stride in self.strides:
@@ -281,6 +286,8 @@ class IResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._check_input(x)
+        if self.sign_invariant:
+            x = x.abs()
         if self.channels_last and not is_tracing():
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.prelu(self.bn1(self.conv1(x)))
@@ -298,6 +305,7 @@ def build_backbone(
     strides: str | tuple[int, ...] | list[int] | None = None,
     norm: str = "batch",
     dropout: float = 0.0,
+    sign_invariant: bool = False,
 ) -> IResNet:
     """Build an IResNet by name.
 
@@ -310,10 +318,11 @@ def build_backbone(
         strides: stride plan: preset name, four strides or None (default for ``input_size``).
         norm: ``"batch"`` or ``"group"``.
         dropout: dropout probability before the FC layer.
+        sign_invariant: read ``|x|`` (inputs under a random sign mask).
 
     Returns:
         The network, see :class:`IResNet`.
     """
     if name not in DEPTHS:
         raise ValueError(f"Unknown backbone {name!r}; expected one of {sorted(DEPTHS)}")
-    return IResNet(DEPTHS[name], in_channels, input_size, embedding_size, width, strides, norm, dropout)
+    return IResNet(DEPTHS[name], in_channels, input_size, embedding_size, width, strides, norm, dropout, sign_invariant)

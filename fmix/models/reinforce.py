@@ -13,10 +13,14 @@ needs the score-function estimator too: it enters as part of the *effective rewa
 whose gradient is an unbiased estimate of ``-grad(E[r] - nu * E[k] + entropy_weight * H)`` for
 any baseline ``b`` that does not depend on the sampled actions. The baseline should track the
 effective reward: update :class:`EmaBaseline` with ``effective_reward(r, k, nu)``.
+
+[ours] A mean-k budget adds its own price of k to ``nu``: the one that makes the policy's expected
+mean k the target (:func:`budget_price`), of either sign.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,13 +45,14 @@ def _as_baseline(baseline: float | Tensor, batch: int) -> float | Tensor:
     return check_number(baseline, "baseline")
 
 
-def effective_reward(reward: Tensor, k: Tensor, nu: float) -> Tensor:
-    """The reward the policy maximises under the Lagrange penalty: ``reward - nu * k``.
+def effective_reward(reward: Tensor, k: Tensor, price: float) -> Tensor:
+    """The reward the policy maximises under the Lagrange penalty: ``reward - price * k``.
 
     Args:
         reward: per-sample reward (the detached FR loss).
         k: the sampled number of mixed faces.
-        nu: Lagrange multiplier, >= 0.
+        price: the price of one more face, finite: ``nu`` (the floor's multiplier, >= 0) plus the
+            mean-k budget's price (either sign: the budget is an equality).
 
     Shape:
         - reward, k: :math:`(B,)`.
@@ -58,9 +63,9 @@ def effective_reward(reward: Tensor, k: Tensor, nu: float) -> Tensor:
     """
     reward = _check_per_sample(reward, "reward")
     k = _check_per_sample(k, "k", reward.shape[0])
-    if check_number(nu, "nu") < 0:
-        raise ValueError(f"Expected nu >= 0, got {nu}")
-    return (reward.detach().float() - nu * k.to(reward.device).float()).detach()
+    if not math.isfinite(check_number(price, "price")):
+        raise ValueError(f"Expected a finite price, got {price}")
+    return (reward.detach().float() - price * k.to(reward.device).float()).detach()
 
 
 def reinforce_loss(log_prob: Tensor, reward: Tensor, baseline: float | Tensor) -> Tensor:
@@ -91,21 +96,21 @@ def policy_loss(
     baseline: float | Tensor,
     entropy: Tensor,
     k: Tensor,
-    nu: float,
+    price: float,
     entropy_weight: float,
 ) -> Tensor:
     """The full policy objective (``L1 + L2``), minimised by the policy optimiser.
 
-    ``-mean((reward - nu * k - baseline).detach() * log_prob) - entropy_weight * mean(entropy)``;
+    ``-mean((reward - price * k - baseline).detach() * log_prob) - entropy_weight * mean(entropy)``;
     see the module docstring for why the penalty sits inside the reward.
 
     Args:
         log_prob: log-probability of the sampled ``k``, differentiable.
         reward: per-sample reward (the detached FR loss).
-        baseline: estimate of the effective reward ``reward - nu * k``, independent of the actions.
+        baseline: estimate of the effective reward ``reward - price * k``, independent of the actions.
         entropy: policy entropy per sample, differentiable.
         k: the sampled number of mixed faces.
-        nu: Lagrange multiplier, >= 0 (:class:`DualVariable`).
+        price: the price of one more face (:func:`effective_reward`).
         entropy_weight: weight of the entropy bonus, >= 0.
 
     Shape:
@@ -119,7 +124,7 @@ def policy_loss(
     entropy = _check_per_sample(entropy, "entropy", log_prob.shape[0])
     if check_number(entropy_weight, "entropy_weight") < 0:
         raise ValueError(f"Expected entropy_weight >= 0, got {entropy_weight}")
-    reward = effective_reward(_check_per_sample(reward, "reward", log_prob.shape[0]), k, nu)
+    reward = effective_reward(_check_per_sample(reward, "reward", log_prob.shape[0]), k, price)
     return reinforce_loss(log_prob, reward, baseline) - entropy_weight * entropy.float().mean()
 
 
@@ -222,49 +227,12 @@ class DualVariable:
         self.value, self.count = float(state["value"]), int(state["count"])
 
 
-class BudgetDual:
-    """Lagrange multiplier ``lambda >= 0`` of the mean-k budget [ours].
-
-    The user fixes the mean k of the mixes (the privacy level); the policy only decides which
-    samples get more or fewer faces. After each policy step,
-    ``lambda <- max(0, lambda + lr * (mean_k - target))``; ``lambda`` joins ``nu`` in the penalty
-    ``(nu + lambda) * k`` of :func:`effective_reward`.
-
-    Args:
-        lr: dual step size, > 0 (reward units per unit of k per unit of excess k).
-        target: the mean k to hold, > 0.
-    """
-
-    def __init__(self, lr: float, target: float) -> None:
-        if check_number(lr, "lr") <= 0:
-            raise ValueError(f"Expected lr > 0, got {lr}")
-        if check_number(target, "target") <= 0:
-            raise ValueError(f"Expected target > 0, got {target}")
-        self.lr, self.target = float(lr), float(target)
-        self.value = 0.0
-
-    def update(self, mean_k: float) -> float:
-        """One dual ascent step with the mean k of the last policy step; returns the new ``lambda``."""
-        self.value = max(0.0, self.value + self.lr * (check_number(mean_k, "mean_k") - self.target))
-        return self.value
-
-    def state_dict(self) -> dict[str, Any]:
-        """The state to checkpoint: ``{"value": float}``."""
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state written by :meth:`state_dict`."""
-        _check_state(state, ("value",), "BudgetDual")
-        self.value = float(state["value"])
-
-
 def budget_price(logits: Tensor, k_values: Tensor, target: float, tolerance: float = 1e-6) -> float:
     r"""The price ``p`` on k that makes the policy's expected mean k over a set of samples ``target`` [ours].
 
-    The budget's dual price ``lambda`` (:class:`BudgetDual`) lags the policy, so the mean k swings
-    around the target from epoch to epoch. Shifting the logits by ``-p k`` with this ``p`` holds the
-    mean exactly on these samples (a calibration; the expected k falls monotonically as ``p``
-    grows, so bisection finds it).
+    The mean-k budget of the game: shifting the logits by ``-p k`` holds the mean exactly on these
+    samples (the expected k falls monotonically as ``p`` grows, so bisection finds it). Unlike a
+    dual ascent on ``p``, it does not lag the policy.
 
     Args:
         logits: the policy's logits over ``k_values``, one row per sample.

@@ -4,7 +4,11 @@ under a Lagrange penalty that keeps un-mixed validation accuracy above a floor (
 [ours] ``train.policy_gradient: expected`` scores every k on the batch and follows the exact
 expected reward instead of one sampled k (the same gradient, without the noise of the draw), and
 ``train.policy_signal: confidence`` lets the policy read the frozen FR network's confidence in
-each anchor, the per-sample signal the masked face alone does not carry.
+each anchor, the per-sample signal the masked face alone does not carry. With
+``train.target_mean_k`` the mean k is a budget: after each policy step, the price of k that makes
+the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`), shifts the
+policy's logits and enters the reward as ``- price * k``; a dual ascent on that price lagged the
+policy and swung the mean k of an epoch from 4.3 to 3.7.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.models import BudgetDual, DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, policy_loss
+from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, policy_loss
 from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
@@ -46,8 +50,8 @@ class AdaptiveGame:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
-        self.budget = BudgetDual(params.budget_lr, params.target_mean_k) if params.target_mean_k is not None else None
-        if self.budget is not None and not min(k_values) < self.budget.target < max(k_values):
+        self.target_mean_k = params.target_mean_k
+        if self.target_mean_k is not None and not min(k_values) < self.target_mean_k < max(k_values):
             raise ValueError(f"train.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
@@ -104,8 +108,8 @@ class AdaptiveGame:
         loss.backward()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
-        if self.budget is not None:
-            self.budget.update(mean_k)
+        if self.target_mean_k is not None:
+            self._price(self._logits(anchors, progress, signal))
         return {
             "reward": reward.mean().item(),
             "k": mean_k,
@@ -139,36 +143,43 @@ class AdaptiveGame:
         mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
         return loss, self.policy.k_table[index], rewards.gather(1, index[:, None]).squeeze(1), entropy, mean_k
 
-    @torch.no_grad()
     def calibrate(self, anchors: Iterable[Tensor], progress: float) -> dict:
-        """Price k so that the policy's expected mean k over ``anchors`` is the budget's target.
+        """Price k so that the policy's expected mean k over ``anchors`` is the budget.
 
-        The dual price of the budget lags the policy (the mean k of an epoch swings around the
-        target); this shift of the logits (:attr:`StrategyNetwork.k_price`) holds the target on
-        the private faces at the end of each epoch, and so in the exported masker.
+        Each policy step prices k on its own batch (:meth:`policy_step`); this prices it on a
+        larger sample of the private faces at the end of an epoch, and so in the exported masker.
 
         Args:
             anchors: batches of masked, un-mixed faces (e.g. a fixed sample of the private faces).
             progress: training progress in [0, 1] (1 at the end of training, as exported).
 
         Returns:
-            ``{"expected_mean_k": before the shift, "k_calibration": the price now}``; {} without a budget.
+            ``{"expected_mean_k": before, "budget_price": the price now}``; {} without a budget.
         """
-        if self.budget is None:
+        if self.target_mean_k is None:
             return {}
+        return self._price(torch.cat([self._logits(x, progress, self._signal(x)) for x in anchors]))
+
+    @torch.no_grad()
+    def _logits(self, anchors: Tensor, progress: float, signal: Tensor | None) -> Tensor:
+        """The policy's logits with running statistics, as in the exported masker (its mode kept)."""
         training = self.policy.training
-        self.policy.eval()  # running statistics, as in the exported masker
-        logits = torch.cat([self.policy(x, progress, self._signal(x)).float() for x in anchors])
+        self.policy.eval()
+        logits = self.policy(anchors, progress, signal).float()
         self.policy.train(training)
+        return logits
+
+    def _price(self, logits: Tensor) -> dict:
+        """Move :attr:`StrategyNetwork.k_price` so the expected mean k under ``logits`` is the budget."""
         k_table = self.policy.k_table
         before = float((torch.softmax(logits, 1) * k_table.float()).sum(1).mean())
-        self.policy.k_price += budget_price(logits, k_table, self.budget.target)
-        return {"expected_mean_k": before, "k_calibration": float(self.policy.k_price)}
+        self.policy.k_price += budget_price(logits, k_table, self.target_mean_k)
+        return {"expected_mean_k": before, "budget_price": float(self.policy.k_price)}
 
     @property
     def penalty(self) -> float:
-        """The price of one more face per sample: ``nu`` (utility floor) + ``lambda`` (mean-k budget)."""
-        return self.dual.value + (self.budget.value if self.budget is not None else 0.0)
+        """The price of one more face per sample: ``nu`` (utility floor) + the budget's price of k."""
+        return self.dual.value + (float(self.policy.k_price) if self.target_mean_k is not None else 0.0)
 
     def end_epoch(self, val_accuracy: float) -> float:
         """Dual ascent on nu with the epoch's un-mixed validation accuracy; returns the new nu."""
@@ -180,7 +191,6 @@ class AdaptiveGame:
             "optimizer": self.optimizer.state_dict(),
             "baseline": self.baseline.state_dict(),
             "dual": self.dual.state_dict(),
-            "budget": self.budget.state_dict() if self.budget is not None else {},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -188,8 +198,6 @@ class AdaptiveGame:
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.dual.load_state_dict(state["dual"])
-        if self.budget is not None:
-            self.budget.load_state_dict(state["budget"])
 
 
 @torch.no_grad()

@@ -99,8 +99,9 @@ def build_trainer(
     val_set = load_face_set(aligned, splits / "private_val.csv")
     encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)).to(device)
     num_classes = int(train_set.labels.max()) + 1
-    net = method.prepare_net(build_net(params, encoder.channels, encoder.size, num_classes)).to(device)
-    trainer = Trainer(params, method, mixing or MixingParams(), encoder, net, train_set, device, rank, world)
+    mixing = mixing or MixingParams()
+    net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing, params)))
+    trainer = Trainer(params, method, mixing, encoder, method.prepare_net(net).to(device), train_set, device, rank, world)
     return trainer, val_set
 
 
@@ -167,7 +168,7 @@ def train(
             _write_log(out_dir / "train_log.jsonl", trainer.state.history)
     bar.close()
     recalibrated = params.recalibrate_bn and recalibrate_batchnorm(encoder, net.backbone, train_set, device)
-    if recalibrated and "k_calibration" in trainer.state.history[-1]:
+    if recalibrated and "budget_price" in trainer.state.history[-1]:
         trainer.calibrate_policy()  # the confidence signal moved with the batch norm: price k again
     final_val = closed_set_accuracy(encoder, net, val_set, device)
     record = trainer.model_record(num_classes)

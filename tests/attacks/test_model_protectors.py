@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fmix.attacks import AttackConfig, ReconstructionAttack
-from fmix.attacks.protectors import NoisyFrequencyProtector, PixelMixProtector, pixel_mix_to_image
+from fmix.attacks.protectors import NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, pixel_mix_to_image, sign_blind
 from fmix.freq import DC_CHANNELS, RunningChannelStats, block_dct
 from fmix.masker.build import build_masker
 from fmix.masker.protection import MixingConfig
@@ -42,6 +42,18 @@ def test_pixel_protector_mixes_four_faces_with_capped_weights_and_a_sign_mask(al
     assert torch.equal(pairs.partners, reference.partners)
     with pytest.raises(ValueError, match=r"Expected k in \[1, 4\] \(the mixing's k_max\), got 5"):
         PixelMixProtector(instahide_mixing, 5)
+
+
+def test_a_sign_blind_attacker_reads_magnitudes_and_keeps_the_constituents():
+    def protector(images, labels, generator):
+        signs = torch.randint(0, 2, images.shape, generator=generator) * 2.0 - 1.0
+        return ProtectedPairs(images * signs, torch.tensor([[1, 0], [0, 1]]), torch.tensor([[0.6, 0.4], [0.7, 0.3]]))
+
+    images = torch.tensor([[[[1.0, -2.0]]], [[[3.0, 0.5]]]])
+    pairs = sign_blind(protector)(images, torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pairs.x, torch.tensor([[[[1.0, 2.0]]], [[[3.0, 0.5]]]]))
+    assert pairs.partners.tolist() == [[1, 0], [0, 1]]
+    torch.testing.assert_close(pairs.weights, torch.tensor([[0.6, 0.4], [0.7, 0.3]]))
 
 
 def test_pixel_mix_is_shown_as_its_absolute_value():

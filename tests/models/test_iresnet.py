@@ -152,3 +152,17 @@ def test_channels_last_from_16_channels_with_the_same_output():
     assert torch.allclose(nhwc, net(x), rtol=1e-4, atol=1e-5 * nhwc.abs().max().item())  # same sums, other order
     narrow = IResNet((1, 1, 1, 1), in_channels=3, input_size=112, width=0.125)  # 8 channels: NCHW (NHWC crashes there)
     assert not narrow.channels_last
+
+
+def test_a_sign_invariant_network_reads_magnitudes():
+    x = torch.randn(4, 8, 14, 14, generator=torch.Generator().manual_seed(0))
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(1)) * 2.0 - 1.0
+    torch.manual_seed(0)
+    invariant = build_backbone("iresnet18", 8, 14, 16, width=0.125, sign_invariant=True).eval()
+    torch.manual_seed(0)
+    plain = build_backbone("iresnet18", 8, 14, 16, width=0.125).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(invariant(x * signs), invariant(x))
+        torch.testing.assert_close(invariant(x), plain(x.abs()))  # the same weights: |x| is the only change
+        assert not torch.allclose(plain(x * signs), plain(x))
+    assert set(invariant.state_dict()) == set(plain.state_dict())  # no parameter: model.pt files keep their keys

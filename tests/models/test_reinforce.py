@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fmix.models import BudgetDual, DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
+from fmix.models import DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
 
 
 def test_reinforce_loss_reference_value_and_gradient():
@@ -26,7 +26,7 @@ def test_policy_loss_reference_value_and_gradient():
     log_prob = torch.tensor([-1.0, -2.0], requires_grad=True)
     entropy = torch.tensor([1.0, 0.5], requires_grad=True)
     reward, k = torch.tensor([3.0, 1.0]), torch.tensor([2, 4])
-    loss = policy_loss(log_prob, reward, 0.0, entropy, k, nu=0.5, entropy_weight=0.1)
+    loss = policy_loss(log_prob, reward, 0.0, entropy, k, price=0.5, entropy_weight=0.1)
     # Effective reward r - nu * k = [2, -1]: -mean([2 * -1, -1 * -2]) - 0.1 * mean([1, 0.5]).
     assert loss.item() == pytest.approx(-0.075)
     loss.backward()
@@ -38,7 +38,7 @@ def test_policy_loss_reference_value_and_gradient():
 def test_policy_loss_without_penalty_is_reinforce_minus_entropy_bonus():
     log_prob, reward = torch.tensor([-0.5, -1.5, -1.0]), torch.tensor([2.0, 0.0, 1.0])
     entropy, k = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2, 6, 3])
-    loss = policy_loss(log_prob, reward, 1.0, entropy, k, nu=0.0, entropy_weight=0.2)
+    loss = policy_loss(log_prob, reward, 1.0, entropy, k, price=0.0, entropy_weight=0.2)
     assert loss.item() == pytest.approx(reinforce_loss(log_prob, reward, 1.0).item() - 0.2)
 
 
@@ -79,25 +79,6 @@ def test_dual_variable_state_round_trip():
     assert restored.update(0.8) == dual.update(0.8) == pytest.approx(0.3)
 
 
-def test_budget_dual_prices_k_above_the_target_and_never_goes_negative():
-    budget = BudgetDual(lr=0.5, target=4.0)
-    assert budget.value == 0.0
-    assert budget.update(6.0) == pytest.approx(1.0)
-    assert budget.update(5.0) == pytest.approx(1.5)
-    assert budget.update(4.0) == pytest.approx(1.5)  # on target: unchanged
-    assert budget.update(3.0) == pytest.approx(1.0)
-    assert budget.update(2.0) == 0.0  # max(0, 1.0 - 1.0)
-    assert budget.update(2.0) == 0.0
-    restored = BudgetDual(lr=0.5, target=4.0)
-    budget.update(5.0)
-    restored.load_state_dict(budget.state_dict())
-    assert restored.state_dict() == {"value": pytest.approx(0.5)}
-    with pytest.raises(ValueError, match=r"Expected target > 0, got 0"):
-        BudgetDual(lr=0.5, target=0)
-    with pytest.raises(ValueError, match=r"Expected a state for BudgetDual with keys \['value'\], got \['count', 'value'\]"):
-        restored.load_state_dict({"value": 1.0, "count": 2})
-
-
 def test_budget_price_reference_values():
     k = torch.tensor([2, 3])
     assert budget_price(torch.zeros(1, 2), k, 2.5) == pytest.approx(0.0, abs=1e-6)
@@ -131,8 +112,8 @@ def test_bad_arguments_raise_with_messages():
         reinforce_loss(torch.zeros(2), torch.zeros(3), 0.0)
     with pytest.raises(ValueError, match=r"Expected baseline of shape \(\) or \(2,\), got \(3,\)"):
         reinforce_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3))
-    with pytest.raises(ValueError, match="Expected nu >= 0, got -1"):
-        policy_loss(torch.zeros(2), torch.zeros(2), 0.0, torch.zeros(2), torch.tensor([2, 3]), nu=-1, entropy_weight=0.0)
+    with pytest.raises(ValueError, match="Expected a finite price, got inf"):
+        policy_loss(torch.zeros(2), torch.zeros(2), 0.0, torch.zeros(2), torch.tensor([2, 3]), price=float("inf"), entropy_weight=0.0)
     with pytest.raises(ValueError, match=r"Expected momentum in \[0, 1\), got 1.0"):
         EmaBaseline(momentum=1.0)
     with pytest.raises(ValueError, match="Expected a non-empty rewards tensor"):

@@ -88,7 +88,7 @@ def test_lagrange_penalty_lowers_the_expected_k(anchors):
     k, log_prob, entropy = policy.sample(anchors, 0.3, generator=torch.Generator().manual_seed(3))
     nu = 1.0
     baseline = (-nu * k.float()).mean()  # the effective reward's mean: the FR reward is 0 here
-    policy_loss(log_prob, torch.zeros(64), baseline, entropy, k, nu=nu, entropy_weight=0.0).backward()
+    policy_loss(log_prob, torch.zeros(64), baseline, entropy, k, price=nu, entropy_weight=0.0).backward()
     optimiser.step()
     assert before == pytest.approx(4.0) and expected_k() < before - 0.05
 
