@@ -88,16 +88,17 @@ def test_the_attackers_invert_magnitudes_of_sign_masked_mixes(pipeline_sample, t
     from fmix.masker.export import export_masker
     from fmix.params import ExportParams, MixingParams
 
-    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", tmp_path / "signs.onnx", ExportParams(), mixing=MixingParams(sign_flip=True))
-    assert masker_target(tmp_path / "signs.onnx", None, mix=True, black_box_k=2).sign_masked
-    assert not masker_target(tmp_path / "signs.onnx", None, mix=False, black_box_k=2).sign_masked  # masked only: no sign mask
-    assert not masker_target(pipeline_sample["masker"], None, mix=True, black_box_k=2).sign_masked
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", tmp_path / "no_signs.onnx", ExportParams(), mixing=MixingParams(sign_flip=False))
+    assert masker_target(pipeline_sample["masker"], None, mix=True, black_box_k=2).sign_masked  # the default mixing
+    assert not masker_target(pipeline_sample["masker"], None, mix=False, black_box_k=2).sign_masked  # masked only: no sign mask
+    assert not masker_target(tmp_path / "no_signs.onnx", None, mix=True, black_box_k=2).sign_masked
     params = tmp_path / "params.yaml"
     params.write_text("attack:\n  seconds: 1.0\n  eval_faces: 4\n  batch_size: 4\n  judge: evaluator\n")
     common = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(trained / "evaluator" / "model.pt"), str(tmp_path / "out")]
-    result = runner.invoke(app, ["attack", "reconstruct", str(tmp_path / "signs.onnx"), *common, "-p", str(params)])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "privacy.json").read_text())["attackers_read"] == "|x|"
+    for masker, read in ((pipeline_sample["masker"], "|x|"), (tmp_path / "no_signs.onnx", "x")):
+        result = runner.invoke(app, ["attack", "reconstruct", str(masker), *common, "-p", str(params)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "out" / "privacy.json").read_text())["attackers_read"] == read
 
 
 def test_attack_errors(pipeline_sample, trained, tmp_path):

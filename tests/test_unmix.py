@@ -44,24 +44,47 @@ def _errors(folder, aligned, masker_path, attack):
 
 
 @pytest.fixture(scope="module")
-def releases(pipeline_sample, tmp_path_factory):
-    """A weak release (recorded seed, faces reused) and a default one (secret randomness) of the same 60 real faces."""
+def unsigned_masker(pipeline_sample, tmp_path_factory):
+    """The sample's masker with mixing that leaves the signs alone (the default flips them)."""
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams, MixingParams
+
+    path = tmp_path_factory.mktemp("unsigned") / "masker.onnx"
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", path, ExportParams(), mixing=MixingParams(sign_flip=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def releases(pipeline_sample, unsigned_masker, tmp_path_factory):
+    """Weak releases (recorded seed, faces reused) without and with the sign mask, and default
+    ones (secret randomness), of the same 60 real faces."""
     root = tmp_path_factory.mktemp("releases")
     aligned, masker = pipeline_sample["aligned"], pipeline_sample["masker"]
     faces = _one_face_per_identity(aligned, root / "faces.csv")
     return {
-        "weak": _release(aligned, masker, root / "weak", WEAK, faces=faces),
+        "weak": _release(aligned, unsigned_masker, root / "weak", WEAK, faces=faces),
+        "weak_signed": _release(aligned, masker, root / "weak_signed", WEAK, faces=faces),
         "default": _release(aligned, masker, root / "default", SECRET, faces=faces),
         "default_all": _release(aligned, masker, root / "default_all", SECRET),
     }
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_each_attack_recovers_faces_from_a_weak_release(releases, pipeline_sample, name):
-    errors, _ = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], ATTACKS[name])
-    mixes, _ = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], lambda r, *_: ({s: p.samples for s, p in r.shards.items()}, {}))
+def test_each_attack_recovers_faces_from_a_weak_release(releases, pipeline_sample, unsigned_masker, name):
+    errors, _ = _errors(releases["weak"], pipeline_sample["aligned"], unsigned_masker, ATTACKS[name])
+    mixes, _ = _errors(releases["weak"], pipeline_sample["aligned"], unsigned_masker, lambda r, *_: ({s: p.samples for s, p in r.shards.items()}, {}))
     assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
     assert mixes.median() > 0.5  # the mixes themselves are far from every face
+
+
+@pytest.mark.parametrize(("name", "recovers"), [("regenerate", True), ("labels", False), ("structure", False)])
+def test_the_sign_mask_leaves_a_weak_release_to_its_recorded_seed_alone(releases, pipeline_sample, name, recovers):
+    """Under a sign mask a mix is no longer a linear function of its faces: only replaying the draws (signs included) solves it."""
+    errors, _ = _errors(releases["weak_signed"], pipeline_sample["aligned"], pipeline_sample["masker"], ATTACKS[name])
+    if recovers:
+        assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
+    else:
+        assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -72,7 +95,7 @@ def test_each_attack_fails_on_the_default_release(releases, pipeline_sample, nam
 
 
 def test_secret_regeneration_finds_the_recorded_seed_only_in_the_weak_release(releases, pipeline_sample):
-    _, weak = _errors(releases["weak"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
+    _, weak = _errors(releases["weak_signed"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
     _, default = _errors(releases["default"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
     assert weak == {"seeds_tried": 1, "recorded_seed": 0, "shards_matched": 1, "shards": 1}
     assert default == {"seeds_tried": 16, "recorded_seed": None, "shards_matched": 0, "shards": 1}
