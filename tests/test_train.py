@@ -300,7 +300,7 @@ def test_calibration_prices_the_learned_policy_to_the_budget():
 
 def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_with(pipeline_sample, tmp_path):
     from fmix.masker.export import masker_with_trained_policy
-    from fmix.models.artifact import ModelRecord
+    from fmix.models.artifact import ModelRecord, load_trained_model
 
     params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
@@ -314,3 +314,9 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     assert (record.params.policy_signal, record.params.policy_gradient, record.params.policy_reward) == ("none", "sampled", "mixed")
     old = masker_with_trained_policy(tmp_path / "old.pt").policy
     assert old.signal is None and old.network.k_price.item() == 0.0
+    del state["mixing"]  # older still: the mixing lived in train.mix_*, and no sign mask existed
+    state["params"]["mix_cap"] = 0.6
+    save_checkpoint(state, tmp_path / "oldest.pt")
+    record = ModelRecord.load(tmp_path / "oldest.pt")
+    assert record.mixing.cap == 0.6 and record.mixing.sign_flip is False
+    assert load_trained_model(tmp_path / "oldest.pt")[0].backbone.sign_invariant is False

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fmix.methods.registry import get_method
 from fmix.models.checkpoint import load_checkpoint, save_checkpoint
 from fmix.models.encoders import encoder_from_spec
-from fmix.methods.registry import get_method
 from fmix.models.frnet import build_net
 from fmix.params import MixingParams, TrainParams, plain_dict, section_from_mapping
 
@@ -127,17 +127,19 @@ class ModelRecord:
 LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": "rescale"}
 # The game as it was before these keys existed: a model.pt without them was trained that way.
 LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed"}
+# The mixing as it was before the section existed: no sign mask (the default since).
+LEGACY_MIXING = {"sign_flip": False}
 # Keys of training only that a later version dropped: the dual step of the mean-k price (now solved).
 RETIRED_KEYS = ("budget_lr",)
 
 
 def _legacy_params(params: dict, mixing: dict | None) -> tuple[dict, dict]:
     """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it
-    over; one from before the game's keys gets the game it was trained with (:data:`LEGACY_GAME`);
-    retired keys (:data:`RETIRED_KEYS`) are dropped."""
+    over (:data:`LEGACY_MIXING` for the rest); one from before the game's keys gets the game it was
+    trained with (:data:`LEGACY_GAME`); retired keys (:data:`RETIRED_KEYS`) are dropped."""
     legacy = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
     params = {key: value for key, value in params.items() if key not in RETIRED_KEYS}
-    return {**LEGACY_GAME, **params}, mixing if mixing is not None else legacy
+    return {**LEGACY_GAME, **params}, mixing if mixing is not None else {**LEGACY_MIXING, **legacy}
 
 
 class TrainedModel(nn.Module):

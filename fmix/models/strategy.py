@@ -22,9 +22,10 @@ depend on the batch once exported) and fed both to the MLP and straight to the l
 linear map that starts at zero. The exported masker then holds the FR backbone and the class
 centres beside the policy.
 
-Budget calibration [ours]: the buffer ``k_price`` shifts the logits by ``-k_price * k``. The game
-sets it at the end of each epoch so that the expected mean k over the private faces is the budget
-(:func:`fmix.models.reinforce.budget_price`); the exported masker carries it.
+Budget price [ours]: the buffer ``k_price`` shifts the logits by ``-k_price * k``. The game sets
+it after each policy step (on the batch) and at the end of each epoch (on a sample of the private
+faces) so that the expected mean k is the budget (:func:`fmix.models.reinforce.budget_price`); the
+exported masker carries it.
 
 The last layer starts at zero, so the initial policy is uniform over ``k_values``.
 """
@@ -170,7 +171,7 @@ class StrategyNetwork(nn.Module):
         return logits + self.signal_logits(signals[0]) if signals else logits
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # A policy saved before the budget calibration had no k_price: it loads with no shift.
+        # A policy saved before the budget price had no k_price: it loads with no shift.
         state_dict.setdefault(prefix + "k_price", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
