@@ -237,10 +237,10 @@ def attack_target(
     s2 = scorer.identified(visual, labels, valid, sources)
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
     attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
-    seen = pairs.x.abs() if target.sign_masked else pairs.x  # what the attackers invert
+    seen, record["attackers_read"] = pairs.x, "x"  # what the attackers invert
     if target.sign_masked:
         attackers = {mode: sign_blind(protector) for mode, protector in attackers.items()}
-    record["attackers_read"] = "|x|" if target.sign_masked else "x"
+        seen, record["attackers_read"] = pairs.x.abs(), "|x|"
     recon_white, floor = None, None
     for mode, attacker_protector in attackers.items():
         start = time.process_time()

@@ -12,7 +12,7 @@ from fmix.models.iresnet import (
     resolve_strides,
     stage_widths,
 )
-from fmix.models.reinforce import DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
+from fmix.models.reinforce import DualVariable, EmaBaseline, budget_price, effective_reward, expected_mean_k, policy_loss, reinforce_loss
 from fmix.models.strategy import DEFAULT_K_VALUES, ConfidenceSignal, StrategyNetwork
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "build_backbone",
     "downsampled_side",
     "effective_reward",
+    "expected_mean_k",
     "policy_loss",
     "reinforce_loss",
     "resolve_strides",

@@ -227,6 +227,15 @@ class DualVariable:
         self.value, self.count = float(state["value"]), int(state["count"])
 
 
+def expected_mean_k(logits: Tensor, k_values: Tensor) -> float:
+    """The policy's expected k, averaged over samples: ``mean_n sum_k softmax(logits_n)_k k`` (no input checks).
+
+    Shape:
+        - logits: :math:`(N, n_k)`; k_values: :math:`(n_k,)`.
+    """
+    return float((torch.softmax(logits, dim=1) * k_values.to(logits)).sum(1).mean())
+
+
 def budget_price(logits: Tensor, k_values: Tensor, target: float, tolerance: float = 1e-6) -> float:
     r"""The price ``p`` on k that makes the policy's expected mean k over a set of samples ``target`` [ours].
 
@@ -263,7 +272,7 @@ def budget_price(logits: Tensor, k_values: Tensor, target: float, tolerance: flo
     logits = logits.detach().double()
 
     def mean_k(price: float) -> float:
-        return float((torch.softmax(logits - price * k, dim=1) * k).sum(1).mean())
+        return expected_mean_k(logits - price * k, k)
 
     low, high = -1.0, 1.0
     while mean_k(low) < target:

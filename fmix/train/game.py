@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, policy_loss
+from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, expected_mean_k, policy_loss
 from fmix.params import TrainParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
@@ -50,8 +50,7 @@ class AdaptiveGame:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
-        self.target_mean_k = params.target_mean_k
-        if self.target_mean_k is not None and not min(k_values) < self.target_mean_k < max(k_values):
+        if params.target_mean_k is not None and not min(k_values) < params.target_mean_k < max(k_values):
             raise ValueError(f"train.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
@@ -108,7 +107,7 @@ class AdaptiveGame:
         loss.backward()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
-        if self.target_mean_k is not None:
+        if self.params.target_mean_k is not None:
             self._price(self._logits(anchors, progress, signal))
         return {
             "reward": reward.mean().item(),
@@ -130,7 +129,7 @@ class AdaptiveGame:
 
         Returns:
             ``(loss, k, reward, entropy, mean_k)``: k drawn from the policy (for the statistics
-            only), the reward of that k, and the policy's expected mean k (the budget's signal).
+            only), the reward of that k, and the policy's expected mean k.
         """
         rewards = torch.stack([self._reward(anchors, labels, k, generator, loss_fn) for k in self.policy.k_values], 1) - reference[:, None]
         k_table = self.policy.k_table.to(rewards.device).float()
@@ -140,7 +139,7 @@ class AdaptiveGame:
         entropy = dist.entropy()
         loss = -(dist.probs * value).sum(1).mean() - self.params.entropy_weight * entropy.mean()
         index = self.policy.draw(dist, generator, anchors.device)
-        mean_k = float((dist.probs.detach() * k_table).sum(1).mean())
+        mean_k = expected_mean_k(dist.logits.detach(), k_table)
         return loss, self.policy.k_table[index], rewards.gather(1, index[:, None]).squeeze(1), entropy, mean_k
 
     def calibrate(self, anchors: Iterable[Tensor], progress: float) -> dict:
@@ -156,7 +155,7 @@ class AdaptiveGame:
         Returns:
             ``{"expected_mean_k": before, "budget_price": the price now}``; {} without a budget.
         """
-        if self.target_mean_k is None:
+        if self.params.target_mean_k is None:
             return {}
         return self._price(torch.cat([self._logits(x, progress, self._signal(x)) for x in anchors]))
 
@@ -171,15 +170,14 @@ class AdaptiveGame:
 
     def _price(self, logits: Tensor) -> dict:
         """Move :attr:`StrategyNetwork.k_price` so the expected mean k under ``logits`` is the budget."""
-        k_table = self.policy.k_table
-        before = float((torch.softmax(logits, 1) * k_table.float()).sum(1).mean())
-        self.policy.k_price += budget_price(logits, k_table, self.target_mean_k)
+        before = expected_mean_k(logits, self.policy.k_table)
+        self.policy.k_price += budget_price(logits, self.policy.k_table, self.params.target_mean_k)
         return {"expected_mean_k": before, "budget_price": float(self.policy.k_price)}
 
     @property
     def penalty(self) -> float:
         """The price of one more face per sample: ``nu`` (utility floor) + the budget's price of k."""
-        return self.dual.value + (float(self.policy.k_price) if self.target_mean_k is not None else 0.0)
+        return self.dual.value + (float(self.policy.k_price) if self.params.target_mean_k is not None else 0.0)
 
     def end_epoch(self, val_accuracy: float) -> float:
         """Dual ascent on nu with the epoch's un-mixed validation accuracy; returns the new nu."""

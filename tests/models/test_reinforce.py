@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fmix.models import DualVariable, EmaBaseline, budget_price, effective_reward, policy_loss, reinforce_loss
+from fmix.models import DualVariable, EmaBaseline, budget_price, effective_reward, expected_mean_k, policy_loss, reinforce_loss
 
 
 def test_reinforce_loss_reference_value_and_gradient():
@@ -77,6 +77,12 @@ def test_dual_variable_state_round_trip():
     restored.load_state_dict(dual.state_dict())
     assert restored.state_dict() == dual.state_dict() == {"value": pytest.approx(0.25), "count": 2}
     assert restored.update(0.8) == dual.update(0.8) == pytest.approx(0.3)
+
+
+def test_expected_mean_k_reference_values():
+    k = torch.tensor([2, 3])
+    assert expected_mean_k(torch.zeros(1, 2), k) == pytest.approx(2.5)
+    assert expected_mean_k(torch.tensor([[0.0, math.log(3)], [0.0, 0.0]]), k) == pytest.approx((2.75 + 2.5) / 2)
 
 
 def test_budget_price_reference_values():
