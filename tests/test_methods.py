@@ -65,20 +65,20 @@ def test_mixup_honours_k_and_refuses_one_beyond_the_mixing_k_values(pipeline_sam
         train(dataclasses.replace(params, k=5), pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "bad", pipeline_sample["masker"], progress=False, mixing=MixingParams(k_values=(2, 4)))
 
 
-def test_the_sign_mask_of_the_mixing_section_reaches_training(make_trainer):
+def test_training_under_the_sign_mask_skips_drawing_it_and_the_network_cannot_tell(make_trainer):
     trainer = make_trainer("mixup", MixingParams(sign_flip=True), k=2)
+    assert trainer.mixing.sign_flip and trainer.net.backbone.sign_invariant
+    assert not trainer.protection.mixing.sign_flip  # the network reads |x|: a sign mask changes nothing it sees
     seen = []
     original = trainer.fr_loss
     trainer.fr_loss = lambda x, *rest: (seen.append(x.detach().clone()), original(x, *rest))[1]
-    index = trainer.batches(0)[0]
     state = trainer.generator.get_state()
-    x, labels = trainer.fr_step(index, 0, 0)
-    # The same draws without the sign mask (drawn last): the step's inputs differ from them by +-1 only.
-    unsigned = Protection(None, MixingConfig(6, sign_flip=False)).protect_encoded(x, labels, 2, torch.Generator().set_state(state))
-    ratio = seen[0] / unsigned.x
+    x, labels = trainer.fr_step(trainer.batches(0)[0], 0, 0)
+    signed = Protection(None, MixingConfig(6, sign_flip=True)).protect_encoded(x, labels, 2, torch.Generator().set_state(state))
+    ratio = signed.x / seen[0]  # the same draws, then a sign mask (drawn last)
     assert set(ratio.round().unique().tolist()) == {-1.0, 1.0}
-    torch.testing.assert_close(ratio.abs(), torch.ones_like(ratio))
-    assert trainer.mixing.sign_flip and trainer.protection.mixing.sign_flip
+    trainer.net.eval()
+    assert torch.equal(trainer.net.backbone(signed.x), trainer.net.backbone(seen[0]))
 
 
 def test_without_a_masker_nothing_is_permuted(make_trainer):

@@ -146,9 +146,9 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
     entries = list(yaml.safe_load((REPO / "params.yaml").read_text())["sweep"])
-    assert entries == ["none", "ppfrfd", "mixup4", "adaptive"]
+    assert entries == ["none", "ppfrfd", "mixup3", "adaptive"]
     assert {name.split("@")[0] for name in dvc} == set(load_table(REPO / "workflow" / "stages.yaml").names())
-    assert "train@mixup4" in dvc and "--sweep mixup4" in dvc["train@mixup4"]
+    assert "train@mixup3" in dvc and "--sweep mixup3" in dvc["train@mixup3"]
     assert _snakemake_commands(REPO) == dvc
 
 
@@ -216,9 +216,9 @@ def test_params_file_for_snakemake_overrides(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     config = yaml.safe_load(params.read_text())
     assert params_file_for(config, params, tmp_path / "copy.yaml") == str(params)
-    config["sweep"]["mixup4"]["k"] = 6
+    config["sweep"]["mixup3"]["k"] = 6
     path = params_file_for(config, params, tmp_path / "copy.yaml")
-    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "k": 6}
+    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup3"] == {"method": "mixup", "k": 6}
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ gives the same draw on CPU and CUDA when the generator is a CPU one.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -311,10 +312,32 @@ def draw_partners(
 # --------------------------------------------------------------------------- mixing
 
 
-def _draw_sign(batch: int, shape: tuple[int, ...], generator, device, dtype) -> Tensor:
+def draw_sign_mask(batch: int, shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
+    """Draw a random +-1 mask per coefficient from packed random bits.
+
+    Each draw of the generator is a uniform byte whose 8 bits give 8 signs: 3.2-3.5 times
+    faster than one ``randint`` per coefficient on a batch of 128 x 192 x 28 x 28
+    (``benchmarks/bench_sign_mask.py``).
+
+    Args:
+        batch: number of samples.
+        shape: shape of one sample.
+        generator: generator the bits come from (its device draws them), or None.
+        device: device of the returned mask.
+        dtype: floating dtype of the returned mask.
+
+    Shape:
+        - Output: :math:`(batch, *shape)`.
+
+    Returns:
+        A tensor of +1 and -1, each with probability 1/2, independent per coefficient.
+    """
+    numel = batch * math.prod(shape)
     noise_device = _noise_device(generator, device)
-    bits = torch.randint(0, 2, (batch, *shape), generator=generator, device=noise_device)
-    return (bits.to(device=device, dtype=dtype) * 2.0) - 1.0
+    octets = torch.randint(0, 256, (-(-numel // 8), 1), generator=generator, device=noise_device, dtype=torch.uint8)
+    bits = (octets >> torch.arange(8, device=noise_device, dtype=torch.uint8)) & 1
+    sign = bits.flatten()[:numel].view(batch, *shape).to(device=device, dtype=dtype)
+    return sign.mul_(2.0).sub_(1.0)
 
 
 def sample_mixing(
@@ -361,7 +384,7 @@ def sample_mixing(
     weights = mix_weights(k, k_max, law, cap, generator, dtype=dtype)
     sign = None
     if sign_shape is not None:
-        sign = _draw_sign(labels.numel(), tuple(sign_shape), generator, labels.device, dtype)
+        sign = draw_sign_mask(labels.numel(), tuple(sign_shape), generator, labels.device, dtype)
     return MixingDraw(partners, weights, sign, fallback)
 
 

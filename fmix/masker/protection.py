@@ -32,8 +32,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from fmix.freq import apply_mixing, draw_groups, mix_weights, random_channel_permutation, sample_mixing
-from fmix.freq.mixing import LAWS, _draw_sign
+from fmix.freq import apply_mixing, draw_groups, draw_sign_mask, mix_weights, random_channel_permutation, sample_mixing
+from fmix.freq.mixing import LAWS
 from fmix.params import MixingParams
 
 
@@ -199,7 +199,8 @@ class Protection:
         draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator, dtype=x.dtype)
         partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
         sign = None if draw.sign is None else draw.sign.to(x.device)
-        mixed = apply_mixing(x, partners, weights, sign, config.rescale)
+        columns = max(int(k.max()), 1) if k.numel() else 1  # skip the columns no sample uses (weight 0)
+        mixed = apply_mixing(x, partners[:, :columns], weights[:, :columns], sign, config.rescale)
         unused = torch.arange(config.k_max, device=labels.device)[None, :] >= k[:, None]
         constituent_labels = labels[draw.partners].masked_fill(unused, -1)
         return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback, draw.partners)
@@ -272,7 +273,7 @@ class Protection:
         masked, k = self.mask(images, generator)
         groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
         weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
-        sign = _draw_sign(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
+        sign = draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
         columns = max(int(groups.size.max()), 1) if groups.size.numel() else 1  # skip the all-zero columns
         mixed = apply_mixing(masked, groups.members[:, :columns], weights[:, :columns], sign, config.rescale)
         unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]

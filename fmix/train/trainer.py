@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from fmix.data.faces import FaceSet
 from fmix.evaluate.closed_set import closed_set_accuracy
+from fmix.masker.protection import Protection
 from fmix.methods.base import Method
 from fmix.models.artifact import ModelRecord
 from fmix.models.encoders import encoder_spec
@@ -162,6 +163,9 @@ class Trainer:
         self.mixing = method.mixing(mixing, params)
         method.check(params, self.mixing, world)
         self.protection = method.build_protection(self.mixing)
+        if self.protection is not None and method.sign_invariant(self.mixing):
+            # The network reads |x|, which the sign mask leaves bit for bit: drawing it costs time only.
+            self.protection = Protection(self.protection.graph, dataclasses.replace(self.protection.mixing, sign_flip=False), self.protection.k_values)
         self.train_set, self.device, self.rank, self.world = train_set, device, rank, world
         self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
         trained = list(net.parameters()) + (list(encoder.parameters()) if method.trainable_encoder else [])

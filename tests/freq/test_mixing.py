@@ -6,6 +6,7 @@ import torch
 from fmix.freq import (
     apply_mixing,
     draw_partners,
+    draw_sign_mask,
     frequency_mixup,
     mix_weights,
     mixed_label_targets,
@@ -167,6 +168,16 @@ def test_mixup_equals_the_weighted_sum_of_partners(generator):
     expected = torch.stack([sum(w * x[p] for p, w in zip(partners, weights)) for partners, weights in rows])
     torch.testing.assert_close(batch.x, expected)
     assert torch.equal(batch.x[k == 1], x[k == 1])  # unmixed samples untouched
+
+
+def test_sign_mask_reference_values_and_balance():
+    mask = draw_sign_mask(2, (2, 3), seeded(0), "cpu", torch.float64)
+    expected = [[[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0]], [[-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]
+    assert mask.dtype == torch.float64 and mask.tolist() == expected
+    many = draw_sign_mask(4, (5000,), seeded(1), "cpu", torch.float32).flatten()
+    assert abs(many.mean().item()) < 0.03  # 20,000 fair signs: SE 0.007
+    for lag in range(1, 10):  # bits of one byte and of neighbouring bytes are independent
+        assert abs((many[lag:] * many[:-lag]).mean().item()) < 0.03
 
 
 def test_k_one_without_sign_returns_the_input(generator):

@@ -7,7 +7,7 @@ from fmix.models.encoders import encoder_spec
 from fmix.params import MixingParams, TrainParams
 
 
-def test_instahide_mixes_four_pixel_faces_with_capped_weights_and_a_sign_mask(make_trainer):
+def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnitudes(make_trainer):
     trainer = make_trainer("instahide", MixingParams(k_values=(2,), sign_flip=False))  # its own mixing overrides the section
     assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False)
     seen = []
@@ -22,16 +22,17 @@ def test_instahide_mixes_four_pixel_faces_with_capped_weights_and_a_sign_mask(ma
     assert trainer.state.stats.k == {4: 8}
     assert ((weights > 0).sum(dim=1) == 4).all() and (weights.max(dim=1).values <= 0.65 + 1e-6).all()
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(8))
-    # Replay the draws: partners, then weights, then the sign mask. The sample is the signed weighted mix.
+    # Replay the draws: partners, then weights (the sign mask comes last). The network reads |x|,
+    # so training skips drawing the mask: the sample is the plain weighted mix.
     generator = torch.Generator().set_state(state)
     from fmix.freq import sample_mixing
 
     draw = sample_mixing(labels, 4, 4, "instahide", 0.65, (3, 112, 112), generator)
     plain = (draw.weights[:, :, None, None, None] * x[draw.partners]).sum(dim=1) / draw.weights.norm(dim=1)[:, None, None, None]
-    torch.testing.assert_close(mixed, plain * draw.sign)
+    torch.testing.assert_close(mixed, plain)
     assert torch.equal(constituents, labels[draw.partners])
-    negative = (draw.sign < 0).float().mean().item()
-    assert 0.45 < negative < 0.55
+    assert trainer.net.backbone.sign_invariant and not trainer.protection.mixing.sign_flip
+    assert torch.equal(trainer.net.backbone.eval()(mixed * draw.sign), trainer.net.backbone(mixed))
 
 
 def test_instahide_is_tested_on_plain_rgb_and_attacked_in_the_pixel_domain():
