@@ -12,7 +12,7 @@ from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample
 from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
-from fmix.masker.protection import MixingConfig, protect_batch
+from fmix.masker.protection import MixingConfig, Protection, protect_batch
 from fmix.masker.randomness import ReleaseRandomness
 from fmix.params import AlignParams, ExportParams, MaskParams
 
@@ -119,6 +119,16 @@ def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sa
     assert (a.weights.max(1).values <= 0.65 + 1e-6).all()
     assert (a.labels[:, 2:] == -1).all() and (a.labels[:, :2] >= 0).all()
     assert (a.labels[:, 0] != a.labels[:, 1]).all()  # partners of another identity
+
+
+@pytest.mark.parametrize("k", [2, torch.tensor([2, 3] * 6)])
+def test_mixes_skip_the_columns_no_sample_uses_and_stay_the_same(k):
+    from fmix.freq import apply_mixing
+
+    x = torch.randn(12, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    batch = Protection(None, MixingConfig(6)).protect_encoded(x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1))
+    assert batch.weights.shape == (12, 6) and (batch.weights[:, 3:] == 0).all()
+    assert torch.equal(batch.x, apply_mixing(x, batch.partners, batch.weights, rescale=True))  # every column
 
 
 def _stats_like(meta):
