@@ -8,6 +8,7 @@ from PIL import Image
 
 from fmix_testing import LFW_IMAGES, copy_sample
 from fmix.data.images import read_rgb
+from fmix.freq import apply_mixing
 from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
 from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
@@ -123,8 +124,6 @@ def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sa
 
 @pytest.mark.parametrize("k", [2, torch.tensor([2, 3] * 6)])
 def test_mixes_skip_the_columns_no_sample_uses_and_stay_the_same(k):
-    from fmix.freq import apply_mixing
-
     x = torch.randn(12, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     batch = Protection(None, MixingConfig(6)).protect_encoded(x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1))
     assert batch.weights.shape == (12, 6) and (batch.weights[:, 3:] == 0).all()
