@@ -296,6 +296,7 @@ def attack_reconstruct(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
         f"| black-box S3 {black['S3']:.3f} S4 {black['S4']:.3f} | Score_pp {row['Score_pp']:.3f} | judge {record['judge']}, chance {record['chance_top1']:.4f}"
     )
+    _echo_check(record)
     if "dlib" in white["S4_by_judge"]:
         dlib_white, rgb_white = white["S4_by_judge"]["dlib"], white["S4_by_judge"]["evaluator"]
         typer.echo(
@@ -392,6 +393,13 @@ def attack_protection(
         return
     row, white = record["row"], record["white"]
     typer.echo(f"{record['method']}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} | Score_pp {row['Score_pp']:.3f}")
+    _echo_check(record)
+
+
+def _echo_check(record: dict) -> None:
+    check = record["check"]
+    verdict = "the attack works" if record["attack_works"] else "too weak at this budget: the low S3/S4 of a mix credit no privacy"
+    typer.echo(f"  attack check ({check['protection']}): S3 {check['S3']:.3f} (floor {check['floor']:.3f}) S4 {check['S4']:.3f}, at least {record['check_min_s4']} needed: {verdict}")
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

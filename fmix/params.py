@@ -271,9 +271,11 @@ class AttackParams:
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)
+    check_min_s4: float = 0.25  # the attack works when it names this share of the un-mixed masked faces (its check)
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "attack.seed")
+        _require(0.0 < self.check_min_s4 <= 1.0, f"attack.check_min_s4 must be in (0, 1], got {self.check_min_s4}")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
         _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
         _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")

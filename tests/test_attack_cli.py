@@ -42,6 +42,10 @@ def test_attack_reconstruct_and_invert_commands(pipeline_sample, trained, tmp_pa
         expected = 0.4 * (1 - (r["S1"] + r["S2"]) / 2) + 0.6 * (1 - (max(r["S3"], 0.0) + r["S4"]) / 2)
         assert r["Score_pp"] == pytest.approx(expected, abs=1e-6)
     assert rgb_row["S4"] == record["white"]["S4_by_judge"]["evaluator"]["top1"] and rgb_row["S1"] == row["S1"]
+    check = record["check"]  # masked only: the white-box attack is its own check
+    assert check["protection"] == "the white-box attack's own (not mixed)" and check["S4"] == record["white"]["S4"] and check["S3"] == record["white"]["S3"]
+    assert record["check_min_s4"] == 0.25 and record["attack_works"] is (check["S4"] >= 0.25)
+    assert f"attack check (the white-box attack's own (not mixed)): S3 {check['S3']:.3f}" in result.output
     result = runner.invoke(app, ["attack", "invert", str(trained / "adaptive" / "model.pt"), *common, "-p", str(params)])
     assert result.exit_code == 0, result.output
     inversion = json.loads((tmp_path / "out" / "inversion.json").read_text())
@@ -98,7 +102,35 @@ def test_the_attackers_invert_magnitudes_of_sign_masked_mixes(pipeline_sample, t
     for masker, read in ((pipeline_sample["masker"], "|x|"), (tmp_path / "no_signs.onnx", "x")):
         result = runner.invoke(app, ["attack", "reconstruct", str(masker), *common, "-p", str(params)])
         assert result.exit_code == 0, result.output
-        assert json.loads((tmp_path / "out" / "privacy.json").read_text())["attackers_read"] == read
+        record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+        assert record["attackers_read"] == read
+        check = record["check"]  # a third attacker, on the same masking un-mixed, scored against each face itself
+        assert check["protection"] == "un-mixed (k = 1)" and check["steps"] >= 1 and check["n"] == 4 and 0.0 <= check["S4"] <= 1.0
+        assert check["floor"] != record["white"]["floor"]  # one face's floor, not the best constituent's
+        assert record["attack_works"] is (check["S4"] >= record["check_min_s4"]) and "attack check (un-mixed (k = 1))" in result.output
+
+
+def test_the_attack_check_attacks_the_same_masking_un_mixed(pipeline_sample, maskerless):
+    import torch
+
+    from fmix.attacks.protectors import sign_blind
+    from fmix.attacks.run import masker_target, model_target
+    from fmix.data.faces import load_face_set
+
+    faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv")
+    images, labels = faces.float_images(torch.arange(len(faces))), faces.labels
+    target = masker_target(pipeline_sample["masker"], None, mix=True, black_box_k=2)
+    pairs = target.unmixed(images, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(pairs.partners, torch.arange(len(images))[:, None]) and torch.equal(pairs.weights, torch.ones(len(images), 1))
+    torch.testing.assert_close(pairs.x, target.white.masker.masked(images))  # the owner's masking, no mixing
+    mixed = sign_blind(target.white)(images, labels, torch.Generator().manual_seed(0))
+    assert mixed.weights.shape[1] > 1 and not torch.allclose(mixed.x, pairs.x.abs())
+    assert masker_target(pipeline_sample["masker"], None, mix=False, black_box_k=2).unmixed is None  # not mixed: no separate check
+    pixels = model_target(maskerless / "instahide" / "model.pt", black_box_k=2).unmixed
+    single = pixels(images, labels, torch.Generator().manual_seed(0))
+    assert pixels.k == 1 and bool((single.weights[:, 0] == 1).all()) and not single.weights[:, 1:].any()  # one face per sample
+    torch.testing.assert_close(single.x.abs(), ((images - 127.5) / 128).abs())  # InstaHide's encoding, one face, its sign mask
+    assert model_target(maskerless / "dctdp" / "model.pt", black_box_k=2).unmixed is None
 
 
 def test_attack_errors(pipeline_sample, trained, tmp_path):

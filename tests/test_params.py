@@ -102,6 +102,8 @@ def test_validate_params_checks_every_section():
         validate_params({**on_disk, "attack": {"second": 1}})
     with pytest.raises(ParamsError, match=r"export.upsample must be 1, 2, 4 or 8, got 3"):
         validate_params({"export": {"upsample": 3}})
+    with pytest.raises(ParamsError, match=r"attack.check_min_s4 must be in \(0, 1\], got 0.0"):
+        validate_params({"attack": {"check_min_s4": 0.0}})
 
 
 def test_a_non_utf8_params_file_is_a_params_error(tmp_path):

@@ -206,7 +206,21 @@ def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
     assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
     bad = runner.invoke(app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)])
-    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper" in bad.output
+    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper, privacy" in bad.output
+
+
+def test_every_profile_merges_into_valid_params():
+    from fmix.params import validate_params
+    from fmix.pipeline.profiles import PROFILES_DIR, merge, profile_names
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    names = profile_names(REPO)
+    assert names == ["quick", "ci", "cpu", "methods", "paper", "privacy"]
+    for name in names[1:]:
+        overlay = yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text())
+        validate_params(merge(base, overlay), f"profile {name}")
+    privacy = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "privacy.yaml").read_text()))
+    assert privacy["sweep"] == base["sweep"] and privacy["train"] == base["train"] and privacy["attack"]["seconds"] == 300.0  # quick models, strong attackers
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):

@@ -11,12 +11,13 @@ from fmix.cli import app
 runner = CliRunner()
 
 
-def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None):
+def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None, check_s4=0.5):
     folder = results / name
     folder.mkdir(parents=True)
     verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
     (folder / "verification.json").write_text(json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}}))
-    privacy = {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib"} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
+    check = {"check": {"S4": check_s4}, "check_min_s4": 0.25, "attack_works": check_s4 >= 0.25}
+    privacy = {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib", **check} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
     (folder / "privacy.json").write_text(json.dumps(privacy))
     (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": 0.25}}))
     log = [{"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})} for e in range(3)]
@@ -31,22 +32,26 @@ def test_report_tables_figures_and_page(tmp_path):
     row = {"S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "floor": 0.5, "Score_pp": 0.7}
     _entry(results, models, "none", "none", 0.84)
     _entry(results, models, "mixup3", "mixup", 0.61, row, {"3": 90})
+    _entry(results, models, "mixup5", "mixup", 0.55, row, {"5": 90}, check_s4=0.125)  # its attackers fail the check
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": {}, "sweep": {"none": {"method": "none"}, "mixup3": {"method": "mixup", "k": 3}}}, sort_keys=False))
+    sweep = {"none": {"method": "none"}, "mixup3": {"method": "mixup", "k": 3}, "mixup5": {"method": "mixup", "k": 5}}
+    params.write_text(yaml.safe_dump({"train": {}, "sweep": sweep}, sort_keys=False))
     result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
     table = json.loads((out / "methods.json").read_text())
-    assert list(table) == ["none", "mixup3"]
+    assert list(table) == ["none", "mixup3", "mixup5"]
     assert table["mixup3"] == {
         "method": "mixup", "accuracy": 0.61, "accuracy_std": 0.05, "auc": 0.9, "tar_1e-3": None, "floor_accuracy": 0.6,
-        "S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "ssim_floor": 0.5, "chance": 0.004, "Score_pp": 0.7, "Score_cls": 0.61,
-        "inversion_top1": 0.25, "mean_k": 3.0, "epsilon": None,
+        "S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "ssim_floor": 0.5, "chance": 0.004, "check_S4": 0.5, "attack_works": True,
+        "Score_pp": 0.7, "Score_cls": 0.61, "inversion_top1": 0.25, "mean_k": 3.0, "epsilon": None,
     }
     markdown = (out / "report.md").read_text()
-    assert "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.700 | 0.610 | 0.250 | 3.000 | — |" in markdown
+    assert "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.500 | yes | 0.700 | 0.610 | 0.250 | 3.000 | — |" in markdown
+    assert "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.125 | no |" in markdown
+    assert "found the attackers too weak at this budget for: mixup5 (check S4 0.125 < 0.25). Their S3, S4 and Score_pp credit no privacy" in markdown
     assert "Not attacked: none: nothing to reconstruct." in markdown
     assert "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown  # the judge the attacks used
-    assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\n"
+    assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\nmixup5,0.7,0.55\n"
     assert (out / "curves.csv").read_text().splitlines()[4] == "3,mixup3,0,10.0,0.0,"
     for figure in ("tradeoff.png", "curves.png", "k_distribution.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,6 +6,9 @@ For private training faces protected exactly as the data owner protects them:
   masker and mixing, then applied to the private samples; best-constituent SSIM, PSNR, top-1 /
   top-5; the same for a black-box attacker (surrogate masking, guessed k);
 - the free floors: the mean public face against the private faces (best constituent for mixes);
+- the attack check: the same white-box attack on the same masking without its mixing. Only when
+  it names at least ``attack.check_min_s4`` of those faces does the attack work at this budget,
+  and only then do a mixed protection's low S3/S4 credit it with privacy (``attack_works``);
 - Score_pp = 0.4 (1 - (S1 + S2) / 2) + 0.6 (1 - (S3 + S4) / 2), and Score_cls when given.
 The protection is an :class:`AttackTarget`: an exported masker (:func:`masker_target`), or for a
 method without one the trained model's own protection (:func:`model_target`: ``pixels``, the
@@ -35,7 +38,7 @@ from fmix.masker.export import masker_with_trained_policy
 from fmix.methods import get_method
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
-from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, Protector, pixel_mix_to_image, sign_blind, surrogate_protector
+from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, Protector, pixel_mix_to_image, sign_blind, surrogate_protector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
 from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
@@ -65,6 +68,8 @@ class AttackTarget(NamedTuple):
         info: what ``privacy.json`` records about the protection (at least ``mixed``).
         sign_masked: the samples carry a random sign per coefficient; the attackers then invert
             ``|x|`` (:func:`~fmix.attacks.protectors.sign_blind`).
+        unmixed: the white-box protection without its mixing (same masking, k = 1), the target of
+            the attack check; None when the protection does not mix (its white-box attack is its check).
     """
 
     white: Protector
@@ -72,6 +77,7 @@ class AttackTarget(NamedTuple):
     visualise: Callable[[Tensor], Tensor]
     info: dict
     sign_masked: bool = False
+    unmixed: Protector | None = None
 
 
 def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix: bool) -> tuple[MaskerProtector, dict]:
@@ -104,7 +110,9 @@ def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix:
         return surrogate_protector(stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1])
 
     sign_masked = protector.mixing is not None and protector.mixing.sign_flip
-    return AttackTarget(protector, black, lambda x: protected_to_image(x, protector.masker.mask, upsample), {"masker": str(masker_path), "mixed": mix}, sign_masked)
+    unmixed = MaskerProtector(protector.masker, protector.mixing, mix=False) if mix else None
+    visualise = lambda x: protected_to_image(x, protector.masker.mask, upsample)  # noqa: E731
+    return AttackTarget(protector, black, visualise, {"masker": str(masker_path), "mixed": mix}, sign_masked, unmixed)
 
 
 def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -117,7 +125,7 @@ def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
         return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
 
     info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask"}
-    return AttackTarget(white, black, pixel_mix_to_image, info, white.mixing.sign_flip)
+    return AttackTarget(white, black, pixel_mix_to_image, info, white.mixing.sign_flip, PixelMixProtector(white.mixing, 1))
 
 
 def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -213,6 +221,11 @@ def attack_target(
 ) -> dict:
     """The white-box and black-box reconstruction attacks on a protection; writes ``privacy.json`` and PNG grids.
 
+    A mixed protection gets a third attacker with the same budget, the check: the white-box
+    attack on its masking un-mixed (``target.unmixed``). ``attack_works`` says whether the check
+    named at least ``params.check_min_s4`` of the faces; where it did not, the attackers are too
+    weak at this budget to credit the mixing with their low S3/S4.
+
     Args: as :func:`attack_method`, with ``target`` (:class:`AttackTarget`) for the masker.
 
     Returns:
@@ -227,32 +240,40 @@ def attack_target(
     scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
+    gallery_index = {path: i for i, path in enumerate(gallery.paths)}
+    own_sources = torch.tensor([gallery_index[path] for path in private.paths])
+    public_images = public.images.permute(0, 3, 1, 2).contiguous()
+
+    def attacker(protector: Protector, protected: ProtectedPairs, floor: Tensor | None) -> tuple[dict, Tensor, Tensor]:
+        # Train one inversion network on public faces, invert the private samples, score them.
+        if target.sign_masked:
+            protector, protected = sign_blind(protector), protected._replace(x=protected.x.abs())
+        constituents, valid = constituents_of(originals, protected)
+        start = time.process_time()
+        fitted = ReconstructionAttack(attack).fit(public_images, protector, labels=public.labels, seconds=params.seconds)
+        recon = fitted.invert(protected.x)
+        scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
+        cpu_seconds = time.process_time() - start
+        hits = scorer.identified(recon, private.labels[protected.partners], valid, own_sources[protected.partners])
+        scores = {**scored.summary(), "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}
+        return scores, recon, scored.floor
+
     pairs = target.white(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
     constituents, valid = constituents_of(originals, pairs)
-    labels = private.labels[pairs.partners]
-    gallery_index = {path: i for i, path in enumerate(gallery.paths)}
-    sources = torch.tensor([gallery_index[path] for path in private.paths])[pairs.partners]
     visual = target.visualise(pairs.x)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
-    s2 = scorer.identified(visual, labels, valid, sources)
+    s2 = scorer.identified(visual, private.labels[pairs.partners], valid, own_sources[pairs.partners])
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
-    attackers = {"white": target.white, "black": target.black(pairs.x, [Path(aligned) / p for p in public.paths])}
-    seen, record["attackers_read"] = pairs.x, "x"  # what the attackers invert
-    if target.sign_masked:
-        attackers = {mode: sign_blind(protector) for mode, protector in attackers.items()}
-        seen, record["attackers_read"] = pairs.x.abs(), "|x|"
-    recon_white, floor = None, None
-    for mode, attacker_protector in attackers.items():
-        start = time.process_time()
-        fitted = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker_protector, labels=public.labels, seconds=params.seconds)
-        recon = fitted.invert(seen)
-        scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
-        scores, floor = scored.summary(), scored.floor
-        cpu_seconds = time.process_time() - start
-        hits = scorer.identified(recon, labels, valid, sources)
-        record[mode] = {**scores, "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}
-        if mode == "white":
-            recon_white = recon
+    record["attackers_read"] = "|x|" if target.sign_masked else "x"
+    record["white"], recon_white, floor = attacker(target.white, pairs, None)
+    record["black"] = attacker(target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, floor)[0]
+    if target.unmixed is None:
+        record["check"] = {**record["white"], "protection": "the white-box attack's own (not mixed)"}
+    else:  # the same attack on the same masking, un-mixed: does it invert the masking at this budget?
+        unmixed = target.unmixed(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
+        record["check"] = {**attacker(target.unmixed, unmixed, None)[0], "protection": "un-mixed (k = 1)"}
+    record["check_min_s4"] = params.check_min_s4
+    record["attack_works"] = record["check"]["S4"] >= params.check_min_s4
     record["free_floor"] = record["white"]["floor"]
     record["chance_top1"] = s2["chance_top1"]
     row = PrivacyRow(method, s1, s2["top1"], record["white"]["S3"], record["white"]["S4"], record["white"]["psnr"], record["white"]["top5"], record["free_floor"], score_cls)

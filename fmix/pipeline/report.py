@@ -31,6 +31,7 @@ PACKAGES = ("fmix-privacy", "torch", "numpy", "onnxruntime", "matplotlib", "dvc"
 COLUMNS = (
     ("accuracy", "accuracy"), ("accuracy_std", "± std"), ("auc", "AUC"), ("tar_1e-3", "TAR@FAR 1e-3"), ("floor_accuracy", "raw floor"),
     ("S1", "S1"), ("S2", "S2"), ("S3", "S3"), ("S4", "S4"), ("ssim_floor", "SSIM floor"), ("chance", "chance"),
+    ("check_S4", "check S4"), ("attack_works", "attack works"),
     ("Score_pp", "Score_pp"), ("Score_cls", "Score_cls"), ("inversion_top1", "inversion top-1"), ("mean_k", "final mean k"), ("epsilon", "ε"),
 )
 
@@ -89,6 +90,8 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "S4": attack.get("S4"),
             "ssim_floor": attack.get("floor"),
             "chance": privacy.get("chance_top1"),
+            "check_S4": (privacy.get("check") or {}).get("S4"),
+            "attack_works": privacy.get("attack_works"),
             "Score_pp": attack.get("Score_pp"),
             "Score_cls": ver["accuracy_mean"],
             "inversion_top1": (inversion.get("decoder") or {}).get("top1"),
@@ -96,7 +99,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "epsilon": summary.get("epsilon"),
         }
         out[name] = {
-            "row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge"),
+            "row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge"), "check_min_s4": privacy.get("check_min_s4"),
             "k_by_difficulty": summary.get("final_k_by_difficulty"), "k_values": list((summary.get("final_k_histogram") or {}).keys()),
         }
     return out
@@ -105,6 +108,8 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -236,6 +241,10 @@ def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: li
     ]
     if notes:
         blocks.append(Block("p", "Not attacked: " + "; ".join(notes) + "."))
+    weak = [f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})" for name, item in collected.items() if item["row"]["attack_works"] is False]
+    if weak:
+        blocks.append(Block("p", "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
+                            + "; ".join(weak) + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more time (attack.seconds)."))
     blocks += [
         Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
         Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
