@@ -6,6 +6,8 @@ generator (:class:`~fmix.attacks.unet.UNetGenerator`) toward the face, or for a 
 its heaviest constituent. Loss: ``L1 + ssim_weight (1 - SSIM) + adv_weight * GAN`` with a
 conditional PatchGAN (:class:`~fmix.attacks.patchgan.PatchDiscriminator`) switched on after
 ``adv_warmup`` steps (``adv_weight = 0`` disables it). Images are compared on the [0, 1] scale.
+The faces are reconstructed by an exponential moving average of the generator's weights
+(``ema_decay``): the last snapshot of a generator trained at a constant learning rate swings.
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -57,6 +60,11 @@ class AttackConfig:
         disc_width: discriminator width.
         disc_layers: discriminator stride-2 layers.
         flip: random horizontal flips of the public faces.
+        ema_decay: decay of the moving average of the generator's weights that inverts (0: the
+            last snapshot). The decay ramps up as ``min(ema_decay, (1 + t) / (10 + t))`` at step t,
+            so short runs are not held at the initial weights. On the default masking's ``|x|``
+            (300 s, 128 faces) the last snapshot named 0.28-0.45 of the faces between steps 320 and
+            519, the average 0.38-0.48.
         seed: seeds initialisation, batches, flips and protection draws.
         clock: what ``seconds`` budgets count: ``"process"`` CPU time (fair on a shared
             machine) or ``"wall"`` time (use it on a GPU).
@@ -77,6 +85,7 @@ class AttackConfig:
     disc_width: int = 16
     disc_layers: int = 3
     flip: bool = True
+    ema_decay: float = 0.99
     seed: int = 0
     clock: str = "process"
     device: str = "cpu"
@@ -92,6 +101,8 @@ class AttackConfig:
             raise ValueError(f"Expected gan_loss in {GAN_LOSSES}, got {self.gan_loss!r}")
         if self.clock not in CLOCKS:
             raise ValueError(f"Expected clock in {CLOCKS}, got {self.clock!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"Expected ema_decay in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,7 +154,9 @@ class ReconstructionAttack:
         config: network and training settings.
 
     Attributes:
-        generator: the inversion network (after :meth:`fit`).
+        generator: the inversion network being trained (after :meth:`fit`).
+        averaged: the moving average of its weights (``config.ema_decay``), which inverts; the
+            generator itself with ``ema_decay = 0``.
         discriminator: the PatchGAN (None with ``adv_weight = 0``).
         history: one dict per step: ``step``, ``l1``, ``ssim_loss``, ``adv`` (generator),
             ``disc`` (discriminator), ``seconds`` (budget clock since the start).
@@ -152,6 +165,7 @@ class ReconstructionAttack:
     def __init__(self, config: AttackConfig | None = None) -> None:
         self.config = config or AttackConfig()
         self.generator: UNetGenerator | None = None
+        self.averaged: UNetGenerator | None = None
         self.discriminator: PatchDiscriminator | None = None
         self.history: list[dict] = []
 
@@ -162,6 +176,7 @@ class ReconstructionAttack:
         c = self.config
         _, channels, side, _ = probe.shape
         self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(c.device)
+        self.averaged = copy.deepcopy(self.generator).requires_grad_(False) if c.ema_decay > 0 else self.generator
         if c.adv_weight > 0:
             self.discriminator = PatchDiscriminator(channels, c.disc_width, c.disc_layers).to(c.device)
 
@@ -234,9 +249,20 @@ class ReconstructionAttack:
                 target = images[pairs.heaviest()].to(c.device)
                 pairs = pairs._replace(x=pairs.x.to(c.device))
                 self.history.append(self._step(step, pairs, target) | {"seconds": self._clock() - start})
+                self._average(step)
                 step += 1
         self.generator.eval()
         return self
+
+    @torch.no_grad()
+    def _average(self, step: int) -> None:
+        if self.averaged is self.generator:
+            return
+        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        for average, weight in zip(self.averaged.parameters(), self.generator.parameters()):
+            average.lerp_(weight, 1.0 - decay)
+        for average, buffer in zip(self.averaged.buffers(), self.generator.buffers()):
+            average.copy_(buffer)  # batch-norm statistics are running averages already
 
     def _optimisers(self) -> None:
         c = self.config
@@ -272,10 +298,10 @@ class ReconstructionAttack:
         return log
 
     def invert(self, protected: Tensor, batch_size: int = 64) -> Tensor:
-        """Reconstruct faces from protected samples with the trained generator (:func:`invert`)."""
+        """Reconstruct faces from protected samples with the averaged generator (:func:`invert`)."""
         if self.generator is None:
             raise RuntimeError("The attack is not trained: call fit() first")
-        return invert(self.generator, protected, batch_size)
+        return invert(self.averaged, protected, batch_size)
 
 
 @torch.no_grad()

@@ -110,6 +110,28 @@ def test_mixed_training_targets_the_heaviest_constituent(aligned_faces, stats):
     assert any(not torch.equal(pairs.heaviest(), torch.arange(8)) for _, pairs in seen)  # some partner outweighs its anchor
 
 
+def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_faces, masker):
+    from torch.nn.utils import parameters_to_vector as flat
+
+    faces, config = aligned_faces[0][:16], dataclasses.replace(TINY, adv_weight=0.0)
+    attack, snapshots = ReconstructionAttack(config), []
+    build, step = attack._optimisers, attack._step
+    attack._optimisers = lambda: snapshots.append(flat(attack.generator.parameters()).detach().clone()) or build()  # w0
+    attack._step = lambda i, pairs, target: step(i, pairs, target) | {"weights": flat(attack.generator.parameters()).detach().clone()}
+    attack.fit(faces, MaskerProtector(masker), steps=3)
+    average = snapshots[0]
+    for t, row in enumerate(attack.history):  # decays min(0.99, (1 + t) / (10 + t)): 0.1, 2/11, 0.25
+        decay = (1 + t) / (10 + t)
+        average = decay * average + (1 - decay) * row["weights"]
+    torch.testing.assert_close(flat(attack.averaged.parameters()), average)
+    assert not torch.allclose(average, attack.history[-1]["weights"])
+    plain = ReconstructionAttack(dataclasses.replace(config, ema_decay=0.0)).fit(faces, MaskerProtector(masker), steps=3)
+    assert plain.averaged is plain.generator
+    torch.testing.assert_close(flat(plain.generator.parameters()), attack.history[-1]["weights"])  # same seed, same training
+    with pytest.raises(ValueError, match=r"Expected ema_decay in \[0, 1\), got 1.0"):
+        AttackConfig(ema_decay=1.0)
+
+
 def test_time_budget_and_errors(aligned_faces, masker):
     faces = aligned_faces[0][:16]
     protector = MaskerProtector(masker)
@@ -134,7 +156,8 @@ def test_invert_and_evaluate(aligned_faces, masker):
     protected = masker.masked(originals)
     recon = attack.invert(protected, batch_size=2)
     assert recon.shape == (5, 3, 112, 112) and not attack.generator.training
-    torch.testing.assert_close(invert(attack.generator, protected), recon)
+    torch.testing.assert_close(invert(attack.averaged, protected), recon)  # the moving average inverts
+    assert not torch.allclose(invert(attack.generator, protected), recon)
     with pytest.raises(ValueError, match=r"protected of shape \(B, K, h, w\)"):
         attack.invert(protected[0])
     with pytest.raises(ValueError, match=r"x of shape \(B, 174, 28, 28\)"):
