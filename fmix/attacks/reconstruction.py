@@ -22,7 +22,7 @@ import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -194,6 +194,7 @@ class ReconstructionAttack:
         labels: Tensor | None = None,
         steps: int | None = None,
         seconds: float | None = None,
+        on_step: Callable[[int, ReconstructionAttack], None] | None = None,
     ) -> ReconstructionAttack:
         """Train on public faces, protecting each batch on the fly.
 
@@ -210,6 +211,8 @@ class ReconstructionAttack:
             labels: identity label of every face (default: all distinct), for mixing partners.
             steps: largest number of steps.
             seconds: time budget.
+            on_step: called with the step's index and the attack after every step (e.g. to score
+                snapshots, ``benchmarks/attack_snapshots.py``); its time is not budgeted.
 
         Returns:
             ``self``, trained.
@@ -250,6 +253,10 @@ class ReconstructionAttack:
                 pairs = pairs._replace(x=pairs.x.to(c.device))
                 self.history.append(self._step(step, pairs, target) | {"seconds": self._clock() - start})
                 self._average(step)
+                if on_step is not None:
+                    paused = self._clock()
+                    on_step(step, self)
+                    start += self._clock() - paused
                 step += 1
         self.generator.eval()
         return self

@@ -114,20 +114,21 @@ def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_face
     from torch.nn.utils import parameters_to_vector as flat
 
     faces, config = aligned_faces[0][:16], dataclasses.replace(TINY, adv_weight=0.0)
-    attack, snapshots = ReconstructionAttack(config), []
-    build, step = attack._optimisers, attack._step
+    attack, snapshots, steps = ReconstructionAttack(config), [], []
+    build = attack._optimisers
     attack._optimisers = lambda: snapshots.append(flat(attack.generator.parameters()).detach().clone()) or build()  # w0
-    attack._step = lambda i, pairs, target: step(i, pairs, target) | {"weights": flat(attack.generator.parameters()).detach().clone()}
-    attack.fit(faces, MaskerProtector(masker), steps=3)
+    record = lambda step, fitted: steps.append(step) or snapshots.append(flat(fitted.generator.parameters()).detach().clone())  # noqa: E731
+    attack.fit(faces, MaskerProtector(masker), steps=3, on_step=record)
+    assert steps == [0, 1, 2] and len(snapshots) == 4
     average = snapshots[0]
-    for t, row in enumerate(attack.history):  # decays min(0.99, (1 + t) / (10 + t)): 0.1, 2/11, 0.25
+    for t, weights in enumerate(snapshots[1:]):  # decays min(0.99, (1 + t) / (10 + t)): 0.1, 2/11, 0.25
         decay = (1 + t) / (10 + t)
-        average = decay * average + (1 - decay) * row["weights"]
+        average = decay * average + (1 - decay) * weights
     torch.testing.assert_close(flat(attack.averaged.parameters()), average)
-    assert not torch.allclose(average, attack.history[-1]["weights"])
+    assert not torch.allclose(average, snapshots[-1])
     plain = ReconstructionAttack(dataclasses.replace(config, ema_decay=0.0)).fit(faces, MaskerProtector(masker), steps=3)
     assert plain.averaged is plain.generator
-    torch.testing.assert_close(flat(plain.generator.parameters()), attack.history[-1]["weights"])  # same seed, same training
+    torch.testing.assert_close(flat(plain.generator.parameters()), snapshots[-1])  # same seed, same training
     with pytest.raises(ValueError, match=r"Expected ema_decay in \[0, 1\), got 1.0"):
         AttackConfig(ema_decay=1.0)
 
