@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 from fmix.attacks.identity import Evaluator, IdentityScorer
-from fmix.attacks.protectors import sign_blind
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, invert
-from fmix.attacks.run import masker_target, spread_subset
+from fmix.attacks.run import gallery_sources, masker_target, spread_subset
 from fmix.data.faces import load_face_set
 
 
@@ -53,21 +52,17 @@ def main() -> None:
     private = spread_subset(gallery, args.faces)
     scorer = IdentityScorer("dlib", Evaluator(root / "models/evaluator/model.pt"), gallery, gallery_file=root / "models/judge/gallery.npz")
     originals = private.float_images(torch.arange(len(private)))
-    pairs = protector(originals, private.labels, torch.Generator().manual_seed(1))
-    seen = pairs.x.abs() if target.sign_masked else pairs.x
+    attacker, pairs = target.as_attackers_see(protector, protector(originals, private.labels, torch.Generator().manual_seed(1)))
     _, valid = constituents_of(originals, pairs)
-    index = {path: i for i, path in enumerate(gallery.paths)}
-    sources = torch.tensor([index[path] for path in private.paths])[pairs.partners]
-    labels = private.labels[pairs.partners]
+    sources, labels = gallery_sources(gallery, private)[pairs.partners], private.labels[pairs.partners]
 
     def s4(network) -> float:
-        return scorer.identified(invert(network, seen), labels, valid, sources)["top1"]
+        return scorer.identified(invert(network, pairs.x), labels, valid, sources)["top1"]
 
     def report(step: int, attack: ReconstructionAttack) -> None:
         if step + 1 >= args.from_step and (step + 1) % args.every == 0:
             print(f"step {step + 1:4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}", flush=True)
 
-    attacker = sign_blind(protector) if target.sign_masked else protector
     attack = ReconstructionAttack(AttackConfig(seed=0)).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker, public.labels, seconds=args.seconds, on_step=report)
     print(f"last  {len(attack.history):4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}")
 

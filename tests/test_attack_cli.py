@@ -125,6 +125,8 @@ def test_the_attack_check_attacks_the_same_masking_un_mixed(pipeline_sample, mas
     torch.testing.assert_close(pairs.x, target.white.masker.masked(images))  # the owner's masking, no mixing
     mixed = sign_blind(target.white)(images, labels, torch.Generator().manual_seed(0))
     assert mixed.weights.shape[1] > 1 and not torch.allclose(mixed.x, pairs.x.abs())
+    _, seen = target.as_attackers_see(target.unmixed, pairs)  # the attackers read |x| under the sign mask
+    assert torch.equal(seen.x, pairs.x.abs()) and torch.equal(seen.partners, pairs.partners)
     assert masker_target(pipeline_sample["masker"], None, mix=False, black_box_k=2).unmixed is None  # not mixed: no separate check
     pixels = model_target(maskerless / "instahide" / "model.pt", black_box_k=2).unmixed
     single = pixels(images, labels, torch.Generator().manual_seed(0))

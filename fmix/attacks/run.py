@@ -79,6 +79,18 @@ class AttackTarget(NamedTuple):
     sign_masked: bool = False
     unmixed: Protector | None = None
 
+    def as_attackers_see(self, protector: Protector, pairs: ProtectedPairs) -> tuple[Protector, ProtectedPairs]:
+        """A protector of this target and its samples as the attackers read them: ``|x|`` under a sign mask."""
+        if not self.sign_masked:
+            return protector, pairs
+        return sign_blind(protector), pairs._replace(x=pairs.x.abs())
+
+
+def gallery_sources(gallery: FaceSet, faces: FaceSet) -> Tensor:
+    """Each face's row in the judge's gallery (the faces are gallery faces), shape :math:`(N,)`."""
+    row = {path: i for i, path in enumerate(gallery.paths)}
+    return torch.tensor([row[path] for path in faces.paths])
+
 
 def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix: bool) -> tuple[MaskerProtector, dict]:
     """The data owner's protection as the white-box attacker knows it: masker, k policy, mixing."""
@@ -240,15 +252,12 @@ def attack_target(
     scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
-    gallery_index = {path: i for i, path in enumerate(gallery.paths)}
-    own_sources = torch.tensor([gallery_index[path] for path in private.paths])
+    own_sources = gallery_sources(gallery, private)
     public_images = public.images.permute(0, 3, 1, 2).contiguous()
 
-    def attacker(protector: Protector, protected: ProtectedPairs, floor: Tensor | None) -> tuple[dict, Tensor, Tensor]:
+    def attacker(protector: Protector, protected: ProtectedPairs, constituents: Tensor, valid: Tensor, floor: Tensor | None) -> tuple[dict, Tensor, Tensor]:
         # Train one inversion network on public faces, invert the private samples, score them.
-        if target.sign_masked:
-            protector, protected = sign_blind(protector), protected._replace(x=protected.x.abs())
-        constituents, valid = constituents_of(originals, protected)
+        protector, protected = target.as_attackers_see(protector, protected)
         start = time.process_time()
         fitted = ReconstructionAttack(attack).fit(public_images, protector, labels=public.labels, seconds=params.seconds)
         recon = fitted.invert(protected.x)
@@ -265,13 +274,13 @@ def attack_target(
     s2 = scorer.identified(visual, private.labels[pairs.partners], valid, own_sources[pairs.partners])
     record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
     record["attackers_read"] = "|x|" if target.sign_masked else "x"
-    record["white"], recon_white, floor = attacker(target.white, pairs, None)
-    record["black"] = attacker(target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, floor)[0]
+    record["white"], recon_white, floor = attacker(target.white, pairs, constituents, valid, None)
+    record["black"] = attacker(target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, constituents, valid, floor)[0]
     if target.unmixed is None:
         record["check"] = {**record["white"], "protection": "the white-box attack's own (not mixed)"}
     else:  # the same attack on the same masking, un-mixed: does it invert the masking at this budget?
         unmixed = target.unmixed(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
-        record["check"] = {**attacker(target.unmixed, unmixed, None)[0], "protection": "un-mixed (k = 1)"}
+        record["check"] = {**attacker(target.unmixed, unmixed, *constituents_of(originals, unmixed), None)[0], "protection": "un-mixed (k = 1)"}
     record["check_min_s4"] = params.check_min_s4
     record["attack_works"] = record["check"]["S4"] >= params.check_min_s4
     record["free_floor"] = record["white"]["floor"]
