@@ -113,7 +113,7 @@ class MixingParams:
 
     k_values: tuple[int, ...] = (2, 3, 4, 5, 6)  # the k a mix may have (the adaptive policy's actions); k_max = the largest
     weight_law: str = "dirichlet"  # or "instahide" (|N(0, 1)| normalised)
-    cap: float | None = 0.65  # largest mixing weight; 0.5 trades 1.8 points of adaptive's accuracy for S4 0.12 -> 0.08 (README)
+    cap: float | None = 0.65  # largest mixing weight; 0.5 costs adaptive 1.8 points and lowers S4 only 0.14 -> 0.12 (README)
     sign_flip: bool = True  # random +-1 per coefficient after mixing (InstaHide): the network and the attackers read |x|
     permute_channels: bool = False  # per-sample random channel permutation before mixing (PPFR-FD)
     rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
