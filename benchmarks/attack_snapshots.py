@@ -1,7 +1,7 @@
 """How much does the inversion network's last snapshot swing? S4 of the snapshot and of its moving average.
 
-Trains one white-box attacker (as ``fmix attack``, dlib judge top-1) on a pipeline run's
-protection and scores, every ``--every`` steps from ``--from-step``, the generator's current
+Trains one white-box attacker (as ``fmix attack``, with the run's ``attack`` section: network,
+seed, judge) on a pipeline run's protection and scores, every ``--every`` steps from ``--from-step``, the generator's current
 weights and their moving average (``AttackConfig.ema_decay``), side by side on the same faces.
 ``--mode mixed`` attacks the protection's mixes, ``--mode check`` its masking un-mixed (the attack
 check). The scoring time is not budgeted.
@@ -16,6 +16,7 @@ Measured here on the privacy profile's ``adaptive`` (300 s on one thread, 128 fa
 Usage (from a finished pipeline run's folder):
     python benchmarks/attack_snapshots.py metrics/sweep/adaptive/masker.onnx --policy models/sweep/adaptive/model.pt \
         [--mode mixed] [--seconds 300] [--faces 128] [--every 40] [--from-step 300]
+(--seconds and --faces replace the run's attack.seconds and attack.eval_faces.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fmix.attacks.identity import Evaluator, IdentityScorer
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, invert
 from fmix.attacks.run import gallery_sources, masker_target, spread_subset
 from fmix.data.faces import load_face_set
+from fmix.params import AttackParams, load_section
 
 
 def main() -> None:
@@ -37,22 +39,23 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=None, help="the adaptive model.pt, when the masker holds its policy")
     parser.add_argument("--root", type=Path, default=Path("."), help="the pipeline run's folder (data/, models/)")
     parser.add_argument("--mode", choices=("mixed", "check"), default="mixed")
-    parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--faces", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=None, help="default: the run's attack.seconds")
+    parser.add_argument("--faces", type=int, default=None, help="default: the run's attack.eval_faces")
     parser.add_argument("--every", type=int, default=40)
     parser.add_argument("--from-step", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.root
-    target = masker_target(args.masker, args.policy, mix=True, black_box_k=2)
+    params = load_section(AttackParams, root / "params.yaml", "attack", seconds=args.seconds, eval_faces=args.faces)
+    target = masker_target(args.masker, args.policy, mix=True, black_box_k=params.black_box_k)
     protector = target.white if args.mode == "mixed" else target.unmixed
     public = load_face_set(root / "data/aligned", root / "data/splits/public.csv")
     gallery = load_face_set(root / "data/aligned", root / "data/splits/private_train.csv")
-    private = spread_subset(gallery, args.faces)
-    scorer = IdentityScorer("dlib", Evaluator(root / "models/evaluator/model.pt"), gallery, gallery_file=root / "models/judge/gallery.npz")
+    private = spread_subset(gallery, params.eval_faces)
+    scorer = IdentityScorer(params.judge, Evaluator(root / "models/evaluator/model.pt"), gallery, gallery_file=root / "models/judge/gallery.npz")
     originals = private.float_images(torch.arange(len(private)))
-    attacker, pairs = target.as_attackers_see(protector, protector(originals, private.labels, torch.Generator().manual_seed(1)))
+    attacker, pairs = target.as_attackers_see(protector, protector(originals, private.labels, torch.Generator().manual_seed(params.seed + 1)))
     _, valid = constituents_of(originals, pairs)
     sources, labels = gallery_sources(gallery, private)[pairs.partners], private.labels[pairs.partners]
 
@@ -63,7 +66,8 @@ def main() -> None:
         if step + 1 >= args.from_step and (step + 1) % args.every == 0:
             print(f"step {step + 1:4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}", flush=True)
 
-    attack = ReconstructionAttack(AttackConfig(seed=0)).fit(public.images.permute(0, 3, 1, 2).contiguous(), attacker, public.labels, seconds=args.seconds, on_step=report)
+    public_images = public.images.permute(0, 3, 1, 2).contiguous()
+    attack = ReconstructionAttack(AttackConfig.from_params(params)).fit(public_images, attacker, public.labels, seconds=params.seconds, on_step=report)
     print(f"last  {len(attack.history):4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}")
 
 
