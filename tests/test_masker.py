@@ -8,12 +8,12 @@ from PIL import Image
 
 from fmix_testing import LFW_IMAGES, copy_sample
 from fmix.data.images import read_rgb
-from fmix.freq import apply_mixing
+from fmix.freq import apply_mixing, sample_mixing
 from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
 from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
-from fmix.masker.protection import MixingConfig, Protection, protect_batch
+from fmix.masker.protection import MixingConfig, Protection, add_mix_noise, protect_batch
 from fmix.masker.randomness import ReleaseRandomness
 from fmix.params import AlignParams, ExportParams, MaskParams
 
@@ -128,6 +128,32 @@ def test_mixes_skip_the_columns_no_sample_uses_and_stay_the_same(k):
     batch = Protection(None, MixingConfig(6)).protect_encoded(x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1))
     assert batch.weights.shape == (12, 6) and (batch.weights[:, 3:] == 0).all()
     assert torch.equal(batch.x, apply_mixing(x, batch.partners, batch.weights, rescale=True))  # every column
+
+
+def test_mix_noise_is_drawn_last_with_the_given_std_and_spares_unmixed_samples():
+    x = torch.randn(64, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    labels, k = torch.arange(64) % 16, torch.tensor([2, 3, 4, 5] * 16)
+
+    def protect(noise, mix=True):
+        protection = Protection(None, MixingConfig(6, sign_flip=True, noise=noise))
+        return protection.protect_encoded(x, labels, k, torch.Generator().manual_seed(1), mix=mix)
+
+    clean, noisy = protect(0.0), protect(0.5)
+    assert torch.equal(clean.partners, noisy.partners) and torch.equal(clean.weights, noisy.weights)
+    added = noisy.x - clean.x
+    assert added.std().item() == pytest.approx(0.5, abs=0.01) and added.mean().item() == pytest.approx(0.0, abs=0.01)
+    # the noise is the generator's next draw after the sign mask
+    torch.testing.assert_close(added, add_mix_noise(torch.zeros_like(x), 0.5, _after_mix_draws(x, labels, k)))
+    assert torch.equal(protect(0.5, mix=False).x, x)
+    with pytest.raises(ValueError, match="Expected noise >= 0, got -0.1"):
+        MixingConfig(6, noise=-0.1)
+
+
+def _after_mix_draws(x, labels, k):
+    """A generator in the state that :meth:`Protection.mix` leaves it in before drawing the noise."""
+    generator = torch.Generator().manual_seed(1)
+    sample_mixing(labels, k, 6, "dirichlet", 0.65, tuple(x.shape[1:]), generator)
+    return generator
 
 
 def _stats_like(meta):

@@ -97,4 +97,4 @@ def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp
     assert record.mixing == mixing and record.policy["k_table"].tolist() == [2, 3]
     export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt", mixing=MixingParams())
     metadata = OnnxMasker(tmp_path / "adaptive.onnx").metadata
-    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True}
+    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True, "noise": 0.0}

@@ -5,7 +5,7 @@ import yaml
 
 from fmix_testing import REPO
 from fmix.methods import METHODS
-from fmix.params import SECTIONS, AlignParams, ParamsError, SplitParams, TrainParams, defaults_as_dict, load_section, section_from_mapping
+from fmix.params import SECTIONS, AlignParams, MixingParams, ParamsError, SplitParams, TrainParams, defaults_as_dict, load_section, section_from_mapping
 
 
 def test_params_yaml_holds_the_code_defaults():
@@ -57,6 +57,19 @@ def test_bad_align_values_are_rejected_with_the_key(values, message):
 def test_bad_split_values_are_rejected(values, message):
     with pytest.raises(ParamsError, match=message):
         section_from_mapping(SplitParams, values, "split")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"noise": -0.5}, r"mixing.noise must be >= 0, got -0.5"),
+        ({"cap": 1.5}, r"mixing.cap must be in \(0, 1\] or null"),
+        ({"weight_law": "beta"}, r"mixing.weight_law must be 'dirichlet' or 'instahide', got 'beta'"),
+    ],
+)
+def test_bad_mixing_values_are_rejected(values, message):
+    with pytest.raises(ParamsError, match=message):
+        section_from_mapping(MixingParams, values, "mixing")
 
 
 def test_bad_files_are_reported(tmp_path):

@@ -1,5 +1,6 @@
 """Un-mixing attacks on released folders: teeth on a weak release, nothing on the default one."""
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -36,10 +37,11 @@ def _one_face_per_identity(aligned, path):
     return path
 
 
-def _errors(folder, aligned, masker_path, attack):
+def _errors(folder, aligned, masker_path, attack, **mixing_changes):
     release, masker = read_release(folder), OnnxMasker(masker_path)
     truth = _shard_truth(folder, folder.parent / f"{folder.name}.ledger", aligned, masker)
-    estimates, info = attack(release, masker.mixing) if attack is regenerate_secrets else attack(release, masker.mixing.rescale)
+    mixing = dataclasses.replace(masker.mixing, **mixing_changes)  # what the attacker takes the mixing to be
+    estimates, info = attack(release, mixing) if attack is regenerate_secrets else attack(release, mixing.rescale)
     return torch.cat([nearest_faces(estimates[s], truth[s][2])[0] for s in release.shards]), info
 
 
@@ -85,6 +87,20 @@ def test_the_sign_mask_leaves_a_weak_release_to_its_recorded_seed_alone(releases
         assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
     else:
         assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
+
+
+def test_replaying_a_recorded_seed_takes_the_mixes_noise_off_too(pipeline_sample, tmp_path):
+    """``mixing.noise`` is one more draw of the release: the recorded seed replays it exactly, a guess without it does not."""
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams, MixingParams
+
+    aligned, masker = pipeline_sample["aligned"], tmp_path / "noisy.onnx"
+    export_masker(aligned, pipeline_sample["splits"] / "public.csv", masker, ExportParams(), mixing=MixingParams(noise=0.5))
+    folder = _release(aligned, masker, tmp_path / "weak_noisy", WEAK, faces=_one_face_per_identity(aligned, tmp_path / "faces.csv"))
+    errors, info = _errors(folder, aligned, masker, regenerate_secrets)
+    assert info["shards_matched"] == 1 and errors.median() < 0.05, f"median relative error {errors.median():.3f}"
+    errors, info = _errors(folder, aligned, masker, regenerate_secrets, noise=0.0)
+    assert info["shards_matched"] == 1 and errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"median relative error {errors.median():.3f}"
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

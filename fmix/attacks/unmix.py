@@ -109,8 +109,8 @@ def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SE
     For every seed tried (the recorded one, else ``0 .. guesses - 1``) and shard, the generator
     ``seed * 1_000_003 + shard`` is replayed in the order of
     :meth:`fmix.masker.protection.Protection.protect` (policy noise, permutation, partners, weights,
-    signs), with each row's first published label as its anchor's and the number of its
-    weights as its k. A shard whose regenerated labels and weights equal the published ones is
+    signs, the mixes' noise), with each row's first published label as its anchor's and the number
+    of its weights as its k. A shard whose regenerated labels and weights equal the published ones is
     solved: ``x = W m`` with the regenerated ``W``.
 
     Args:
@@ -139,7 +139,10 @@ def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SE
             draw = sample_mixing(anchors, k, mixing.k_max, mixing.weight_law, mixing.cap, sign_shape, generator)
             if not _draw_matches(draw.partners, draw.weights, anchors, part):
                 continue
-            samples = part.samples if draw.sign is None else part.samples * draw.sign
+            samples = part.samples
+            if mixing.noise > 0:  # drawn after the signs: replayed, it comes off exactly
+                samples = samples - mixing.noise * torch.randn(samples.shape, generator=generator, dtype=torch.float32).to(samples.dtype)
+            samples = samples if draw.sign is None else samples * draw.sign
             system = torch.zeros(batch, batch, dtype=torch.float64)
             weights = draw.weights.double() / (draw.weights.double().norm(dim=1, keepdim=True) if mixing.rescale else 1.0)
             system.scatter_add_(1, draw.partners, weights)

@@ -48,9 +48,11 @@ class MixingConfig:
         sign_flip: a random +-1 per coefficient after mixing (InstaHide).
         permute_channels: a random channel order per sample before mixing (PPFR-FD).
         rescale: divide mixes by the weights' L2 norm (same variance as an un-mixed face).
+        noise: std of the Gaussian noise added to every coefficient of a mix, after the sign mask
+            (0: none). Un-mixed samples get none.
 
     Raises:
-        ValueError: k_max < 1 or an unknown weight law.
+        ValueError: k_max < 1, an unknown weight law or negative noise.
     """
 
     k_max: int
@@ -59,17 +61,20 @@ class MixingConfig:
     sign_flip: bool = False
     permute_channels: bool = False
     rescale: bool = True
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k_max < 1:
             raise ValueError(f"Expected k_max >= 1, got {self.k_max}")
         if self.weight_law not in LAWS:
             raise ValueError(f"Expected weight_law in {LAWS}, got {self.weight_law!r}")
+        if self.noise < 0:
+            raise ValueError(f"Expected noise >= 0, got {self.noise}")
 
     @classmethod
     def from_params(cls, params: MixingParams) -> "MixingConfig":
         """The configuration of the ``mixing`` params section (k_max: its largest k)."""
-        return cls(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels, params.rescale)
+        return cls(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels, params.rescale, params.noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +122,26 @@ def _mix_used_columns(x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor
     in every row, so the mix is the same for less work (``sizes``: faces per row)."""
     columns = max(int(sizes.max()), 1) if sizes.numel() else 1
     return apply_mixing(x, partners[:, :columns], weights[:, :columns], sign, rescale)
+
+
+def add_mix_noise(mixed: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """Mixes plus Gaussian noise of standard deviation ``std`` on every coefficient (``mixing.noise``).
+
+    Drawn last, after the sign mask, from the CPU ``generator``; ``std = 0`` draws nothing, so the
+    draws of a protection without noise are unchanged.
+
+    Args:
+        mixed: mixed samples (unit variance per coefficient when rescaled).
+        std: the noise's standard deviation, >= 0.
+        generator: CPU generator.
+
+    Shape:
+        - mixed: :math:`(B, C, h, w)`; output: the same.
+    """
+    if std == 0:
+        return mixed
+    noise = torch.randn(mixed.shape, generator=generator, dtype=torch.float32)
+    return mixed + std * noise.to(mixed.device, mixed.dtype)
 
 
 class Protection:
@@ -181,7 +206,7 @@ class Protection:
         return torch.gather(x, 1, permutation[:, :, None, None].expand_as(x))
 
     def mix(self, x: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator) -> ProtectedBatch:
-        """Mix encoded samples: partners, weights and sign mask drawn, then applied.
+        """Mix encoded samples: partners, weights and sign mask drawn and applied, then the noise (``mixing.noise``).
 
         Args:
             x: encoded (masked, permuted) samples.
@@ -206,7 +231,7 @@ class Protection:
         draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator, dtype=x.dtype)
         partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
         sign = None if draw.sign is None else draw.sign.to(x.device)
-        mixed = _mix_used_columns(x, partners, weights, sign, k, config.rescale)
+        mixed = add_mix_noise(_mix_used_columns(x, partners, weights, sign, k, config.rescale), config.noise, generator)
         unused = torch.arange(config.k_max, device=labels.device)[None, :] >= k[:, None]
         constituent_labels = labels[draw.partners].masked_fill(unused, -1)
         return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback, draw.partners)
@@ -263,7 +288,7 @@ class Protection:
 
         Draws, in order: policy noise (B,), the channel permutation (if enabled), the groups
         (:func:`fmix.freq.draw_groups`, the group size being the k the policy drew for the face
-        that starts it), the weights, then the sign mask.
+        that starts it), the weights, the sign mask, then the noise.
 
         Shape:
             - images: :math:`(B, 3, H, W)`; labels: :math:`(B,)`.
@@ -280,7 +305,7 @@ class Protection:
         groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
         weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
         sign = draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
-        mixed = _mix_used_columns(masked, groups.members, weights, sign, groups.size, config.rescale)
+        mixed = add_mix_noise(_mix_used_columns(masked, groups.members, weights, sign, groups.size, config.rescale), config.noise, generator)
         unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
         constituent_labels = labels[groups.members].masked_fill(unused, -1)
         return GroupedBatch(mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover)
