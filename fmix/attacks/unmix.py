@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fmix.freq import random_channel_permutation, sample_mixing
-from fmix.masker.protection import MixingConfig
+from fmix.masker.protection import MixingConfig, mix_noise
 
 SEED_GUESSES = 16  # seeds an attacker tries when the release records none: 0 .. 15
 WEIGHT_TOLERANCE = 0.0051  # published weights have 2 decimals (6 in an --insecure-reuse release)
@@ -141,7 +141,7 @@ def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SE
                 continue
             samples = part.samples
             if mixing.noise > 0:  # drawn after the signs: replayed, it comes off exactly
-                samples = samples - mixing.noise * torch.randn(samples.shape, generator=generator, dtype=torch.float32).to(samples.dtype)
+                samples = samples - mix_noise(samples.shape, mixing.noise, generator).to(samples.dtype)
             samples = samples if draw.sign is None else samples * draw.sign
             system = torch.zeros(batch, batch, dtype=torch.float64)
             weights = draw.weights.double() / (draw.weights.double().norm(dim=1, keepdim=True) if mixing.rescale else 1.0)

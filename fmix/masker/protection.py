@@ -140,8 +140,12 @@ def add_mix_noise(mixed: Tensor, std: float, generator: torch.Generator) -> Tens
     """
     if std == 0:
         return mixed
-    noise = torch.randn(mixed.shape, generator=generator, dtype=torch.float32)
-    return mixed + std * noise.to(mixed.device, mixed.dtype)
+    return mixed + mix_noise(mixed.shape, std, generator).to(mixed.device, mixed.dtype)
+
+
+def mix_noise(shape: tuple[int, ...] | torch.Size, std: float, generator: torch.Generator) -> Tensor:
+    """The noise :func:`add_mix_noise` adds: ``std`` times float32 standard normals from ``generator`` (CPU)."""
+    return std * torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 class Protection:
