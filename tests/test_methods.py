@@ -66,7 +66,7 @@ def test_mixup_honours_k_and_refuses_one_beyond_the_mixing_k_values(pipeline_sam
 
 
 def test_training_under_the_sign_mask_skips_drawing_it_and_the_network_cannot_tell(make_trainer):
-    trainer = make_trainer("mixup", MixingParams(sign_flip=True), k=2)
+    trainer = make_trainer("mixup", MixingParams(sign_flip=True, noise=0.0), k=2)  # noise, drawn after the mask, would shift the draws
     assert trainer.mixing.sign_flip and trainer.net.backbone.sign_invariant
     assert not trainer.protection.mixing.sign_flip  # the network reads |x|: a sign mask changes nothing it sees
     seen = []
@@ -97,4 +97,4 @@ def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp
     assert record.mixing == mixing and record.policy["k_table"].tolist() == [2, 3]
     export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt", mixing=MixingParams())
     metadata = OnnxMasker(tmp_path / "adaptive.onnx").metadata
-    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True, "noise": 0.0}
+    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True, "noise": 0.75}

@@ -8,7 +8,7 @@ from fmix.data.align import AlignResult, MANIFEST
 from fmix.data.splits import heldout_pairs, lfw_pairs, make_split, read_lfw_pairs, read_pairs, split_identities, write_split
 from fmix.params import SplitParams
 
-SMALL = SplitParams(folds=2, pairs_per_fold=4, min_images=5)
+SMALL = SplitParams(folds=2, pairs_per_fold=4, min_images=5, private_extra_min_images=None)
 
 
 def _fake_aligned(folder, counts: dict[str, int]):

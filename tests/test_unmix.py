@@ -47,12 +47,12 @@ def _errors(folder, aligned, masker_path, attack, **mixing_changes):
 
 @pytest.fixture(scope="module")
 def unsigned_masker(pipeline_sample, tmp_path_factory):
-    """The sample's masker with mixing that leaves the signs alone (the default flips them)."""
+    """The sample's masker with mixing that leaves the signs alone and adds no noise (the default does both)."""
     from fmix.masker.export import export_masker
     from fmix.params import ExportParams, MixingParams
 
     path = tmp_path_factory.mktemp("unsigned") / "masker.onnx"
-    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", path, ExportParams(), mixing=MixingParams(sign_flip=False))
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", path, ExportParams(), mixing=MixingParams(sign_flip=False, noise=0.0))
     return path
 
 

@@ -164,7 +164,8 @@ class Trainer:
         method.check(params, self.mixing, world)
         self.protection = method.build_protection(self.mixing)
         if self.protection is not None and method.sign_invariant(self.mixing):
-            # The network reads |x|, which the sign mask leaves bit for bit: drawing it costs time only.
+            # The network reads |x|, which the sign mask leaves bit for bit (with mixing.noise n drawn after it,
+            # |s x + n| = |x + s n| has the law of |x + n|, n being symmetric): drawing it costs time only.
             self.protection = Protection(self.protection.graph, dataclasses.replace(self.protection.mixing, sign_flip=False), self.protection.k_values)
         self.train_set, self.device, self.rank, self.world = train_set, device, rank, world
         self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net

@@ -9,7 +9,7 @@ from fmix.params import MixingParams, TrainParams
 
 def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnitudes(make_trainer):
     trainer = make_trainer("instahide", MixingParams(k_values=(2,), sign_flip=False, noise=1.0))  # its own mixing overrides the section
-    assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False)
+    assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False, noise=0.0)
     seen = []
     original = trainer.fr_loss
     trainer.fr_loss = lambda x, labels, weights: (seen.append((x.detach(), labels, weights)), original(x, labels, weights))[1]
