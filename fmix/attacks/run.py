@@ -132,11 +132,12 @@ def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
     white = PixelMixProtector(MixingConfig.from_params(record.mixing), max(record.mixing.k_values))
 
     def black(released: Tensor, public_paths: list[Path]) -> Protector:
-        # The release shows signed pixels (so a sign mask), not k nor the weight law: guess k with the default law.
-        guess = dataclasses.replace(MixingParams(), k_values=(black_box_k,), sign_flip=True)
+        # The release shows signed pixels (so a sign mask), not k nor the weight law: guess k with the default
+        # law, and InstaHide's own scheme otherwise (no noise on the mixes).
+        guess = dataclasses.replace(MixingParams(), k_values=(black_box_k,), sign_flip=True, noise=0.0)
         return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
 
-    info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask"}
+    info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask, no noise"}
     return AttackTarget(white, black, pixel_mix_to_image, info, white.mixing.sign_flip, PixelMixProtector(white.mixing, 1))
 
 
