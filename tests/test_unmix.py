@@ -103,6 +103,20 @@ def test_replaying_a_recorded_seed_takes_the_mixes_noise_off_too(pipeline_sample
     assert info["shards_matched"] == 1 and errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"median relative error {errors.median():.3f}"
 
 
+@pytest.mark.parametrize("name", ["labels", "structure"])
+def test_the_default_noise_alone_leaves_a_weak_release_to_its_recorded_seed(pipeline_sample, tmp_path, name):
+    """Without a sign mask but with mixing.noise at its default (0.75), solving the linear mixing recovers no face."""
+    from fmix.masker.export import export_masker
+    from fmix.params import ExportParams, MixingParams
+
+    aligned, masker = pipeline_sample["aligned"], tmp_path / "noisy.onnx"
+    export_masker(aligned, pipeline_sample["splits"] / "public.csv", masker, ExportParams(), mixing=MixingParams(sign_flip=False))
+    assert OnnxMasker(masker).mixing.noise == 0.75
+    folder = _release(aligned, masker, tmp_path / "weak_noisy", WEAK, faces=_one_face_per_identity(aligned, tmp_path / "faces.csv"))
+    errors, _ = _errors(folder, aligned, masker, ATTACKS[name])
+    assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
+
+
 @pytest.mark.parametrize("name", list(ATTACKS))
 @pytest.mark.parametrize("release", ["default", "default_all"])
 def test_each_attack_fails_on_the_default_release(releases, pipeline_sample, name, release):
