@@ -4,7 +4,7 @@ Trains one white-box attacker (as ``fmix attack``, with the run's ``attack`` sec
 seed, judge) on a pipeline run's protection and scores, every ``--every`` steps from ``--from-step``, the generator's current
 weights and their moving average (``AttackConfig.ema_decay``), side by side on the same faces.
 ``--mode mixed`` attacks the protection's mixes, ``--mode check`` its masking un-mixed (the attack
-check). The scoring time is not budgeted.
+check), ``--mode masked`` the masking alone, as ``ppfrfd``'s attack does. The scoring time is not budgeted.
 
 Measured here on the privacy profile's ``adaptive`` (300 s on one thread, 128 faces; steps 320,
 360, ..., then the last; the same loop and seeds, run before ``on_step`` existed):
@@ -15,8 +15,8 @@ Measured here on the privacy profile's ``adaptive`` (300 s on one thread, 128 fa
 
 Usage (from a finished pipeline run's folder):
     python benchmarks/attack_snapshots.py metrics/sweep/adaptive/masker.onnx --policy models/sweep/adaptive/model.pt \
-        [--mode mixed] [--seconds 300] [--faces 128] [--every 40] [--from-step 300]
-(--seconds and --faces replace the run's attack.seconds and attack.eval_faces.)
+        [--mode mixed] [--seconds 300] [--steps N] [--faces 128] [--every 40] [--from-step 300]
+(--seconds, --steps and --faces replace the run's attack.seconds, attack.steps and attack.eval_faces.)
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def main() -> None:
     parser.add_argument("masker", type=Path)
     parser.add_argument("--policy", type=Path, default=None, help="the adaptive model.pt, when the masker holds its policy")
     parser.add_argument("--root", type=Path, default=Path("."), help="the pipeline run's folder (data/, models/)")
-    parser.add_argument("--mode", choices=("mixed", "check"), default="mixed")
+    parser.add_argument("--mode", choices=("mixed", "check", "masked"), default="mixed")
     parser.add_argument("--seconds", type=float, default=None, help="default: the run's attack.seconds")
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's attack.steps")
     parser.add_argument("--faces", type=int, default=None, help="default: the run's attack.eval_faces")
     parser.add_argument("--every", type=int, default=40)
     parser.add_argument("--from-step", type=int, default=300)
@@ -47,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.root
-    params = load_section(AttackParams, root / "params.yaml", "attack", seconds=args.seconds, eval_faces=args.faces)
-    target = masker_target(args.masker, args.policy, mix=True, black_box_k=params.black_box_k)
-    protector = target.white if args.mode == "mixed" else target.unmixed
+    params = load_section(AttackParams, root / "params.yaml", "attack", seconds=args.seconds, steps=args.steps, eval_faces=args.faces)
+    target = masker_target(args.masker, args.policy, mix=args.mode != "masked", black_box_k=params.black_box_k)
+    protector = target.unmixed if args.mode == "check" else target.white
     public = load_face_set(root / "data/aligned", root / "data/splits/public.csv")
     gallery = load_face_set(root / "data/aligned", root / "data/splits/private_train.csv")
     private = spread_subset(gallery, params.eval_faces)
@@ -67,7 +68,7 @@ def main() -> None:
             print(f"step {step + 1:4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}", flush=True)
 
     public_images = public.images.permute(0, 3, 1, 2).contiguous()
-    attack = ReconstructionAttack(AttackConfig.from_params(params)).fit(public_images, attacker, public.labels, seconds=params.seconds, on_step=report)
+    attack = ReconstructionAttack(AttackConfig.from_params(params)).fit(public_images, attacker, public.labels, steps=params.steps, seconds=params.seconds, on_step=report)
     print(f"last  {len(attack.history):4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}")
 
 

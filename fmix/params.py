@@ -265,7 +265,8 @@ class EvaluatorParams:
 class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
-    seconds: float = 20.0  # CPU seconds of inversion-network training per attacker
+    seconds: float = 120.0  # CPU seconds of inversion-network training per attacker (a cap beside steps)
+    steps: int | None = 40  # steps per attacker: it stops at whichever comes first (null: time only)
     eval_faces: int = 64  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
@@ -279,6 +280,7 @@ class AttackParams:
         _require_seed(self.seed, "attack.seed")
         _require(0.0 < self.check_min_s4 <= 1.0, f"attack.check_min_s4 must be in (0, 1], got {self.check_min_s4}")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
+        _require(self.steps is None or self.steps >= 1, f"attack.steps must be null or >= 1, got {self.steps}")
         _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
         _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")
         _require(self.judge in ("dlib", "evaluator"), f"attack.judge must be 'dlib' or 'evaluator', got {self.judge!r}")

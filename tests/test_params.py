@@ -117,6 +117,8 @@ def test_validate_params_checks_every_section():
         validate_params({"export": {"upsample": 3}})
     with pytest.raises(ParamsError, match=r"attack.check_min_s4 must be in \(0, 1\], got 0.0"):
         validate_params({"attack": {"check_min_s4": 0.0}})
+    with pytest.raises(ParamsError, match=r"attack.steps must be null or >= 1, got 0"):
+        validate_params({"attack": {"steps": 0}})
 
 
 def test_a_non_utf8_params_file_is_a_params_error(tmp_path):

@@ -221,6 +221,8 @@ def test_every_profile_merges_into_valid_params():
         validate_params(merge(base, overlay), f"profile {name}")
     privacy = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "privacy.yaml").read_text()))
     assert privacy["sweep"] == base["sweep"] and privacy["train"] == base["train"] and privacy["attack"]["seconds"] == 300.0  # quick models, strong attackers
+    for name in ("privacy", "cpu", "paper"):  # time budgets: the quick profile's 40 steps must not cut them short
+        assert merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))["attack"]["steps"] is None
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):

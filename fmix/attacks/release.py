@@ -83,6 +83,7 @@ def attack_release(
     evaluator_path: str | Path,
     out_dir: str | Path,
     seconds: float = AttackParams.seconds,
+    steps: int | None = AttackParams.steps,
     eval_faces: int = AttackParams.eval_faces,
     attack: AttackConfig | None = None,
     ledger: str | Path | None = None,
@@ -97,6 +98,7 @@ def attack_release(
         evaluator_path: ``model.pt`` of the independent evaluator.
         out_dir: destination of ``unmix.json`` and the grid.
         seconds: CPU seconds of inversion-network training.
+        steps: its step budget too (None: time only); it stops at whichever comes first.
         eval_faces: samples (spread over the release) reconstructed and scored for S3 and S4.
         attack: inversion-network settings.
         ledger: the owner's ledger (default: beside the release).
@@ -117,7 +119,7 @@ def attack_release(
     attack = attack or AttackConfig()
     start = time.process_time()
     protector = MaskerProtector(masker_from_metadata(masker.metadata), None)
-    inverter = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, seconds=seconds)
+    inverter = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, steps=steps, seconds=seconds)
     record = {"release": str(release_dir), "samples": sum(len(p.labels) for p in release.shards.values()), "run": release.run, "inversion_cpu_seconds": time.process_time() - start}
     order = [(shard, row) for shard, part in sorted(release.shards.items()) for row in range(len(part.labels))]
     scored = [order[round(i * len(order) / min(eval_faces, len(order)))] for i in range(min(eval_faces, len(order)))]

@@ -260,7 +260,7 @@ def attack_target(
         # Train one inversion network on public faces, invert the private samples, score them.
         protector, protected = target.as_attackers_see(protector, protected)
         start = time.process_time()
-        fitted = ReconstructionAttack(attack).fit(public_images, protector, labels=public.labels, seconds=params.seconds)
+        fitted = ReconstructionAttack(attack).fit(public_images, protector, labels=public.labels, steps=params.steps, seconds=params.seconds)
         recon = fitted.invert(protected.x)
         scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
         cpu_seconds = time.process_time() - start

@@ -244,7 +244,7 @@ def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: li
     weak = [f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})" for name, item in collected.items() if item["row"]["attack_works"] is False]
     if weak:
         blocks.append(Block("p", "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
-                            + "; ".join(weak) + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more time (attack.seconds)."))
+                            + "; ".join(weak) + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more steps (attack.steps, attack.seconds)."))
     blocks += [
         Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
         Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
