@@ -324,7 +324,7 @@ def attack_unmix(
     from fmix.attacks.release import attack_release
 
     network = AttackConfig.from_params(cfg)
-    record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg.seconds, cfg.steps, cfg.eval_faces, network, ledger))
+    record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg, network, ledger))
     base = record["mix_baseline"]
     typer.echo(
         f"unmix {release}: mixes themselves: error {base['median_relative_error']:.3f} S3 {base['S3']:.3f} S4 {base['S4']:.3f} (floor {base['floor']:.3f}) | "

@@ -82,9 +82,7 @@ def attack_release(
     splits: str | Path,
     evaluator_path: str | Path,
     out_dir: str | Path,
-    seconds: float = AttackParams.seconds,
-    steps: int | None = AttackParams.steps,
-    eval_faces: int = AttackParams.eval_faces,
+    params: AttackParams = AttackParams(),
     attack: AttackConfig | None = None,
     ledger: str | Path | None = None,
 ) -> dict:
@@ -97,9 +95,9 @@ def attack_release(
         splits: output folder of ``fmix split`` (public faces; labels of the private ones).
         evaluator_path: ``model.pt`` of the independent evaluator.
         out_dir: destination of ``unmix.json`` and the grid.
-        seconds: CPU seconds of inversion-network training.
-        steps: its step budget too (None: time only); it stops at whichever comes first.
-        eval_faces: samples (spread over the release) reconstructed and scored for S3 and S4.
+        params: the ``attack`` section: the inversion network's budget (``steps``, ``seconds``,
+            whichever comes first) and ``eval_faces``, the samples (spread over the release)
+            reconstructed and scored for S3 and S4.
         attack: inversion-network settings.
         ledger: the owner's ledger (default: beside the release).
 
@@ -119,10 +117,11 @@ def attack_release(
     attack = attack or AttackConfig()
     start = time.process_time()
     protector = MaskerProtector(masker_from_metadata(masker.metadata), None)
-    inverter = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, steps=steps, seconds=seconds)
+    inverter = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, steps=params.steps, seconds=params.seconds)
     record = {"release": str(release_dir), "samples": sum(len(p.labels) for p in release.shards.values()), "run": release.run, "inversion_cpu_seconds": time.process_time() - start}
     order = [(shard, row) for shard, part in sorted(release.shards.items()) for row in range(len(part.labels))]
-    scored = [order[round(i * len(order) / min(eval_faces, len(order)))] for i in range(min(eval_faces, len(order)))]
+    eval_faces = min(params.eval_faces, len(order))
+    scored = [order[round(i * len(order) / eval_faces)] for i in range(eval_faces)]
     outcomes = {"mix_baseline": ({shard: part.samples for shard, part in release.shards.items()}, {})} | run_unmix_attacks(release, masker.mixing)
     grid = None
     for name, (estimates, info) in outcomes.items():
