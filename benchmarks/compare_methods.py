@@ -2,9 +2,9 @@
 
 Usage: python benchmarks/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
        [--seeds 0 1 2] [--params params.yaml] [--out runs/compare] [--set train.epochs=8 ...]
-Needs `data/aligned`, `data/splits` and `models/masker.onnx` (the pipeline's outputs). The train and
-mixing sections come from --params. A run whose OUT/RUN/seedS/evaluate.json exists is read back,
-not trained again (an interrupted comparison resumes).
+Needs `data/aligned`, `data/splits` and `models/masker.onnx` (the pipeline's outputs). The train,
+mixing and evaluate sections come from --params. A run whose OUT/RUN/seedS/evaluate.json exists is
+read back, not trained again (an interrupted comparison resumes).
 Each run and seed: its verification accuracy ± fold std, AUC, TAR at FAR 1e-3, the raw-feature floor
 on the same pairs, closed-set validation accuracy, mean k and k histogram of the last epoch, the
 mutual information between k and per-sample difficulty (adaptive), seconds per FR step. Then, paired
@@ -26,6 +26,7 @@ import yaml
 
 from fmix.evaluate import paired_fold_difference
 from fmix.evaluate.run import evaluate_model
+from fmix.io import write_json_atomic
 from fmix.params import EvaluateParams, MixingParams, TrainParams, load_section
 from fmix.train.loop import train
 
@@ -44,7 +45,7 @@ def train_and_evaluate(params: TrainParams, mixing: MixingParams, evaluate: Eval
     summary = train(params, args.aligned, args.splits, out, args.masker, resume=(out / "checkpoint.pt").exists(), progress=False, mixing=mixing)
     seconds = time.perf_counter() - start
     metrics = evaluate_model(out / "model.pt", args.aligned, args.splits / "pairs.csv", evaluate, args.splits / "private_val.csv")
-    (out / "evaluate.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / "evaluate.json", metrics)  # the resume marker: never half written
     return {"metrics": metrics, "summary": summary, "seconds": seconds}
 
 
