@@ -190,6 +190,8 @@ class TrainParams:
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
     policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
     policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
+    policy_objective: str = "adversarial"  # the policy maximises that loss (DESIGN 3); "cooperative": minimises it at the mean-k budget
+    policy_shuffle: bool = False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
     policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
     policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
     mix_warmup_fraction: float = 0.5  # curriculum: mixing methods train on un-mixed masked faces first
@@ -226,6 +228,7 @@ class TrainParams:
         _require(self.n_fr >= 1 and self.n_pi >= 1, "train.n_fr and train.n_pi must be >= 1")
         _require(self.policy_reference in ("none", "unmixed"), f"train.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
         _require(self.policy_reward in ("mixed", "anchor"), f"train.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}")
+        _require(self.policy_objective in ("adversarial", "cooperative"), f"train.policy_objective must be 'adversarial' or 'cooperative', got {self.policy_objective!r}")
         _require(self.policy_signal in ("none", "confidence"), f"train.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}")
         _require(self.policy_gradient in ("sampled", "expected"), f"train.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")

@@ -176,6 +176,7 @@ def test_a_sweep_entry_is_its_train_overrides(tmp_path):
     [
         ({"policy_reference": "k2"}, r"train.policy_reference must be 'none' or 'unmixed', got 'k2'"),
         ({"policy_reward": "partners"}, r"train.policy_reward must be 'mixed' or 'anchor', got 'partners'"),
+        ({"policy_objective": "selfish"}, r"train.policy_objective must be 'adversarial' or 'cooperative', got 'selfish'"),
         ({"policy_gradient": "exact"}, r"train.policy_gradient must be 'sampled' or 'expected', got 'exact'"),
         ({"target_mean_k": 6.0}, r"train.target_mean_k must be null or strictly between 2 and 6"),
         ({"difficulty_weight": -1.0}, r"train.difficulty_weight must be >= 0"),

@@ -246,6 +246,30 @@ def test_expected_policy_gradient_learns_a_per_sample_k():
     assert 2.0 < step["k"] < 6.0  # the policy's expected mean k
 
 
+def test_a_cooperative_policy_gives_more_faces_where_they_cost_the_loss_least():
+    game, anchors, labels = _parity_game(policy_gradient="expected", policy_objective="cooperative")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    greedy = game.policy.greedy(anchors, 0.5)
+    assert greedy[0::2].tolist() == [2] * 8  # the loss grows with k for even anchors...
+    assert greedy[1::2].tolist() == [6] * 8  # ...and falls with k for odd ones
+    # Minus (loss - un-mixed loss): -(2 - 1) for the even anchors at k=2, -(-6 + 1) for the odd ones at k=6.
+    assert step["reward"] == pytest.approx(2.0, abs=0.25)
+
+
+def test_the_shuffle_ablation_keeps_the_k_histogram_and_drops_the_per_sample_choice():
+    chosen = {}
+    for shuffle in (False, True):
+        game, anchors, labels = _parity_game(policy_gradient="expected", policy_shuffle=shuffle)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(60):
+            game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+        chosen[shuffle] = game.choose_k(anchors, 0.5, torch.Generator().manual_seed(3)).tolist()
+    assert chosen[False] == [6, 2] * 8  # the policy's per-sample choice
+    assert chosen[True] == [6, 6, 6, 2, 2, 2, 6, 2, 6, 2, 2, 2, 6, 2, 6, 6]  # the same eight 6s and eight 2s, shuffled
+
+
 def test_expected_policy_gradient_scores_every_k_with_the_anchor_reward():
     game, anchors, labels = _parity_game(policy_gradient="expected", policy_reward="anchor", policy_reference="none")
     calls = []
@@ -306,13 +330,14 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
     state = load_checkpoint(tmp_path / "run" / "model.pt")
-    for key in ("policy_signal", "policy_gradient", "policy_reward"):  # what an older model.pt lacks
+    for key in ("policy_signal", "policy_gradient", "policy_reward", "policy_objective"):  # what an older model.pt lacks
         del state["params"][key]
     del state["policy"]["k_price"]
     state["params"]["budget_lr"] = 0.5  # the dual step of the mean-k price, retired since
     save_checkpoint(state, tmp_path / "old.pt")
     record = ModelRecord.load(tmp_path / "old.pt")
     assert (record.params.policy_signal, record.params.policy_gradient, record.params.policy_reward) == ("none", "sampled", "mixed")
+    assert record.params.policy_objective == "adversarial"
     old = masker_with_trained_policy(tmp_path / "old.pt").policy
     assert old.signal is None and old.network.k_price.item() == 0.0
     del state["mixing"]  # older still: the mixing lived in train.mix_*, and no sign mask existed

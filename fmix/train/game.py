@@ -8,7 +8,9 @@ each anchor, the per-sample signal the masked face alone does not carry. With
 ``train.target_mean_k`` the mean k is a budget: after each policy step, the price of k that makes
 the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`), shifts the
 policy's logits and enters the reward as ``- price * k``; a dual ascent on that price lagged the
-policy and swung the mean k of an epoch from 4.3 to 3.7.
+policy and swung the mean k of an epoch from 4.3 to 3.7. ``train.policy_objective: cooperative``
+turns the reward's sign: the policy then spends the budget where a larger k costs the FR loss least
+(utility at a fixed mean k) instead of where it hurts most.
 """
 
 from __future__ import annotations
@@ -61,8 +63,12 @@ class AdaptiveGame:
 
     @torch.no_grad()
     def choose_k(self, anchors: Tensor, progress: float, generator: torch.Generator) -> Tensor:
-        """k for each anchor of an FR step (the policy is not updated)."""
-        return self.policy.sample(anchors, progress, generator, self._signal(anchors))[0]
+        """k for each anchor of an FR step (the policy is not updated); with ``train.policy_shuffle``
+        (an ablation) the batch's k are shuffled: the same histogram, no per-sample choice."""
+        k = self.policy.sample(anchors, progress, generator, self._signal(anchors))[0]
+        if self.params.policy_shuffle:
+            k = k[torch.randperm(len(k), generator=generator, device=generator.device).to(k.device)]
+        return k
 
     def _signal(self, anchors: Tensor) -> Tensor | None:
         """The policy's outside signal for ``anchors`` (None when the policy reads none)."""
@@ -74,6 +80,9 @@ class AdaptiveGame:
 
     def policy_step(self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn) -> dict:
         """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
+
+        With ``train.policy_objective: cooperative`` the reward is minus that loss (and minus the
+        reference), so the policy spends its mean-k budget where more faces cost least.
 
         ``train.policy_gradient`` says how the gradient is estimated: ``sampled`` (REINFORCE on one
         k drawn per sample, with the EMA baseline) or ``expected`` (every k of the policy mixed and
@@ -92,7 +101,7 @@ class AdaptiveGame:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
         unmixed_loss = _own_label_loss(loss_fn, anchors, labels)
-        reference = unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
+        reference = self._sign * unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
         nu, signal = self.penalty, self._signal(anchors)
         if self.params.policy_gradient == "expected":
             loss, k, reward, entropy, mean_k = self._expected_step(anchors, labels, progress, generator, loss_fn, reference, nu, signal)
@@ -117,12 +126,18 @@ class AdaptiveGame:
         }
 
     def _reward(self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn) -> Tensor:
-        """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.policy_reward``), no gradient."""
+        """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.policy_reward``), no
+        gradient; negated for a cooperative policy (``train.policy_objective``)."""
         mixed = self.protection.protect_encoded(anchors, labels, k, generator)
         if self.params.policy_reward == "anchor":
-            return _own_label_loss(loss_fn, mixed.x, labels)
+            return self._sign * _own_label_loss(loss_fn, mixed.x, labels)
         with torch.no_grad():
-            return loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+            return self._sign * loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+
+    @property
+    def _sign(self) -> float:
+        """+1: the policy maximises the FR loss (DESIGN 3); -1: it minimises it (cooperative)."""
+        return 1.0 if self.params.policy_objective == "adversarial" else -1.0
 
     def _expected_step(self, anchors, labels, progress, generator, loss_fn, reference, nu, signal):
         """The policy loss of the exact expectation over k: ``-sum_k pi(k|x) (r_k(x) - nu k)`` - entropy bonus.
