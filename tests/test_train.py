@@ -234,11 +234,17 @@ def _k_times_parity(x, constituents, weights):  # a stand-in FR loss: k for even
     return (weights > 0).sum(1).float() * (1.0 - 2.0 * (constituents[:, 0] % 2).float())
 
 
+def _play(game: AdaptiveGame, anchors: Tensor, labels: Tensor, steps: int = 60) -> dict:
+    """``steps`` policy steps against :func:`_k_times_parity` from one seeded generator; the last step's statistics."""
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    return step
+
+
 def test_expected_policy_gradient_learns_a_per_sample_k():
     game, anchors, labels = _parity_game(policy_gradient="expected")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(60):
-        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    step = _play(game, anchors, labels)
     greedy = game.policy.greedy(anchors, 0.5)
     assert greedy[0::2].tolist() == [6] * 8  # the loss grows with k for even anchors...
     assert greedy[1::2].tolist() == [2] * 8  # ...and falls with k for odd ones
@@ -248,9 +254,7 @@ def test_expected_policy_gradient_learns_a_per_sample_k():
 
 def test_a_cooperative_policy_gives_more_faces_where_they_cost_the_loss_least():
     game, anchors, labels = _parity_game(policy_gradient="expected", policy_objective="cooperative")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(60):
-        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    step = _play(game, anchors, labels)
     greedy = game.policy.greedy(anchors, 0.5)
     assert greedy[0::2].tolist() == [2] * 8  # the loss grows with k for even anchors...
     assert greedy[1::2].tolist() == [6] * 8  # ...and falls with k for odd ones
@@ -262,9 +266,7 @@ def test_the_shuffle_ablation_keeps_the_k_histogram_and_drops_the_per_sample_cho
     chosen = {}
     for shuffle in (False, True):
         game, anchors, labels = _parity_game(policy_gradient="expected", policy_shuffle=shuffle)
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(60):
-            game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+        _play(game, anchors, labels)
         chosen[shuffle] = game.choose_k(anchors, 0.5, torch.Generator().manual_seed(3)).tolist()
     assert chosen[False] == [6, 2] * 8  # the policy's per-sample choice
     assert chosen[True] == [6, 6, 6, 2, 2, 2, 6, 2, 6, 2, 2, 2, 6, 2, 6, 6]  # the same eight 6s and eight 2s, shuffled
@@ -287,21 +289,17 @@ def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
     game, anchors, labels = _parity_game(policy_gradient="expected", policy_signal="confidence")
     anchors = torch.zeros_like(anchors)  # the faces alike: only the signal tells the samples apart
     game.signal = lambda x: 1.0 - 2.0 * (labels % 2).float()
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(60):
-        game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    _play(game, anchors, labels)
     greedy = game.policy.greedy(anchors, 0.5, game.signal(anchors))
     assert greedy[0::2].tolist() == [6] * 8 and greedy[1::2].tolist() == [2] * 8
     game.signal = None
     with pytest.raises(RuntimeError, match="no signal source was set"):
-        game.choose_k(anchors, 0.5, generator)
+        game.choose_k(anchors, 0.5, torch.Generator())
 
 
 def test_calibration_prices_the_learned_policy_to_the_budget():
     game, anchors, labels = _parity_game(policy_gradient="expected", target_mean_k=3.0)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(30):
-        game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+    _play(game, anchors, labels, steps=30)
 
     def expected_k():
         with torch.no_grad():
