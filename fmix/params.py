@@ -190,7 +190,7 @@ class TrainParams:
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
     policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
     policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
-    policy_objective: str = "adversarial"  # the policy maximises that loss (DESIGN 3); "cooperative": minimises it at the mean-k budget
+    policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (DESIGN 3)
     policy_shuffle: bool = False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
     policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
     policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
@@ -201,7 +201,7 @@ class TrainParams:
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
-    target_mean_k: float | None = 3.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
+    target_mean_k: float | None = 4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
     difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
     threads: int = 1
@@ -321,7 +321,7 @@ SECTIONS: dict[str, type] = {
 DEFAULT_SWEEP: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "width": 0.25},  # quick: the RGB reference at a quarter width
     "ppfrfd": {"method": "ppfrfd"},
-    "mixup3": {"method": "mixup", "k": 3},  # fixed k at adaptive's mean k (train.target_mean_k)
+    "mixup4": {"method": "mixup", "k": 4},  # fixed k at adaptive's mean k (train.target_mean_k)
     "adaptive": {"method": "adaptive"},
 }
 SWEEP_NAME = re.compile(r"[a-z][a-z0-9_]*")

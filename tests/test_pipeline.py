@@ -146,9 +146,9 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
     entries = list(yaml.safe_load((REPO / "params.yaml").read_text())["sweep"])
-    assert entries == ["none", "ppfrfd", "mixup3", "adaptive"]
+    assert entries == ["none", "ppfrfd", "mixup4", "adaptive"]
     assert {name.split("@")[0] for name in dvc} == set(load_table(REPO / "workflow" / "stages.yaml").names())
-    assert "train@mixup3" in dvc and "--sweep mixup3" in dvc["train@mixup3"]
+    assert "train@mixup4" in dvc and "--sweep mixup4" in dvc["train@mixup4"]
     assert _snakemake_commands(REPO) == dvc
 
 
@@ -201,7 +201,7 @@ def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     root = _copy_pipeline(tmp_path / "p")
     result = runner.invoke(app, ["pipeline", "profile", "ci", "--params", str(root / "params.yaml"), "--root", str(root)])
     assert result.exit_code == 0, result.output
-    assert "runs sweep entries none, ppfrfd, mixup3, adaptive" in result.output
+    assert "runs sweep entries none, ppfrfd, mixup4, adaptive" in result.output
     merged = yaml.safe_load((root / "params.yaml").read_text())
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
     assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
@@ -232,9 +232,9 @@ def test_params_file_for_snakemake_overrides(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     config = yaml.safe_load(params.read_text())
     assert params_file_for(config, params, tmp_path / "copy.yaml") == str(params)
-    config["sweep"]["mixup3"]["k"] = 6
+    config["sweep"]["mixup4"]["k"] = 6
     path = params_file_for(config, params, tmp_path / "copy.yaml")
-    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup3"] == {"method": "mixup", "k": 6}
+    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "k": 6}
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def tiny_pipeline(tmp_path):
 
 def _change_one_entry(root: Path) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["sweep"]["mixup3"]["k"] = 2
+    params["sweep"]["mixup4"]["k"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -317,17 +317,17 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     unmix = json.loads((tiny_pipeline / "metrics" / "release" / "unmix.json").read_text())
     assert {"regenerate", "labels", "structure", "mix_baseline"} <= set(unmix) and unmix["regenerate"]["details"]["shards_matched"] == 0
     results = tiny_pipeline / "metrics" / "sweep"
-    methods = {name: json.loads((results / name / "verification.json").read_text())["method"] for name in ("none", "ppfrfd", "mixup3", "adaptive")}
-    assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup3": "mixup", "adaptive": "adaptive"}
+    methods = {name: json.loads((results / name / "verification.json").read_text())["method"] for name in ("none", "ppfrfd", "mixup4", "adaptive")}
+    assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup4": "mixup", "adaptive": "adaptive"}
     privacy = {name: json.loads((results / name / "privacy.json").read_text()) for name in methods}
     assert privacy["none"]["row"] is None and "nothing to reconstruct" in privacy["none"]["reason"]
-    assert privacy["ppfrfd"]["mixed"] is False and privacy["mixup3"]["mixed"] is True
+    assert privacy["ppfrfd"]["mixed"] is False and privacy["mixup4"]["mixed"] is True
     assert 0.0 <= privacy["adaptive"]["row"]["Score_pp"] <= 1.0
     table = json.loads((tiny_pipeline / "report" / "methods.json").read_text())
-    assert list(table) == list(methods) and table["mixup3"]["mean_k"] == 3.0 and table["none"]["S3"] is None
+    assert list(table) == list(methods) and table["mixup4"]["mean_k"] == 4.0 and table["none"]["S3"] is None
     assert table["adaptive"]["Score_cls"] == json.loads((results / "adaptive" / "verification.json").read_text())["verification"]["accuracy_mean"]
     markdown = (tiny_pipeline / "report" / "report.md").read_text()
-    assert "| mixup3 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
+    assert "| mixup4 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
     page = (tiny_pipeline / "report" / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 3 + 2 * 4 - 1 and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
@@ -335,13 +335,13 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     # Changing one sweep entry reruns only that entry's stages (and the report).
     _change_one_entry(tiny_pipeline)
     out = _run(["snakemake", "-n", "--cores", "1"], tiny_pipeline)
-    assert set(_dry_run_jobs(out)) == {"train@mixup3", "evaluate@mixup3", "attack@mixup3", "invert@mixup3", "report", "all"}
+    assert set(_dry_run_jobs(out)) == {"train@mixup4", "evaluate@mixup4", "attack@mixup4", "invert@mixup4", "report", "all"}
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     params = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
-    params["sweep"] = {name: params["sweep"][name] for name in ("mixup3", "adaptive")}  # the Snakemake run covers all four
+    params["sweep"] = {name: params["sweep"][name] for name in ("mixup4", "adaptive")}  # the Snakemake run covers all four
     (tiny_pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "init", "--no-scm", "-q"], tiny_pipeline)
     out = _run(["dvc", "repro"], tiny_pipeline)
@@ -349,14 +349,14 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert (tiny_pipeline / "report" / "report.html").is_file()
     assert "up to date" in _run(["dvc", "status"], tiny_pipeline)
     metrics = _run(["dvc", "metrics", "show"], tiny_pipeline)
-    assert "report/methods.json" in metrics and "metrics/sweep/mixup3/verification.json" in metrics
+    assert "report/methods.json" in metrics and "metrics/sweep/mixup4/verification.json" in metrics
     _run(["dvc", "plots", "show", "-o", "plots"], tiny_pipeline)
     page = (tiny_pipeline / "plots" / "index.html").read_text()
     assert "privacy (Score_pp) against utility" in page and "report/k_distribution.png" in page
     # Changing one sweep entry: only that entry's training (and the report, which lists the entries) is stale.
     _change_one_entry(tiny_pipeline)
     status = json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))
-    assert set(status) == {"train@mixup3", "report"}
+    assert set(status) == {"train@mixup4", "report"}
 
 
 def test_attack_protection_needs_a_trained_model(tmp_path):

@@ -212,7 +212,7 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
     rewards = {}
     for reference in ("none", "unmixed"):
         torch.manual_seed(0)  # the same policy weights, k draws and mixes for both references
-        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled"))
+        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled", policy_objective="adversarial"))
         rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)["reward"]
     # Un-mixed, each sample's loss is its own label: mean 1.5 over the batch.
     assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
@@ -220,13 +220,13 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
 
 
 def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
-    """A game whose anchors show their label's parity: even labels +1 everywhere, odd ones -1."""
+    """A game (the adversarial one of DESIGN 3 unless overridden) whose anchors show their label's parity: even labels +1 everywhere, odd ones -1."""
     labels = torch.arange(16)
     sign = 1.0 - 2.0 * (labels % 2).float()
     anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
     torch.manual_seed(0)
     # A budget of 4, halfway between 2 and 6: the best policy gives 6 to one half and 2 to the other.
-    params = TrainParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", "target_mean_k": 4.0, **overrides})
+    params = TrainParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", "target_mean_k": 4.0, "policy_objective": "adversarial", **overrides})
     return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
 
 

@@ -126,7 +126,7 @@ class ModelRecord:
 
 LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": "rescale"}
 # The game as it was before these keys existed: a model.pt without them was trained that way.
-LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed"}
+LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed", "policy_objective": "adversarial"}
 # The mixing as it was before the section existed: no sign mask (the default since).
 LEGACY_MIXING = {"sign_flip": False}
 # Keys of training only that a later version dropped: the dual step of the mean-k price (now solved).

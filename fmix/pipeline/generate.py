@@ -67,7 +67,7 @@ def _dvc_out(out: Output, pad: str) -> list[str]:
 
 def render_dvc(table: Table) -> str:
     """``dvc.yaml`` for the table: sweep stages become ``foreach`` over params.yaml's ``sweep``."""
-    lines = [HEADER, "# Run: dvc repro   (or: dvc exp run -S sweep.mixup3.k=6)", "stages:"]
+    lines = [HEADER, "# Run: dvc repro   (or: dvc exp run -S sweep.mixup4.k=6)", "stages:"]
     for stage in table.stages:
         lines.append(f"  {stage.name}:")
         if stage.sweep:

@@ -9,8 +9,9 @@ each anchor, the per-sample signal the masked face alone does not carry. With
 the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`), shifts the
 policy's logits and enters the reward as ``- price * k``; a dual ascent on that price lagged the
 policy and swung the mean k of an epoch from 4.3 to 3.7. ``train.policy_objective: cooperative``
-turns the reward's sign: the policy then spends the budget where a larger k costs the FR loss least
-(utility at a fixed mean k) instead of where it hurts most.
+(the default, ours) turns the reward's sign: the policy then spends the budget where a larger k
+costs the FR loss least (utility at a fixed mean k) instead of where it hurts most
+(``adversarial``, the paper's game).
 """
 
 from __future__ import annotations
