@@ -131,9 +131,11 @@ class AdaptiveGame:
         gradient; negated for a cooperative policy (``train.policy_objective``)."""
         mixed = self.protection.protect_encoded(anchors, labels, k, generator)
         if self.params.policy_reward == "anchor":
-            return self._sign * _own_label_loss(loss_fn, mixed.x, labels)
-        with torch.no_grad():
-            return self._sign * loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+            loss = _own_label_loss(loss_fn, mixed.x, labels)
+        else:
+            with torch.no_grad():
+                loss = loss_fn(mixed.x, labels[mixed.partners], mixed.weights).float()
+        return self._sign * loss
 
     @property
     def _sign(self) -> float:
