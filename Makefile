@@ -1,10 +1,14 @@
 # Quick start: `make run` (default pipeline on the default data) and `make test`.
-# Both create, once, a virtual environment keyed on pyproject.toml's dependencies (outside the clone, so
-# clones share it), then put this checkout into it.
+# Both create, once, a virtual environment keyed on pyproject.toml's dependencies and the tested pins of
+# requirements/constraints.txt (outside the clone, so clones share it), then put this checkout into it.
 
 PYTHON ?= python3
-# Keyed on the dependency lists only (from "dependencies =" to the scripts table).
-DEPS_HASH := $(shell sed -n '/^dependencies = \[/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
+# The exact versions the tests ran with; pyproject.toml holds the ranges.
+CONSTRAINTS := requirements/constraints.txt
+# What the venv installs: the library with every extra but gpu (pipeline, judge, dp) and the tests.
+EXTRAS ?= all,test
+# Keyed on the dependency lists (from "dependencies =" to the scripts table), the pins and the extras.
+DEPS_HASH := $(shell { sed -n '/^dependencies = \[/,/^\[project.scripts\]/p' pyproject.toml; cat $(CONSTRAINTS); echo '$(EXTRAS)'; } | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/fmix/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
@@ -24,16 +28,17 @@ dvc-repro: install
 test: install
 	python -m pytest
 
-# The stage table and both front ends agree, and the Snakemake rules pass the linter.
+# The stage table and both front ends agree, the Snakemake rules pass the linter, docs/cli.md is current.
 pipeline-check: install
 	fmix pipeline generate --check
 	snakemake --lint
+	python -m fmix.docs_cli --check
 
 install: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet --editable '.[test]'
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[$(EXTRAS)]'
 	touch $(STAMP)

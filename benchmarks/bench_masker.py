@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fmix.data.align import PhotoAligner
 from fmix.data.images import read_rgb
 from fmix.freq import NUM_CHANNELS, RunningChannelStats, block_dct, dct_matrix, rgb_to_ycbcr
-from fmix.masker.apply import OnnxMasker
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.build import build_masker, faces_to_tensor, masker_metadata
 from fmix.masker.export import export_onnx
 from fmix.params import AlignParams, ExportParams
@@ -95,7 +95,7 @@ def copy_bandwidth() -> float:
 
 def end_to_end(aligned: Path, count: int, masker_path: Path) -> tuple[int, float]:
     """Faces and seconds of one ``protect_folder`` run (the library call behind ``fmix mask``)."""
-    from fmix.masker.apply import ReleaseOptions, protect_folder
+    from fmix.release.protect import ReleaseOptions, protect_folder
     from fmix.params import MaskParams
 
     files = sorted(aligned.glob("*/*.png"))[:count]

@@ -41,7 +41,8 @@ import torch
 
 from fmix.attacks.release import _shard_truth, nearest_faces
 from fmix.attacks.unmix import match_structure, read_release, regenerate_secrets, resolve_labels
-from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder
+from fmix.masker.onnx_masker import OnnxMasker
+from fmix.release.protect import ReleaseOptions, protect_folder
 from fmix.params import MaskParams
 
 

@@ -8,6 +8,7 @@ holds the same values (``tests/test_params.py`` proves it), so the pipeline and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fmix.device import check_device_spec  # the one rule for device strings (imports no torch)
 from fmix.methods.registry import METHODS  # one source of truth: the registry of fmix/methods
 
 T = TypeVar("T")
@@ -212,9 +214,13 @@ class TrainParams:
     dpsgd_noise_multiplier: float = 1.0  # dpsgd: Gaussian noise std / clipping norm
     dpsgd_max_grad_norm: float = 1.0  # dpsgd: per-sample gradient clipping norm
     dpsgd_delta: float = 1.0e-5  # dpsgd: the delta epsilon is reported at
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N (fmix.device)
+    init_backbone: str | None = None  # an arcface_torch backbone.pth to start the RGB backbone from (null: random init)
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
+        _require_device(self.device, "train.device")
+        _require(self.init_backbone is None or self.init_backbone.strip() != "", "train.init_backbone must be null or the path of a backbone.pth")
         _require(self.dctdp_epsilon > 0 and self.dctdp_clip > 0, "train.dctdp_epsilon and train.dctdp_clip must be > 0")
         _require(self.dpsgd_noise_multiplier >= 0 and self.dpsgd_max_grad_norm > 0, "train.dpsgd_noise_multiplier must be >= 0 and train.dpsgd_max_grad_norm > 0")
         _require(0 < self.dpsgd_delta < 1, "train.dpsgd_delta must be in (0, 1)")
@@ -244,9 +250,11 @@ class EvaluateParams:
 
     flip_average: bool = True  # average the embeddings of a face and its mirror image
     batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (fmix.device)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
+        _require_device(self.device, "evaluate.device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,9 +266,11 @@ class EvaluatorParams:
     width: float = 0.25
     epochs: int = 1
     threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (fmix.device); replaces train.device for the evaluator
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "evaluator.seed")
+        _require_device(self.device, "evaluator.device")
         _require(self.epochs >= 1 and self.width > 0, "evaluator.epochs must be >= 1 and evaluator.width > 0")
 
 
@@ -268,7 +278,7 @@ class EvaluatorParams:
 class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
-    seconds: float = 120.0  # CPU seconds of inversion-network training per attacker (a cap beside steps)
+    seconds: float = 120.0  # CPU seconds (wall-clock seconds on CUDA: attack.device) of inversion-network training per attacker (a cap beside steps)
     steps: int | None = 40  # steps per attacker: it stops at whichever comes first (null: time only)
     eval_faces: int = 64  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
@@ -276,17 +286,22 @@ class AttackParams:
     invert_seconds: float = 15.0  # model inversion: the decoder's training, and again the identity optimisation
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
-    judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor) or evaluator (the RGB model)
+    judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor), evaluator (the RGB model) or the path of an ONNX face embedder (.onnx)
     check_min_s4: float = 0.25  # the attack works when it names this share of the un-mixed masked faces (its check)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (fmix.device); on CUDA, `seconds` counts wall-clock seconds
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "attack.seed")
+        _require_device(self.device, "attack.device")
         _require(0.0 < self.check_min_s4 <= 1.0, f"attack.check_min_s4 must be in (0, 1], got {self.check_min_s4}")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
         _require(self.steps is None or self.steps >= 1, f"attack.steps must be null or >= 1, got {self.steps}")
         _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
         _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")
-        _require(self.judge in ("dlib", "evaluator"), f"attack.judge must be 'dlib' or 'evaluator', got {self.judge!r}")
+        _require(
+            self.judge in ("dlib", "evaluator") or self.judge.lower().endswith(".onnx"),
+            f"attack.judge must be 'dlib', 'evaluator' or the path of an ONNX face embedder ending in .onnx, got {self.judge!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +351,14 @@ MAX_SEED = 2**32 - 1  # what every seeded generator (numpy, torch, random) accep
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParamsError(message)
+
+
+def _require_device(spec: str, name: str) -> None:
+    """The form of a device string (:func:`fmix.device.check_device_spec`); CUDA is looked for when a stage runs."""
+    try:
+        check_device_spec(spec, name)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(str(err)) from err
 
 
 def _require_seed(seed: int, name: str) -> None:
@@ -500,6 +523,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ParamsError(f"{key} must not be null")
     for kind in allowed:
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ParamsError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         if kind in (int, str, bool) and type(value) is kind:
             return value

@@ -26,7 +26,16 @@ def one_torch_thread(request):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def owner_ledger(tmp_path, monkeypatch) -> Path:
+    """Each test's own default ledger (``$FMIX_LEDGER``), never the machine owner's."""
+    path = tmp_path / "fmix-ledger.jsonl"
+    monkeypatch.setenv("FMIX_LEDGER", str(path))
+    return path
+
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; benchmarks/gpu_check.sh runs them)")
     if not LFW_IMAGES.is_dir():
         raise pytest.UsageError(f"the shared LFW data is missing: {LFW_IMAGES} (see ../shared/data/README.md)")
 
@@ -79,3 +88,17 @@ def make_trainer(pipeline_sample):
         return build_trainer(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"], mixing)[0]
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``cuda`` on a machine without CUDA (torch is imported only when some are collected)."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in marked:
+        item.add_marker(skip)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from fmix.data.root import data_root
+
 REPO = Path(__file__).resolve().parents[1]
-LFW = REPO.parent / "shared" / "data" / "lfw"
+LFW = data_root(relative_to=REPO) / "lfw"  # ../shared/data/lfw, or $FMIX_DATA/lfw
 LFW_IMAGES = LFW / "images_deepfunneled"
 # Identities with many photos, sorted by name: a stable small real sample.
 SAMPLE_IDENTITIES = (

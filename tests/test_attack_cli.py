@@ -68,7 +68,7 @@ def test_attack_with_the_rgb_evaluator_as_judge(pipeline_sample, trained, tmp_pa
     assert record["white"]["S4"] == record["white"]["S4_by_judge"]["evaluator"]["top1"] and "TAR" not in result.output
     params.write_text("attack:\n  judge: arcface\n")
     result = runner.invoke(app, ["attack", "invert", str(trained / "adaptive" / "model.pt"), *common, "-p", str(params)])
-    assert result.exit_code == 1 and "attack.judge must be 'dlib' or 'evaluator', got 'arcface'" in result.output
+    assert result.exit_code == 1 and "attack.judge must be 'dlib', 'evaluator' or the path of an ONNX face embedder ending in .onnx, got 'arcface'" in result.output
 
 
 def test_black_box_attacker_reads_the_map_size_from_the_data(pipeline_sample, trained, tmp_path):
@@ -176,9 +176,10 @@ def test_attack_unmix_command_scores_a_weak_and_a_default_release(pipeline_sampl
     records = {}
     for name, extra in (("weak", ["--insecure-seed", "0", "--insecure-reuse"]), ("default", [])):
         release = tmp_path / name / "release"
-        result = runner.invoke(app, ["mask", str(pipeline_sample["aligned"]), str(release), "-m", str(pipeline_sample["masker"]), "--faces", faces, "-q", *extra])
+        ledger = ["--ledger", str(tmp_path / name / "ledger.jsonl")]  # two releases of the same faces: two owners
+        result = runner.invoke(app, ["mask", str(pipeline_sample["aligned"]), str(release), "-m", str(pipeline_sample["masker"]), "--faces", faces, "-q", *extra, *ledger])
         assert result.exit_code == 0, result.output
-        result = runner.invoke(app, ["attack", "unmix", str(release), *common, str(tmp_path / name / "out"), "-p", str(params)])
+        result = runner.invoke(app, ["attack", "unmix", str(release), *common, str(tmp_path / name / "out"), "-p", str(params), *ledger])
         assert result.exit_code == 0, result.output
         assert "(a) regenerate: error" in result.output and "(c) structure: error" in result.output
         records[name] = json.loads((tmp_path / name / "out" / "unmix.json").read_text())

@@ -75,12 +75,12 @@ def test_export_and_mask_commands(aligned_sample, tmp_path):
     assert "masker: 174 of 192 channels kept, 28x28 maps, statistics from 6 public faces" in result.output
     result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "--masker", str(tmp_path / "m.onnx"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert 'protected 60 of 60 faces in 20 samples (mixed, one use per face, k histogram {"3": 20}); skipped: none' in result.output
+    assert 'protected 60 of 60 faces in 20 samples (mixed, one use per face, k 3-3 (histogram {"3": 20}), sign mask, noise 0.75, weight cap 0.65); skipped: none' in result.output
     plain = ["mask", str(aligned_sample), str(tmp_path / "plain"), "-m", str(tmp_path / "m.onnx"), "--no-mix", "-q"]
     result = runner.invoke(app, plain)
     assert result.exit_code == 1 and "error: 60 of the 60 faces were released before" in result.output
     result = runner.invoke(app, [*plain, "--allow-rerelease"])
-    assert result.exit_code == 0 and 'masked only, k histogram {"1": 60}' in result.output
+    assert result.exit_code == 0 and 'masked only, not mixed, k histogram {"1": 60}' in result.output
     key = tmp_path / "out" / "key"
     key.write_bytes(b"k" * 32)
     result = runner.invoke(app, ["mask", str(aligned_sample), str(tmp_path / "out"), "-m", str(tmp_path / "m.onnx"), "--secret-key-file", str(key)])

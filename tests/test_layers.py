@@ -18,12 +18,15 @@ LAYERS: dict[str, int] = {
     "fmix": 0,
     "fmix.checks": 0,
     "fmix.io": 0,
+    "fmix._optional": 0,
+    "fmix.device": 0,
     "fmix.params": 0,
     "fmix.methods.registry": 0,
     "fmix.data": 1,
     "fmix.freq": 1,
     "fmix.masker": 2,
     "fmix.models": 2,
+    "fmix.release": 3,
     "fmix.evaluate": 3,
     "fmix.metrics": 3,
     "fmix.train": 4,
@@ -31,6 +34,7 @@ LAYERS: dict[str, int] = {
     "fmix.attacks": 5,
     "fmix.cli": 6,
     "fmix.pipeline": 6,
+    "fmix.docs_cli": 6,
     "fmix.__main__": 6,
 }
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -7,14 +8,17 @@ import torch
 from PIL import Image
 
 from fmix_testing import LFW_IMAGES, copy_sample
+from fmix.data.faces import load_faces
 from fmix.data.images import read_rgb
 from fmix.freq import apply_mixing, sample_mixing
-from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
+from fmix.masker.onnx_masker import OnnxMasker
+from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
+from fmix.masker.metadata import bind_metadata
 from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
 from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import FixedKPolicy, sample_k
-from fmix.masker.protection import MixingConfig, Protection, add_mix_noise, protect_batch
-from fmix.masker.randomness import ReleaseRandomness
+from fmix.masker.protection import MixingConfig, Protection, mix_noise
+from fmix.release.randomness import ReleaseRandomness
 from fmix.params import AlignParams, ExportParams, MaskParams
 
 
@@ -108,7 +112,7 @@ def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sa
     config = MixingConfig(k_max=6, sign_flip=True, permute_channels=True)
 
     def run(graph, seed):
-        return protect_batch(graph, images, labels, config, torch.Generator().manual_seed(seed))
+        return Protection(graph, config).protect(images, labels, torch.Generator().manual_seed(seed))
 
     a, b, c = run(onnx_masker, 1), run(onnx_masker, 1), run(onnx_masker, 2)
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
@@ -143,10 +147,23 @@ def test_mix_noise_is_drawn_last_with_the_given_std_and_spares_unmixed_samples()
     added = noisy.x - clean.x
     assert added.std().item() == pytest.approx(0.5, abs=0.01) and added.mean().item() == pytest.approx(0.0, abs=0.01)
     # the noise is the generator's next draw after the sign mask
-    torch.testing.assert_close(added, add_mix_noise(torch.zeros_like(x), 0.5, _after_mix_draws(x, labels, k)))
+    torch.testing.assert_close(added, mix_noise(x.shape, 0.5, _after_mix_draws(x, labels, k)))
     assert torch.equal(protect(0.5, mix=False).x, x)
-    with pytest.raises(ValueError, match="Expected noise >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="Expected noise a finite number >= 0, got -0.1"):
         MixingConfig(6, noise=-0.1)
+
+
+def test_replay_draws_gives_the_draws_of_protect_without_faces(masker_file, aligned_sample):
+    masker = OnnxMasker(masker_file)
+    faces, _, _ = load_faces(sorted(aligned_sample.glob("*/*.png"))[:12], 112)
+    images, labels = faces_to_tensor(faces), torch.arange(12) % 5
+    mixing = dataclasses.replace(masker.mixing, permute_channels=True)
+    protected = Protection(masker, mixing).protect(images, labels, torch.Generator().manual_seed(7))
+    draws = Protection(None, mixing).replay_draws(labels, protected.k, tuple(protected.x.shape[1:]), torch.Generator().manual_seed(7))
+    assert torch.equal(draws.partners, protected.partners) and torch.equal(draws.weights, protected.weights)
+    assert draws.permutation.shape == (12, protected.x.shape[1]) and draws.sign is not None and draws.noise.std().item() == pytest.approx(mixing.noise, rel=0.05)
+    with pytest.raises(ValueError, match="this protection does not mix"):
+        Protection(None, None).replay_draws(labels, protected.k, (1, 2, 2), torch.Generator())
 
 
 def _after_mix_draws(x, labels, k):
@@ -233,7 +250,7 @@ def test_mask_resume_refuses_another_anonymize_or_masker(mask_input, masker_file
     other = tmp_path / "other.onnx"
     meta = OnnxMasker(masker_file).metadata
     masker = build_masker(ExportParams(), _stats_like(meta))
-    meta = {**meta, "channel_mean": json.dumps((torch.tensor(json.loads(meta["channel_mean"])) + 0.5).tolist())}
+    meta = bind_metadata({**meta, "channel_mean": json.dumps((torch.tensor(json.loads(meta["channel_mean"])) + 0.5).tolist())})
     masker = masker_from_metadata(meta)
     export_onnx(masker, other, meta)
     with pytest.raises(ValueError, match=r"holds another run \(masker_sha256: "):
@@ -241,13 +258,15 @@ def test_mask_resume_refuses_another_anonymize_or_masker(mask_input, masker_file
 
 
 def test_mask_ledger_refuses_faces_released_before(mask_input, masker_file, tmp_path):
-    protect_folder(mask_input, tmp_path / "first", masker_file, MaskParams(previews=0), progress=False)
-    with pytest.raises(ValueError, match=r"33 of the 33 faces were released before \(release [0-9a-f]{16}, ledger .*fmix-ledger.jsonl\)"):
+    first = protect_folder(mask_input, tmp_path / "first", masker_file, MaskParams(previews=0), progress=False)
+    released = first["faces_used"]  # leftovers of a batch are not released, and not recorded as released
+    assert released == 33 - first["skipped"], first
+    with pytest.raises(ValueError, match=rf"{released} of the 33 faces were released before \(release [0-9a-f]{{16}}, ledger .*fmix-ledger.jsonl\)"):
         protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False)
     assert not (tmp_path / "second").exists()  # refused before writing anything
-    with pytest.warns(UserWarning, match="33 faces were released before"):
+    with pytest.warns(UserWarning, match=f"{released} faces were released before"):
         summary = protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False, release=ReleaseOptions(allow_rerelease=True))
-    assert summary["released_before"] == 33  # the ledger counts every file of a started shard
+    assert summary["released_before"] == released
     with pytest.raises(ValueError, match="the ledger .* must not be inside the output folder"):
         protect_folder(mask_input, tmp_path / "third", masker_file, MaskParams(), progress=False, release=ReleaseOptions(ledger=tmp_path / "third" / "l.jsonl"))
 

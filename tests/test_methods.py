@@ -87,7 +87,7 @@ def test_without_a_masker_nothing_is_permuted(make_trainer):
 
 
 def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp_path):
-    from fmix.masker.apply import OnnxMasker
+    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.masker.export import export_masker
     from fmix.params import ExportParams
 

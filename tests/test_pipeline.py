@@ -199,8 +199,12 @@ def test_slurm_profile_dry_run_runs_the_paper_profile_on_gpus(tmp_path):
 
 def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     root = _copy_pipeline(tmp_path / "p")
+    text = (root / "params.yaml").read_text()
+    comments = [line[line.index("#") :] for line in text[: text.index("\nsweep:")].splitlines() if "#" in line]  # the sweep is replaced whole
     result = runner.invoke(app, ["pipeline", "profile", "ci", "--params", str(root / "params.yaml"), "--root", str(root)])
     assert result.exit_code == 0, result.output
+    kept = (root / "params.yaml").read_text()
+    assert len(comments) > 40 and [comment for comment in comments if comment not in kept] == []  # the comments survive the merge
     assert "runs sweep entries none, ppfrfd, mixup4, adaptive" in result.output
     merged = yaml.safe_load((root / "params.yaml").read_text())
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key

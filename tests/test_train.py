@@ -130,7 +130,7 @@ def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
 
 @pytest.mark.parametrize("signal", ["none", "confidence"])
 def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
-    from fmix.masker.apply import OnnxMasker
+    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.masker.export import export_masker, masker_with_trained_policy
     from fmix.params import ExportParams
 

@@ -1,8 +1,6 @@
 """Un-mixing attacks on released folders: teeth on a weak release, nothing on the default one."""
 
 import dataclasses
-import hashlib
-import hmac
 import itertools
 import json
 import random
@@ -13,7 +11,8 @@ import torch
 
 from fmix.attacks.release import _shard_truth, nearest_faces
 from fmix.attacks.unmix import match_structure, read_release, regenerate_secrets, resolve_labels
-from fmix.masker.apply import OnnxMasker, ReleaseOptions, protect_folder, sample_name
+from fmix.masker.onnx_masker import OnnxMasker
+from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
 from fmix.params import MaskParams
 
 WEAK = ReleaseOptions(insecure_seed=0, insecure_reuse=True)
@@ -39,7 +38,7 @@ def _one_face_per_identity(aligned, path):
 
 def _errors(folder, aligned, masker_path, attack, **mixing_changes):
     release, masker = read_release(folder), OnnxMasker(masker_path)
-    truth = _shard_truth(folder, folder.parent / f"{folder.name}.ledger", aligned, masker)
+    truth = _shard_truth(folder, release.run["release"], folder.parent / f"{folder.name}.ledger", aligned, masker)
     mixing = dataclasses.replace(masker.mixing, **mixing_changes)  # what the attacker takes the mixing to be
     estimates, info = attack(release, mixing) if attack is regenerate_secrets else attack(release, mixing.rescale)
     return torch.cat([nearest_faces(estimates[s], truth[s][2])[0] for s in release.shards]), info
@@ -177,7 +176,7 @@ def _name_mapping_accuracy(folder, aligned, items, key):
 
 
 def test_anonymised_names_cannot_be_mapped_back(pipeline_sample, tmp_path):
-    from fmix.masker.apply import list_inputs
+    from fmix.release.protect import list_inputs
 
     aligned = pipeline_sample["aligned"]
     items = list_inputs(aligned, None)
@@ -198,7 +197,7 @@ def test_nearest_faces_reference_values():
 
 
 def test_secret_streams_and_key_file(tmp_path):
-    from fmix.masker.randomness import ReleaseRandomness, read_secret_key
+    from fmix.release.randomness import ReleaseRandomness, read_secret_key
 
     keyed = [ReleaseRandomness(key=b"k" * 16, context="inputs").generator(3).initial_seed() for _ in range(2)]
     assert keyed[0] == keyed[1] != ReleaseRandomness(key=b"k" * 16, context="other").generator(3).initial_seed()
@@ -258,7 +257,7 @@ def test_structure_attack_leaves_unshared_samples_alone():
 
 
 def test_face_cliques_and_orientation_reference_values():
-    from fmix.attacks.unmix import _maximal_cliques, face_cliques, orient_faces, sharing_graph
+    from fmix.attacks.unmix.graph import _maximal_cliques, face_cliques, orient_faces, sharing_graph
 
     # partners 1 -> 0, 2 -> 0, 0 -> 3 and the 4-cycle 3 -> 4 -> 5 -> 6 -> 3; faces (samples
     # holding them): {0, 1, 2}, {1}, {2}, {3, 0, 6}, {4, 3}, {5, 4}, {6, 5}

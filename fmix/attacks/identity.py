@@ -8,6 +8,12 @@
   distance (TAR).
 - ``evaluator``: the RGB FR model that ``fmix evaluator`` trains on the clean private faces:
   top-1 / top-5 of its classifier.
+- a path ending in ``.onnx``: any ONNX face embedder of 112 x 112 aligned RGB faces (``fmix
+  export-fr`` writes one; insightface's ONNX models are others), run by ONNX Runtime
+  (:class:`~fmix.models.fr_export.OnnxFaceEmbedder`). Its gallery is the private identities'
+  clean faces: top-1 / top-5 against each identity's mean normalised embedding (cosine), with
+  the mean cosine to the nearest constituent's template. No verification threshold is known
+  for a foreign embedder, so it gives no TAR.
 
 A mixed sample counts as identified when the judge names any of its constituents; its TAR is
 that of its best-verified constituent. Chance is given beside every score: for identification
@@ -30,7 +36,35 @@ from fmix.models.dlib_judge import DlibJudge
 from fmix.data.faces import FaceSet
 from fmix.models.artifact import load_trained_model
 
-JUDGES = ("dlib", "evaluator")
+JUDGES = ("dlib", "evaluator")  # besides these names: the path of an ONNX face embedder (PATH.onnx)
+ONNX_JUDGE = "onnx"  # the key of an ONNX judge's scores in ``by_judge``
+
+
+def is_onnx_judge(judge: str) -> bool:
+    """Whether ``attack.judge`` names an ONNX face embedder (a path ending in ``.onnx``)."""
+    return isinstance(judge, str) and judge.lower().endswith(".onnx")
+
+
+def check_judge(judge: object) -> str:
+    """Check an ``attack.judge`` value: ``dlib``, ``evaluator`` or the path of an ONNX face embedder.
+
+    Args:
+        judge: the value.
+
+    Returns:
+        ``judge``.
+
+    Raises:
+        ValueError: anything else (the file itself is opened when the judge is built).
+    """
+    if judge in JUDGES or is_onnx_judge(judge):  # type: ignore[arg-type]
+        return judge  # type: ignore[return-value]
+    raise ValueError(f"Expected judge in {JUDGES} or the path of an ONNX face embedder ending in .onnx, got {judge!r}")
+
+
+def judge_key(judge: str) -> str:
+    """The key of a judge's scores in ``by_judge``: its name, or ``onnx`` for an ONNX embedder."""
+    return ONNX_JUDGE if is_onnx_judge(judge) else judge
 
 
 def _check_constituents(images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None) -> None:
@@ -73,10 +107,16 @@ def chance_hit_rate(labels: Tensor, valid: Tensor, num_identities: int, ranks: i
 
 
 class Evaluator:
-    """The independent evaluator: an FR model trained on clean private faces, never a target."""
+    """The independent evaluator: an FR model trained on clean private faces, never a target.
 
-    def __init__(self, model_path: str | Path) -> None:
-        self.model, record = load_trained_model(model_path)
+    Args:
+        model_path: its ``model.pt``.
+        device: where it runs (images move there; scores come back to the CPU).
+    """
+
+    def __init__(self, model_path: str | Path, device: torch.device | str = "cpu") -> None:
+        self.model, record = load_trained_model(model_path, device)
+        self.device = torch.device(device)
         if record.method != "none":
             raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record.method!r}")
         self.num_classes = record.num_classes
@@ -84,7 +124,7 @@ class Evaluator:
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
         model = self.model
-        return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128]))) for i in range(0, len(images), 128)])
+        return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128].to(self.device)))).cpu() for i in range(0, len(images), 128)])
 
     def embed(self, images: Tensor) -> Tensor:
         """Normalised embeddings (no flip averaging: reconstructions are scored as they are)."""
@@ -208,22 +248,100 @@ class DlibGallery:
         }
 
 
+class OnnxGallery:
+    """An ONNX face embedder as judge, with the private identities' clean faces as its gallery.
+
+    Each identity's template is the normalised mean of its clean faces' normalised embeddings;
+    an image is identified by cosine to the templates (identities without gallery faces are
+    never predicted).
+
+    Args:
+        embedder: an :class:`~fmix.models.fr_export.OnnxFaceEmbedder`, or the path of its ``.onnx`` file.
+        gallery: the clean private faces, labels in ``[0, num_identities)``.
+        num_identities: identities to choose among (default: the largest label + 1).
+        device: where ONNX Runtime runs when ``embedder`` is a path (``auto``: CUDA when it has it).
+
+    Shape:
+        - images: :math:`(B, 3, 112, 112)` RGB in [0, 255] (or uint8).
+        - labels, valid: :math:`(B, K)`, one column per constituent.
+
+    Raises:
+        ValueError: an empty or unlabelled gallery, or ``num_identities`` not above its largest label.
+        FileNotFoundError: no such ``.onnx`` file.
+    """
+
+    def __init__(self, embedder, gallery: FaceSet, num_identities: int | None = None, device: str = "auto") -> None:
+        from fmix.models.fr_export import OnnxFaceEmbedder
+
+        if len(gallery) == 0:
+            raise ValueError("Expected a non-empty gallery of clean private faces")
+        if int(gallery.labels.min()) < 0:
+            raise ValueError("Expected labelled gallery faces (labels >= 0)")
+        self.embedder = embedder if isinstance(embedder, OnnxFaceEmbedder) else OnnxFaceEmbedder(embedder, device)
+        self.labels = gallery.labels.clone()
+        self.num_identities = int(self.labels.max()) + 1 if num_identities is None else num_identities
+        if self.num_identities <= int(self.labels.max()):
+            raise ValueError(f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}")
+        embeddings = self.embedder.embed(gallery.float_images(torch.arange(len(gallery))))
+        counts = torch.bincount(self.labels, minlength=self.num_identities)
+        sums = torch.zeros(self.num_identities, embeddings.shape[1]).index_add_(0, self.labels, embeddings)
+        self.templates = torch.nn.functional.normalize(sums, dim=1)
+        self.has_faces = counts > 0
+
+    @torch.no_grad()
+    def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
+        """Identification among the private identities by cosine to their templates.
+
+        Args:
+            images: the images to judge.
+            labels: identity of each constituent.
+            valid: which constituents exist (bool).
+            sources: unused (accepted for the scorer's one interface: no verification here).
+
+        Returns:
+            ``top1``, ``top5``, ``template_cosine`` (mean cosine to the nearest valid
+            constituent's template), ``chance_top1`` and ``chance_top5``.
+        """
+        _check_constituents(images, labels, valid, sources)
+        cosines = self.embedder.embed(images.float()) @ self.templates.T
+        cosines[:, ~self.has_faces] = -float("inf")
+        ranked = cosines.topk(min(5, int(self.has_faces.sum())), dim=1).indices
+        top1 = ((ranked[:, :1] == labels) & valid).any(dim=1)
+        top5 = ((ranked[:, :, None] == labels[:, None, :]) & valid[:, None, :]).any(dim=(1, 2))
+        nearest = cosines.gather(1, labels).masked_fill(~valid, -float("inf")).max(dim=1).values
+        identities = int(self.has_faces.sum())
+        finite = torch.isfinite(nearest)
+        return {
+            "top1": top1.float().mean().item(),
+            "top5": top5.float().mean().item(),
+            "template_cosine": nearest[finite].mean().item() if finite.any() else None,
+            "chance_top1": chance_hit_rate(labels, valid, identities, 1),
+            "chance_top5": chance_hit_rate(labels, valid, identities, 5),
+        }
+
+
 class IdentityScorer:
     """S2 / S4 scoring for the attacks: the chosen judge's numbers and the RGB evaluator's beside them.
 
     Args:
-        judge: ``"dlib"`` or ``"evaluator"`` (the headline judge).
+        judge: ``"dlib"``, ``"evaluator"`` or the path of an ONNX face embedder (the headline judge,
+            :func:`check_judge`).
         evaluator: the RGB evaluator (always scored).
-        gallery: the clean private faces (the dlib judge's gallery; unused by the evaluator).
+        gallery: the clean private faces (the dlib and ONNX judges' gallery; unused by the evaluator).
         num_identities: private identities (default: the evaluator's classes).
-        gallery_file: the dlib gallery's descriptors from ``fmix attack gallery`` (None: embed them).
+        gallery_file: the dlib gallery's descriptors from ``fmix attack gallery`` (None: embed them;
+            unused by the other judges).
+        device: where an ONNX judge runs (``auto``: CUDA when ONNX Runtime has it).
     """
 
-    def __init__(self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None, gallery_file: str | Path | None = None) -> None:
-        if judge not in JUDGES:
-            raise ValueError(f"Expected judge in {JUDGES}, got {judge!r}")
-        self.judge, self.evaluator = judge, evaluator
-        self.dlib = DlibGallery(gallery, num_identities or evaluator.num_classes, gallery_file=gallery_file) if judge == "dlib" else None
+    def __init__(
+        self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None, gallery_file: str | Path | None = None, device: str = "auto"
+    ) -> None:
+        self.judge, self.evaluator = check_judge(judge), evaluator
+        self.key = judge_key(judge)
+        identities = num_identities or evaluator.num_classes
+        self.dlib = DlibGallery(gallery, identities, gallery_file=gallery_file) if judge == "dlib" else None
+        self.onnx = OnnxGallery(judge, gallery, identities, device) if self.key == ONNX_JUDGE else None
 
     def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
         """Score images against the identities of their constituents.
@@ -237,12 +355,15 @@ class IdentityScorer:
 
         Returns:
             ``judge``, the headline ``top1``, ``top5``, ``chance_top1`` (and ``tar``,
-            ``chance_tar`` for dlib), and ``by_judge``: every judge's full scores.
+            ``chance_tar`` for dlib), and ``by_judge``: every judge's full scores (an ONNX
+            judge's under ``onnx``).
         """
         _check_constituents(images, labels, valid, sources)
         by_judge = {"evaluator": self.evaluator.identified(images, labels, valid)}
         if self.dlib is not None:
             by_judge["dlib"] = self.dlib.identified(images, labels, valid, sources)
-        headline = by_judge[self.judge]
+        if self.onnx is not None:
+            by_judge[ONNX_JUDGE] = self.onnx.identified(images, labels, valid, sources)
+        headline = by_judge[self.key]
         keys = ("top1", "top5", "chance_top1", "tar", "chance_tar")
         return {"judge": self.judge, **{key: headline[key] for key in keys if key in headline}, "by_judge": by_judge}

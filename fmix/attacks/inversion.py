@@ -47,7 +47,15 @@ class EmbeddingDecoder(nn.Module):
 
 
 def train_decoder(
-    embed, public_faces: Tensor, embedding_size: int, steps: int = 300, batch_size: int = 32, seconds: float | None = None, seed: int = 0, lr: float = 2e-3
+    embed,
+    public_faces: Tensor,
+    embedding_size: int,
+    steps: int = 300,
+    batch_size: int = 32,
+    seconds: float | None = None,
+    seed: int = 0,
+    lr: float = 2e-3,
+    device: torch.device | str = "cpu",
 ) -> tuple[EmbeddingDecoder, list[float]]:
     """Fit a decoder from the target's embeddings of public faces back to those faces (L1).
 
@@ -60,22 +68,23 @@ def train_decoder(
         seconds: optional wall-clock budget.
         seed: seed of the decoder's initialisation and batch order.
         lr: Adam learning rate.
+        device: where the decoder trains (``embed`` gets CPU batches and may return them anywhere).
 
     Returns:
-        (decoder in eval mode, L1 loss per step).
+        (decoder in eval mode, on ``device``; L1 loss per step).
     """
     if public_faces.dim() != 4 or public_faces.shape[1:] != (3, 112, 112):
         raise ValueError(f"Expected public faces of shape (N, 3, 112, 112), got {tuple(public_faces.shape)}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     with torch.no_grad():
-        embeddings = torch.cat([embed(public_faces[i : i + 256]) for i in range(0, len(public_faces), 256)])
-    decoder = EmbeddingDecoder(embedding_size)
+        embeddings = torch.cat([embed(public_faces[i : i + 256]).to(device) for i in range(0, len(public_faces), 256)])
+    decoder = EmbeddingDecoder(embedding_size).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     losses, start = [], time.perf_counter()
     for _ in range(steps):
         index = torch.randint(len(public_faces), (batch_size,), generator=generator)
-        loss = F.l1_loss(decoder(embeddings[index]), public_faces[index])
+        loss = F.l1_loss(decoder(embeddings[index.to(device)]), public_faces[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,10 +34,11 @@ from fmix.attacks.protectors import ProtectedPairs, Protector
 from fmix.attacks.unet import UNetGenerator
 from fmix.metrics.image import best_constituent_ssim, mix_floor, psnr, ssim_separable
 from fmix.checks import check_float, check_integer, check_tensor
+from fmix.device import budget_clock, check_device_spec, resolve_device
 from fmix.params import AttackParams
 
 GAN_LOSSES = ("lsgan", "bce")
-CLOCKS = ("process", "wall")
+CLOCKS = ("auto", "process", "wall")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class AttackConfig:
             519, the average 0.38-0.48.
         seed: seeds initialisation, batches, flips and protection draws.
         clock: what ``seconds`` budgets count: ``"process"`` CPU time (fair on a shared
-            machine) or ``"wall"`` time (use it on a GPU).
-        device: where the networks train (protection runs on the CPU, as ``fmix mask`` does).
+            machine), ``"wall"`` time, or ``"auto"``: CPU time on the CPU, wall time on CUDA
+            (:func:`fmix.device.budget_clock`).
+        device: where the networks train: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
+            ``cuda:N`` (:func:`fmix.device.resolve_device`, when the attack is built); protection
+            runs on the CPU, as ``fmix mask`` does.
     """
 
     width: int = 48
@@ -87,8 +91,8 @@ class AttackConfig:
     flip: bool = True
     ema_decay: float = 0.99
     seed: int = 0
-    clock: str = "process"
-    device: str = "cpu"
+    clock: str = "auto"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -103,19 +107,20 @@ class AttackConfig:
             raise ValueError(f"Expected clock in {CLOCKS}, got {self.clock!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"Expected ema_decay in [0, 1), got {self.ema_decay}")
+        check_device_spec(self.device, "device")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_params(cls, params: AttackParams, **overrides) -> "AttackConfig":
-        """The network settings of the ``attack`` section: its batch size and seed, defaults for the rest.
+        """The network settings of the ``attack`` section: its batch size, seed and device, defaults for the rest.
 
         Args:
             params: the ``attack`` section.
-            overrides: further fields to set (e.g. ``device``).
+            overrides: further fields to set (e.g. ``clock``).
         """
-        return cls(**{"batch_size": params.batch_size, "seed": params.seed, **overrides})
+        return cls(**{"batch_size": params.batch_size, "seed": params.seed, "device": params.device, **overrides})
 
 
 @contextlib.contextmanager
@@ -164,21 +169,23 @@ class ReconstructionAttack:
 
     def __init__(self, config: AttackConfig | None = None) -> None:
         self.config = config or AttackConfig()
+        self.device = resolve_device(self.config.device)
+        self.clock = budget_clock(self.device) if self.config.clock == "auto" else self.config.clock
         self.generator: UNetGenerator | None = None
         self.averaged: UNetGenerator | None = None
         self.discriminator: PatchDiscriminator | None = None
         self.history: list[dict] = []
 
     def _clock(self) -> float:
-        return time.process_time() if self.config.clock == "process" else time.perf_counter()
+        return time.process_time() if self.clock == "process" else time.perf_counter()
 
     def _build(self, probe: Tensor, out_size: int) -> None:
         c = self.config
         _, channels, side, _ = probe.shape
-        self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(c.device)
+        self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(self.device)
         self.averaged = copy.deepcopy(self.generator).requires_grad_(False) if c.ema_decay > 0 else self.generator
         if c.adv_weight > 0:
-            self.discriminator = PatchDiscriminator(channels, c.disc_width, c.disc_layers).to(c.device)
+            self.discriminator = PatchDiscriminator(channels, c.disc_width, c.disc_layers).to(self.device)
 
     def _batches(self, count: int, generator: torch.Generator) -> Iterator[Tensor]:
         size = self.config.batch_size
@@ -249,8 +256,8 @@ class ReconstructionAttack:
                 if self.generator is None:
                     self._build(pairs.x, images.shape[-1])
                     self._optimisers()
-                target = images[pairs.heaviest()].to(c.device)
-                pairs = pairs._replace(x=pairs.x.to(c.device))
+                target = images[pairs.heaviest()].to(self.device)
+                pairs = pairs._replace(x=pairs.x.to(self.device))
                 self.history.append(self._step(step, pairs, target) | {"seconds": self._clock() - start})
                 self._average(step)
                 if on_step is not None:

@@ -11,7 +11,6 @@ to the released mixes themselves (``mix_baseline``: what un-mixing must beat).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,10 +25,10 @@ from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, eval
 from fmix.attacks.unmix import ATTACKS, read_release, run_unmix_attacks
 from fmix.data.faces import load_faces
 from fmix.io import write_json_atomic
-from fmix.masker.apply import OnnxMasker
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
 from fmix.params import AttackParams
-from fmix.masker.ledger import Ledger, default_ledger_path
+from fmix.release.ledger import Ledger, default_ledger_path
 from fmix.data.faces import load_face_set
 
 RECOVERED = 0.05  # an estimate within 5 % of a private masked face counts as that face recovered
@@ -60,10 +59,9 @@ def nearest_faces(estimates: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     return error.float(), index
 
 
-def _shard_truth(release_dir: Path, ledger_path: Path, aligned: Path, masker: OnnxMasker) -> dict[int, tuple[list[str], Tensor, Tensor]]:
+def _shard_truth(release_dir: Path, release_id: str, ledger_path: Path, aligned: Path, masker: OnnxMasker) -> dict[int, tuple[list[str], Tensor, Tensor]]:
     """Shard -> (sources, images, true masked faces), from the owner's ledger."""
-    run = json.loads((release_dir / "run.json").read_text())
-    shards = Ledger(ledger_path).shards(run.get("release", ""))
+    shards = Ledger(ledger_path).shards(release_id)
     if not shards:
         raise ValueError(f"the ledger {ledger_path} holds no shard of the release {release_dir} (pass its ledger with --ledger)")
     truth = {}
@@ -99,7 +97,7 @@ def attack_release(
             whichever comes first) and ``eval_faces``, the samples (spread over the release)
             reconstructed and scored for S3 and S4.
         attack: inversion-network settings.
-        ledger: the owner's ledger (default: beside the release).
+        ledger: the owner's ledger (default: :func:`fmix.release.ledger.default_ledger_path`).
 
     Returns:
         The record: per attack, the recovery error (median, fraction under 5 %), S3, PSNR, S4,
@@ -108,7 +106,7 @@ def attack_release(
     release_dir, aligned, splits, out_dir = Path(release_dir), Path(aligned), Path(splits), Path(out_dir)
     release = read_release(release_dir)
     masker = OnnxMasker(masker_path)
-    truth = _shard_truth(release_dir, Path(ledger) if ledger else default_ledger_path(release_dir), aligned, masker)
+    truth = _shard_truth(release_dir, release.run["release"], Path(ledger) if ledger else default_ledger_path(), aligned, masker)
     private = load_face_set(aligned, splits / "private_train.csv")
     label_of = dict(zip(private.paths, private.labels.tolist()))
     public = load_face_set(aligned, splits / "public.csv")

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
-from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer
+from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
 from fmix.masker.export import masker_with_trained_policy
 from fmix.methods import get_method
@@ -47,6 +47,7 @@ from fmix.masker.protection import MixingConfig, Protection
 from fmix.metrics import PrivacyRow, best_constituent_ssim
 from fmix.params import AttackParams, ExportParams, MixingParams
 from fmix.data.faces import FaceSet, load_face_set
+from fmix.device import resolve_device
 
 
 def spread_subset(faces: FaceSet, count: int) -> FaceSet:
@@ -246,11 +247,11 @@ def attack_target(
     """
     out_dir, splits = Path(out_dir), Path(splits)
     attack = network or AttackConfig.from_params(params)
-    evaluator = Evaluator(evaluator_path)
+    evaluator = Evaluator(evaluator_path, resolve_device(params.device))
     public = load_face_set(aligned, splits / "public.csv")
     gallery = load_face_set(aligned, splits / "private_train.csv")
     private = spread_subset(gallery, params.eval_faces)
-    scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file)
+    scorer = IdentityScorer(params.judge, evaluator, gallery, gallery_file=gallery_file, device=params.device)
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     own_sources = gallery_sources(gallery, private)
@@ -309,6 +310,7 @@ def invert_model(
     seed: int = AttackParams.seed,
     judge: str = AttackParams.judge,
     gallery_file: str | Path | None = None,
+    device: str = AttackParams.device,
 ) -> dict:
     """Model inversion of a trained FR model; writes ``inversion.json`` and a grid.
 
@@ -318,29 +320,32 @@ def invert_model(
     clock at most. Both scored by ``judge``
     (:class:`~fmix.attacks.identity.IdentityScorer`: top-1, top-5, and for dlib the TAR against
     the identity's clean photos), with the RGB evaluator's top-1, top-5 and cosine to the
-    identity's clean template beside it.
+    identity's clean template beside it. ``judge`` may also be the path of an ONNX face
+    embedder (:func:`~fmix.attacks.identity.check_judge`). Target, decoder and evaluator run on
+    ``device`` (:func:`fmix.device.resolve_device`; these budgets are wall-clock seconds anyway).
 
     Returns:
         The inversion record.
     """
     out_dir, splits = Path(out_dir), Path(splits)
-    if judge not in JUDGES:
-        raise ValueError(f"attack judge must be one of {JUDGES}, got {judge!r}")
-    target, record = load_trained_model(model_path)
-    evaluator = Evaluator(evaluator_path)
+    if not (judge in JUDGES or is_onnx_judge(judge)):
+        raise ValueError(f"attack judge must be one of {JUDGES} or the path of an ONNX face embedder ending in .onnx, got {judge!r}")
+    torch_device = resolve_device(device)
+    target, record = load_trained_model(model_path, torch_device)
+    evaluator = Evaluator(evaluator_path, torch_device)
     public = load_face_set(aligned, splits / "public.csv")
     private = load_face_set(aligned, splits / "private_train.csv")
     public_images = public.float_images(torch.arange(len(public)))
-    embed = lambda images: target.backbone(target.encoder(images))  # noqa: E731 - the target as the attacker queries it
+    embed = lambda images: target.backbone(target.encoder(images.to(torch_device)))  # noqa: E731 - the target as the attacker queries it
     start = time.process_time()
-    decoder, losses = train_decoder(embed, public_images, record.params.embedding_size, steps=100_000, seconds=seconds, seed=seed)
+    decoder, losses = train_decoder(embed, public_images, record.params.embedding_size, steps=100_000, seconds=seconds, seed=seed, device=torch_device)
     identities = torch.arange(record.num_classes)
     with torch.no_grad():
-        decoded = decoder(target.head.centres())
+        decoded = decoder(target.head.centres()).cpu()
     decoder_seconds = time.process_time() - start
     clean = evaluator.embed(private.float_images(torch.arange(len(private))))
     templates = torch.nn.functional.normalize(torch.zeros(record.num_classes, clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
-    scorer = IdentityScorer(judge, evaluator, private, record.num_classes, gallery_file=gallery_file)
+    scorer = IdentityScorer(judge, evaluator, private, record.num_classes, gallery_file=gallery_file, device=device)
 
     def judged(images, chosen):
         hits = scorer.identified(images, chosen[:, None], torch.ones(len(chosen), 1, dtype=torch.bool))
@@ -355,7 +360,7 @@ def invert_model(
     chosen = identities[:optimise_identities]
     logits_fn = lambda images: target.head.logits(target.backbone(target.encoder(images)))  # noqa: E731
     target.eval()
-    optimised = optimise_identity_images(logits_fn, chosen, public_images.mean(dim=0), seconds=seconds)
+    optimised = optimise_identity_images(logits_fn, chosen.to(torch_device), public_images.mean(dim=0).to(torch_device), seconds=seconds).cpu()
     result["optimisation"] = judged(optimised, chosen)
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])

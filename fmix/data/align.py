@@ -6,6 +6,8 @@ file, appended as work finishes, so a killed run resumes where it stopped) and
 case) would share an output name: they all get the status ``name_clash`` and none is written,
 so no face is ever overwritten or filed under another photo's name.
 
+Files in sub-folders of an identity folder are not aligned: they get the status ``nested_folder``.
+
 Symbolic links: links are followed, also when they lead out of SRC (link farms, DVC caches);
 with ``follow_outside=False`` (``fmix align --inside-only``) a link whose target lies outside
 SRC gets the status ``outside_source`` and is not read. Loops and broken links get the
@@ -26,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from fmix.data.detect import FaceDetector, pick_central_face
-from fmix.data.images import ImageReadError, list_identity_folders, read_rgb, write_png_atomic
+from fmix.data.images import ImageReadError, list_identity_folders, list_nested_files, read_rgb, write_png_atomic
 from fmix.io import remove_stale_temporaries, write_json_atomic
 from fmix.params import AlignParams
 
@@ -44,6 +46,7 @@ NO_FACE = "no_face"
 FAILED = "failed"
 NAME_CLASH = "name_clash"
 OUTSIDE_SOURCE = "outside_source"
+NESTED_FOLDER = "nested_folder"
 
 
 @dataclass(frozen=True)
@@ -173,16 +176,21 @@ def refused_sources(tasks: list[tuple[Path, str]], src_root: Path, follow_outsid
 
     Returns:
         Source -> row with status ``name_clash`` (several sources of an identity share an output
-        name, compared without case) or ``outside_source``.
+        name, compared without case), ``nested_folder`` (in a sub-folder of its identity folder) or
+        ``outside_source``.
     """
     by_output: dict[str, list[Path]] = {}
     for source, identity in tasks:
-        by_output.setdefault(output_name(source, identity).casefold(), []).append(source)
+        if source.parent == src_root / identity:  # nested files are refused, so they clash with nothing
+            by_output.setdefault(output_name(source, identity).casefold(), []).append(source)
     refused = {}
     for source, identity in tasks:
         relative = source.relative_to(src_root).as_posix()
-        clash = by_output[output_name(source, identity).casefold()]
-        if len(clash) > 1:
+        clash = by_output.get(output_name(source, identity).casefold(), [])
+        if source.parent != src_root / identity:
+            message = f"{relative} is in a sub-folder of its identity folder: move it into {identity}/ to align it"
+            refused[source] = AlignResult(relative, identity, NESTED_FOLDER, message=message)
+        elif len(clash) > 1:
             names = ", ".join(path.name for path in clash)
             message = f"{names} would all be aligned to {output_name(source, identity)}: rename them"
             refused[source] = AlignResult(relative, identity, NAME_CLASH, message=message)
@@ -211,7 +219,8 @@ def select_sources(src_root: Path, params: AlignParams) -> list[tuple[Path, str]
     names = sorted(identities)[: params.max_identities]
     if not names:
         raise ValueError(f"no identity in {src_root} has at least align.min_images={params.min_images} files")
-    return [(path, name) for name in names for path in identities[name]]
+    nested = list_nested_files(src_root)  # not aligned, but reported (status nested_folder)
+    return [(path, name) for name in names for path in identities[name] + nested.get(name, [])]
 
 
 def read_manifest(dst_root: str | Path) -> list[AlignResult]:

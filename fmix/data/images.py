@@ -138,3 +138,24 @@ def list_identity_folders(root: str | Path) -> dict[str, list[Path]]:
     if not identities:
         raise ValueError(f"{root} holds no identity folders with files (expected ROOT/<identity>/<image>)")
     return identities
+
+
+def list_nested_files(root: str | Path) -> dict[str, list[Path]]:
+    """Files inside sub-folders of identity folders (``ROOT/<identity>/<sub>/.../<file>``), which an ImageFolder does not hold.
+
+    They are not faces of the tree, but a run must report them rather than drop them silently.
+
+    Args:
+        root: the folder holding one folder per identity.
+
+    Returns:
+        Identity name -> sorted nested file paths (hidden files and folders skipped).
+    """
+    nested: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(p for p in sub.rglob("*") if _is_listed_file(p) and not any(part.startswith(".") for part in p.relative_to(sub).parts))
+            if files:
+                nested.setdefault(folder.name, []).extend(files)
+    return nested
+

@@ -171,15 +171,17 @@ def lfw_pairs(path: str | Path, faces: dict[str, list[str]]) -> tuple[list[Pair]
     """LFW pairs mapped onto aligned faces (``<name>/<name>_<NNNN>.png``).
 
     Args:
-        path: LFW ``pairs.txt``.
+        path: LFW ``pairs.txt`` (under ``$FMIX_DATA`` when it names the default data root: :mod:`fmix.data.root`).
         faces: identity -> aligned face paths.
 
     Returns:
         The pairs whose two faces were aligned, and how many pairs were dropped.
     """
+    from fmix.data.root import resolve_data_path  # the default under ../shared/data moves under $FMIX_DATA
+
     available = {p for paths in faces.values() for p in paths}
     pairs, dropped = [], 0
-    for fold, name_a, i, name_b, j, same in read_lfw_pairs(path):
+    for fold, name_a, i, name_b, j, same in read_lfw_pairs(resolve_data_path(path)):
         a, b = f"{name_a}/{name_a}_{i:04d}.png", f"{name_b}/{name_b}_{j:04d}.png"
         if a in available and b in available:
             pairs.append(Pair(fold, a, b, same))

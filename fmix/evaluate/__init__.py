@@ -1,12 +1,5 @@
-"""Evaluation: verification metrics and InsightFace verification sets (DESIGN 6)."""
+"""Evaluation: verification metrics (DESIGN 6); InsightFace .bin sets are read by :mod:`fmix.data.insightface_bin`."""
 
-from fmix.evaluate.insightface_bin import (
-    RestrictedUnpickler,
-    VerificationBin,
-    decode_image,
-    read_insightface_bin,
-    restricted_load,
-)
 from fmix.evaluate.verification import (
     FARS,
     accuracy_at,
@@ -21,16 +14,11 @@ from fmix.evaluate.verification import (
 
 __all__ = [
     "FARS",
-    "RestrictedUnpickler",
-    "VerificationBin",
     "accuracy_at",
     "best_threshold",
     "candidate_thresholds",
     "cosine_scores",
-    "decode_image",
     "paired_fold_difference",
-    "read_insightface_bin",
-    "restricted_load",
     "roc_auc",
     "tar_at_far",
     "verification_metrics",

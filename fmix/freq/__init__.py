@@ -25,16 +25,13 @@ from fmix.freq.masking import (
 )
 from fmix.freq.mixing import (
     LAWS,
-    MixedBatch,
     MixingDraw,
     PartnerDraw,
     apply_mixing,
     draw_groups,
     draw_partners,
     draw_sign_mask,
-    frequency_mixup,
     mix_weights,
-    mixed_label_targets,
     sample_mixing,
 )
 from fmix.freq.visualize import protected_to_image, to_uint8_hwc
@@ -45,7 +42,6 @@ __all__ = [
     "LAWS",
     "NUM_CHANNELS",
     "FrequencyMask",
-    "MixedBatch",
     "MixingDraw",
     "PartnerDraw",
     "RunningChannelStats",
@@ -61,10 +57,8 @@ __all__ = [
     "draw_groups",
     "draw_partners",
     "draw_sign_mask",
-    "frequency_mixup",
     "low_frequency_channels",
     "mix_weights",
-    "mixed_label_targets",
     "protected_to_image",
     "random_channel_permutation",
     "rgb_to_ycbcr",

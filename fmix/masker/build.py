@@ -12,6 +12,7 @@ import torch
 from fmix import __version__
 from fmix.data.faces import load_faces
 from fmix.freq import NUM_CHANNELS, FrequencyMask, RunningChannelStats, block_dct, select_channels
+from fmix.masker.metadata import bind_metadata, validate_masker_metadata
 from fmix.masker.module import FixedKPolicy, Masker
 from fmix.masker.protection import MixingConfig
 from fmix.params import ExportParams, MixingParams
@@ -74,8 +75,10 @@ def build_masker(params: ExportParams, stats: RunningChannelStats, mixing: Mixin
     return Masker(mask, params.upsample, policy, k_values).eval()
 
 
-def masker_metadata(masker: Masker, params: ExportParams, input_size: int, public_faces: int | None, mixing: MixingParams | None = None) -> dict[str, str]:
-    """The metadata stored in ``masker.onnx`` (all values JSON strings).
+def masker_metadata(
+    masker: Masker, params: ExportParams, input_size: int, public_faces: int | None, mixing: MixingParams | None = None, policy: str | None = None
+) -> dict[str, str]:
+    """The metadata stored in ``masker.onnx`` (all values JSON strings), its release settings bound.
 
     Args:
         masker: the masker.
@@ -83,10 +86,11 @@ def masker_metadata(masker: Masker, params: ExportParams, input_size: int, publi
         input_size: side of the aligned faces.
         public_faces: faces the statistics came from (None: from a trained model).
         mixing: the ``mixing`` parameters its samples are mixed with (default: the defaults).
+        policy: ``"strategy"`` for a trained strategy network (default: ``fixed:<export.k>``).
 
     Returns:
         Key -> JSON string; ``mixing`` is the :class:`~fmix.masker.protection.MixingConfig` (k_max:
-        the masker's largest k).
+        the masker's largest k); ``binding`` the digests of :func:`fmix.masker.metadata.bind_metadata`.
     """
     mixing = mixing or MixingParams()
     config = MixingConfig.from_params(mixing)
@@ -98,14 +102,14 @@ def masker_metadata(masker: Masker, params: ExportParams, input_size: int, publi
         "channel_mean": masker.mask.mean.tolist(),
         "channel_std": masker.mask.std.tolist(),
         "k_values": masker.k_values.tolist(),
-        "policy": f"fixed:{params.k}",
+        "policy": policy or f"fixed:{params.k}",
         "mixing": {**config.to_dict(), "k_max": max(masker.k_values.tolist())},
         "params_hash": params_hash(params, mixing),
         "export_params": asdict(params),
         "mixing_params": asdict(mixing),
         "public_faces_for_stats": public_faces,
     }
-    return {key: json.dumps(value) for key, value in values.items()}
+    return bind_metadata({key: json.dumps(value) for key, value in values.items()})
 
 
 def mask_from_metadata(metadata: dict[str, str]) -> FrequencyMask:
@@ -118,15 +122,23 @@ def mask_from_metadata(metadata: dict[str, str]) -> FrequencyMask:
 
 
 def read_masker_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of an exported ``masker.onnx``, without starting a runtime session."""
+    """The metadata of an exported ``masker.onnx``, without starting a runtime session, validated.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an ONNX model, or its metadata fails :func:`~fmix.masker.metadata.validate_masker_metadata`.
+    """
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"masker not found: {path} (make one with `fmix export`)")
-    metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
-    if "kept_channels" not in metadata:
-        raise ValueError(f"{path} is not an fmix masker (no kept_channels in its metadata)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises protobuf's DecodeError and others
+        raise ValueError(f"{path} is not an ONNX model: {err}") from err
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    validate_masker_metadata(metadata, str(path))
     return metadata
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from pathlib import Path
@@ -162,9 +161,7 @@ def export_masker(
         if params.k not in mixing.k_values:
             raise ValueError(f"export.k={params.k} must be one of mixing.k_values={list(mixing.k_values)}")
         masker, used = public_masker(aligned, public_csv, params, mixing)
-    metadata = masker_metadata(masker, params, input_size, used, mixing)
-    if policy_model is not None:
-        metadata["policy"] = json.dumps("strategy")
+    metadata = masker_metadata(masker, params, input_size, used, mixing, policy="strategy" if policy_model is not None else None)
     export_onnx(masker, out_path, metadata, input_size, params.opset)
     return {
         "kept_channels": masker.mask.num_kept,

@@ -13,7 +13,7 @@ Runtime) and the attacks (the white-box attacker's copy of the owner's protectio
 Order of draws from the generator, per batch: policy noise (B,), then the channel permutation (if
 enabled), then partners, weights and sign mask (:func:`fmix.freq.sample_mixing`). The same seed
 and batch give the same protected samples on every path. Where the generator comes from is the
-caller's business: a release draws it from :class:`fmix.masker.randomness.ReleaseRandomness`
+caller's business: a release draws it from :class:`fmix.release.randomness.ReleaseRandomness`
 (the OS CSPRNG by default, or a secret key; no seed recorded).
 
 Two ways to mix a batch: :meth:`Protection.protect` makes one sample per face with partners from
@@ -26,6 +26,7 @@ samples).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
@@ -64,12 +65,17 @@ class MixingConfig:
     noise: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.k_max < 1:
-            raise ValueError(f"Expected k_max >= 1, got {self.k_max}")
+        if type(self.k_max) is not int or self.k_max < 1:
+            raise ValueError(f"Expected k_max an integer >= 1, got {self.k_max!r}")
         if self.weight_law not in LAWS:
             raise ValueError(f"Expected weight_law in {LAWS}, got {self.weight_law!r}")
-        if self.noise < 0:
-            raise ValueError(f"Expected noise >= 0, got {self.noise}")
+        for name in ("sign_flip", "permute_channels", "rescale"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"Expected {name} true or false, got {getattr(self, name)!r}")
+        if self.cap is not None and not (_is_finite_number(self.cap) and 0 < self.cap <= 1):
+            raise ValueError(f"Expected cap null or a number in (0, 1], got {self.cap!r}")
+        if not (_is_finite_number(self.noise) and self.noise >= 0):
+            raise ValueError(f"Expected noise a finite number >= 0, got {self.noise!r}")
 
     @classmethod
     def from_params(cls, params: MixingParams) -> "MixingConfig":
@@ -78,6 +84,24 @@ class MixingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_finite_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _with_noise(mixed: Tensor, noise: Tensor | None) -> Tensor:
+    return mixed if noise is None else mixed + noise.to(mixed.device, mixed.dtype)
+
+
+class ReplayedDraws(NamedTuple):
+    """The random parts of a protected batch (:meth:`Protection.replay_draws`); ``None`` where not drawn."""
+
+    permutation: Tensor | None
+    partners: Tensor
+    weights: Tensor
+    sign: Tensor | None
+    noise: Tensor | None
 
 
 class ProtectedBatch(NamedTuple):
@@ -124,27 +148,8 @@ def _mix_used_columns(x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor
     return apply_mixing(x, partners[:, :columns], weights[:, :columns], sign, rescale)
 
 
-def add_mix_noise(mixed: Tensor, std: float, generator: torch.Generator) -> Tensor:
-    """Mixes plus Gaussian noise of standard deviation ``std`` on every coefficient (``mixing.noise``).
-
-    Drawn last, after the sign mask, from the CPU ``generator``; ``std = 0`` draws nothing, so the
-    draws of a protection without noise are unchanged.
-
-    Args:
-        mixed: mixed samples (unit variance per coefficient when rescaled).
-        std: the noise's standard deviation, >= 0.
-        generator: CPU generator.
-
-    Shape:
-        - mixed: :math:`(B, C, h, w)`; output: the same.
-    """
-    if std == 0:
-        return mixed
-    return mixed + mix_noise(mixed.shape, std, generator).to(mixed.device, mixed.dtype)
-
-
 def mix_noise(shape: tuple[int, ...] | torch.Size, std: float, generator: torch.Generator) -> Tensor:
-    """The noise :func:`add_mix_noise` adds: ``std`` times float32 standard normals from ``generator`` (CPU)."""
+    """The noise a mix gets (``mixing.noise``, drawn last): ``std`` times float32 standard normals from ``generator`` (CPU)."""
     return std * torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
@@ -198,16 +203,56 @@ class Protection:
         """
         if self.graph is None:
             raise ValueError("this protection has no masking graph: give it encoded faces (protect_encoded)")
-        noise = torch.rand(images.shape[0], generator=generator)
-        masked, k = self.graph(images, noise)
+        masked, k = self.graph(images, self._draw_policy_noise(images.shape[0], generator))
         return self.permute(masked, generator), k
 
     def permute(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """A random channel order per sample when ``mixing.permute_channels`` (else ``x`` unchanged)."""
-        if self.mixing is None or not self.mixing.permute_channels:
+        permutation = self._draw_permutation(x.shape[0], x.shape[1], generator)
+        if permutation is None:
             return x
-        permutation = random_channel_permutation(x.shape[0], x.shape[1], generator).to(x.device)
-        return torch.gather(x, 1, permutation[:, :, None, None].expand_as(x))
+        return torch.gather(x, 1, permutation.to(x.device)[:, :, None, None].expand_as(x))
+
+    # Every random draw of a protection goes through these, in this order: policy noise, channel
+    # permutation, mixing (partners or groups, weights, signs), then the mixes' noise.
+    @staticmethod
+    def _draw_policy_noise(batch: int, generator: torch.Generator) -> Tensor:
+        return torch.rand(batch, generator=generator)
+
+    def _draw_permutation(self, batch: int, channels: int, generator: torch.Generator) -> Tensor | None:
+        if self.mixing is None or not self.mixing.permute_channels:
+            return None
+        return random_channel_permutation(batch, channels, generator)
+
+    def _draw_noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator) -> Tensor | None:
+        return None if self.mixing.noise == 0 else mix_noise(shape, self.mixing.noise, generator)
+
+    def replay_draws(self, labels: Tensor, k: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator) -> "ReplayedDraws":
+        """The random draws :meth:`protect` makes on a batch, in its order, without faces or a graph.
+
+        What a seed-replay attack needs (:func:`fmix.attacks.unmix.regenerate_secrets`): with the
+        generator the owner used, the partners, weights, signs and noise of every sample.
+
+        Args:
+            labels: the identity label of every face (the anchors).
+            k: faces per sample, as the policy drew them.
+            sample_shape: (K, h, w) of one masked face.
+            generator: CPU generator, as the owner seeded it.
+
+        Shape:
+            - labels, k: :math:`(B,)`.
+
+        Raises:
+            ValueError: the protection does not mix.
+        """
+        if self.mixing is None:
+            raise ValueError("this protection does not mix (no mixing configuration)")
+        self._draw_policy_noise(labels.shape[0], generator)
+        permutation = self._draw_permutation(labels.shape[0], sample_shape[0], generator)
+        config = self.mixing
+        draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, tuple(sample_shape) if config.sign_flip else None, generator)
+        noise = self._draw_noise((labels.shape[0], *sample_shape), generator)
+        return ReplayedDraws(permutation, draw.partners, draw.weights, draw.sign, noise)
 
     def mix(self, x: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator) -> ProtectedBatch:
         """Mix encoded samples: partners, weights and sign mask drawn and applied, then the noise (``mixing.noise``).
@@ -235,7 +280,7 @@ class Protection:
         draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator, dtype=x.dtype)
         partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
         sign = None if draw.sign is None else draw.sign.to(x.device)
-        mixed = add_mix_noise(_mix_used_columns(x, partners, weights, sign, k, config.rescale), config.noise, generator)
+        mixed = _with_noise(_mix_used_columns(x, partners, weights, sign, k, config.rescale), self._draw_noise(x.shape, generator))
         unused = torch.arange(config.k_max, device=labels.device)[None, :] >= k[:, None]
         constituent_labels = labels[draw.partners].masked_fill(unused, -1)
         return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback, draw.partners)
@@ -309,17 +354,9 @@ class Protection:
         groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
         weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
         sign = draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
-        mixed = add_mix_noise(_mix_used_columns(masked, groups.members, weights, sign, groups.size, config.rescale), config.noise, generator)
+        mixed = _mix_used_columns(masked, groups.members, weights, sign, groups.size, config.rescale)
+        mixed = _with_noise(mixed, self._draw_noise(mixed.shape, generator))
         unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
         constituent_labels = labels[groups.members].masked_fill(unused, -1)
         return GroupedBatch(mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover)
 
-
-def protect_batch(graph: GraphFn, images: Tensor, labels: Tensor, config: MixingConfig, generator: torch.Generator, mix: bool = True) -> ProtectedBatch:
-    """``Protection(graph, config).protect(images, labels, generator, mix)``."""
-    return Protection(graph, config).protect(images, labels, generator, mix)
-
-
-def protect_groups(graph: GraphFn, images: Tensor, labels: Tensor, config: MixingConfig, generator: torch.Generator) -> GroupedBatch:
-    """``Protection(graph, config).protect_groups(images, labels, generator)``."""
-    return Protection(graph, config).protect_groups(images, labels, generator)

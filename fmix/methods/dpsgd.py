@@ -16,14 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.grad_sample import register_grad_sampler
-from opacus.validators import ModuleValidator
 from torch import Tensor, nn
 
+from fmix._optional import require
 from fmix.methods.base import Method
 from fmix.models.heads import MarginHead, margin_loss
 from fmix.params import MixingParams, TrainParams
+
+require("opacus", "dp")  # before the imports below: a missing opacus names the extra that installs it
+from opacus import PrivacyEngine  # noqa: E402
+from opacus.grad_sample import register_grad_sampler  # noqa: E402
+from opacus.validators import ModuleValidator  # noqa: E402
 
 if TYPE_CHECKING:
     from fmix.train.trainer import Trainer

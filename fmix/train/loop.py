@@ -20,16 +20,18 @@ from torch import nn
 from tqdm import tqdm
 
 from fmix.data.faces import FaceSet, load_face_set
+from fmix.device import rank_device, resolve_device
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.io import atomic_write, write_json_atomic
 from fmix.methods import get_method
 from fmix.methods.base import TrainInputs
+from fmix.models.encoders import RgbEncoder
 from fmix.models.frnet import FRNet, build_net
 from fmix.params import MixingParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint
 from fmix.train.trainer import Trainer, lr_factor
 
-__all__ = ["FRNet", "build_net", "closed_set_accuracy", "lr_factor", "recalibrate_batchnorm", "train"]
+__all__ = ["FRNet", "build_net", "closed_set_accuracy", "init_backbone", "lr_factor", "recalibrate_batchnorm", "train"]
 
 
 @torch.no_grad()
@@ -56,12 +58,39 @@ def recalibrate_batchnorm(encoder: nn.Module, backbone: nn.Module, faces: FaceSe
     return True
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device_spec: str = "auto") -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if resolve_device(device_spec).type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
     return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def init_backbone(backbone: nn.Module, encoder: nn.Module, params: TrainParams) -> nn.Module:
+    """Start the backbone from ``train.init_backbone``, an arcface_torch ``backbone.pth`` (before the method changes the network).
+
+    Args:
+        backbone: the freshly built backbone.
+        encoder: the method's encoder: only an RGB one of 3 x 112 x 112 faces fits pretrained RGB weights.
+        params: the ``train`` parameters (``init_backbone``, the method's name).
+
+    Returns:
+        ``backbone``, with the pretrained weights.
+
+    Raises:
+        ValueError: the method's input is not RGB 3 x 112 x 112, or the file does not fit the network
+            (naming the first missing or mis-shaped key).
+        FileNotFoundError: no such file.
+    """
+    from fmix.models.backbone_import import load_arcface_backbone
+
+    if not isinstance(encoder, RgbEncoder) or (encoder.channels, encoder.size) != (3, 112):
+        raise ValueError(
+            f"train.init_backbone needs a method whose network reads RGB faces of 3x112x112; method {params.method!r} "
+            f"feeds it {encoder.channels}x{encoder.size}x{encoder.size} {type(encoder).__name__} inputs, so its input does not allow "
+            "a pretrained RGB backbone (set train.init_backbone: null)"
+        )
+    return load_arcface_backbone(params.init_backbone, backbone)
 
 
 def build_trainer(
@@ -101,6 +130,8 @@ def build_trainer(
     num_classes = int(train_set.labels.max()) + 1
     mixing = mixing or MixingParams()
     net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing, params)))
+    if params.init_backbone is not None:
+        init_backbone(net.backbone, encoder, params)
     trainer = Trainer(params, method, mixing, encoder, method.prepare_net(net).to(device), train_set, device, rank, world)
     return trainer, val_set
 
@@ -132,8 +163,8 @@ def train(
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
     """
-    rank, world = _distributed()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    rank, world = _distributed(params.device)
+    device = rank_device(params.device, rank)  # train.device: auto = CUDA when available (rank r on GPU r mod count)
     torch.set_num_threads(params.threads)
     torch.manual_seed(params.seed)
     random.seed(params.seed)

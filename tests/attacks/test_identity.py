@@ -95,5 +95,5 @@ def test_bad_inputs_say_what_is_wrong(gallery):
         DlibGallery(FaceSet(faces.images[:1], torch.tensor([-1]), ["a.png"]))
     with pytest.raises(ValueError, match="num_identities > the largest gallery label 4, got 3"):
         DlibGallery(faces, num_identities=3, judge=judged.judge)
-    with pytest.raises(ValueError, match=r"judge in \('dlib', 'evaluator'\), got 'arcface'"):
+    with pytest.raises(ValueError, match=r"judge in \('dlib', 'evaluator'\) or the path of an ONNX face embedder ending in \.onnx, got 'arcface'"):
         IdentityScorer("arcface", None, faces)

@@ -15,7 +15,7 @@ from fmix.attacks import (
 )
 from fmix.freq import RunningChannelStats, block_dct
 from fmix.masker.build import build_masker
-from fmix.masker.protection import MixingConfig, protect_batch
+from fmix.masker.protection import MixingConfig, Protection
 from fmix.params import ExportParams, MixingParams
 
 TINY = AttackConfig(width=8, skip_channels=4, head_min=4, batch_size=8, lr=2e-3, adv_weight=0.05, adv_warmup=10, disc_width=4, disc_layers=2, seed=3)
@@ -39,7 +39,7 @@ def test_masker_protector_matches_protect_batch_and_keeps_partners(aligned_faces
     params = ExportParams(k=3)
     masker, config = build_masker(params, stats), MixingConfig.from_params(MixingParams())
     pairs = MaskerProtector(masker, config)(images, labels, torch.Generator().manual_seed(5))
-    reference = protect_batch(masker, images, labels, config, torch.Generator().manual_seed(5))
+    reference = Protection(masker, config).protect(images, labels, torch.Generator().manual_seed(5))
     torch.testing.assert_close(pairs.x, reference.x)
     torch.testing.assert_close(pairs.weights, reference.weights)
     assert torch.equal(labels[pairs.partners].masked_fill(pairs.weights == 0, -1), reference.labels)

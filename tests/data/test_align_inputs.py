@@ -87,3 +87,18 @@ def test_an_existing_file_as_output_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["align", str(src), str(tmp_path / "taken"), "--min-images", "1", "-q"])
     assert (result.exit_code, result.output) == (1, f"error: output folder {tmp_path / 'taken'} is an existing file, not a folder\n")
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_250_character_file_name_aligns_and_nested_photos_get_a_row(tmp_path):
+    """A long name used to fail (its temporary name passed 255 bytes); photos in sub-folders were dropped unseen."""
+    src = copy_sample(tmp_path / "src", identities=("Ariel_Sharon",), per_identity=1)
+    long_name = "a" * 246 + ".jpg"
+    shutil.copy(LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0002.jpg", src / "Ariel_Sharon" / long_name)
+    (src / "Ariel_Sharon" / "2019" / "deeper").mkdir(parents=True)
+    shutil.copy(LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0003.jpg", src / "Ariel_Sharon" / "2019" / "deeper" / "Ariel_Sharon_0001.jpg")
+    summary = align_folder(src, tmp_path / "out", ONE_WORKER, progress=False)
+    assert summary["status_counts"] == {"nested_folder": 1, "ok": 2}  # the nested twin of _0001 clashes with nothing
+    rows = {row.source: row for row in read_manifest(tmp_path / "out")}
+    assert rows[f"Ariel_Sharon/{long_name}"].output == f"Ariel_Sharon/{'a' * 246}.png"
+    nested = rows["Ariel_Sharon/2019/deeper/Ariel_Sharon_0001.jpg"]
+    assert nested.message == "Ariel_Sharon/2019/deeper/Ariel_Sharon_0001.jpg is in a sub-folder of its identity folder: move it into Ariel_Sharon/ to align it"

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fmix.cli import app
-from fmix.masker.apply import protect_folder
+from fmix.release.protect import protect_folder
 from fmix.params import MaskParams
 from fmix_testing import copy_sample
 
@@ -65,8 +65,17 @@ def _released_faces(index: str) -> list[str]:
 def test_a_masker_whose_graph_disagrees_with_its_metadata_is_refused(faces, pipeline_sample, tmp_path):
     import onnx
 
+    from fmix.masker.metadata import bind_metadata
+
     model = onnx.load(pipeline_sample["masker"])
     next(p for p in model.metadata_props if p.key == "input_size").value = "96"
+    onnx.save(model, tmp_path / "edited.onnx")
+    result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(tmp_path / "edited.onnx"), "-q"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {tmp_path / 'edited.onnx'}: its metadata field(s) input_size differ from what the masker was exported with")
+    # Re-bound by a forger who knows the scheme: the graph check still refuses it.
+    rebound = bind_metadata({p.key: p.value for p in model.metadata_props})
+    for prop in model.metadata_props:
+        prop.value = rebound[prop.key]
     onnx.save(model, tmp_path / "lying.onnx")
     result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(tmp_path / "lying.onnx"), "-q"])
     assert result.exit_code == 1 and result.output.count("\n") == 1

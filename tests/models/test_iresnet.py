@@ -107,7 +107,7 @@ def test_gradient_reaches_every_trainable_parameter(norm):
 
 
 def test_bad_arguments_raise_with_messages():
-    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet18'; expected one of \['iresnet18', 'iresnet34', 'iresnet50'\]"):
+    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet18'; expected one of \['iresnet100', 'iresnet18', 'iresnet34', 'iresnet50'\]"):
         build_backbone("resnet18", 3, 112)
     with pytest.raises(ValueError, match="Unknown stride preset 'freq7'"):
         build_backbone("iresnet18", 3, 112, strides="freq7")

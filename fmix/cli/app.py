@@ -14,6 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from fmix import __version__
+from fmix.cli.data import app as data_app
+from fmix.cli.errors import fail, guarded, one_line
+from fmix.cli.rec import rec_app
 from fmix.methods.registry import METHODS
 
 app = typer.Typer(
@@ -44,31 +47,6 @@ def main(
     """fmix: train face recognition on masked, mixed faces; measure privacy with attacks."""
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
-
-
-# Errors caused by what the user passed (paths, files, values), shown as one line; any other
-# exception is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
-
-
-def _run(step):
-    """Run a library call; bad input becomes a one-line error and exit code 1, not a traceback."""
-    try:
-        return step()
-    except USER_ERRORS as err:
-        _fail(_one_line(err))
-
-
-def _one_line(err: Exception) -> str:
-    """The error's message on one line (OS errors name their file)."""
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        return f"{err.strerror}: {err.filename}"
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -77,11 +55,11 @@ def _sweep_entry(params: Path | None, name: str) -> dict:
     from fmix import params as params_module
 
     if params is None:
-        _fail("--sweep needs --params (the file holding the sweep section)")
+        fail("--sweep needs --params (the file holding the sweep section)")
     try:
         return params_module.load_sweep_entry(params, name)
     except params_module.ParamsError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _load(cls_name: str, params: Path | None, section: str, **overrides):
@@ -90,7 +68,7 @@ def _load(cls_name: str, params: Path | None, section: str, **overrides):
     try:
         return params_module.load_section(getattr(params_module, cls_name), params, section, **overrides)
     except params_module.ParamsError as err:
-        _fail(_one_line(err))
+        fail(one_line(err))
 
 
 @app.command()
@@ -108,7 +86,7 @@ def align(
     cfg = _load("AlignParams", params, "align", workers=workers, min_images=min_images, max_identities=max_identities)
     from fmix.data.align import align_folder
 
-    summary = _run(lambda: align_folder(src, dst, cfg, progress=not quiet, follow_outside=not inside_only))
+    summary = guarded(lambda: align_folder(src, dst, cfg, progress=not quiet, follow_outside=not inside_only))
     counts = summary["status_counts"]
     failed = {status: n for status, n in counts.items() if status != "ok"}
     typer.echo(
@@ -130,7 +108,7 @@ def split(
     cfg = _load("SplitParams", params, "split", seed=seed, pairs=pairs)
     from fmix.data.splits import make_split, write_split
 
-    summary = _run(lambda: write_split(make_split(aligned, cfg), dst, cfg))
+    summary = guarded(lambda: write_split(make_split(aligned, cfg), dst, cfg))
     typer.echo("split: " + ", ".join(f"{key}={value}" for key, value in summary["counts"].items()))
 
 
@@ -149,7 +127,7 @@ def export(
     mixing = _load("MixingParams", params, "mixing")
     from fmix.masker.export import export_masker
 
-    summary = _run(lambda: export_masker(aligned, public, out, cfg, policy_model=policy, mixing=mixing))
+    summary = guarded(lambda: export_masker(aligned, public, out, cfg, policy_model=policy, mixing=mixing))
     typer.echo(
         f"masker: {summary['kept_channels']} of 192 channels kept, {summary['map_size']}x{summary['map_size']} maps, "
         + (f"statistics from {summary['public_faces_for_stats']} public faces" if policy is None else f"masking and policy of {policy}")
@@ -169,7 +147,7 @@ def mask(
     anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help="Keyed-hash output names (the default; key from $FMIX_NAME_KEY, else derived from --secret-key-file, else random and kept by nobody), or the file names joined by + (which say which faces a mix holds).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
     secret_key_file: Annotated[Optional[Path], typer.Option("--secret-key-file", help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.")] = None,
-    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces (default: fmix-ledger.jsonl beside OUT_DIR).")] = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces, outside IN_DIR and OUT_DIR (default: $FMIX_LEDGER, else ~/.local/share/fmix/ledger.jsonl: one per owner).")] = None,
     allow_rerelease: Annotated[bool, typer.Option("--allow-rerelease", help="Warn instead of refusing faces an earlier release used (only if that release never left you).")] = False,
     publish_label_names: Annotated[bool, typer.Option("--publish-label-names", help="Write labels.json (identity -> label) into the release.")] = False,
     insecure_seed: Annotated[Optional[int], typer.Option("--insecure-seed", help="INSECURE, attack experiments only: a seed recorded in run.json.")] = None,
@@ -181,17 +159,32 @@ def mask(
 
     cfg = _load("MaskParams", params, "mask", mix=mix, anonymize=anonymize)
     align_cfg = _load("AlignParams", params, "align") if align else None
-    from fmix.masker.apply import NAME_KEY_ENV, ReleaseOptions, protect_folder
-    from fmix.masker.randomness import read_secret_key
+    from fmix.release.protect import NAME_KEY_ENV, ReleaseOptions, protect_folder
+    from fmix.release.randomness import check_name_key, read_secret_key
 
     key = os.environ.get(NAME_KEY_ENV, "").encode() or None
-    secret = _run(lambda: read_secret_key(secret_key_file, out_dir)) if secret_key_file else None
+    if key is not None:
+        guarded(lambda: check_name_key(key, f"${NAME_KEY_ENV}"))
+    secret = guarded(lambda: read_secret_key(secret_key_file, out_dir)) if secret_key_file else None
     release = ReleaseOptions(secret, ledger, allow_rerelease, publish_label_names, insecure_seed, insecure_reuse)
-    summary = _run(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release))
+    summary = guarded(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release))
     skipped = summary["skipped_by_status"]
     typer.echo(
-        f"protected {summary['faces_used']} of {summary['inputs']} faces in {summary['protected']} samples ({'mixed, one use per face' if summary['one_use_per_face'] else 'mixed, faces REUSED' if summary['mixed'] else 'masked only'}, "
-        f"k histogram {json.dumps(summary['k_histogram'])}); skipped: {json.dumps(skipped) if skipped else 'none'}; ledger {summary['ledger']}"
+        f"protected {summary['faces_used']} of {summary['inputs']} faces in {summary['protected']} samples ({_released_as(summary)}); "
+        f"skipped: {json.dumps(skipped) if skipped else 'none'}; ledger {summary['ledger']}"
+    )
+
+
+def _released_as(summary: dict) -> str:
+    """What a release holds, from its summary (the samples written, not the options asked for)."""
+    if not summary["mixed"]:
+        return f"masked only, not mixed, k histogram {json.dumps(summary['k_histogram'])}"
+    mixing = summary["released_mixing"]
+    use = "one use per face" if summary["one_use_per_face"] else "faces REUSED"
+    noise = f"noise {mixing['noise']:g}" if mixing["noise"] else "NO noise"
+    return (
+        f"mixed, {use}, k {mixing['k_min']}-{mixing['k_max']} (histogram {json.dumps(summary['k_histogram'])}), "
+        f"{'sign mask' if mixing['sign_flip'] else 'NO sign mask'}, {noise}, weight cap {mixing['cap']}"
     )
 
 
@@ -217,7 +210,7 @@ def train(
     mixing = _load("MixingParams", params, "mixing")
     from fmix.train.loop import train as run_training
 
-    summary = _run(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing))
+    summary = guarded(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing))
     typer.echo(
         f"trained {summary['method']} on {summary['training_faces']} faces of {summary['identities']} identities: "
         f"validation accuracy {summary['val_accuracy']:.3f}, mean k {summary['final_mean_k']}"
@@ -231,19 +224,22 @@ def evaluate(
     splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split` (pairs.csv, private_val.csv).")],
     out: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     params: ParamsOption = None,
+    bins: Annotated[Optional[list[Path]], typer.Option("--bin", help="An InsightFace verification .bin (lfw.bin, cfp_fp.bin, or `fmix rec lfw-bin`'s) to report as well; repeatable.")] = None,
 ) -> None:
     """Verification (10-fold accuracy, TAR@FAR, AUC) on masked, un-mixed faces, beside the raw-feature floor."""
     cfg = _load("EvaluateParams", params, "evaluate")
     from fmix.evaluate.run import evaluate_model
     from fmix.io import write_json_atomic
 
-    metrics = _run(lambda: evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv"))
+    metrics = guarded(lambda: evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv", bins or ()))
     write_json_atomic(out, metrics)
     ver, floor = metrics["verification"], metrics["raw_feature_floor"]
     typer.echo(
         f"{metrics['method']}: verification accuracy {ver['accuracy_mean']:.3f} +- {ver['accuracy_std']:.3f}, AUC {ver['auc']:.3f}; "
         f"raw-feature floor {floor['accuracy_mean']:.3f}; closed-set validation accuracy {metrics['val_accuracy']:.3f}"
     )
+    for path, result in metrics.get("bins", {}).items():
+        typer.echo(f"  {path}: verification accuracy {result['accuracy_mean']:.3f} +- {result['accuracy_std']:.3f}, AUC {result['auc']:.3f} on {result['pairs']} pairs")
 
 
 @app.command()
@@ -261,13 +257,33 @@ def evaluator(
     train_cfg = _load("TrainParams", params, "train")
     from fmix.train.loop import train as run_training
 
-    train_cfg = dataclasses.replace(train_cfg, method="none", **dataclasses.asdict(cfg))
-    summary = _run(lambda: run_training(train_cfg, aligned, splits, out_dir, progress=not quiet))
+    # The evaluator is its own model: its section's settings (device included), never train's pretrained start.
+    train_cfg = dataclasses.replace(train_cfg, method="none", init_backbone=None, **dataclasses.asdict(cfg))
+    summary = guarded(lambda: run_training(train_cfg, aligned, splits, out_dir, progress=not quiet))
     typer.echo(f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities")
+
+
+@app.command("export-fr")
+def export_fr(
+    model: Annotated[Path, typer.Argument(help="model.pt of `fmix train` (or `fmix evaluator`).")],
+    out: Annotated[Path, typer.Argument(help="Destination .onnx: (B, 3, 112, 112) RGB in [0, 255] -> (B, E) L2-normalised embeddings.")],
+    flip_average: Annotated[bool, typer.Option("--flip-average", help="Average with the mirrored face's embedding, as `fmix evaluate` does (twice the work).")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (at least 17).")] = 18,
+) -> None:
+    """Export a trained FR model, its frozen encoder included, as an ONNX face embedder (dynamic batch; usable as attack.judge)."""
+    from fmix.models.fr_export import export_face_embedder
+
+    summary = guarded(lambda: export_face_embedder(model, out, flip_average, opset))
+    typer.echo(
+        f"face embedder: {summary['method']}, {summary['embedding_size']}-d embeddings{', flip-averaged' if summary['flip_average'] else ''}, "
+        f"opset {summary['opset']} -> {out} ({summary['bytes']} bytes)"
+    )
 
 
 attack_app = typer.Typer(help="Privacy attacks: reconstruction of protected faces, inversion of the FR model.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
+app.add_typer(rec_app, name="rec")
+app.add_typer(data_app, name="data")
 
 
 @attack_app.command("reconstruct")
@@ -290,7 +306,7 @@ def attack_reconstruct(
     from fmix.attacks.run import attack_method
 
     score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
-    record = _run(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery))
+    record = guarded(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery))
     row, white, black = record["row"], record["white"], record["black"]
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
@@ -316,7 +332,7 @@ def attack_unmix(
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for unmix.json and unmix_grid.png.")],
     params: ParamsOption = None,
-    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: beside it), for scoring.")] = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`), for scoring.")] = None,
 ) -> None:
     """Un-mix a release: (a) regenerate its secrets, (b) resolve labels, (c) structure only; reconstruct and score (S3, S4)."""
     cfg = _load("AttackParams", params, "attack")
@@ -324,12 +340,40 @@ def attack_unmix(
     from fmix.attacks.release import attack_release
 
     network = AttackConfig.from_params(cfg)
-    record = _run(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg, network, ledger))
+    record = guarded(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg, network, ledger))
     base = record["mix_baseline"]
     typer.echo(
         f"unmix {release}: mixes themselves: error {base['median_relative_error']:.3f} S3 {base['S3']:.3f} S4 {base['S4']:.3f} (floor {base['floor']:.3f}) | "
         + " | ".join(f"({record[n]['attack']}) {n}: error {record[n]['median_relative_error']:.3f}, recovered {record[n]['recovered_fraction']:.2f}, S3 {record[n]['S3']:.3f} S4 {record[n]['S4']:.3f}" for n in ("regenerate", "labels", "structure"))
     )
+
+
+@attack_app.command("aggregate")
+def attack_aggregate(
+    release: Annotated[Path, typer.Argument(help="A released folder of `fmix mask` (what the attacker holds).")],
+    masker: Annotated[Path, typer.Argument(help="The masker.onnx that made it (white-box).")],
+    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align` (the owner's faces, for scoring).")],
+    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for aggregate.json and aggregate_grid.png.")],
+    params: ParamsOption = None,
+    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
+    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`): it names each published label.")] = None,
+    targets: Annotated[int, typer.Option("--targets", help="Attack the N published labels that are the heaviest constituent of the most samples.")] = 100,
+    strata: Annotated[str, typer.Option("--strata", help="Strata of photos per identity in private_train.csv, as increasing bounds (2,5,20: 2-4, 5-19, 20+).")] = "2,5,20",
+) -> None:
+    """Attack the people a release holds most of: single samples and per-label means of |x|, inverted; top-1 per stratum."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.aggregate import attack_aggregate as run_attack
+
+    record = guarded(lambda: run_attack(release, masker, aligned, splits, out_dir, cfg, targets, strata, gallery, ledger))
+    attacks, head, control = record["attacks"], record["headline"], record["controls"]
+    verdict = "the attack works" if record["attack_works"] else f"below {control['positive']['min_top1']}: too weak at this budget, low numbers credit no privacy"
+    typer.echo(
+        f"aggregate {release}: {record['targets']['selected']} targets (median {record['targets']['heaviest_samples']['median']} samples each) | "
+        + " | ".join(f"{name} top-1 {attacks[name]['top1']:.3f}" for name in ("single", "heaviest", "weighted"))
+        + f" | chance {record['chance_top1']:.4f} | max {head['top1']:.3f} ({head['attack']}), worst stratum {head['worst_stratum']}: {_fmt(head['worst_stratum_top1'])}"
+    )
+    typer.echo(f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}")
 
 
 @attack_app.command("gallery")
@@ -343,7 +387,7 @@ def attack_gallery(
     _load("AttackParams", params, "attack")
     from fmix.attacks.judge_gallery import write_gallery
 
-    summary = _run(lambda: write_gallery(aligned, splits, out))
+    summary = guarded(lambda: write_gallery(aligned, splits, out))
     typer.echo(f"judge gallery: {summary['faces']} faces of {summary['identities']} identities (dlib {summary['judge']['dlib']}) -> {out}")
 
 
@@ -361,7 +405,7 @@ def attack_invert(
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.run import invert_model
 
-    result = _run(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge, gallery))
+    result = guarded(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge, gallery, cfg.device))
     dec, opt = result["decoder"], result["optimisation"]
     typer.echo(
         f"inversion of {result['method']} (judge {result['judge']}): decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
@@ -387,7 +431,7 @@ def attack_protection(
     cfg = _load("AttackParams", params, "attack")
     from fmix.pipeline.protection import attack_protection as run_attack
 
-    record = _run(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery))
+    record = guarded(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery))
     if record["row"] is None:
         typer.echo(f"{record['method']}: {record['reason']}")
         return
@@ -415,7 +459,7 @@ def launch(
     cfg = _load("LaunchParams", params, "launch")
     from fmix.pipeline.launch import launch_command
 
-    argv = _run(lambda: launch_command(cfg, command))
+    argv = guarded(lambda: launch_command(cfg, command))
     typer.echo(shlex.join(argv) if dry_run else f"launch: {shlex.join(argv)}", err=not dry_run)
     if not dry_run:
         raise typer.Exit(code=subprocess.run(argv).returncode)
@@ -434,12 +478,12 @@ def pipeline_generate(
     from fmix.pipeline.generate import stale_files, write_generated
 
     if check:
-        stale = _run(lambda: stale_files(root))
+        stale = guarded(lambda: stale_files(root))
         if stale:
-            _fail(f"not generated from workflow/stages.yaml: {', '.join(stale)} (run `fmix pipeline generate`)")
+            fail(f"not generated from workflow/stages.yaml: {', '.join(stale)} (run `fmix pipeline generate`)")
         typer.echo("pipeline files are current")
         return
-    changed = _run(lambda: write_generated(root))
+    changed = guarded(lambda: write_generated(root))
     typer.echo(f"written: {', '.join(changed)}" if changed else "pipeline files are current")
 
 
@@ -456,7 +500,7 @@ def pipeline_profile(
     try:
         merged = apply_profile(params, name, root)
     except params_module.ParamsError as err:
-        _fail(str(err))
+        fail(str(err))
     typer.echo(f"profile {name}: {params} runs sweep entries {', '.join(merged.get('sweep', {}))}")
 
 
@@ -470,5 +514,5 @@ def report(
     """Write the report: method table, privacy/utility scatter, training curves, k over epochs, grids, params, versions."""
     from fmix.pipeline.report import write_report
 
-    rows = _run(lambda: write_report(results, models, out_dir, params))
+    rows = guarded(lambda: write_report(results, models, out_dir, params))
     typer.echo(f"report: {len(rows)} sweep entries -> {out_dir / 'report.md'}, {out_dir / 'report.html'}")

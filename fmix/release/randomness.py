@@ -35,6 +35,8 @@ def read_secret_key(path: str | Path, out_dir: str | Path | None = None) -> byte
         The key bytes.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"secret key {path} is a folder, not a key file")
     if not path.is_file():
         raise FileNotFoundError(f"secret key file not found: {path}")
     if out_dir is not None:
@@ -45,6 +47,26 @@ def read_secret_key(path: str | Path, out_dir: str | Path | None = None) -> byte
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"secret key {path} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > {path.name})")
     return key
+
+
+def check_name_key(key: bytes, source: str) -> bytes:
+    """Refuse a name key shorter than a secret key (a short key lets anyone brute-force the names).
+
+    Args:
+        key: the key of the anonymised sample names.
+        source: where it came from (``$FMIX_NAME_KEY``), for messages.
+
+    Returns:
+        The key.
+    """
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"name key {source} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. export {source.lstrip('$')}=$(head -c 24 /dev/urandom | base64))")
+    return key
+
+
+def key_check_value(key: bytes) -> str:
+    """A keyed check value of a secret key: tells two keys apart, reveals nothing that derives a stream."""
+    return hmac.new(key, b"fmix:key-check", hashlib.sha256).hexdigest()[:16]
 
 
 class ReleaseRandomness:

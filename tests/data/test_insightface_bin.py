@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmix.evaluate import VerificationBin, read_insightface_bin, restricted_load
+from fmix.data.insightface_bin import VerificationBin, read_insightface_bin, restricted_load
 from fmix_testing import LFW_IMAGES, require_files
 
 NAMES = ("Aaron_Eckhart", "AJ_Cook", "Aaron_Guiel", "AJ_Lamas")
@@ -143,3 +143,45 @@ def test_empty_truncated_and_lying_files_are_value_errors(tmp_path, face_jpegs):
         path.write_bytes(data)
         with pytest.raises(ValueError, match=message):
             read_insightface_bin(path)
+
+
+def test_reads_python3_protocol2_pickles(tmp_path, face_jpegs):
+    """Python 3 writes bytes in protocol 2 as calls of the global _codecs.encode(str, 'latin1')."""
+    payload = pickle.dumps((face_jpegs, [True, False]), protocol=2)
+    assert payload[:2] == b"\x80\x02" and b"c_codecs\nencode\n" in payload
+    path = tmp_path / "lfw_protocol2.bin"
+    path.write_bytes(payload)
+    data = read_insightface_bin(path)
+    assert data.issame.tolist() == [True, False]
+    for image, encoded in zip(data.images, face_jpegs):
+        np.testing.assert_array_equal(image, _decode(encoded))
+    assert restricted_load(io.BytesIO(pickle.dumps([b"\x00\xff\xd8", b"x"], protocol=2))) == [b"\x00\xff\xd8", b"x"]
+
+
+def _codecs_call(*args: bytes) -> bytes:
+    """A protocol-2 pickle calling _codecs.encode on the given (already encoded) argument opcodes."""
+    return b"\x80\x02c_codecs\nencode\n(" + b"".join(args) + b"tR."
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def test_protocol2_allows_only_latin1_encode(tmp_path):
+    marker = tmp_path / "pwned"
+    assert restricted_load(io.BytesIO(_codecs_call(_unicode("abc"), _unicode("latin1")))) == b"abc"
+    refused = {
+        "system": (pickle.dumps(([_Exploit(f"touch {marker}")], [True]), protocol=2), r"refusing to load the global (os|posix)\.system"),
+        "decode": (b"\x80\x02c_codecs\ndecode\n(" + _unicode("abc") + _unicode("latin1") + b"tR.", r"refusing to load the global _codecs\.decode"),
+        "builtins_bytes": (pickle.dumps(b"", protocol=2), r"refusing to load the global __builtin__\.bytes"),
+        "rot13": (_codecs_call(_unicode("abc"), _unicode("rot13")), r"refusing the call _codecs\.encode\('abc', 'rot13'\): a protocol-2 \.bin may only encode bytes as \(str, 'latin1'\)"),
+        "not_str": (_codecs_call(b"C\x03abc", _unicode("latin1")), r"refusing the call _codecs\.encode\(bytes, 'latin1'\)"),
+        "three_args": (_codecs_call(_unicode("abc"), _unicode("latin1"), _unicode("strict")), r"refusing the call _codecs\.encode\('abc', 'latin1', 'strict'\)"),
+    }
+    for name, (payload, message) in refused.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(payload)
+        with pytest.raises(pickle.UnpicklingError, match=message):
+            read_insightface_bin(path)
+    assert not marker.exists()

@@ -1,0 +1,1 @@
+"""Releases of protected faces (``fmix mask``): the folder's format, the owner's ledger, the randomness, the run."""

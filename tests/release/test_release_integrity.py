@@ -1,0 +1,287 @@
+"""Releases that cannot come out weaker than asked (issue 13): each case failed, or passed silently, before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from fmix.cli import app
+from fmix.masker.metadata import bind_metadata, binding_digest
+from fmix.params import ExportParams, MaskParams, MixingParams, ParamsError, load_section
+from fmix.release.folder import ReleaseWriter, read_release_folder
+from fmix.release.ledger import Ledger
+from fmix.release.protect import protect_folder
+
+runner = CliRunner()
+PEOPLE = ("Andre_Agassi", "Angelina_Jolie", "Alvaro_Uribe")
+
+
+@pytest.fixture()
+def faces(pipeline_sample, tmp_path) -> Path:
+    """Aligned faces of three people (5-6 each)."""
+    src = tmp_path / "faces"
+    for name in PEOPLE:
+        shutil.copytree(pipeline_sample["aligned"] / name, src / name)
+    return src
+
+
+def _masker(faces: Path) -> Path:
+    return faces.parent / "masker.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _masker_beside_faces(pipeline_sample, faces):
+    shutil.copy(pipeline_sample["masker"], _masker(faces))
+
+
+def _edited(masker: Path, out: Path, rebind: bool = False, **changes) -> Path:
+    """A copy of ``masker`` whose metadata fields are replaced (JSON-encoded), re-bound as a forger would if asked."""
+    model = onnx.load(str(masker))
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    metadata |= {key: json.dumps(value) if not isinstance(value, str) else value for key, value in changes.items()}
+    metadata = {key: value for key, value in metadata.items() if value != "<drop>"}
+    if rebind:
+        metadata = bind_metadata(metadata)
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(out))
+    return out
+
+
+def _error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    return result.output
+
+
+def _mixing(masker: Path) -> dict:
+    return json.loads({p.key: p.value for p in onnx.load(str(masker)).metadata_props}["mixing"])
+
+
+# ------------------------------------------------------------------ 1. one face, one sample
+
+
+def test_one_face_under_two_names_is_released_once(faces, tmp_path, owner_ledger):
+    first = faces / "Andre_Agassi" / sorted(p.name for p in (faces / "Andre_Agassi").iterdir())[0]
+    shutil.copy(first, faces / "Andre_Agassi" / "copy_of_first.png")  # two names in one folder
+    shutil.copy(first, faces / "Angelina_Jolie" / "not_her.png")  # and under another identity
+    with pytest.warns(UserWarning, match=r"2 input faces are the same image as another input and are released once: .*copy_of_first.png = .*"):
+        summary = protect_folder(faces, tmp_path / "out", _masker(faces), MaskParams(previews=0), progress=False)
+    assert summary["skipped_by_status"].get("duplicate") == 2
+    released = [h for entry in Ledger(owner_ledger).entries if entry["kind"] == "released" for h in entry["hashes"]]
+    assert len(released) == len(set(released)) == summary["faces_used"]  # no content hash twice
+
+
+# ------------------------------------------------------------------ 2. a mixed release has k >= 2
+
+
+def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, pipeline_sample, tmp_path):
+    from fmix.masker.export import export_masker
+
+    k1 = tmp_path / "k1.onnx"
+    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", k1, ExportParams(k=1), mixing=MixingParams(k_values=(1,), cap=None))
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(k1), "-q"]))
+    assert "a mixed release needs k >= 2 in every sample, but this masker's policy draws k [1] (mixing.k_max 1)" in output
+    assert not (tmp_path / "out").exists()
+    plain = runner.invoke(app, ["mask", str(faces), str(tmp_path / "plain"), "-m", str(k1), "--no-mix", "-q"])
+    assert plain.exit_code == 0 and "masked only, not mixed" in plain.output
+
+
+def test_the_summary_states_what_was_released(faces, tmp_path):
+    result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(_masker(faces)), "-q"])
+    assert result.exit_code == 0, result.output
+    mixing = _mixing(_masker(faces))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == mixing["noise"] == 0.75
+    assert f"k {summary['released_mixing']['k_min']}-{summary['released_mixing']['k_max']}" in result.output and "noise 0.75" in result.output
+
+
+# ------------------------------------------------------------------ 3. the mixing settings are bound
+
+
+@pytest.mark.parametrize("field, value", [("noise", 0.0), ("sign_flip", False), ("cap", None), ("k_max", 1)])
+def test_an_edited_mixing_setting_is_refused_naming_the_field(faces, tmp_path, field, value):
+    edited = _edited(_masker(faces), tmp_path / "edited.onnx", mixing={**_mixing(_masker(faces)), field: value})
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(edited), "-q"]))
+    assert "its metadata field(s) mixing differ from what the masker was exported with" in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_json_records_the_recomputed_binding_and_the_params_hash_once(faces, tmp_path):
+    from fmix.masker.build import read_masker_metadata
+
+    protect_folder(faces, tmp_path / "out", _masker(faces), MaskParams(previews=0), progress=False)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    metadata = read_masker_metadata(_masker(faces))
+    assert run["masker_binding"] == binding_digest(metadata) and len(run["masker_binding"]) == 16
+    assert run["masker_params_hash"] == json.loads(metadata["params_hash"]) and not run["masker_params_hash"].startswith('"')
+
+
+# ------------------------------------------------------------------ 4. nothing non-finite
+
+
+def test_non_finite_numbers_are_refused_in_params_metadata_and_shards(faces, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("mixing:\n  noise: .inf\n")
+    with pytest.raises(ParamsError, match=r"mixing.noise must be a finite number, got inf"):
+        load_section(MixingParams, params, "mixing")
+    nan = _edited(_masker(faces), tmp_path / "nan.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "noise": float("nan")})
+    assert "its metadata field 'mixing' is invalid: Expected noise a finite number >= 0, got nan" in _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(nan), "-q"]))
+    writer = ReleaseWriter(tmp_path / "w", "float16")
+    with pytest.raises(ValueError, match=r"shard 3: 1 protected values are not finite in float16"):
+        writer.write_samples(3, np.array([[[[1e6]]]], dtype=np.float32))  # past float16's range
+    assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------ 5-7. keys and what run.json says
+
+
+def test_a_short_name_key_is_refused(faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("FMIX_NAME_KEY", "x")
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(_masker(faces)), "-q"]))
+    assert output.startswith("error: name key $FMIX_NAME_KEY has 1 bytes, need at least 16")
+
+
+def test_run_json_holds_no_inputs_hash_and_a_resume_with_another_key_is_refused(faces, tmp_path, owner_ledger):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "a").write_bytes(b"a" * 32)
+    (keys / "b").write_bytes(b"b" * 32)
+    out = tmp_path / "out"
+    command = ["mask", str(faces), str(out), "-m", str(_masker(faces)), "-q", "--secret-key-file"]
+    assert runner.invoke(app, [*command, str(keys / "a")]).exit_code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert "inputs_hash" not in run and run["randomness"] == {"source": "key"}
+    header = next(e for e in Ledger(owner_ledger).entries if e["kind"] == "release")
+    assert len(header["inputs_hash"]) == 16 and len(header["key_check"]) == 16
+    assert b"a" * 16 not in owner_ledger.read_bytes()
+    (out / "shard-00000.json").unlink()
+    output = _error(runner.invoke(app, [*command, str(keys / "b")]))
+    assert "was made with another --secret-key-file (or none)" in output
+    assert runner.invoke(app, [*command, str(keys / "a")]).exit_code == 0  # the same key resumes it
+
+
+# ------------------------------------------------------------------ 8. the ledger
+
+
+def test_the_default_ledger_is_one_per_owner_and_never_inside_the_input(faces, tmp_path):
+    masker = str(_masker(faces))
+    assert runner.invoke(app, ["mask", str(faces), str(tmp_path / "a" / "out"), "-m", masker, "-q"]).exit_code == 0
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "b" / "out"), "-m", masker, "-q"]))
+    assert "faces were released before" in output  # another output parent, the same owner's ledger
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "c"), "-m", masker, "--ledger", str(faces / "ledger.jsonl"), "-q"]))
+    assert f"the ledger {faces / 'ledger.jsonl'} must not be inside the input folder" in output
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "d"), "-m", masker, "--ledger", f"{masker}/ledger.jsonl", "-q"]))
+    assert f"cannot be written: {masker} is a file, not a folder" in output
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("42", "line 2: expected a JSON object with a 'kind', got int"),
+        ('{"a":1}', "line 2: 'kind' must be one of ['release', 'released', 'shard'], got None"),
+        ('{"kind":"shard","release":"zz","hashes":5}', "line 2: a 'shard' entry needs 'shard' of type int, got None"),
+        ('{"kind":"release","release":"zz","out_dir":"/x","lab', "line 2: not JSON"),
+    ],
+)
+def test_a_damaged_ledger_line_is_named_with_its_file_and_line(tmp_path, line, message):
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text('{"kind": "release", "release": "r", "out_dir": "/o", "labels": {}}\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"ledger {ledger}, " + message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        Ledger(ledger)
+
+
+# ------------------------------------------------------------------ files read with a schema
+
+
+@pytest.mark.parametrize(
+    "changes, rebind, message",
+    [
+        ({"upsample": "<drop>"}, False, "its metadata lacks upsample"),
+        ({"policy": "<drop>"}, False, "its metadata lacks policy"),
+        ({"mixing": "[]"}, True, "its metadata field 'mixing' must be a JSON object"),
+        ({"mixing": "{not json"}, False, "its field 'mixing' is not valid JSON"),
+    ],
+)
+def test_a_damaged_masker_metadata_is_a_one_line_error(faces, tmp_path, changes, rebind, message):
+    damaged = _edited(_masker(faces), tmp_path / "damaged.onnx", rebind=rebind, **changes)
+    assert message in _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(damaged), "-q"]))
+
+
+def test_mixing_with_an_extra_key_is_refused(faces, tmp_path):
+    extra = _edited(_masker(faces), tmp_path / "extra.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "strength": 2})
+    assert "its metadata field 'mixing' has unknown keys ['strength']" in _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(extra), "-q"]))
+
+
+@pytest.mark.parametrize("content, message", [("[]", "must hold a JSON object, got a JSON array"), ('{"mix": true}', "lacks its release id"), ("{bad", "is not valid JSON")])
+def test_a_damaged_run_json_is_refused_on_resume(faces, tmp_path, content, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(content)
+    output = _error(runner.invoke(app, ["mask", str(faces), str(out), "-m", str(_masker(faces)), "-q"]))
+    assert str(out / "run.json") in output and message in output
+
+
+def _release(faces: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "release"
+    protect_folder(faces, out, _masker(faces), MaskParams(previews=0), progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "index.csv").write_text("name,shard,row,weights\nx,0,0,1.0\n"), "lacks the column(s) labels"),
+        (lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\n"), "lists no sample: nothing was released"),
+        (lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\nx,0,0,1 2,nan 0.5\n"), "line 2: weights 'nan 0.5' must be finite numbers in [0, 1]"),
+        (lambda r: (r / "run.json").write_text("[1]"), "must hold a JSON object, got a JSON array"),
+    ],
+)
+def test_a_damaged_release_is_refused_by_its_reader(faces, tmp_path, damage, message):
+    release = _release(faces, tmp_path)
+    damage(release)
+    with pytest.raises(ValueError) as caught:
+        read_release_folder(release)
+    assert message in str(caught.value)
+
+
+def test_attack_unmix_validates_the_release_before_training(faces, pipeline_sample, tmp_path):
+    release = _release(faces, tmp_path)
+    (release / "index.csv").write_text("name,shard,row,labels,weights\nx,0,0,1 2,nan 0.5\n")
+    args = [str(release), str(_masker(faces)), str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(tmp_path / "evaluator.pt"), str(tmp_path / "o")]
+    output = _error(runner.invoke(app, ["attack", "unmix", *args]))
+    assert "weights 'nan 0.5' must be finite numbers" in output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, message", [("[]", "must hold a JSON object, got a JSON array"), ("{}", "is not a verification.json of `fmix evaluate`"), ("{", "is not valid JSON")])
+def test_report_refuses_a_damaged_verification_json(tmp_path, content, message):
+    import yaml
+
+    (tmp_path / "r" / "none").mkdir(parents=True)
+    (tmp_path / "r" / "none" / "verification.json").write_text(content)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"sweep": {"none": {"method": "none"}}}))
+    output = _error(runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)]))
+    assert str(tmp_path / "r" / "none" / "verification.json") in output and message in output
+
+
+# ------------------------------------------------------------------ small defects
+
+
+def test_a_secret_key_that_is_a_folder_is_named_as_such(faces, tmp_path):
+    (tmp_path / "keydir").mkdir()
+    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(_masker(faces)), "--secret-key-file", str(tmp_path / "keydir"), "-q"]))
+    assert "is a folder, not a key file" in output
+
+
+def test_a_broken_link_in_the_input_is_skipped_with_a_status(faces, tmp_path):
+    (faces / "Andre_Agassi" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    summary = protect_folder(faces, tmp_path / "out", _masker(faces), MaskParams(previews=0), progress=False)
+    assert summary["skipped_by_status"].get("broken_link") == 1 and summary["faces_used"] > 0
