@@ -2,7 +2,6 @@
 # Run: snakemake --cores 2   (another profile: --configfile workflow/params/paper.yaml)
 import os
 import re
-from pathlib import Path
 
 from fmix.pipeline.profiles import params_file_for
 
@@ -16,8 +15,7 @@ include: "workflow/rules/common.smk"
 
 # The file the commands read: params.yaml itself, or its copy with --config/--configfile applied.
 PARAMS = params_file_for(config)
-# Every stage depends on the fmix package as a whole (as in dvc.yaml).
-CODE = sorted(str(path) for path in Path("fmix").rglob("*.py"))
+# Each rule's input `code` lists the fmix modules its command imports (as dvc.yaml's deps).
 
 
 wildcard_constraints:
@@ -32,6 +30,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export_policy.smk"
 include: "workflow/rules/mask.smk"
 include: "workflow/rules/unmix.smk"
+include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/evaluator.smk"
 include: "workflow/rules/judge_gallery.smk"
 include: "workflow/rules/attack.smk"
@@ -48,4 +47,5 @@ rule all:
     input:
         rules.mask.output,
         rules.unmix.output,
+        rules.aggregate.output,
         rules.report.output,

@@ -48,7 +48,7 @@ def overlay(identities: int, device: str, threads: int, tiny: bool = False) -> s
 align: {{workers: {threads}, min_images: 5, max_identities: {identities}}}
 split: {{folds: 2, pairs_per_fold: {8 if tiny else 50}}}
 export: {{stats_images: 500}}
-train: {{epochs: 2, batch_size: {batch}, threads: {threads}, device: "{device}", policy_warmup_epochs: 0.5, checkpoint_every: 1000{extra}}}
+train: {{epochs: 2, batch_size: {batch}, threads: {threads}, device: "{device}", adaptive: {{policy_warmup_epochs: 0.5}}, checkpoint_every: 1000{extra}}}
 evaluator: {{epochs: 2, threads: {threads}, device: "{device}"{", width: 0.125" if tiny else ""}}}
 evaluate: {{device: "{device}"}}
 attack: {{steps: {steps}, seconds: 60.0, eval_faces: {8 if tiny else 64}, batch_size: {8 if tiny else 16}, judge: evaluator, invert_seconds: {2.0 if tiny else 10.0}, invert_identities: {2 if tiny else 8}, device: "{device}"}}

@@ -134,3 +134,30 @@ def clock_function(clock: str):
     if clock not in ("process", "wall"):
         raise ValueError(f"Expected clock 'process' or 'wall', got {clock!r}")
     return time.process_time if clock == "process" else time.perf_counter
+
+
+def onnx_providers(device: str = "auto") -> list:
+    """ONNX Runtime providers for a device string: CUDA first where asked (``auto``: when present), then the CPU.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`fmix.device.check_device_spec`);
+            ``cuda:N`` runs on device N (the provider's ``device_id``).
+
+    Returns:
+        Provider names, or ``(name, options)`` for CUDA device N.
+
+    Raises:
+        ValueError: a CUDA device asked for, but this ONNX Runtime has no CUDA provider.
+    """
+    import onnxruntime as ort
+
+    check_device_spec(device)
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        cuda = ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}) if ":" in device else "CUDAExecutionProvider"
+        return [cuda, "CPUExecutionProvider"]
+    if device != "auto":
+        raise ValueError(f"device {device!r} asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]

@@ -8,12 +8,13 @@ holds the same values (``tests/test_params.py`` proves it), so the pipeline and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -38,8 +39,10 @@ class AlignParams:
     detect_max_side: int = 640  # larger photos are downscaled for detection only
     max_pixels: int = 40_000_000  # decompression-bomb guard (width * height)
     workers: int = 2
+    device: str = "auto"  # the detector's ONNX Runtime provider: auto (CUDA when onnxruntime-gpu has it) | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        _require_device(self.device, "align.device")
         _require(self.min_images >= 1, "align.min_images must be >= 1")
         _require(self.max_identities is None or self.max_identities >= 1, "align.max_identities must be >= 1 or null")
         _require(self.size >= 32 and self.size % 8 == 0, "align.size must be a multiple of 8, at least 32")
@@ -165,11 +168,107 @@ class MaskParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixupParams:
+    """The ``mixup`` method's settings (``train.mixup``): Frequency MixUp with one fixed k."""
+
+    k: int = 2  # faces per mix, one of mixing.k_values
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, "train.mixup.k must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveParams:
+    """The ``adaptive`` method's settings (``train.adaptive``): the game of the strategy network that picks k (DESIGN 3)."""
+
+    policy_lr: float = 0.01
+    policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
+    policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
+    policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
+    policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (DESIGN 3)
+    policy_shuffle: bool = False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
+    policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
+    policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
+    n_fr: int = 2  # the policy plays after every n_fr FR steps...
+    n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
+    entropy_weight: float = 0.1
+    baseline_momentum: float = 0.9
+    min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
+    dual_lr: float = 2.0
+    target_mean_k: float | None = 4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
+    difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
+
+    def __post_init__(self) -> None:
+        _require(self.policy_lr > 0, "train.adaptive.policy_lr must be > 0")
+        _require(self.n_fr >= 1 and self.n_pi >= 1, "train.adaptive.n_fr and train.adaptive.n_pi must be >= 1")
+        _require(self.policy_reference in ("none", "unmixed"), f"train.adaptive.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
+        _require(self.policy_reward in ("mixed", "anchor"), f"train.adaptive.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}")
+        _require(
+            self.policy_objective in ("adversarial", "cooperative"),
+            f"train.adaptive.policy_objective must be 'adversarial' or 'cooperative', got {self.policy_objective!r}",
+        )
+        _require(self.policy_signal in ("none", "confidence"), f"train.adaptive.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}")
+        _require(self.policy_gradient in ("sampled", "expected"), f"train.adaptive.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
+        _require(0 <= self.min_val_accuracy <= 1, "train.adaptive.min_val_accuracy must be in [0, 1]")
+        # The range within mixing.k_values is a check of both sections: check_sections.
+        _require(self.target_mean_k is None or self.target_mean_k > 1, f"train.adaptive.target_mean_k must be null or > 1, got {self.target_mean_k}")
+        _require(self.difficulty_weight >= 0, "train.adaptive.difficulty_weight must be >= 0")
+
+    def check_mixing(self, mixing: "MixingParams") -> None:
+        """The mean-k budget lies strictly between the smallest and the largest of ``mixing.k_values`` (the policy's actions)."""
+        k_values = mixing.k_values
+        _require(
+            self.target_mean_k is None or min(k_values) < self.target_mean_k < max(k_values),
+            f"train.adaptive.target_mean_k={self.target_mean_k} must be null or lie strictly between the smallest and the largest "
+            f"of mixing.k_values={list(k_values)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DctdpParams:
+    """The ``dctdp`` method's settings (``train.dctdp``): the Laplace budget of its noisy channels."""
+
+    epsilon: float = 200000.0  # Laplace budget per face (all its clipped coefficients; 189 x 28 x 28 at u = 2)
+    clip: float = 3.0  # coefficients clipped to [-C, C] (normalised units): sensitivity 2 C each
+
+    def __post_init__(self) -> None:
+        _require(self.epsilon > 0 and self.clip > 0, "train.dctdp.epsilon and train.dctdp.clip must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class DpsgdParams:
+    """The ``dpsgd`` method's settings (``train.dpsgd``): DP-SGD's clipping and noise, and the delta epsilon is reported at."""
+
+    noise_multiplier: float = 1.0  # Gaussian noise std / clipping norm
+    max_grad_norm: float = 1.0  # per-sample gradient clipping norm
+    delta: float = 1.0e-5  # the delta epsilon is reported at
+
+    def __post_init__(self) -> None:
+        _require(self.noise_multiplier >= 0 and self.max_grad_norm > 0, "train.dpsgd.noise_multiplier must be >= 0 and train.dpsgd.max_grad_norm > 0")
+        _require(0 < self.delta < 1, "train.dpsgd.delta must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
-    """FR training, and the adversarial game of the strategy network (``fmix train``)."""
+    """FR training (``fmix train``); each method with settings has its own section under it (``train.<method>``)."""
+
+    # Keys that moved into a method's section: old name -> new dotted name under ``train``. A params
+    # file that still holds one is refused naming the new key; an old model.pt is converted
+    # (:mod:`fmix.models.artifact`).
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "k": "mixup.k",
+        **{key: f"adaptive.{key}" for key in (
+            "policy_lr", "policy_warmup_epochs", "policy_reference", "policy_reward", "policy_objective", "policy_shuffle", "policy_signal",
+            "policy_gradient", "n_fr", "n_pi", "entropy_weight", "baseline_momentum", "min_val_accuracy", "dual_lr", "target_mean_k", "difficulty_weight",
+        )},
+        "dctdp_epsilon": "dctdp.epsilon",
+        "dctdp_clip": "dctdp.clip",
+        "dpsgd_noise_multiplier": "dpsgd.noise_multiplier",
+        "dpsgd_max_grad_norm": "dpsgd.max_grad_norm",
+        "dpsgd_delta": "dpsgd.delta",
+    }
 
     method: str = "adaptive"  # a name of fmix.methods.registry: none | freq | ppfrfd | mixup | adaptive | ...
-    k: int = 2  # the fixed k of "mixup"
     backbone: str = "iresnet18"
     width: float = 0.5
     strides: str | None = None  # stride preset (None: the default for the input size)
@@ -188,60 +287,44 @@ class TrainParams:
     clip_grad: float = 5.0
     flip: bool = True  # random horizontal flips of the aligned faces
     recalibrate_bn: bool = True  # re-estimate BN statistics on un-mixed faces after training
-    policy_lr: float = 0.01
-    policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
-    policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
-    policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
-    policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (DESIGN 3)
-    policy_shuffle: bool = False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
-    policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
-    policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
     mix_warmup_fraction: float = 0.5  # curriculum: mixing methods train on un-mixed masked faces first
-    n_fr: int = 2  # the policy plays after every n_fr FR steps...
-    n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
-    entropy_weight: float = 0.1
-    baseline_momentum: float = 0.9
-    min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
-    dual_lr: float = 2.0
-    target_mean_k: float | None = 4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
-    difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 50  # steps
     amp: bool = True  # bf16 autocast on CUDA
-    dctdp_epsilon: float = 200000.0  # dctdp: Laplace budget per face (all its clipped coefficients; 189 x 28 x 28 at u = 2)
-    dctdp_clip: float = 3.0  # dctdp: coefficients clipped to [-C, C] (normalised units): sensitivity 2 C each
-    dpsgd_noise_multiplier: float = 1.0  # dpsgd: Gaussian noise std / clipping norm
-    dpsgd_max_grad_norm: float = 1.0  # dpsgd: per-sample gradient clipping norm
-    dpsgd_delta: float = 1.0e-5  # dpsgd: the delta epsilon is reported at
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N (fmix.device)
     init_backbone: str | None = None  # an arcface_torch backbone.pth to start the RGB backbone from (null: random init)
+    mixup: MixupParams = dataclasses.field(default_factory=MixupParams)
+    adaptive: AdaptiveParams = dataclasses.field(default_factory=AdaptiveParams)
+    dctdp: DctdpParams = dataclasses.field(default_factory=DctdpParams)
+    dpsgd: DpsgdParams = dataclasses.field(default_factory=DpsgdParams)
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
         _require_device(self.device, "train.device")
         _require(self.init_backbone is None or self.init_backbone.strip() != "", "train.init_backbone must be null or the path of a backbone.pth")
-        _require(self.dctdp_epsilon > 0 and self.dctdp_clip > 0, "train.dctdp_epsilon and train.dctdp_clip must be > 0")
-        _require(self.dpsgd_noise_multiplier >= 0 and self.dpsgd_max_grad_norm > 0, "train.dpsgd_noise_multiplier must be >= 0 and train.dpsgd_max_grad_norm > 0")
-        _require(0 < self.dpsgd_delta < 1, "train.dpsgd_delta must be in (0, 1)")
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _require(self.k >= 1, "train.k must be >= 1")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")
         _require(self.head in ("arcface", "cosface"), f"train.head must be 'arcface' or 'cosface', got {self.head!r}")
         _require(self.schedule in ("cosine", "step"), f"train.schedule must be 'cosine' or 'step', got {self.schedule!r}")
         _require(self.epochs >= 1 and self.batch_size >= 2, "train.epochs must be >= 1 and train.batch_size >= 2")
-        _require(self.lr > 0 and self.policy_lr > 0, "train.lr and train.policy_lr must be > 0")
-        _require(self.n_fr >= 1 and self.n_pi >= 1, "train.n_fr and train.n_pi must be >= 1")
-        _require(self.policy_reference in ("none", "unmixed"), f"train.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
-        _require(self.policy_reward in ("mixed", "anchor"), f"train.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}")
-        _require(self.policy_objective in ("adversarial", "cooperative"), f"train.policy_objective must be 'adversarial' or 'cooperative', got {self.policy_objective!r}")
-        _require(self.policy_signal in ("none", "confidence"), f"train.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}")
-        _require(self.policy_gradient in ("sampled", "expected"), f"train.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
+        _require(self.lr > 0, "train.lr must be > 0")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
-        _require(0 <= self.min_val_accuracy <= 1, "train.min_val_accuracy must be in [0, 1]")
-        _require(self.target_mean_k is None or 2 < self.target_mean_k < 6, "train.target_mean_k must be null or strictly between 2 and 6 (the policy's k values)")
-        _require(self.difficulty_weight >= 0, "train.difficulty_weight must be >= 0")
         _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
+        for name, section in method_sections().items():
+            _require(isinstance(getattr(self, name), section), f"train.{name} must be a {section.__name__} (a mapping in params files), got {getattr(self, name)!r}")
+
+    @property
+    def settings(self) -> Any:
+        """The settings section of this run's method (``train.<method>``), or None for a method without settings."""
+        return getattr(self, self.method) if self.method in method_sections() else None
+
+
+@functools.cache
+def method_sections() -> dict[str, type]:
+    """The method sections of ``train``: field name (the method's registry name) -> its settings dataclass."""
+    hints = typing.get_type_hints(TrainParams)
+    return {field.name: hints[field.name] for field in dataclasses.fields(TrainParams) if dataclasses.is_dataclass(hints[field.name])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +419,7 @@ SECTIONS: dict[str, type] = {
 DEFAULT_SWEEP: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "width": 0.25},  # quick: the RGB reference at a quarter width
     "ppfrfd": {"method": "ppfrfd"},
-    "mixup4": {"method": "mixup", "k": 4},  # fixed k at adaptive's mean k (train.target_mean_k)
+    "mixup4": {"method": "mixup", "mixup": {"k": 4}},  # fixed k at adaptive's mean k (train.adaptive.target_mean_k)
     "adaptive": {"method": "adaptive"},
 }
 SWEEP_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -401,7 +484,8 @@ def _check_section_names(data: dict, source: str) -> None:
 
 
 def validate_params(data: dict[str, Any], source: str = "params") -> None:
-    """Check a whole params mapping: known section names, and every stage section's keys and values.
+    """Check a whole params mapping: known section names, every stage section's keys and values, and
+    the checks across sections (:func:`check_sections`, for ``train`` and every sweep entry).
 
     The pipelines call this when they load ``params.yaml``, so a typo fails before any stage runs.
 
@@ -415,15 +499,39 @@ def validate_params(data: dict[str, Any], source: str = "params") -> None:
     if not isinstance(data, dict):
         raise ParamsError(f"{source} must hold a mapping of sections, got {type(data).__name__}")
     _check_section_names(data, source)
-    for name, cls in SECTIONS.items():
-        values = data.get(name)
-        section_from_mapping(cls, {} if values is None else values, name)
+    sections = {name: section_from_mapping(cls, {} if data.get(name) is None else data[name], name) for name, cls in SECTIONS.items()}
+    check_sections(sections["train"], sections["mixing"])
     if "sweep" in data:
-        sweep_entries(data["sweep"], data.get("train"))
+        sweep_entries(data["sweep"], data.get("train"), sections["mixing"])
+
+
+def check_sections(train: "TrainParams", mixing: MixingParams, source: str = "train") -> None:
+    """The checks that need two sections: the run's method settings against the ``mixing`` section.
+
+    A method's settings section (``train.<method>``) may define ``check_mixing(mixing)``; only the
+    section of ``train.method`` is checked (the others are not used by the run).
+
+    Args:
+        train: the ``train`` section.
+        mixing: the ``mixing`` section.
+        source: what ``train`` is, for messages (e.g. a sweep entry).
+
+    Raises:
+        ParamsError: naming the keys of both sections.
+    """
+    settings = train.settings
+    if settings is not None and hasattr(settings, "check_mixing"):
+        try:
+            settings.check_mixing(mixing)
+        except ParamsError as err:
+            raise ParamsError(f"{err}" if source == "train" else f"{source}: {err}") from err
 
 
 def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
     """Build a params dataclass from a mapping, rejecting unknown keys and wrong types.
+
+    A field whose type is itself a params dataclass (a method's section of ``train``) is read from
+    a nested mapping the same way. A key that moved (``cls.MOVED_KEYS``) is refused with its new name.
 
     Args:
         cls: the section's dataclass.
@@ -437,6 +545,14 @@ def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
         raise ParamsError(f"section '{name}' must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    moved = getattr(cls, "MOVED_KEYS", {})
+    for key in unknown:
+        if key in moved:
+            section, _, leaf = moved[key].partition(".")
+            raise ParamsError(
+                f"key '{key}' of section '{name}' moved: it is now train.{moved[key]} "
+                f"(write `{section}: {{{leaf}: {values[key]!r}}}` in the train section or sweep entry)"
+            )
     if unknown:
         raise ParamsError(f"unknown key(s) in section '{name}': {', '.join(unknown)}; known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -444,14 +560,26 @@ def section_from_mapping(cls: type[T], values: dict[str, Any], name: str) -> T:
     return cls(**coerced)
 
 
+def merge_sections(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied, nested mappings (a method's section) merged key by key.
+
+    So ``{adaptive: {policy_objective: adversarial}}`` changes that key and keeps the section's others.
+    """
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge_sections(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: Any) -> T:
-    """Load one stage's section of a params file, then apply non-None overrides (CLI options).
+    """Load one stage's section of a params file, then apply non-None overrides (CLI options, a sweep entry).
 
     Args:
         cls: the section's dataclass.
         path: the params file, or None for the defaults.
         name: the section's name in the file.
-        overrides: values that replace the file's (None means "not given").
+        overrides: values that replace the file's (None means "not given"; a mapping for a nested
+            section replaces only the keys it holds: :func:`merge_sections`).
 
     Returns:
         The validated section.
@@ -459,15 +587,17 @@ def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: 
     values = read_params_file(path).get(name) if path is not None else None
     section = section_from_mapping(cls, {} if values is None else values, name)
     given = {key: value for key, value in overrides.items() if value is not None}
-    return section_from_mapping(cls, {**dataclasses.asdict(section), **given}, name) if given else section
+    return section_from_mapping(cls, merge_sections(dataclasses.asdict(section), given), name) if given else section
 
 
-def sweep_entries(values: Any, train: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def sweep_entries(values: Any, train: dict[str, Any] | None = None, mixing: MixingParams | None = None) -> dict[str, dict[str, Any]]:
     """Check a ``sweep`` section: names usable in paths and wildcards, each entry valid train overrides.
 
     Args:
-        values: the section (entry name -> mapping of ``train`` keys).
+        values: the section (entry name -> mapping of ``train`` keys; a method's section is a nested
+            mapping merged into the ``train`` section's: :func:`merge_sections`).
         train: the ``train`` section the overrides apply to (defaults when None).
+        mixing: the ``mixing`` section, to check each entry against (:func:`check_sections`; None: not checked).
 
     Returns:
         The section, unchanged.
@@ -479,7 +609,9 @@ def sweep_entries(values: Any, train: dict[str, Any] | None = None) -> dict[str,
             raise ParamsError(f"sweep entry name {name!r} must be lower-case letters, digits and _, starting with a letter")
         if not isinstance(overrides, dict):
             raise ParamsError(f"sweep.{name} must be a mapping of train keys, got {overrides!r}")
-        section_from_mapping(TrainParams, {**(train or {}), **overrides}, f"train (with sweep.{name})")
+        entry = section_from_mapping(TrainParams, merge_sections(train or {}, overrides), f"train (with sweep.{name})")
+        if mixing is not None:
+            check_sections(entry, mixing, f"sweep.{name}")
     return values
 
 
@@ -506,11 +638,13 @@ def defaults_as_dict() -> dict[str, dict[str, Any]]:
 
 
 def plain_dict(values: dict[str, Any]) -> dict[str, Any]:
-    """Tuples as lists, as YAML holds them."""
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+    """Tuples as lists, as YAML holds them (nested mappings, a method's section, too)."""
+    return {key: plain_dict(value) if isinstance(value, dict) else list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):  # a nested section (a method's settings under train)
+        return value if isinstance(value, hint) else section_from_mapping(hint, value, key)
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, (list, tuple)):

@@ -78,12 +78,13 @@ def make_trainer(pipeline_sample):
     on the pipeline sample (mixing from the first step, no flips), to look at single steps."""
     import dataclasses
 
-    from fmix.params import MixingParams, TrainParams
+    from fmix.params import AdaptiveParams, MixingParams, TrainParams
     from fmix.train.loop import build_trainer
     from fmix.train.trainer import Trainer
 
     def make(method_name: str, mixing: MixingParams | None = None, **overrides) -> Trainer:
-        base = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, policy_warmup_epochs=0.0, n_fr=1, n_pi=1, mix_warmup_fraction=0.0, flip=False)
+        game = AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1)
+        base = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, mix_warmup_fraction=0.0, flip=False, adaptive=game)
         params = dataclasses.replace(base, method=method_name, **overrides)
         return build_trainer(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"], mixing)[0]
 

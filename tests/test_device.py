@@ -136,3 +136,14 @@ def test_on_cuda_the_attack_trains_on_the_gpu_with_a_wall_clock_budget():
     attack = ReconstructionAttack(AttackConfig(batch_size=4, width=8, adv_weight=0.0)).fit(faces, protector, steps=2, seconds=60)
     assert attack.clock == "wall" and next(attack.generator.parameters()).device.type == "cuda"
     assert attack.invert(torch.rand(2, 3, 14, 14)).device.type == "cpu"
+
+
+def test_the_face_detector_follows_the_device_rule():
+    import onnxruntime as ort
+
+    from fmix.data.detect import RetinaFaceDetector
+
+    assert RetinaFaceDetector(device="cpu")._session.get_providers() == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ValueError, match=r"device 'cuda' asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider \(install onnxruntime-gpu\)"):
+            RetinaFaceDetector(device="cuda")

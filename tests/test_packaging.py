@@ -69,7 +69,7 @@ def test_the_library_installs_without_the_pipeline_dlib_or_opacus():
     assert "torchvision" not in base  # unused: a torchvision pin would replace a user's torch with the one it was built for
     gathered = {name: str(req) for extra in LIBRARY_EXTRAS for name, req in _requirements(project, extra).items()}
     assert {name: str(req) for name, req in _requirements(project, "all").items()} == gathered
-    assert set(_requirements(project, "gpu")) == {"onnxruntime-gpu"} and set(_requirements(project, "test")) == {"pytest"}
+    assert set(_requirements(project, "gpu")) == {"onnxruntime-gpu"} and set(_requirements(project, "test")) == {"pytest", "ruff"}
 
 
 def test_the_extras_that_error_messages_name_hold_the_packages():

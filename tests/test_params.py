@@ -3,9 +3,22 @@ import dataclasses
 import pytest
 import yaml
 
-from fmix_testing import REPO
 from fmix.methods import METHODS
-from fmix.params import SECTIONS, AlignParams, MixingParams, ParamsError, SplitParams, TrainParams, defaults_as_dict, load_section, section_from_mapping
+from fmix.params import (
+    SECTIONS,
+    AdaptiveParams,
+    AlignParams,
+    MixingParams,
+    MixupParams,
+    ParamsError,
+    SplitParams,
+    TrainParams,
+    check_sections,
+    defaults_as_dict,
+    load_section,
+    section_from_mapping,
+)
+from fmix_testing import REPO
 
 
 def test_params_yaml_holds_the_code_defaults():
@@ -165,21 +178,53 @@ def test_a_sweep_entry_is_its_train_overrides(tmp_path):
     from fmix.params import TrainParams, load_sweep_entry
 
     path = tmp_path / "p.yaml"
-    path.write_text("train: {epochs: 3}\nsweep:\n  mixup4: {method: mixup, k: 4}\n")
+    path.write_text("train: {epochs: 3}\nsweep:\n  mixup4: {method: mixup, mixup: {k: 4}}\n")
     entry = load_sweep_entry(path, "mixup4")
-    assert entry == {"method": "mixup", "k": 4}
-    assert load_section(TrainParams, path, "train", **entry) == TrainParams(epochs=3, method="mixup", k=4)
+    assert entry == {"method": "mixup", "mixup": {"k": 4}}
+    assert load_section(TrainParams, path, "train", **entry) == TrainParams(epochs=3, method="mixup", mixup=MixupParams(k=4))
+
+
+def test_a_sweep_entry_overrides_only_the_keys_of_a_method_section_it_names(tmp_path):
+    from fmix.params import load_sweep_entry
+
+    path = tmp_path / "p.yaml"
+    path.write_text("train: {adaptive: {n_fr: 1, policy_lr: 0.05}}\nsweep:\n  adversarial: {method: adaptive, adaptive: {policy_objective: adversarial}}\n")
+    params = load_section(TrainParams, path, "train", **load_sweep_entry(path, "adversarial"))
+    assert params.adaptive == AdaptiveParams(n_fr=1, policy_lr=0.05, policy_objective="adversarial")
+
+
+@pytest.mark.parametrize(
+    "old, new, value",
+    [("k", "mixup.k", 4), ("policy_objective", "adaptive.policy_objective", "adversarial"), ("target_mean_k", "adaptive.target_mean_k", 3.0),
+     ("dctdp_epsilon", "dctdp.epsilon", 1000.0), ("dpsgd_delta", "dpsgd.delta", 1e-6)],
+)
+def test_a_flat_method_key_of_an_older_params_file_names_its_new_key(tmp_path, old, new, value):
+    from fmix.params import load_sweep_entry, validate_params
+
+    section, _, leaf = new.partition(".")
+    message = rf"key '{old}' of section 'train' moved: it is now train.{new} \(write `{section}: {{{leaf}: {value!r}}}`"
+    with pytest.raises(ParamsError, match=message):
+        validate_params({"train": {old: value}})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"sweep": {"m": {"method": "mixup", old: value}}}))
+    with pytest.raises(ParamsError, match=rf"key '{old}' of section 'train \(with sweep.m\)' moved: it is now train.{new}"):
+        load_sweep_entry(path, "m")
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"policy_reference": "k2"}, r"train.policy_reference must be 'none' or 'unmixed', got 'k2'"),
-        ({"policy_reward": "partners"}, r"train.policy_reward must be 'mixed' or 'anchor', got 'partners'"),
-        ({"policy_objective": "selfish"}, r"train.policy_objective must be 'adversarial' or 'cooperative', got 'selfish'"),
-        ({"policy_gradient": "exact"}, r"train.policy_gradient must be 'sampled' or 'expected', got 'exact'"),
-        ({"target_mean_k": 6.0}, r"train.target_mean_k must be null or strictly between 2 and 6"),
-        ({"difficulty_weight": -1.0}, r"train.difficulty_weight must be >= 0"),
+        ({"adaptive": {"policy_reference": "k2"}}, r"train.adaptive.policy_reference must be 'none' or 'unmixed', got 'k2'"),
+        ({"adaptive": {"policy_reward": "partners"}}, r"train.adaptive.policy_reward must be 'mixed' or 'anchor', got 'partners'"),
+        ({"adaptive": {"policy_objective": "selfish"}}, r"train.adaptive.policy_objective must be 'adversarial' or 'cooperative', got 'selfish'"),
+        ({"adaptive": {"policy_gradient": "exact"}}, r"train.adaptive.policy_gradient must be 'sampled' or 'expected', got 'exact'"),
+        ({"adaptive": {"target_mean_k": 1.0}}, r"train.adaptive.target_mean_k must be null or > 1, got 1.0"),
+        ({"adaptive": {"difficulty_weight": -1.0}}, r"train.adaptive.difficulty_weight must be >= 0"),
+        ({"adaptive": {"nfr": 1}}, r"unknown key\(s\) in section 'train.adaptive': nfr"),
+        ({"adaptive": 3}, r"section 'train.adaptive' must be a mapping, got int"),
+        ({"mixup": {"k": 0}}, r"train.mixup.k must be >= 1"),
+        ({"dctdp": {"epsilon": 0.0}}, r"train.dctdp.epsilon and train.dctdp.clip must be > 0"),
+        ({"dpsgd": {"delta": 1.0}}, r"train.dpsgd.delta must be in \(0, 1\)"),
         ({"mix_warmup_fraction": 1.0}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
         ({"mix_warmup_fraction": -0.1}, r"train.mix_warmup_fraction must be in \[0, 1\)"),
     ],
@@ -187,3 +232,19 @@ def test_a_sweep_entry_is_its_train_overrides(tmp_path):
 def test_bad_train_curriculum_values_are_rejected(values, message):
     with pytest.raises(ParamsError, match=message):
         section_from_mapping(TrainParams, values, "train")
+
+
+def test_the_mean_k_budget_is_checked_against_the_configured_k_values():
+    """train.adaptive.target_mean_k must lie strictly inside mixing.k_values (not a fixed 2..6), for the adaptive method."""
+    from fmix.params import validate_params
+
+    check_sections(TrainParams(adaptive=AdaptiveParams(target_mean_k=7.5)), MixingParams(k_values=(2, 4, 8)))  # inside 2..8
+    message = r"train.adaptive.target_mean_k=4.0 must be null or lie strictly between the smallest and the largest of mixing.k_values=\[2, 3, 4\]"
+    with pytest.raises(ParamsError, match=message):
+        check_sections(TrainParams(), MixingParams(k_values=(2, 3, 4)))
+    check_sections(TrainParams(method="mixup"), MixingParams(k_values=(2, 3, 4)))  # the adaptive section is not this run's
+    check_sections(TrainParams(adaptive=AdaptiveParams(target_mean_k=None)), MixingParams(k_values=(2, 3)))
+    with pytest.raises(ParamsError, match=message):
+        validate_params({"mixing": {"k_values": [2, 3, 4]}})
+    with pytest.raises(ParamsError, match=r"sweep.a: train.adaptive.target_mean_k=4.0 must be null or lie strictly between"):
+        validate_params({"train": {"method": "none"}, "mixing": {"k_values": [2, 3, 4]}, "sweep": {"a": {"method": "adaptive"}}})

@@ -18,7 +18,7 @@ from fmix.pipeline.generate import stale_files, write_generated
 from fmix.pipeline.table import TableError, load_table
 from fmix_testing import LFW_IMAGES, REPO, copy_sample
 
-PIPELINE_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "fmix", "environment.yml")
+PIPELINE_FILES = ("Snakefile", "workflow", "dvc.yaml", "params.yaml", "fmix", "environment.yml", ".dvcignore")
 runner = CliRunner()
 
 
@@ -45,6 +45,20 @@ def _copy_pipeline(root: Path) -> Path:
         else:
             shutil.copy(source, root / name)
     return root
+
+
+def _declared_outputs(root: Path) -> list[tuple[Path, bool]]:
+    """Every output the stage table declares, with params.yaml's values and sweep entries put in: (path, is a folder)."""
+    from fmix.pipeline.table import DATA_KEY
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    found = []
+    for stage in load_table(root / "workflow" / "stages.yaml").stages:
+        for entry in params["sweep"] if stage.sweep else [None]:
+            for out in stage.outputs.values():
+                path = DATA_KEY.sub(lambda m: str(params["data"][m.group(1)]), out.path)
+                found.append((root / (path.replace("{method}", entry) if entry else path), out.is_dir))
+    return found
 
 
 # ------------------------------------------------------------------------------- the stage table
@@ -159,7 +173,7 @@ def test_each_stage_declares_the_params_sections_it_reads():
         body = stage.get("do", stage)
         assert body["params"] == [section.replace("{method}", "${key}") for section in table[name].params]
         rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
-        assert "log:" in rule and "code=CODE" in rule and "fmix" in body["deps"]
+        assert "log:" in rule and "code=[" in rule and "fmix/cli/app.py" in body["deps"]
         for section in table[name].params:
             assert (f'{section}=config["{section}"]' in rule) or (section == "sweep.{method}" and 'config["sweep"][wildcards.method]' in rule)
     assert table["train"].params == ("train", "mixing", "sweep.{method}", "launch") and table["evaluator"].params == ("evaluator", "train")
@@ -174,6 +188,16 @@ def test_dvc_status_parses_the_pipeline():
 def test_snakemake_lint_is_clean():
     out = _run(["snakemake", "--lint"], REPO)
     assert "Congratulations" in out
+
+
+def test_the_slurm_profile_asks_gpus_for_exactly_the_stages_that_use_one():
+    from fmix.pipeline.table import load_table
+
+    table = load_table(REPO / "workflow" / "stages.yaml")
+    wants_gpu = {stage.name for stage in table.stages if stage.gpu}
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    on_gpu_partition = {name for name, resources in profile["set-resources"].items() if resources.get("slurm_partition") == "gpu"}
+    assert wants_gpu == on_gpu_partition and {"train", "evaluate", "attack", "invert"} <= wants_gpu
 
 
 def test_slurm_profile_dry_run_runs_the_paper_profile_on_gpus(tmp_path):
@@ -236,9 +260,9 @@ def test_params_file_for_snakemake_overrides(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     config = yaml.safe_load(params.read_text())
     assert params_file_for(config, params, tmp_path / "copy.yaml") == str(params)
-    config["sweep"]["mixup4"]["k"] = 6
+    config["sweep"]["mixup4"]["mixup"]["k"] = 6
     path = params_file_for(config, params, tmp_path / "copy.yaml")
-    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "k": 6}
+    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "mixup": {"k": 6}}
 
 
 @pytest.mark.parametrize(
@@ -279,7 +303,7 @@ def test_launch_errors(tmp_path):
 
 def test_train_sweep_option_errors(tmp_path):
     params = tmp_path / "p.yaml"
-    params.write_text("sweep:\n  mix4: {method: mixup, k: 4}\n")
+    params.write_text("sweep:\n  mix4: {method: mixup, mixup: {k: 4}}\n")
     result = runner.invoke(app, ["train", "a", "s", "o", "--params", str(params), "--sweep", "mix6"])
     assert result.exit_code == 1 and "error: no sweep entry 'mix6' in" in result.output and "entries: mix4" in result.output
     result = runner.invoke(app, ["train", "a", "s", "o", "--sweep", "mix4"])
@@ -303,7 +327,7 @@ def tiny_pipeline(tmp_path):
 
 def _change_one_entry(root: Path) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["sweep"]["mixup4"]["k"] = 2
+    params["sweep"]["mixup4"]["mixup"]["k"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -336,10 +360,25 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 3 + 2 * 4 - 1 and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
     assert (tiny_pipeline / "logs" / "benchmarks" / "train" / "adaptive.tsv").is_file()
+    curves = (tiny_pipeline / "report" / "curves" / "mixup4.csv").read_text().splitlines()
+    assert curves[0] == "epoch,loss,val_accuracy,mean_k" and curves[1].startswith("1,")  # per entry, x = epoch from 1
+    # Every file a stage wrote is a declared output or inside one (Snakemake's own folder marker aside).
+    declared = _declared_outputs(tiny_pipeline)
+    written = [path for top in ("data", "models", "metrics", "report") for path in (tiny_pipeline / top).rglob("*") if path.is_file()]
+    undeclared = [str(path.relative_to(tiny_pipeline)) for path in written if path.name != ".snakemake_timestamp"
+                  and not any(path == out or (is_dir and out in path.parents) for out, is_dir in declared)]
+    assert undeclared == [] and (results / "adaptive" / "attack" / "grid.png").is_file() and (results / "mixup4" / "attack" / "masker.onnx").is_file()
+    assert [path.name for path in (results / "none" / "attack").iterdir()] == [".snakemake_timestamp"]  # nothing to attack
+    # `make run` then records the run in dvc.lock: DVC in sync, Snakemake's view untouched.
+    _run(["dvc", "init", "--no-scm", "-q"], tiny_pipeline)
+    _run(["dvc", "commit", "--force", "--no-relink", "--quiet"], tiny_pipeline)
+    assert json.loads(_run(["dvc", "status", "--json"], tiny_pipeline)) == {}
+    assert _dry_run_jobs(_run(["snakemake", "-n", "--cores", "1"], tiny_pipeline)) == []
     # Changing one sweep entry reruns only that entry's stages (and the report).
     _change_one_entry(tiny_pipeline)
     out = _run(["snakemake", "-n", "--cores", "1"], tiny_pipeline)
     assert set(_dry_run_jobs(out)) == {"train@mixup4", "evaluate@mixup4", "attack@mixup4", "invert@mixup4", "report", "all"}
+    assert set(json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))) == {"train@mixup4", "report"}
 
 
 @pytest.mark.slow
@@ -357,6 +396,8 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     _run(["dvc", "plots", "show", "-o", "plots"], tiny_pipeline)
     page = (tiny_pipeline / "plots" / "index.html").read_text()
     assert "privacy (Score_pp) against utility" in page and "report/k_distribution.png" in page
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], tiny_pipeline))
+    assert "errors" not in plots and {"report/curves/mixup4.csv", "report/curves/adaptive.csv"} <= set(plots["data"])  # one curve per entry
     # Changing one sweep entry: only that entry's training (and the report, which lists the entries) is stale.
     _change_one_entry(tiny_pipeline)
     status = json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))

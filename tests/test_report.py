@@ -34,7 +34,7 @@ def test_report_tables_figures_and_page(tmp_path):
     _entry(results, models, "mixup3", "mixup", 0.61, row, {"3": 90})
     _entry(results, models, "mixup5", "mixup", 0.55, row, {"5": 90}, check_s4=0.125)  # its attackers fail the check
     params = tmp_path / "params.yaml"
-    sweep = {"none": {"method": "none"}, "mixup3": {"method": "mixup", "k": 3}, "mixup5": {"method": "mixup", "k": 5}}
+    sweep = {"none": {"method": "none"}, "mixup3": {"method": "mixup", "mixup": {"k": 3}}, "mixup5": {"method": "mixup", "mixup": {"k": 5}}}
     params.write_text(yaml.safe_dump({"train": {}, "sweep": sweep}, sort_keys=False))
     result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
@@ -52,7 +52,8 @@ def test_report_tables_figures_and_page(tmp_path):
     assert "Not attacked: none: nothing to reconstruct." in markdown
     assert "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown  # the judge the attacks used
     assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\nmixup5,0.7,0.55\n"
-    assert (out / "curves.csv").read_text().splitlines()[4] == "3,mixup3,0,10.0,0.0,"
+    assert sorted(path.name for path in (out / "curves").iterdir()) == ["mixup3.csv", "mixup5.csv", "none.csv"]  # one DVC plot per entry
+    assert (out / "curves" / "mixup3.csv").read_text() == "epoch,loss,val_accuracy,mean_k\n1,10.0,0.0,\n2,9.0,0.1,\n3,8.0,0.2,\n"  # epochs from 1
     for figure in ("tradeoff.png", "curves.png", "k_distribution.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,13 +10,21 @@ import torch
 from torch import Tensor
 
 from fmix.data.faces import load_face_set
-from fmix.params import TrainParams
+from fmix.methods.adaptive_game import AdaptiveGame
+from fmix.metrics.policy import mutual_information
+from fmix.params import AdaptiveParams, MixupParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
-from fmix.train.game import AdaptiveGame, difficulty_table, k_histogram, mutual_information
-from fmix.train.loop import lr_factor, train
+from fmix.train.loop import train
+from fmix.train.trainer import lr_factor
 
-TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, policy_warmup_epochs=0.5, n_fr=1, n_pi=1, threads=1)
+TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, threads=1, adaptive=AdaptiveParams(policy_warmup_epochs=0.5, n_fr=1, n_pi=1))
+
+
+def _tiny(**overrides) -> TrainParams:
+    """:data:`TINY` with ``overrides``; ``adaptive`` given as a mapping replaces only its keys."""
+    game = overrides.pop("adaptive", {})
+    return dataclasses.replace(TINY, adaptive=dataclasses.replace(TINY.adaptive, **game), **overrides)
 
 
 def test_lr_factor_reference_values():
@@ -31,10 +40,6 @@ def test_batches_are_seeded_full_and_disjoint_across_ranks():
     rank0, rank1 = batch_indices(order, 4, 0, 2), batch_indices(order, 4, 1, 2)
     assert len(rank0) == len(rank1) == 2 and all(len(b) == 4 for b in rank0 + rank1)
     assert not set(torch.cat(rank0).tolist()) & set(torch.cat(rank1).tolist())
-
-
-def test_k_histogram_lists_every_k():
-    assert k_histogram({2: 3, 4: 1}, (2, 3, 4)) == {"2": 0.75, "3": 0.0, "4": 0.25}
 
 
 def _weights(path: Path) -> dict:
@@ -66,14 +71,14 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(pipeline_sample, tmp_pat
 def test_resume_refuses_other_parameters(pipeline_sample, tmp_path):
     paths = pipeline_sample["aligned"], pipeline_sample["splits"]
     train(TINY, *paths, tmp_path / "run", pipeline_sample["masker"], max_steps=2, progress=False)
-    other = TrainParams(**{**TINY.__dict__, "lr": 0.05})
+    other = _tiny(lr=0.05)
     with pytest.raises(ValueError, match="was written with other train parameters"):
         train(other, *paths, tmp_path / "run", pipeline_sample["masker"], resume=True, progress=False)
 
 
 @pytest.mark.parametrize("method", ["none", "freq", "ppfrfd", "mixup"])
 def test_every_method_trains_through_the_same_loop(pipeline_sample, tmp_path, method):
-    params = TrainParams(**{**TINY.__dict__, "method": method, "epochs": 1, "k": 3})
+    params = _tiny(method=method, epochs=1, mixup=MixupParams(k=3))
     summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
     assert summary["method"] == method and 0.0 <= summary["val_accuracy"] <= 1.0
     assert summary["final_mean_k"] == (3.0 if method == "mixup" else None)
@@ -86,14 +91,14 @@ def test_a_network_trained_on_sign_masked_mixes_reads_magnitudes(pipeline_sample
     from fmix.models.artifact import load_trained_model
     from fmix.params import MixingParams
 
-    params = TrainParams(**{**TINY.__dict__, "method": method, "epochs": 1, "k": 2})
+    params = _tiny(method=method, epochs=1, mixup=MixupParams(k=2))
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False, mixing=MixingParams(sign_flip=True))
     model, _ = load_trained_model(tmp_path / "model.pt")
     assert model.backbone.sign_invariant is sign_invariant  # ppfrfd never mixes, so it sees no sign mask
 
 
 def test_masking_method_without_masker_is_refused(pipeline_sample, tmp_path):
-    params = TrainParams(**{**TINY.__dict__, "method": "ppfrfd"})
+    params = _tiny(method="ppfrfd")
     with pytest.raises(ValueError, match="method 'ppfrfd' needs the exported masker"):
         train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, None, progress=False)
 
@@ -116,7 +121,7 @@ def test_checkpoints_never_unpickle_objects(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 4\n  epochs: 1\n  threads: 1\n  policy_warmup_epochs: 0.0\n  n_fr: 1\n  n_pi: 1\n")
+    params.write_text("train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 4\n  epochs: 1\n  threads: 1\n  adaptive: {policy_warmup_epochs: 0.0, n_fr: 1, n_pi: 1}\n")
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fmix", "train",
                str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(tmp_path / "out"),
@@ -134,7 +139,7 @@ def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
     from fmix.masker.export import export_masker, masker_with_trained_policy
     from fmix.params import ExportParams
 
-    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": signal})
+    params = _tiny(epochs=1, adaptive={"policy_warmup_epochs": 0.0, "policy_signal": signal})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
     summary = export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt")
     assert summary["kept_channels"] == 174
@@ -152,41 +157,15 @@ def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
     with torch.no_grad():
         masked = torch_masker.masked(private.float_images(torch.arange(len(private))))
         probs = torch_masker.policy(masked, torch_masker.progress.expand(len(masked)))
-    assert (probs * torch_masker.k_values).sum(1).mean().item() == pytest.approx(params.target_mean_k, abs=1e-4)
+    assert (probs * torch_masker.k_values).sum(1).mean().item() == pytest.approx(params.adaptive.target_mean_k, abs=1e-4)
     with pytest.raises(ValueError, match="has no strategy network"):
-        fixed = TrainParams(**{**TINY.__dict__, "method": "ppfrfd", "epochs": 1})
+        fixed = _tiny(method="ppfrfd", epochs=1)
         train(fixed, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "fixed", pipeline_sample["masker"], progress=False)
         masker_with_trained_policy(tmp_path / "fixed" / "model.pt")
 
 
-def test_difficulty_table_reference_values():
-    difficulty = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4])
-    k = torch.tensor([2, 6, 4, 2, 6, 2, 6, 3])
-    # Quartiles by rank: {0.1, 0.2} {0.3, 0.4} {0.5, 0.7} {0.8, 0.9}.
-    assert difficulty_table(difficulty, k, (2, 3, 4, 5, 6), 4) == [
-        [2, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [0, 0, 1, 0, 1],
-        [0, 0, 0, 0, 2],
-    ]
-
-
-def test_difficulty_table_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="Expected difficulty and k of one shape"):
-        difficulty_table(torch.zeros(3), torch.tensor([2, 3]), (2, 3), 2)
-    with pytest.raises(ValueError, match="Expected bins >= 1"):
-        difficulty_table(torch.zeros(2), torch.tensor([2, 3]), (2, 3), 0)
-
-
-def test_mutual_information_reference_values():
-    assert mutual_information([[5, 0], [0, 5]]) == pytest.approx(1.0)  # k fully set by the row
-    assert mutual_information([[3, 3], [3, 3]]) == pytest.approx(0.0)  # independent
-    assert mutual_information([[2, 1], [1, 2]]) == pytest.approx(1 - 0.9182958340544896)  # 1 - H(1/3)
-    assert mutual_information([[0, 0], [0, 0]]) == 0.0
-
-
 def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp_path):
-    params = TrainParams(**{**TINY.__dict__, "method": "mixup", "k": 3, "epochs": 2, "mix_warmup_fraction": 0.5})
+    params = _tiny(method="mixup", mixup=MixupParams(k=3), epochs=2, mix_warmup_fraction=0.5)
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
     first, second = _log(tmp_path)
     assert "k_histogram" not in first  # un-mixed: no k drawn
@@ -194,7 +173,7 @@ def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp
 
 
 def test_adaptive_logs_k_against_difficulty_with_the_per_sample_advantage(pipeline_sample, tmp_path):
-    params = TrainParams(**{**TINY.__dict__, "method": "adaptive", "policy_reference": "unmixed"})
+    params = _tiny(method="adaptive", adaptive={"policy_reference": "unmixed"})
     summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
     table = summary["final_k_by_difficulty"]
     assert len(table) == 4 and all(len(row) == 5 for row in table)
@@ -212,7 +191,7 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
     rewards = {}
     for reference in ("none", "unmixed"):
         torch.manual_seed(0)  # the same policy weights, k draws and mixes for both references
-        game = AdaptiveGame(3, (2, 3, 4, 5, 6), TrainParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled", policy_objective="adversarial"))
+        game = AdaptiveGame(3, (2, 3, 4, 5, 6), AdaptiveParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled", policy_objective="adversarial"))
         rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)["reward"]
     # Un-mixed, each sample's loss is its own label: mean 1.5 over the batch.
     assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
@@ -226,7 +205,7 @@ def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
     anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
     torch.manual_seed(0)
     # A budget of 4, halfway between 2 and 6: the best policy gives 6 to one half and 2 to the other.
-    params = TrainParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", "target_mean_k": 4.0, "policy_objective": "adversarial", **overrides})
+    params = AdaptiveParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", "target_mean_k": 4.0, "policy_objective": "adversarial", **overrides})
     return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
 
 
@@ -317,30 +296,39 @@ def test_calibration_prices_the_learned_policy_to_the_budget():
     assert after[0::2].min() > after[1::2].max()  # the even anchors, whose loss grows with k, still get more faces
     free, *_ = _parity_game(target_mean_k=None)
     assert free.calibrate(anchors.split(5), 0.5) == {} and free.policy.k_price.item() == 0.0
-    with pytest.raises(ValueError, match=r"train.target_mean_k=5.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4\)"):
-        AdaptiveGame(3, (2, 3, 4), TrainParams(target_mean_k=5.0))
+    with pytest.raises(ValueError, match=r"train.adaptive.target_mean_k=5.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4\)"):
+        AdaptiveGame(3, (2, 3, 4), AdaptiveParams(target_mean_k=5.0))
 
 
 def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_with(pipeline_sample, tmp_path):
     from fmix.masker.export import masker_with_trained_policy
     from fmix.models.artifact import ModelRecord, load_trained_model
 
-    params = TrainParams(**{**TINY.__dict__, "epochs": 1, "policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
+    params = _tiny(epochs=1, adaptive={"policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
     train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
     state = load_checkpoint(tmp_path / "run" / "model.pt")
-    for key in ("policy_signal", "policy_gradient", "policy_reward", "policy_objective"):  # what an older model.pt lacks
-        del state["params"][key]
+    assert state["sign_invariant"] is True and state["params"]["adaptive"] == dataclasses.asdict(params.adaptive)
+    # An older model.pt: the method settings flat in train (before train.<method>), without the game's later keys,
+    # without sign_invariant (derived from the method's name and the mixing) nor the encoder's kind.
+    flat = state["params"]
+    flat.update({key: value for key, value in flat.pop("adaptive").items() if key not in ("policy_signal", "policy_gradient", "policy_reward", "policy_objective")})
+    flat["k"] = flat.pop("mixup")["k"]
+    flat.update({f"dctdp_{key}": value for key, value in flat.pop("dctdp").items()})
+    flat.update({f"dpsgd_{key}": value for key, value in flat.pop("dpsgd").items()})
+    del state["sign_invariant"], state["encoder"]["kind"], state["encoder"]["allow_dc"]
     del state["policy"]["k_price"]
-    state["params"]["budget_lr"] = 0.5  # the dual step of the mean-k price, retired since
+    flat["budget_lr"] = 0.5  # the dual step of the mean-k price, retired since
     save_checkpoint(state, tmp_path / "old.pt")
     record = ModelRecord.load(tmp_path / "old.pt")
-    assert (record.params.policy_signal, record.params.policy_gradient, record.params.policy_reward) == ("none", "sampled", "mixed")
-    assert record.params.policy_objective == "adversarial"
+    game = record.params.adaptive
+    assert (game.policy_signal, game.policy_gradient, game.policy_reward, game.policy_objective) == ("none", "sampled", "mixed", "adversarial")
+    assert (game.n_fr, game.policy_warmup_epochs, record.params.mixup.k) == (1, 0.0, 2) and record.sign_invariant is True
+    assert record.encoder["kind"] == "frequency" and record.encoder["allow_dc"] is False
     old = masker_with_trained_policy(tmp_path / "old.pt").policy
     assert old.signal is None and old.network.k_price.item() == 0.0
     del state["mixing"]  # older still: the mixing lived in train.mix_*, and no sign mask existed
-    state["params"]["mix_cap"] = 0.6
+    flat["mix_cap"] = 0.6
     save_checkpoint(state, tmp_path / "oldest.pt")
     record = ModelRecord.load(tmp_path / "oldest.pt")
-    assert record.mixing.cap == 0.6 and record.mixing.sign_flip is False
+    assert record.mixing.cap == 0.6 and record.mixing.sign_flip is False and record.sign_invariant is False
     assert load_trained_model(tmp_path / "oldest.pt")[0].backbone.sign_invariant is False

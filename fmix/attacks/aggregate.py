@@ -114,7 +114,16 @@ def select_targets(rows: list[IndexRow], count: int = DEFAULT_TARGETS) -> list[T
     for label in ranked:
         own, held = heaviest[label], containing[label]
         single = min(own, key=lambda item: (-item[1], item[0]))[0]
-        targets.append(Target(label, tuple(i for i, _ in own), tuple(w for _, w in own), tuple(i for i, _ in held), tuple(w for _, w in held), single))
+        targets.append(
+            Target(
+                label,
+                tuple(i for i, _ in own),
+                tuple(w for _, w in own),
+                tuple(i for i, _ in held),
+                tuple(w for _, w in held),
+                single,
+            )
+        )
     return targets
 
 
@@ -196,7 +205,9 @@ def _iter_views(release: ReleaseFolder, wanted: set[int], sign_masked: bool) -> 
         samples = torch.from_numpy(release.load_shard(shard, len(rows)))
         for row in picked:
             if row.row >= len(samples):
-                raise ValueError(f"{release.path}: index.csv lists row {row.row} of shard {shard}, which holds {len(samples)} samples")
+                raise ValueError(
+                    f"{release.path}: index.csv lists row {row.row} of shard {shard}, which holds {len(samples)} samples"
+                )
             yield position[id(row)], attacker_view(samples[row.row], sign_masked)
 
 
@@ -301,8 +312,12 @@ def published_identities(release: ReleaseFolder, ledger: str | Path | None = Non
     elif (release.path / "labels.json").is_file():
         names = read_json(release.path / "labels.json", "labels.json of `fmix mask`")
     else:
-        raise ValueError(f"the ledger {path} holds no header of the release {release.path} and the release has no labels.json (pass its ledger with --ledger)")
-    if not all(isinstance(label, int) and not isinstance(label, bool) for label in names.values()) or len(set(names.values())) != len(names):
+        raise ValueError(
+            f"the ledger {path} holds no header of the release {release.path} and the release has no labels.json (pass its ledger with --ledger)"
+        )
+    if not all(isinstance(label, int) and not isinstance(label, bool) for label in names.values()) or len(
+        set(names.values())
+    ) != len(names):
         raise ValueError(f"the label numbering of the release {release.path} is not one integer per identity")
     return {label: identity for identity, label in names.items()}
 
@@ -358,13 +373,23 @@ def score_by_stratum(top1: Tensor, top5: Tensor, strata: list[str], names: list[
     Returns:
         ``n``, ``top1``, ``top5``, ``chance_top1``, ``chance_top5`` and ``by_stratum``: the same per stratum.
     """
-    chance = {f"chance_top{r}": chance_hit_rate(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool), identities, r) for r in (1, 5)}
+    chance = {
+        f"chance_top{r}": chance_hit_rate(
+            torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool), identities, r
+        )
+        for r in (1, 5)
+    }
 
     def rates(chosen: list[int]) -> dict:
         if not chosen:
             return {"n": 0, "top1": None, "top5": None, **chance}
         index = torch.tensor(chosen)
-        return {"n": len(chosen), "top1": top1[index].float().mean().item(), "top5": top5[index].float().mean().item(), **chance}
+        return {
+            "n": len(chosen),
+            "top1": top1[index].float().mean().item(),
+            "top5": top5[index].float().mean().item(),
+            **chance,
+        }
 
     by_stratum = {name: rates([i for i, s in enumerate(strata) if s == name]) for name in names}
     return {**rates(list(range(len(strata)))), "by_stratum": by_stratum}
@@ -398,7 +423,11 @@ def worst_case(attacks: dict[str, dict], names: tuple[str, ...] = ATTACKS) -> di
             by_stratum[stratum] = {"n": 0, "top1": None, "attack": None}
             continue
         top = max(scored, key=lambda name: (attacks[name]["by_stratum"][stratum]["top1"], -scored.index(name)))
-        by_stratum[stratum] = {"n": attacks[top]["by_stratum"][stratum]["n"], "top1": attacks[top]["by_stratum"][stratum]["top1"], "attack": top}
+        by_stratum[stratum] = {
+            "n": attacks[top]["by_stratum"][stratum]["n"],
+            "top1": attacks[top]["by_stratum"][stratum]["top1"],
+            "attack": top,
+        }
     filled = [s for s, v in by_stratum.items() if v["top1"] is not None]
     order = list(by_stratum)
     worst = max(filled, key=lambda s: (by_stratum[s]["top1"], by_stratum[s]["n"], -order.index(s))) if filled else None
@@ -467,7 +496,9 @@ def attack_aggregate(
     protector, sign_masked, _ = unmixed_protector(masker_path)
     pinned = release.run.get("masker_sha256")
     if pinned is not None and pinned != file_hash(masker_path):
-        raise ValueError(f"{masker_path} did not make the release {release_dir}: its run.json pins the masker SHA-256 {pinned}")
+        raise ValueError(
+            f"{masker_path} did not make the release {release_dir}: its run.json pins the masker SHA-256 {pinned}"
+        )
     identity_of = published_identities(release, ledger)
     private_rows = read_face_list(splits / "private_train.csv")
     gallery = load_face_set(aligned, splits / "private_train.csv")
@@ -478,28 +509,40 @@ def attack_aggregate(
         first_photo.setdefault(identity, index)
     missing = [t.label for t in chosen if t.label not in identity_of]
     if missing:
-        raise ValueError(f"the owner's label numbering of {release_dir} does not name the published label(s) {missing[:5]}")
+        raise ValueError(
+            f"the owner's label numbering of {release_dir} does not name the published label(s) {missing[:5]}"
+        )
     outside = sorted({identity_of[t.label] for t in chosen} - set(gallery_label))
     if outside:
-        raise ValueError(f"{len(outside)} target identities of {release_dir} are not in {splits / 'private_train.csv'} (first: {outside[0]}): give the splits the release was made from")
+        raise ValueError(
+            f"{len(outside)} target identities of {release_dir} are not in {splits / 'private_train.csv'} (first: {outside[0]}): give the splits the release was made from"
+        )
     if int(gallery.labels.min()) < 0:
         raise ValueError(f"{splits / 'private_train.csv'} has no label column: not a split of `fmix split`")
     identities = [identity_of[t.label] for t in chosen]
     truth = torch.tensor([gallery_label[name] for name in identities])
     target_strata = [stratum_of(photos[name], bounds) for name in identities]
     names = stratum_names(bounds)
-    names = [s for s in sorted(set(target_strata) - set(names))] + names  # a stratum below the first bound, if any target falls there
+    names = [
+        s for s in sorted(set(target_strata) - set(names))
+    ] + names  # a stratum below the first bound, if any target falls there
 
     templates = build_templates(release, chosen, sign_masked)
     originals = gallery.float_images(torch.tensor([first_photo[name] for name in identities]))
     control = protector(originals, truth, torch.Generator().manual_seed(params.seed + 1)).x
     if control.shape[1:] != templates["single"].shape[1:]:
-        raise ValueError(f"{masker_path} masks faces to {tuple(control.shape[1:])}, the release {release_dir} holds samples of {tuple(templates['single'].shape[1:])}: not its masker")
+        raise ValueError(
+            f"{masker_path} masks faces to {tuple(control.shape[1:])}, the release {release_dir} holds samples of {tuple(templates['single'].shape[1:])}: not its masker"
+        )
     judge = _gallery_judge(params.judge, gallery, gallery_file)
     public = load_face_set(aligned, splits / "public.csv")
     start = time.process_time()
     inverter = ReconstructionAttack(network or AttackConfig.from_params(params)).fit(
-        public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, steps=params.steps, seconds=params.seconds
+        public.images.permute(0, 3, 1, 2).contiguous(),
+        protector,
+        labels=public.labels,
+        steps=params.steps,
+        seconds=params.seconds,
     )
     cpu_seconds = time.process_time() - start
     recon = {name: inverter.invert(templates[name]) for name in ATTACKS} | {"positive": inverter.invert(control)}
@@ -507,7 +550,7 @@ def attack_aggregate(
     ranked = {name: ranked_identities(judge, images) for name, images in recon.items()}
     found = {name: hits(ranked[name], truth) for name in recon}
     # The shuffled control: each target's aggregated template scored as the next target (another person).
-    wrong = truth.roll(1) if len(truth) > 1 else (truth + 1) % max(count, 1)
+    wrong = truth.roll(1) if len(truth) > 1 else (truth + 1) % judge.num_identities
     found["shuffled"] = hits(ranked["heaviest"], wrong)
     scores = {name: score_by_stratum(*found[name], target_strata, names, count) for name in found}
     attacks = {name: scores[name] for name in ATTACKS}
@@ -535,8 +578,16 @@ def attack_aggregate(
         },
         "attacks": attacks,
         "controls": {
-            "positive": {**scores["positive"], "what": "the same inverter on un-mixed masked photos of the same people", "min_top1": params.check_min_s4, "attack_works": works},
-            "shuffled": {**scores["shuffled"], "what": "each heaviest-mean template scored as another target's identity: sits at chance"},
+            "positive": {
+                **scores["positive"],
+                "what": "the same inverter on un-mixed masked photos of the same people",
+                "min_top1": params.check_min_s4,
+                "attack_works": works,
+            },
+            "shuffled": {
+                **scores["shuffled"],
+                "what": "each heaviest-mean template scored as another target's identity: sits at chance",
+            },
         },
         "attack_works": works,
         "headline": {**worst_case(attacks), "attack_works": works},
@@ -553,6 +604,8 @@ def attack_aggregate(
         ],
     }
     shown = slice(0, min(8, len(chosen)))
-    write_png_atomic(image_grid([originals[shown], *(recon[name][shown] for name in ATTACKS)]), out_dir / "aggregate_grid.png")
+    write_png_atomic(
+        image_grid([originals[shown], *(recon[name][shown] for name in ATTACKS)]), out_dir / "aggregate_grid.png"
+    )
     write_json_atomic(out_dir / "aggregate.json", record)
     return record

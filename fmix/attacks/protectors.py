@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from fmix.freq import RunningChannelStats
+from fmix.freq.transform import FrequencyTransform
 from fmix.masker.build import build_masker
 from fmix.masker.module import Masker
 from fmix.masker.protection import MixingConfig, Protection
@@ -153,10 +154,10 @@ def pixel_mix_to_image(x: Tensor) -> Tensor:
 
 
 class NoisyFrequencyProtector:
-    """A masker's frequency channels, clipped, plus Laplace noise per channel, un-mixed (DCTDP).
+    """A frequency transform's channels, clipped, plus Laplace noise per channel, un-mixed (DCTDP).
 
     Args:
-        masker: the transform, channel masking and normalisation.
+        transform: the transform, channel masking and normalisation.
         scales: the Laplace scale of every kept channel.
         clip: coefficients are clipped to [-clip, clip] before the noise (None: not clipped).
 
@@ -166,22 +167,22 @@ class NoisyFrequencyProtector:
         - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, 1)`.
 
     Raises:
-        ValueError: the scales do not match the masker's channels, or a negative scale.
+        ValueError: the scales do not match the transform's channels, or a negative scale.
     """
 
-    def __init__(self, masker: Masker, scales: Tensor, clip: float | None = None) -> None:
-        if scales.shape != (masker.mask.num_kept,) or bool((scales < 0).any()):
-            raise ValueError(f"Expected {masker.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}")
-        self.masker, self.scales, self.clip = masker.eval(), scales.detach().float(), clip
+    def __init__(self, transform: FrequencyTransform, scales: Tensor, clip: float | None = None) -> None:
+        if scales.shape != (transform.mask.num_kept,) or bool((scales < 0).any()):
+            raise ValueError(f"Expected {transform.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}")
+        self.transform, self.scales, self.clip = transform.eval(), scales.detach().float(), clip
 
     @classmethod
     def from_encoder(cls, encoder: NoisyFrequencyEncoder) -> "NoisyFrequencyProtector":
-        """The white-box protector of a trained model's noisy encoder: its masker, learned scales and clip."""
-        return cls(encoder.masker, encoder.noise.scales(), encoder.noise.clip)
+        """The white-box protector of a trained model's noisy encoder: its transform, learned scales and clip."""
+        return cls(encoder.transform, encoder.noise.scales(), encoder.noise.clip)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> ProtectedPairs:
-        x = self.masker.masked(images)
+        x = self.transform(images)
         if self.clip is not None:
             x = x.clamp(-self.clip, self.clip)
         return _unmixed(add_laplace_noise(x, self.scales, generator))

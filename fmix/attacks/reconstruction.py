@@ -50,11 +50,11 @@ class AttackConfig:
         levels: generator U-Net levels (None: its default).
         skip_channels: generator block-skip channels.
         head_min: fewest channels of a generator upsampling stage.
-        batch_size: public faces per step.
+        batch_size: public faces per step (default: the ``attack`` section's, :class:`~fmix.params.AttackParams`).
         lr: Adam learning rate of both networks.
         betas: Adam betas.
         ssim_weight: weight of the ``1 - SSIM`` loss term (0: off). On by default: S3 is an
-            SSIM, and on aligned LFW this term raised S3 by about 0.09 at equal steps.
+            SSIM, and the term raises it at equal steps.
         adv_weight: weight of the generator's adversarial loss (0: no discriminator).
         adv_warmup: steps of reconstruction loss only before the adversarial game starts.
         gan_loss: ``"lsgan"`` (least squares) or ``"bce"``.
@@ -62,24 +62,29 @@ class AttackConfig:
         disc_layers: discriminator stride-2 layers.
         flip: random horizontal flips of the public faces.
         ema_decay: decay of the moving average of the generator's weights that inverts (0: the
-            last snapshot). The decay ramps up as ``min(ema_decay, (1 + t) / (10 + t))`` at step t,
-            so short runs are not held at the initial weights. On the default masking's ``|x|``
-            (300 s, 128 faces) the last snapshot named 0.28-0.45 of the faces between steps 320 and
-            519, the average 0.38-0.48.
-        seed: seeds initialisation, batches, flips and protection draws.
+            last snapshot, which swings at a constant learning rate). The decay ramps up as
+            ``min(ema_decay, (1 + t) / (10 + t))`` at step t, so short runs are not held at the
+            initial weights.
+        seed: seeds initialisation, batches, flips and protection draws (default: the ``attack`` section's).
         clock: what ``seconds`` budgets count: ``"process"`` CPU time (fair on a shared
             machine), ``"wall"`` time, or ``"auto"``: CPU time on the CPU, wall time on CUDA
             (:func:`fmix.device.budget_clock`).
         device: where the networks train: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
             ``cuda:N`` (:func:`fmix.device.resolve_device`, when the attack is built); protection
-            runs on the CPU, as ``fmix mask`` does.
+            runs on the CPU, as ``fmix mask`` does (default: the ``attack`` section's).
+
+    The fields the ``attack`` section also holds take its defaults, so the two cannot disagree;
+    :meth:`from_params` takes a section's values.
     """
+
+    # Measured: the moving average against the last snapshot is in README, "Command line" (the
+    # inversion networks' bullet); the SSIM term raised S3 by about 0.09 at equal steps on aligned LFW.
 
     width: int = 48
     levels: int | None = None
     skip_channels: int = 8
     head_min: int = 16
-    batch_size: int = 16
+    batch_size: int = AttackParams.batch_size
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     ssim_weight: float = 1.0
@@ -90,9 +95,9 @@ class AttackConfig:
     disc_layers: int = 3
     flip: bool = True
     ema_decay: float = 0.99
-    seed: int = 0
+    seed: int = AttackParams.seed
     clock: str = "auto"
-    device: str = "auto"
+    device: str = AttackParams.device
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -219,7 +224,7 @@ class ReconstructionAttack:
             steps: largest number of steps.
             seconds: time budget.
             on_step: called with the step's index and the attack after every step (e.g. to score
-                snapshots, ``benchmarks/attack_snapshots.py``); its time is not budgeted.
+                snapshots, ``experiments/attack_snapshots.py``); its time is not budgeted.
 
         Returns:
             ``self``, trained.

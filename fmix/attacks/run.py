@@ -35,7 +35,7 @@ from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
 from fmix.masker.export import masker_with_trained_policy
-from fmix.methods import get_method
+from fmix.methods import method_class
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
 from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, Protector, pixel_mix_to_image, sign_blind, surrogate_protector
@@ -148,7 +148,7 @@ def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
     encoder = encoder_from_spec(record.encoder)
     if not isinstance(encoder, NoisyFrequencyEncoder):
         raise ValueError(f"a 'noisy' protection needs a noisy_frequency encoder, got kind {record.encoder.get('kind')!r}")
-    upsample = encoder.masker.upsample
+    upsample = encoder.transform.upsample
 
     def black(released: Tensor, public_paths: list[Path]) -> Protector:
         # The release shows u (the maps' size) and its channels (192 - 3: all but DC), not the noise. The
@@ -157,17 +157,17 @@ def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
         stats = public_channel_stats(public_paths, upsample)[0]
         masker = surrogate_protector(stats, None, ExportParams(upsample=upsample, low_freq_threshold=0), channels=released.shape[1]).masker
         scale = ((released.var(dim=(0, 2, 3)).mean() - 1.0).clamp_min(0.0) / 2.0).sqrt()
-        return NoisyFrequencyProtector(masker, scale.expand(released.shape[1]).clone())
+        return NoisyFrequencyProtector(masker.transform, scale.expand(released.shape[1]).clone())
 
     info = {"mixed": False, "black_box": "all but DC, public normalisation, one Laplace scale from the release's variance, no clip"}
-    return AttackTarget(NoisyFrequencyProtector.from_encoder(encoder), black, lambda x: protected_to_image(x, encoder.masker.mask, upsample), info)
+    return AttackTarget(NoisyFrequencyProtector.from_encoder(encoder), black, lambda x: protected_to_image(x, encoder.transform.mask, upsample), info)
 
 
 MODEL_TARGETS: dict[str, Callable[[ModelRecord, int], AttackTarget]] = {"pixels": _pixel_target, "noisy": _noisy_target}
 
 
 def model_target(model_path: str | Path, black_box_k: int) -> AttackTarget:
-    """The protection a trained model applies itself (no exported masker), by its method's ``protection``.
+    """The protection a trained model applies itself (no exported masker), by its method's ``attack_surface``.
 
     Args:
         model_path: ``model.pt`` of ``fmix train``.
@@ -177,9 +177,9 @@ def model_target(model_path: str | Path, black_box_k: int) -> AttackTarget:
         ValueError: the method's protection is attacked through a masker, or not at all.
     """
     record = ModelRecord.load(model_path, "cpu")
-    kind = get_method(record.method).protection
+    kind = method_class(record.method).attack_surface
     if kind not in MODEL_TARGETS:
-        raise ValueError(f"method {record.method!r} has protection {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model")
+        raise ValueError(f"method {record.method!r} has attack surface {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model")
     target = MODEL_TARGETS[kind](record, black_box_k)
     return target._replace(info={"model": str(model_path), "protection": kind, **target.info})
 
@@ -305,28 +305,36 @@ def invert_model(
     splits: str | Path,
     evaluator_path: str | Path,
     out_dir: str | Path,
-    seconds: float = AttackParams.invert_seconds,
-    optimise_identities: int = AttackParams.invert_identities,
-    seed: int = AttackParams.seed,
-    judge: str = AttackParams.judge,
+    params: AttackParams | None = None,
     gallery_file: str | Path | None = None,
-    device: str = AttackParams.device,
 ) -> dict:
     """Model inversion of a trained FR model; writes ``inversion.json`` and a grid.
 
     (a) a decoder from the target's embeddings to faces, fitted on public faces, applied to each
     private identity's class centre; (b) input optimisation of the identity logit from the mean
-    public face, for the first ``optimise_identities`` identities; each gets ``seconds`` of wall
-    clock at most. Both scored by ``judge``
+    public face, for the first ``attack.invert_identities`` identities; each gets
+    ``attack.invert_seconds`` of wall clock at most. Both scored by ``attack.judge``
     (:class:`~fmix.attacks.identity.IdentityScorer`: top-1, top-5, and for dlib the TAR against
     the identity's clean photos), with the RGB evaluator's top-1, top-5 and cosine to the
-    identity's clean template beside it. ``judge`` may also be the path of an ONNX face
+    identity's clean template beside it. The judge may also be the path of an ONNX face
     embedder (:func:`~fmix.attacks.identity.check_judge`). Target, decoder and evaluator run on
-    ``device`` (:func:`fmix.device.resolve_device`; these budgets are wall-clock seconds anyway).
+    ``attack.device`` (:func:`fmix.device.resolve_device`; these budgets are wall-clock seconds anyway).
+
+    Args:
+        model_path: ``model.pt`` of ``fmix train``.
+        aligned: output folder of ``fmix align``.
+        splits: output folder of ``fmix split``.
+        evaluator_path: ``model.pt`` of ``fmix evaluator``.
+        out_dir: destination of ``inversion.json`` and the grid.
+        params: the ``attack`` section (``invert_seconds``, ``invert_identities``, ``seed``,
+            ``judge``, ``device``; default: its defaults).
+        gallery_file: the dlib judge's gallery from ``fmix attack gallery`` (None: embed it here).
 
     Returns:
         The inversion record.
     """
+    params = params or AttackParams()
+    seconds, optimise_identities, seed, judge, device = params.invert_seconds, params.invert_identities, params.seed, params.judge, params.device
     out_dir, splits = Path(out_dir), Path(splits)
     if not (judge in JUDGES or is_onnx_judge(judge)):
         raise ValueError(f"attack judge must be one of {JUDGES} or the path of an ONNX face embedder ending in .onnx, got {judge!r}")

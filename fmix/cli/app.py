@@ -190,30 +190,63 @@ def _released_as(summary: dict) -> str:
 
 @app.command()
 def train(
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder for checkpoint.pt, model.pt, train_log.jsonl, train_summary.json.")],
-    masker: Annotated[Optional[Path], typer.Option("--masker", "-m", help="masker.onnx of `fmix export` (masking methods).")] = None,
+    aligned: Annotated[Optional[Path], typer.Argument(help="Output folder of `fmix align` (not with --release).", show_default=False)] = None,
+    splits: Annotated[Optional[Path], typer.Argument(help="Output folder of `fmix split` (not with --release).", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Argument(help="Folder for checkpoint.pt, model.pt, train_log.jsonl, train_summary.json (the only argument with --release).", show_default=False)] = None,
+    masker: Annotated[Optional[Path], typer.Option("--masker", "-m", help="masker.onnx of `fmix export` (masking methods; with --release: the masker that made the release).")] = None,
     params: ParamsOption = None,
     method: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METHODS)} (overrides train.method).")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Fixed k of the mixup method (overrides train.k).")] = None,
+    k: Annotated[Optional[int], typer.Option(help="Fixed k of the mixup method (overrides train.mixup.k).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Overrides train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides train.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT_DIR/checkpoint.pt.")] = False,
     sweep: Annotated[Optional[str], typer.Option(help="Apply the train overrides of this entry of the params file's sweep section.")] = None,
+    release: Annotated[Optional[Path], typer.Option("--release", help="Train on a release of `fmix mask` (its protected samples, soft labels on their published weights) instead of ALIGNED and SPLITS: `fmix train --release DIR OUT_DIR --masker MASKER`.")] = None,
+    workers: Annotated[int, typer.Option(help="Data-loader worker processes per rank that read the release's samples (--release).", min=0)] = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """Train the FR network on protected faces (and the strategy network, for the adaptive method). torchrun-ready."""
+    """Train the FR network on protected faces (and the strategy network, for the adaptive method), or on a release. torchrun-ready."""
+    given = [path for path in (aligned, splits, out_dir) if path is not None]
+    if release is not None:
+        _train_on_release(release, given, masker, params, epochs, seed, resume, sweep, method, k, workers, quiet)
+        return
+    if len(given) != 3:
+        fail("give ALIGNED SPLITS OUT_DIR (or --release DIR OUT_DIR to train on a release of `fmix mask`)")
     entry = _sweep_entry(params, sweep) if sweep else {}
-    options = {key: value for key, value in dict(method=method, k=k, epochs=epochs, seed=seed).items() if value is not None}
-    cfg = _load("TrainParams", params, "train", **{**entry, **options})
+    options = {key: value for key, value in dict(method=method, mixup=None if k is None else {"k": k}, epochs=epochs, seed=seed).items() if value is not None}
+    from fmix import params as params_module
+
+    cfg = _load("TrainParams", params, "train", **params_module.merge_sections(entry, options))
     mixing = _load("MixingParams", params, "mixing")
+    guarded(lambda: params_module.check_sections(cfg, mixing))
     from fmix.train.loop import train as run_training
 
     summary = guarded(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing))
     typer.echo(
         f"trained {summary['method']} on {summary['training_faces']} faces of {summary['identities']} identities: "
         f"validation accuracy {summary['val_accuracy']:.3f}, mean k {summary['final_mean_k']}"
+    )
+
+
+def _train_on_release(release: Path, given: list[Path], masker: Path | None, params: Path | None, epochs, seed, resume: bool, sweep, method, k, workers: int, quiet: bool) -> None:
+    if len(given) != 1:
+        fail("with --release give only OUT_DIR: fmix train --release DIR OUT_DIR --masker MASKER")
+    if masker is None:
+        fail("--release needs --masker: the masker.onnx that made the release (its transform is the model's encoder)")
+    if method is not None or k is not None:
+        fail("--method and --k do not apply to --release: the release is masked and mixed already")
+    entry = _sweep_entry(params, sweep) if sweep else {}
+    options = {key: value for key, value in dict(epochs=epochs, seed=seed).items() if value is not None}
+    from fmix import params as params_module
+
+    cfg = _load("TrainParams", params, "train", **params_module.merge_sections(entry, options))
+    from fmix.train.release import train_on_release
+
+    summary = guarded(lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=workers))
+    typer.echo(
+        f"trained on release {summary['release']}: {summary['samples']} samples of {summary['faces']} faces, {summary['labels']} labels, "
+        f"final loss {summary['final_loss']:.3f}; the network reads {'|x|' if summary['sign_invariant'] else 'x'} of {summary['kept_channels']} masker channels "
+        "(no un-mixed faces to validate on: run `fmix evaluate`)"
     )
 
 
@@ -236,7 +269,8 @@ def evaluate(
     ver, floor = metrics["verification"], metrics["raw_feature_floor"]
     typer.echo(
         f"{metrics['method']}: verification accuracy {ver['accuracy_mean']:.3f} +- {ver['accuracy_std']:.3f}, AUC {ver['auc']:.3f}; "
-        f"raw-feature floor {floor['accuracy_mean']:.3f}; closed-set validation accuracy {metrics['val_accuracy']:.3f}"
+        f"raw-feature floor {floor['accuracy_mean']:.3f}; closed-set validation accuracy "
+        + (f"{metrics['val_accuracy']:.3f}" if metrics["val_accuracy"] is not None else "n/a (trained on a release: its labels are not the split's)")
     )
     for path, result in metrics.get("bins", {}).items():
         typer.echo(f"  {path}: verification accuracy {result['accuracy_mean']:.3f} +- {result['accuracy_std']:.3f}, AUC {result['auc']:.3f} on {result['pairs']} pairs")
@@ -405,7 +439,7 @@ def attack_invert(
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.run import invert_model
 
-    result = guarded(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg.invert_seconds, cfg.invert_identities, cfg.seed, cfg.judge, gallery, cfg.device))
+    result = guarded(lambda: invert_model(model, aligned, splits, evaluator_model, out_dir, cfg, gallery))
     dec, opt = result["decoder"], result["optimisation"]
     typer.echo(
         f"inversion of {result['method']} (judge {result['judge']}): decoder top-1 {dec['top1']:.3f} top-5 {dec['top5']:.3f}; "
@@ -425,13 +459,14 @@ def attack_protection(
     metrics: Annotated[Optional[Path], typer.Option(help="The model's verification metrics JSON (Score_cls).")] = None,
     name: Annotated[str, typer.Option(help="Name of the sweep entry in the report.")] = "",
     gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
+    artifacts: Annotated[Optional[Path], typer.Option(help="Folder for masker.onnx and the grids instead of OUT_DIR (privacy.json stays there); always created, empty for a method with nothing to attack.")] = None,
 ) -> None:
     """Reconstruction attacks on the protection a model was trained with (its own k policy, k, or masking alone)."""
     export_cfg = _load("ExportParams", params, "export")
     cfg = _load("AttackParams", params, "attack")
-    from fmix.pipeline.protection import attack_protection as run_attack
+    from fmix.pipeline.model_attack import attack_protection as run_attack
 
-    record = guarded(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery))
+    record = guarded(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery, artifacts))
     if record["row"] is None:
         typer.echo(f"{record['method']}: {record['reason']}")
         return
@@ -510,9 +545,10 @@ def report(
     models: Annotated[Path, typer.Argument(help="The sweep's models folder (data.models): <entry>/train_log.jsonl.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for report.md, report.html, methods.json, the CSV files and figures.")],
     params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml: its sweep section lists the entries; all of it goes into the report.")] = Path("params.yaml"),
+    aggregate: Annotated[Optional[Path], typer.Option("--aggregate", help="aggregate.json of `fmix attack aggregate`: the release's worst case, per stratum.")] = None,
 ) -> None:
     """Write the report: method table, privacy/utility scatter, training curves, k over epochs, grids, params, versions."""
     from fmix.pipeline.report import write_report
 
-    rows = guarded(lambda: write_report(results, models, out_dir, params))
+    rows = guarded(lambda: write_report(results, models, out_dir, params, aggregate))
     typer.echo(f"report: {len(rows)} sweep entries -> {out_dir / 'report.md'}, {out_dir / 'report.html'}")

@@ -123,7 +123,7 @@ class PhotoAligner:
         from fmix.data.detect import RetinaFaceDetector
 
         self.size = params.size
-        self.detector = RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=1)
+        self.detector = RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=1, device=params.device)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         face = pick_central_face(self.detector.detect(rgb), rgb.shape[1], rgb.shape[0])
@@ -262,7 +262,7 @@ def _init_worker(src_root: Path, dst_root: Path, params: AlignParams, threads: i
         src_root=src_root,
         dst_root=dst_root,
         params=params,
-        detector=RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=threads),
+        detector=RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=threads, device=params.device),
     )
 
 
@@ -273,6 +273,8 @@ def _align_task(task: tuple[Path, str]) -> AlignResult:
 
 
 def _run_tasks(tasks: list[tuple[Path, str]], src_root: Path, dst_root: Path, params: AlignParams) -> Iterator[AlignResult]:
+    if not tasks:  # a resume with nothing left: no detector to load
+        return
     if params.workers == 1:
         _init_worker(src_root, dst_root, params, threads=1)
         yield from map(_align_task, tasks)

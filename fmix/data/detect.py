@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fmix.device import onnx_providers
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -38,16 +40,17 @@ class RetinaFaceDetector:
         max_side: images larger than this are downscaled for detection; results are in the
             original image's coordinates.
         threads: onnxruntime intra-op threads (1 when several worker processes run).
+        device: ``auto`` (ONNX Runtime's CUDA provider when present), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
-    def __init__(self, score_threshold: float = 0.9, nms_threshold: float = 0.4, max_side: int = 640, threads: int = 1):
+    def __init__(self, score_threshold: float = 0.9, nms_threshold: float = 0.4, max_side: int = 640, threads: int = 1, device: str = "auto"):
         import onnxruntime as ort
         from retinaface.weights import WEIGHTS
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(WEIGHTS, sess_options=options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(WEIGHTS, sess_options=options, providers=onnx_providers(device))
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side

@@ -7,7 +7,7 @@ weights beyond a sample's ``k`` are zero.
 
 The random parts are drawn in one place, :func:`sample_mixing`, in a fixed order (partners,
 weights, sign mask) from an explicit ``torch.Generator``; applying them, :func:`apply_mixing`,
-is deterministic and uses only index_select / multiply / add, so a masker can export it to
+is deterministic and uses only indexing / multiply / add, so a masker can export it to
 ONNX and feed it noise drawn outside. Nothing loops over samples.
 
 Noise is created on the generator's device and moved to the device of the labels, so one seed
@@ -454,7 +454,7 @@ def apply_mixing(
     ``partners`` (usually one per sample of the batch; one per group with :func:`draw_groups`), divided by
     ``sqrt(sum_j weights[b, j]^2)`` with ``rescale``: a mix of independent unit-variance
     channels then keeps unit variance, like an un-mixed face (without it a 2-mix has about half
-    the variance of the faces the model is tested on). Uses only index_select,
+    the variance of the faces the model is tested on). Uses only indexing (gather),
     multiply and add (a loop over the ``k_max`` columns, never over samples), so it traces and
     exports to ONNX. With weights ``(1, 0, ..., 0)``, ``partners[:, 0] = arange(B)`` and no sign
     the output equals ``x`` exactly.
@@ -490,9 +490,11 @@ def apply_mixing(
     if sign is not None and tuple(check_tensor(sign, "sign").shape) != out_shape:
         raise ValueError(f"Expected sign of shape {out_shape}, got {tuple(sign.shape)}")
     weights = weights.to(dtype=x.dtype)[:, :, None, None, None]
-    mixed = weights[:, 0] * x.index_select(0, partners[:, 0])
+    # x[index] rather than index_select: torch's CPU index_select copies large slices several times
+    # slower (and slower still for a strided index column); the values are the same.
+    mixed = weights[:, 0] * x[partners[:, 0]]
     for j in range(1, partners.shape[1]):
-        mixed = mixed + weights[:, j] * x.index_select(0, partners[:, j])
+        mixed = mixed + weights[:, j] * x[partners[:, j]]
     if rescale:
         mixed = mixed / weights.square().sum(dim=1).sqrt()
     return mixed if sign is None else mixed * sign.to(dtype=x.dtype)

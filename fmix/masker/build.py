@@ -12,6 +12,7 @@ import torch
 from fmix import __version__
 from fmix.data.faces import load_faces
 from fmix.freq import NUM_CHANNELS, FrequencyMask, RunningChannelStats, block_dct, select_channels
+from fmix.freq.transform import FrequencyTransform
 from fmix.masker.metadata import bind_metadata, validate_masker_metadata
 from fmix.masker.module import FixedKPolicy, Masker
 from fmix.masker.protection import MixingConfig
@@ -150,7 +151,7 @@ def masker_from_metadata(metadata: dict[str, str]) -> Masker:
     return Masker(mask_from_metadata(metadata), json.loads(metadata["upsample"]), policy, k_values).eval()
 
 
-def all_channel_masker(aligned: str | Path, public_paths: list[str], upsample: int) -> Masker:
+def all_channel_transform(aligned: str | Path, public_paths: list[str], upsample: int) -> FrequencyTransform:
     """Every channel, DC included, normalised by public statistics (the ``freq`` baseline's encoder).
 
     Args:
@@ -159,9 +160,8 @@ def all_channel_masker(aligned: str | Path, public_paths: list[str], upsample: i
         upsample: the transform's ``u``.
 
     Returns:
-        The masker (fixed k = 1: it never mixes).
+        The transform (no policy: it never mixes).
     """
     stats, _ = public_channel_stats([Path(aligned) / p for p in public_paths], upsample)
     kept = torch.arange(NUM_CHANNELS)
-    mask = FrequencyMask(kept, stats.mean.float(), stats.std.float(), allow_dc=True)
-    return Masker(mask, upsample, FixedKPolicy(1, (1,)), (1,))
+    return FrequencyTransform(FrequencyMask(kept, stats.mean.float(), stats.std.float(), allow_dc=True), upsample)

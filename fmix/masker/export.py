@@ -95,10 +95,10 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     model, record = load_trained_model(model_path)
     if not record.policy:
         raise ValueError(f"{model_path} has no strategy network (train with method 'adaptive')")
-    frequency = model.encoder.masker
+    frequency = model.encoder.transform
     try:
         k_values = tuple(record.policy["k_table"].tolist())  # the actions the policy was trained with
-        network = StrategyNetwork(frequency.mask.num_kept, k_values, signals=int(record.params.policy_signal == "confidence"))
+        network = StrategyNetwork(frequency.mask.num_kept, k_values, signals=int(record.params.adaptive.policy_signal == "confidence"))
         network.load_state_dict(record.policy)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{model_path} holds a damaged strategy network: {type(err).__name__}: {err}") from err

@@ -1,4 +1,4 @@
-"""The exportable masker: transform + channel masking + normalisation + the k policy, one module.
+"""The exportable masker: the frequency transform (:class:`fmix.freq.transform.FrequencyTransform`) + the k policy, one module.
 
 Everything deterministic lives here and goes into ``masker.onnx``. The random parts of a
 protected sample (policy draw, channel permutation, partners, weights, signs) come from
@@ -8,10 +8,10 @@ protected sample (policy draw, channel permutation, partners, weights, signs) co
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fmix.freq import FrequencyMask, block_dct_conv
+from fmix.freq import FrequencyMask
+from fmix.freq.transform import FrequencyTransform
 
 
 class FixedKPolicy(nn.Module):
@@ -76,33 +76,6 @@ def sample_k(probs: Tensor, noise: Tensor, k_values: Tensor) -> Tensor:
     return k_values[index]
 
 
-def fused_mask_conv(mask: FrequencyMask, upsample: int) -> tuple[Tensor, Tensor, int, int]:
-    """Fold colour conversion, block DCT, channel selection and normalisation into one convolution.
-
-    ``mask(block_dct(x, u)) == conv2d(pad(x), weight, bias, stride)`` with edge-replicate
-    padding: all four steps are affine in the RGB input, so each kept channel ``(plane c,
-    frequency f)`` is the DCT kernel of ``f`` applied to ``sum_r M[c, r] x_r``, plus constants.
-    One convolution writes only the kept channels, once (no 192-channel intermediate).
-
-    Args:
-        mask: the channel selection and normalisation.
-        upsample: factor ``u`` of the transform.
-
-    Shape:
-        - Output: weight :math:`(K, 3, t, t)`, bias :math:`(K,)`.
-
-    Returns:
-        ``(weight, bias, stride, padding)``, weight and bias in float64.
-    """
-    kernel, matrix, offset, stride, padding = block_dct_conv(upsample, torch.float64)
-    plane, frequency = mask.kept // 64, mask.kept % 64
-    taps = kernel[frequency, 0]  # (K, t, t)
-    mean, std = mask.mean.double(), mask.std.double()
-    weight = matrix[plane][:, :, None, None] * taps[:, None] / std[:, None, None, None]
-    bias = (offset[plane] * taps.sum(dim=(1, 2)) - mean) / std
-    return weight, bias, stride, padding
-
-
 class Masker(nn.Module):
     """Aligned RGB faces -> protected frequency channels and the k the policy picks for each.
 
@@ -121,20 +94,24 @@ class Masker(nn.Module):
 
     def __init__(self, mask: FrequencyMask, upsample: int, policy: nn.Module, k_values: tuple[int, ...], progress: float = 1.0) -> None:
         super().__init__()
-        self.mask = mask
-        self.upsample = upsample
-        weight, bias, self.stride, self.padding = fused_mask_conv(mask, upsample)
-        self.register_buffer("weight", weight)  # float64; cast to the input dtype per call
-        self.register_buffer("bias", bias)
+        self.transform = FrequencyTransform(mask, upsample)
         self.policy = policy
         self.register_buffer("k_values", torch.tensor(k_values, dtype=torch.long))
         self.register_buffer("progress", torch.tensor([progress]))
 
+    @property
+    def mask(self) -> FrequencyMask:
+        """The channel selection and normalisation (the transform's)."""
+        return self.transform.mask
+
+    @property
+    def upsample(self) -> int:
+        """The transform's ``u``."""
+        return self.transform.upsample
+
     def masked(self, images: Tensor) -> Tensor:
         """The protected channels of un-mixed faces (no policy): ``mask(block_dct(images))``."""
-        if self.padding:
-            images = F.pad(images, (self.padding,) * 4, mode="replicate")
-        return F.conv2d(images, self.weight.to(images.dtype), self.bias.to(images.dtype), stride=self.stride)
+        return self.transform(images)
 
     def forward(self, images: Tensor, policy_noise: Tensor) -> tuple[Tensor, Tensor]:
         masked = self.masked(images)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fmix.device import onnx_providers
 from fmix.masker.build import masker_from_metadata
 from fmix.masker.metadata import policy_k_values, validate_masker_metadata
 from fmix.masker.protection import Protection
@@ -30,9 +31,8 @@ class OnnxMasker:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"masker not found: {path} (make one with `fmix export`)")
-        available = ort.get_available_providers()
         if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+            providers = onnx_providers("auto")
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types

@@ -2,15 +2,15 @@
 
 After DCTDP (Ji et al., ECCV 2022): the face goes to the block-DCT domain, the DC channels are
 dropped, the other 189 channels are normalised by public statistics, clipped to [-C, C]
-(``train.dctdp_clip``) and perturbed with Laplace noise. The noise scale of each channel is
+(``train.dctdp.clip``) and perturbed with Laplace noise. The noise scale of each channel is
 learned with the FR network, but the budget is fixed: with a sensitivity of ``2 C`` per clipped
 coefficient (one face replaced by any other), the face's privacy loss is
 ``epsilon = sum_c 2 C h w / b_c`` (:class:`~fmix.models.encoders.LaplaceBudgetNoise`), held at
-``train.dctdp_epsilon`` by construction. The public DCTDP code never computes its sensitivity;
+``train.dctdp.epsilon`` by construction. The public DCTDP code never computes its sensitivity;
 here ``privacy`` in ``train_summary.json`` and ``model.pt`` reports the epsilon spent per face as
 computed from the learned scales, the sensitivity, the number of coefficients and the scales'
 range. Noise is drawn at evaluation too (what leaves the client is always noisy). There is no ONNX
-masker for the noise: ``fmix attack protection`` attacks the model's own encoder (``protection =
+masker for the noise: ``fmix attack protection`` attacks the model's own encoder (``attack_surface =
 "noisy"``, :class:`~fmix.attacks.protectors.NoisyFrequencyProtector`). The white-box attacker
 knows the transform, the clip and the learned scales (``model.pt`` holds them) and draws its own
 noise; the black-box attacker drops DC only (the release shows 189 channels), normalises by public
@@ -20,26 +20,22 @@ statistics, does not clip, and adds one Laplace scale guessed from the release's
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fmix.data.faces import read_face_list
 from fmix.freq import DC_CHANNELS, NUM_CHANNELS, FrequencyMask
+from fmix.freq.transform import FrequencyTransform
 from fmix.masker.build import public_channel_stats, read_masker_metadata
-from fmix.masker.module import FixedKPolicy, Masker
-from fmix.methods.base import Method, TrainInputs
+from fmix.methods.base import Method, RunContext, TrainInputs
 from fmix.models.encoders import NoisyFrequencyEncoder
-
-if TYPE_CHECKING:
-    from fmix.train.trainer import Trainer
 
 
 class Dctdp(Method):
     name = "dctdp"
     summary = "189 block-DCT channels (DC dropped), clipped, plus Laplace noise with learned scales under a per-face budget (DCTDP)"
-    protection = "noisy"
+    attack_surface = "noisy"
     trainable_encoder = True
 
     def build_encoder(self, inputs: TrainInputs) -> nn.Module:
@@ -49,11 +45,11 @@ class Dctdp(Method):
         stats, _ = public_channel_stats(public, upsample)
         kept = torch.tensor([c for c in range(NUM_CHANNELS) if c not in DC_CHANNELS])
         mean, std = stats.stats(kept)
-        masker = Masker(FrequencyMask(kept, mean.float(), std.float()), upsample, FixedKPolicy(1, (1,)), (1,))
-        return NoisyFrequencyEncoder(masker, inputs.params.dctdp_epsilon, inputs.params.dctdp_clip)
+        transform = FrequencyTransform(FrequencyMask(kept, mean.float(), std.float()), upsample)
+        return NoisyFrequencyEncoder(transform, self.params.dctdp.epsilon, self.params.dctdp.clip)
 
-    def privacy(self, trainer: "Trainer") -> dict:
-        noise = trainer.encoder.noise
+    def privacy(self, ctx: RunContext) -> dict:
+        noise = ctx.encoder.noise
         scales = noise.scales().detach().double()
         return {
             "mechanism": "laplace (pure epsilon-DP per face; replace-one neighbours; basic composition over its coefficients)",
@@ -69,5 +65,3 @@ class Dctdp(Method):
             "noise_scale_max": float(scales.max()),
         }
 
-
-METHOD = Dctdp()

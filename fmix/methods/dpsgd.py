@@ -1,10 +1,10 @@
-"""``dpsgd``: DP-SGD (Abadi et al., 2016) through opacus, on RGB faces, with epsilon reported at ``train.dpsgd_delta``.
+"""``dpsgd``: DP-SGD (Abadi et al., 2016) through opacus, on RGB faces, with epsilon reported at ``train.dpsgd.delta``.
 
 The network is the ``none`` baseline's, with every batch norm replaced by group norm through
 opacus' ``ModuleValidator.fix`` (batch statistics mix the samples, so per-sample gradients would not
 bound one face's influence). ``PrivacyEngine.make_private`` clips each sample's gradient to
-``train.dpsgd_max_grad_norm`` and adds Gaussian noise of ``train.dpsgd_noise_multiplier`` times
-that norm; its RDP accountant turns the steps into epsilon at ``train.dpsgd_delta``, written to
+``train.dpsgd.max_grad_norm`` and adds Gaussian noise of ``train.dpsgd.noise_multiplier`` times
+that norm; its RDP accountant turns the steps into epsilon at ``train.dpsgd.delta``, written to
 ``train_summary.json`` and ``model.pt`` (``privacy``). The class centres of the margin head get
 their per-sample gradients from ``torch.func`` (:func:`margin_head_grad_sample`). Batches are the
 trainer's shuffled fixed-size batches, not Poisson samples: the accountant's bound (sampling rate
@@ -13,23 +13,18 @@ B / N) is the usual approximation for them, as ``privacy`` says. One process onl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
 from fmix._optional import require
-from fmix.methods.base import Method
+from fmix.methods.base import Method, RunContext
 from fmix.models.heads import MarginHead, margin_loss
-from fmix.params import MixingParams, TrainParams
+from fmix.params import MixingParams
 
 require("opacus", "dp")  # before the imports below: a missing opacus names the extra that installs it
 from opacus import PrivacyEngine  # noqa: E402
 from opacus.grad_sample import register_grad_sampler  # noqa: E402
 from opacus.validators import ModuleValidator  # noqa: E402
-
-if TYPE_CHECKING:
-    from fmix.train.trainer import Trainer
 
 ACCOUNTANT = "rdp"
 
@@ -74,7 +69,7 @@ class DpSgd(Method):
     summary = "RGB faces, DP-SGD (opacus: per-sample clipping and Gaussian noise; batch norm replaced by group norm)"
     net_fix = "opacus"
 
-    def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
+    def check(self, mixing: MixingParams, world: int) -> None:
         if world > 1:
             raise ValueError("method 'dpsgd' trains in one process (opacus' accountant sees one optimiser): drop torchrun")
 
@@ -85,41 +80,37 @@ class DpSgd(Method):
             raise ValueError(f"opacus cannot train this network privately: {problems[0]}")
         return fixed
 
-    def setup(self, trainer: "Trainer") -> None:
-        params = trainer.params
-        indices = torch.utils.data.TensorDataset(torch.arange(len(trainer.train_set)))
-        loader = torch.utils.data.DataLoader(indices, batch_size=params.batch_size, drop_last=True)  # only its sampling rate is used
-        engine = PrivacyEngine(accountant=ACCOUNTANT)
-        model, optimizer, _ = engine.make_private(
-            module=_ExplicitWeights(trainer.net),
-            optimizer=trainer.optimizer,
+    def setup(self, ctx: RunContext) -> None:
+        """Make the run private: the model and the optimiser become the privacy engine's wrappers."""
+        settings = self.params.dpsgd
+        indices = torch.utils.data.TensorDataset(torch.arange(len(ctx.faces)))
+        loader = torch.utils.data.DataLoader(indices, batch_size=ctx.params.batch_size, drop_last=True)  # only its sampling rate is used
+        self.engine = PrivacyEngine(accountant=ACCOUNTANT)
+        ctx.model, ctx.optimizer, _ = self.engine.make_private(
+            module=_ExplicitWeights(ctx.net),
+            optimizer=ctx.optimizer,
             data_loader=loader,
-            noise_multiplier=params.dpsgd_noise_multiplier,
-            max_grad_norm=params.dpsgd_max_grad_norm,
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
             poisson_sampling=False,
         )
-        trainer.model, trainer.optimizer = model, optimizer
-        trainer.privacy_engine = engine
 
-    def state_dict(self, trainer: "Trainer") -> dict:
-        return {"history": [list(step) for step in trainer.privacy_engine.accountant.history]}
+    def state_dict(self) -> dict:
+        return {"history": [list(step) for step in self.engine.accountant.history]}
 
-    def load_state_dict(self, trainer: "Trainer", state: dict) -> None:
-        trainer.privacy_engine.accountant.history = [tuple(step) for step in state["history"]]
+    def load_state_dict(self, state: dict) -> None:
+        self.engine.accountant.history = [tuple(step) for step in state["history"]]
 
-    def privacy(self, trainer: "Trainer") -> dict:
-        params, accountant = trainer.params, trainer.privacy_engine.accountant
+    def privacy(self, ctx: RunContext) -> dict:
+        settings, accountant = self.params.dpsgd, self.engine.accountant
         steps = sum(step[2] for step in accountant.history)
         return {
             "mechanism": f"DP-SGD (opacus {ACCOUNTANT.upper()} accountant; example-level, add/remove neighbours)",
-            "epsilon": float(accountant.get_epsilon(delta=params.dpsgd_delta)) if steps else 0.0,
-            "delta": params.dpsgd_delta,
-            "noise_multiplier": params.dpsgd_noise_multiplier,
-            "max_grad_norm": params.dpsgd_max_grad_norm,
+            "epsilon": float(accountant.get_epsilon(delta=settings.delta)) if steps else 0.0,
+            "delta": settings.delta,
+            "noise_multiplier": settings.noise_multiplier,
+            "max_grad_norm": settings.max_grad_norm,
             "sample_rate": accountant.history[0][1] if steps else None,
             "steps": steps,
             "sampling": "shuffled fixed-size batches, not Poisson: the accountant's subsampled bound is the usual approximation",
         }
-
-
-METHOD = DpSgd()

@@ -7,7 +7,7 @@ import json
 from torch import nn
 
 from fmix.data.faces import read_face_list
-from fmix.masker.build import all_channel_masker, read_masker_metadata
+from fmix.masker.build import all_channel_transform, read_masker_metadata
 from fmix.methods.base import Method, TrainInputs
 from fmix.models.encoders import FrequencyEncoder
 
@@ -20,8 +20,4 @@ class AllChannels(Method):
         """The masker's transform at its upsample factor (1 without ``--masker``), every channel kept."""
         upsample = json.loads(read_masker_metadata(inputs.masker_path)["upsample"]) if inputs.masker_path else 1
         public = [path for path, _ in read_face_list(inputs.splits / "public.csv")]
-        masker = all_channel_masker(inputs.aligned, public, upsample)
-        return FrequencyEncoder(masker)
-
-
-METHOD = AllChannels()
+        return FrequencyEncoder(all_channel_transform(inputs.aligned, public, upsample))

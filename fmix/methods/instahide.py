@@ -5,7 +5,7 @@ Each training sample is a mix of k = 4 RGB faces of the batch with weights cappe
 is the same mix of the constituents' labels. No frequency transform and no masking: the network
 sees (signed) pixels, and is tested on plain RGB faces like ``none``. The sign mask and the weights
 are secret draws of the training run. ``fmix attack protection`` attacks this pixel-domain
-protection itself (``protection = "pixels"``, :class:`~fmix.attacks.protectors.PixelMixProtector`):
+protection itself (``attack_surface = "pixels"``, :class:`~fmix.attacks.protectors.PixelMixProtector`):
 the white-box attacker knows k = 4, the cap, the weight law and that a sign mask is applied, and
 draws its own partners, weights and signs to train the inversion network on public faces; the
 black-box attacker guesses ``attack.black_box_k`` faces with the default weight law and a sign
@@ -15,16 +15,12 @@ mask. S1 and S2 are measured on ``|x|``, where Carlini et al. (2021) start their
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.methods.base import Method
-from fmix.params import MixingParams, TrainParams
-
-if TYPE_CHECKING:
-    from fmix.train.trainer import Trainer
+from fmix.methods.base import Method, RunContext
+from fmix.params import MixingParams
 
 K = 4  # faces per InstaHide sample
 CAP = 0.65  # largest weight
@@ -34,17 +30,14 @@ class InstaHide(Method):
     name = "instahide"
     summary = "RGB faces mixed 4 at a time (weights <= 0.65) with a random sign per pixel (InstaHide)"
     mixes = True
-    protection = "pixels"
+    attack_surface = "pixels"
 
-    def mixing(self, mixing: MixingParams, params: TrainParams) -> MixingParams:
+    def mixing(self, mixing: MixingParams) -> MixingParams:
         """InstaHide's own mixing: k = 4, the ``instahide`` weight law capped at 0.65, a sign mask, no permutation, no noise."""
         return dataclasses.replace(mixing, k_values=(K,), weight_law="instahide", cap=CAP, sign_flip=True, permute_channels=False, noise=0.0)
 
     def build_protection(self, mixing: MixingParams) -> Protection:
         return Protection(None, MixingConfig.from_params(mixing), mixing.k_values)  # on pixels: no masker
 
-    def choose_k(self, trainer: "Trainer", x: Tensor, game_on: bool) -> int:
+    def choose_k(self, ctx: RunContext, x: Tensor, game_on: bool) -> int:
         return K
-
-
-METHOD = InstaHide()

@@ -1,33 +1,26 @@
-"""``mixup``: Frequency MixUp of masked faces with a fixed k (``train.k``)."""
+"""``mixup``: Frequency MixUp of masked faces with a fixed k (``train.mixup.k``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
-from fmix.methods.base import MaskingMethod
-from fmix.params import MixingParams, TrainParams
-
-if TYPE_CHECKING:
-    from fmix.train.trainer import Trainer
+from fmix.methods.base import MaskingMethod, RunContext
+from fmix.params import MixingParams
 
 
 class FixedKMixup(MaskingMethod):
     name = "mixup"
-    summary = "masked faces mixed k at a time, k fixed (train.k)"
+    summary = "masked faces mixed k at a time, k fixed (train.mixup.k)"
     mixes = True
-    protection = "mixed"
+    attack_surface = "mixed"
 
-    def check(self, params: TrainParams, mixing: MixingParams, world: int) -> None:
-        if params.k > max(mixing.k_values):
-            raise ValueError(f"method 'mixup' mixes at most max(mixing.k_values)={max(mixing.k_values)} faces, got train.k={params.k}")
+    def check(self, mixing: MixingParams, world: int) -> None:
+        k = self.params.mixup.k
+        if k > max(mixing.k_values):
+            raise ValueError(f"method 'mixup' mixes at most max(mixing.k_values)={max(mixing.k_values)} faces, got train.mixup.k={k}")
 
-    def masker_k(self, params: TrainParams) -> int:
-        return params.k
+    def masker_k(self) -> int:
+        return self.params.mixup.k
 
-    def choose_k(self, trainer: "Trainer", x: Tensor, game_on: bool) -> int:
-        return trainer.params.k
-
-
-METHOD = FixedKMixup()
+    def choose_k(self, ctx: RunContext, x: Tensor, game_on: bool) -> int:
+        return self.params.mixup.k

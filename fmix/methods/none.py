@@ -9,5 +9,3 @@ class NoProtection(Method):
     name = "none"
     summary = "RGB faces, no protection (the utility ceiling)"
 
-
-METHOD = NoProtection()

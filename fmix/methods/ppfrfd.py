@@ -9,5 +9,3 @@ class MaskingOnly(MaskingMethod):
     name = "ppfrfd"
     summary = "the masker's channels (low frequencies dropped), never mixed"
 
-
-METHOD = MaskingOnly()

@@ -19,7 +19,7 @@ from fmix.masker.build import read_masker_metadata
 from fmix.masker.export import public_masker
 from fmix.methods.base import Method, TrainInputs
 from fmix.models.encoders import FrequencyEncoder
-from fmix.params import ExportParams, MixingParams, TrainParams
+from fmix.params import ExportParams, MixingParams
 
 KEEP = 36  # PPFR-FD's lowest-energy channels
 
@@ -27,12 +27,12 @@ KEEP = 36  # PPFR-FD's lowest-energy channels
 class PpfrfdFaithful(Method):
     name = "ppfrfd_faithful"
     summary = f"the {KEEP} lowest-energy channels (low frequencies dropped), shuffled per sample, never mixed (PPFR-FD)"
-    protection = "masked"
+    attack_surface = "masked"
 
     def masker_params(self, export: ExportParams) -> ExportParams:
         return dataclasses.replace(export, keep_lowest_energy=KEEP)
 
-    def mixing(self, mixing: MixingParams, params: TrainParams) -> MixingParams:
+    def mixing(self, mixing: MixingParams) -> MixingParams:
         return dataclasses.replace(mixing, permute_channels=True)
 
     def build_encoder(self, inputs: TrainInputs) -> nn.Module:
@@ -40,7 +40,4 @@ class PpfrfdFaithful(Method):
         upsample = json.loads(read_masker_metadata(inputs.masker_path)["upsample"]) if inputs.masker_path else 1
         params = self.masker_params(ExportParams(upsample=upsample))
         masker, _ = public_masker(inputs.aligned, inputs.splits / "public.csv", params)
-        return FrequencyEncoder(masker)
-
-
-METHOD = PpfrfdFaithful()
+        return FrequencyEncoder(masker.transform)

@@ -1,41 +1,23 @@
-"""The method registry: name -> the module that defines it. One line per method.
+"""The method registry: name -> where its class lives (``module:Class``). One line per method.
 
-This module imports nothing from fmix, so :mod:`fmix.params` can take the method names from it
-(one source of truth) without loading torch; :func:`get_method` imports a method's module on
-first use (a plug-in load, not a way around a package cycle).
+This module is data only and imports nothing, so :mod:`fmix.params` takes the method names from it
+(one source of truth) without loading torch. The paths are resolved by :func:`fmix.methods.method_class`
+(a plug-in load: a method's module, e.g. ``dpsgd`` and its optional opacus, loads on first use);
+``tests/test_layers.py`` counts these paths as imports of :mod:`fmix.methods`, the loader.
 """
 
 from __future__ import annotations
 
-import importlib
-
 REGISTRY: dict[str, str] = {
-    "none": "fmix.methods.none",
-    "freq": "fmix.methods.freq",
-    "ppfrfd": "fmix.methods.ppfrfd",
-    "mixup": "fmix.methods.mixup",
-    "adaptive": "fmix.methods.adaptive",
-    "instahide": "fmix.methods.instahide",
-    "ppfrfd_faithful": "fmix.methods.ppfrfd_faithful",
-    "dctdp": "fmix.methods.dctdp",
-    "dpsgd": "fmix.methods.dpsgd",
+    "none": "fmix.methods.none:NoProtection",
+    "freq": "fmix.methods.freq:AllChannels",
+    "ppfrfd": "fmix.methods.ppfrfd:MaskingOnly",
+    "mixup": "fmix.methods.mixup:FixedKMixup",
+    "adaptive": "fmix.methods.adaptive:AdaptiveMixup",
+    "instahide": "fmix.methods.instahide:InstaHide",
+    "ppfrfd_faithful": "fmix.methods.ppfrfd_faithful:PpfrfdFaithful",
+    "dctdp": "fmix.methods.dctdp:Dctdp",
+    "dpsgd": "fmix.methods.dpsgd:DpSgd",
 }
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
-
-
-def get_method(name: str):
-    """The :class:`fmix.methods.base.Method` registered under ``name``.
-
-    Args:
-        name: a key of :data:`REGISTRY`.
-
-    Returns:
-        The method (the ``METHOD`` object of its module).
-
-    Raises:
-        ValueError: no method of that name.
-    """
-    if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return importlib.import_module(REGISTRY[name]).METHOD

@@ -13,7 +13,14 @@ tensors and plain containers only (loaded with ``weights_only=True``):
   settings; ``fmix export --policy`` exports it with the policy);
 - ``privacy`` (optional): what the method reports about its privacy budget (e.g. epsilon);
 - ``net_fix`` (optional): how the method changed the network's layers (``"opacus"``: batch norm
-  replaced by opacus' ``ModuleValidator.fix``), so the reader rebuilds the same layers.
+  replaced by opacus' ``ModuleValidator.fix``), so the reader rebuilds the same layers;
+- ``sign_invariant`` (optional): whether the network reads ``|x|`` (it trained on sign-masked mixes);
+- ``release`` (optional): the release of ``fmix mask`` it trained on (``fmix train --release``): its
+  id, samples, faces, labels and masker; its classes are the release's labels, not the split's.
+
+With ``encoder.kind``, ``net_fix`` and ``sign_invariant`` the file says everything its reader
+needs to rebuild the model: this layer never asks the methods (:mod:`fmix.methods`). A file
+written before some of these keys existed is converted in one place, :func:`_legacy_state`.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fmix.methods.registry import get_method
 from fmix.models.checkpoint import load_checkpoint, save_checkpoint
 from fmix.models.encoders import encoder_from_spec
 from fmix.models.frnet import build_net
@@ -49,6 +55,8 @@ class ModelRecord:
         mixing: the mixing training used (defaults for a model saved before the ``mixing`` section).
         privacy: the method's privacy accounting (empty when it defines none).
         net_fix: ``""`` or ``"opacus"`` (the layers were changed by ``ModuleValidator.fix``).
+        sign_invariant: the network reads ``|x|`` (trained on mixes under a sign mask).
+        release: the release it trained on (empty: trained on the split's faces).
     """
 
     params: TrainParams
@@ -61,6 +69,8 @@ class ModelRecord:
     mixing: MixingParams = dataclasses.field(default_factory=MixingParams)
     privacy: dict = dataclasses.field(default_factory=dict)
     net_fix: str = ""
+    sign_invariant: bool = False
+    release: dict = dataclasses.field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -80,6 +90,8 @@ class ModelRecord:
             "mixing": plain_dict(dataclasses.asdict(self.mixing)),
             "privacy": self.privacy,
             "net_fix": self.net_fix,
+            "sign_invariant": self.sign_invariant,
+            "release": self.release,
         }
 
     def save(self, path: str | Path) -> None:
@@ -107,10 +119,10 @@ class ModelRecord:
             raise ValueError(f"{path} is not a model.pt of `fmix train`: it lacks {', '.join(missing)}")
         try:
             channels, size = state["input"]
-            params, mixing = _legacy_params(dict(state["params"]), state.get("mixing"))
+            params, mixing, encoder, sign_invariant = _legacy_state(state)
             return cls(
                 params=section_from_mapping(TrainParams, params, "train"),
-                encoder=state["encoder"],
+                encoder=encoder,
                 backbone=state["backbone"],
                 head=state["head"],
                 policy=state["policy"],
@@ -119,6 +131,8 @@ class ModelRecord:
                 mixing=section_from_mapping(MixingParams, mixing, "mixing"),
                 privacy=state.get("privacy") or {},
                 net_fix=state.get("net_fix") or "",
+                sign_invariant=bool(sign_invariant),
+                release=state.get("release") or {},
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path} does not hold a model `fmix train` wrote: {type(err).__name__}: {err}") from err
@@ -131,15 +145,51 @@ LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_re
 LEGACY_MIXING = {"sign_flip": False}
 # Keys of training only that a later version dropped: the dual step of the mean-k price (now solved).
 RETIRED_KEYS = ("budget_lr",)
+# Before model.pt recorded sign_invariant: the methods that trained on mixes (so on sign-masked
+# ones when mixing.sign_flip). A table of names kept here, so that this layer never asks the methods.
+LEGACY_MIXING_METHODS = ("mixup", "adaptive", "instahide")
+# Before the encoder spec recorded its kind: the RGB method; every other one was a frequency encoder
+# (and only ``freq`` kept DC).
+LEGACY_RGB_METHODS = ("none",)
+LEGACY_DC_METHODS = ("freq",)
 
 
-def _legacy_params(params: dict, mixing: dict | None) -> tuple[dict, dict]:
-    """A model.pt from before the ``mixing`` section kept its mixing in ``train.mix_*``: move it
-    over (:data:`LEGACY_MIXING` for the rest); one from before the game's keys gets the game it was
-    trained with (:data:`LEGACY_GAME`); retired keys (:data:`RETIRED_KEYS`) are dropped."""
-    legacy = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
+def _legacy_state(state: dict) -> tuple[dict, dict, dict, bool]:
+    """The one place where a model.pt from an older version is brought up to date.
+
+    - ``train.mix_*`` (before the ``mixing`` section) move to the mixing (:data:`LEGACY_MIXING` for the rest);
+    - flat method keys (``policy_*``, ``dctdp_*``, ``dpsgd_*``, ``k``: before ``train.<method>``)
+      move into their method's section (:attr:`fmix.params.TrainParams.MOVED_KEYS`);
+    - a game without its later keys gets the game it was trained with (:data:`LEGACY_GAME`);
+    - retired keys (:data:`RETIRED_KEYS`) are dropped;
+    - an encoder spec without ``kind`` / ``allow_dc`` gets them from the method's name;
+    - without ``sign_invariant``, it is derived from the method's name (:data:`LEGACY_MIXING_METHODS`) and the mixing.
+
+    Returns:
+        ``(train params, mixing, encoder spec, sign_invariant)``, as plain containers.
+    """
+    params = dict(state["params"])
+    legacy_mixing = {LEGACY_MIXING_KEYS[key]: params.pop(key) for key in list(params) if key in LEGACY_MIXING_KEYS}
     params = {key: value for key, value in params.items() if key not in RETIRED_KEYS}
-    return {**LEGACY_GAME, **params}, mixing if mixing is not None else {**LEGACY_MIXING, **legacy}
+    for old, new in TrainParams.MOVED_KEYS.items():
+        if old in params:
+            section, _, leaf = new.partition(".")
+            params[section] = {**(params.get(section) or {}), leaf: params.pop(old)}
+    params["adaptive"] = {**LEGACY_GAME, **(params.get("adaptive") or {})}
+    mixing = state.get("mixing")
+    mixing = mixing if mixing is not None else {**LEGACY_MIXING, **legacy_mixing}
+    method = params.get("method", TrainParams.method)
+    encoder = dict(state["encoder"])
+    recorded = encoder.get("method", method)  # the spec records it; the train section too
+    if "kind" not in encoder:
+        encoder["kind"] = "rgb" if recorded in LEGACY_RGB_METHODS else "frequency"
+    if encoder["kind"] != "rgb" and "allow_dc" not in encoder:
+        encoder["allow_dc"] = recorded in LEGACY_DC_METHODS
+    sign_invariant = state.get("sign_invariant")
+    if sign_invariant is None:
+        sign_flip = mixing.get("sign_flip", MixingParams.sign_flip) if isinstance(mixing, dict) else False  # a damaged mixing fails below
+        sign_invariant = method in LEGACY_MIXING_METHODS and bool(sign_flip)
+    return params, mixing, encoder, sign_invariant
 
 
 class TrainedModel(nn.Module):
@@ -212,8 +262,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """
     record = ModelRecord.load(path, device)
     try:
-        sign_invariant = get_method(record.params.method).sign_invariant(record.mixing)
-        net = fix_net(build_net(record.params, *record.input_shape, record.num_classes, sign_invariant), record.net_fix)
+        net = fix_net(build_net(record.params, *record.input_shape, record.num_classes, record.sign_invariant), record.net_fix)
         net.backbone.load_state_dict(record.backbone)
         net.head.load_state_dict(record.head)
         encoder = encoder_from_spec(record.encoder)

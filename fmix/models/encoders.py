@@ -3,7 +3,8 @@
 Encoders are building blocks; a method (:mod:`fmix.methods`) picks one. Kinds:
 
 - ``rgb``: aligned RGB in [0, 255] -> ``(x - 127.5) / 128`` (``none``, and the pixel-domain methods);
-- ``frequency``: the masker's fused transform without mixing (masked or all frequency channels);
+- ``frequency``: the frequency transform (:class:`fmix.freq.transform.FrequencyTransform`: masked or
+  all frequency channels, no policy, no mixing);
 - ``noisy_frequency``: frequency channels clipped to [-C, C] plus Laplace noise whose per-channel
   scale is learned under a fixed privacy budget (DCTDP, :class:`LaplaceBudgetNoise`).
 """
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fmix.freq import DC_CHANNELS, FrequencyMask
-from fmix.masker.module import FixedKPolicy, Masker
+from fmix.freq.transform import FrequencyTransform
 
 ENCODER_KINDS = ("rgb", "frequency", "noisy_frequency")
 
@@ -36,21 +37,21 @@ class RgbEncoder(nn.Module):
 
 
 class FrequencyEncoder(nn.Module):
-    """Aligned RGB -> protected frequency channels (the masker's fused transform, no mixing).
+    """Aligned RGB -> protected frequency channels (the frequency transform, no mixing).
 
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255].
         - Output: :math:`(B, K, Hu/8, Wu/8)`.
     """
 
-    def __init__(self, masker: Masker, input_size: int = 112) -> None:
+    def __init__(self, transform: FrequencyTransform, input_size: int = 112) -> None:
         super().__init__()
-        self.masker = masker
-        self.channels = masker.mask.num_kept
-        self.size = input_size * masker.upsample // 8
+        self.transform = transform
+        self.channels = transform.channels
+        self.size = input_size * transform.upsample // 8
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.masker.masked(images)
+        return self.transform(images)
 
 
 def add_laplace_noise(x: Tensor, scales: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -121,22 +122,22 @@ class LaplaceBudgetNoise(nn.Module):
 
 
 class NoisyFrequencyEncoder(nn.Module):
-    """Frequency channels (a masker's transform) through :class:`LaplaceBudgetNoise`.
+    """Frequency channels (a frequency transform) through :class:`LaplaceBudgetNoise`.
 
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255].
         - Output: :math:`(B, K, Hu/8, Wu/8)`.
     """
 
-    def __init__(self, masker: Masker, epsilon: float, clip: float, input_size: int = 112) -> None:
+    def __init__(self, transform: FrequencyTransform, epsilon: float, clip: float, input_size: int = 112) -> None:
         super().__init__()
-        self.frequency = FrequencyEncoder(masker, input_size)
+        self.frequency = FrequencyEncoder(transform, input_size)
         self.channels, self.size = self.frequency.channels, self.frequency.size
         self.noise = LaplaceBudgetNoise(self.channels, self.size, epsilon, clip)
 
     @property
-    def masker(self) -> Masker:
-        return self.frequency.masker
+    def transform(self) -> FrequencyTransform:
+        return self.frequency.transform
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.noise(self.frequency(images), generator)
@@ -161,12 +162,12 @@ def encoder_spec(method: str, encoder: nn.Module) -> dict:
         return {"method": method, "kind": "rgb"}
     if not isinstance(encoder, (FrequencyEncoder, NoisyFrequencyEncoder)):
         raise TypeError(f"Expected an encoder of kind {ENCODER_KINDS}, got {type(encoder).__name__}")
-    masker = encoder.masker
-    mask = masker.mask
+    transform = encoder.transform
+    mask = transform.mask
     spec = {
         "method": method,
         "kind": "frequency",
-        "upsample": masker.upsample,
+        "upsample": transform.upsample,
         "kept_channels": mask.kept.tolist(),
         "channel_mean": mask.mean.tolist(),
         "channel_std": mask.std.tolist(),
@@ -182,25 +183,26 @@ def encoder_from_spec(spec: dict) -> nn.Module:
     """Rebuild the encoder of a trained model from its spec.
 
     Args:
-        spec: :func:`encoder_spec`'s dict (a spec without ``kind``, from before kinds, is read by its method).
+        spec: :func:`encoder_spec`'s dict (``kind`` and, for the frequency kinds, ``allow_dc``
+            required: :class:`fmix.models.artifact.ModelRecord` fills them in for an old ``model.pt``).
 
     Returns:
         The encoder.
 
     Raises:
         ValueError: an unknown kind.
+        KeyError: a part of the spec is missing.
     """
-    kind = spec.get("kind") or ("rgb" if spec["method"] == "none" else "frequency")
+    kind = spec["kind"]
     if kind not in ENCODER_KINDS:
         raise ValueError(f"unknown encoder kind {kind!r}; known: {', '.join(ENCODER_KINDS)}")
     if kind == "rgb":
         return RgbEncoder()
-    allow_dc = spec.get("allow_dc", spec["method"] == "freq")
-    mask = FrequencyMask(torch.tensor(spec["kept_channels"]), torch.tensor(spec["channel_mean"]), torch.tensor(spec["channel_std"]), allow_dc=allow_dc)
-    masker = Masker(mask, spec["upsample"], FixedKPolicy(1, (1,)), (1,))
+    mask = FrequencyMask(torch.tensor(spec["kept_channels"]), torch.tensor(spec["channel_mean"]), torch.tensor(spec["channel_std"]), allow_dc=spec["allow_dc"])
+    transform = FrequencyTransform(mask, spec["upsample"])
     if kind == "frequency":
-        return FrequencyEncoder(masker)
-    encoder = NoisyFrequencyEncoder(masker, spec["epsilon"], spec["clip"])
+        return FrequencyEncoder(transform)
+    encoder = NoisyFrequencyEncoder(transform, spec["epsilon"], spec["clip"])
     with torch.no_grad():
         encoder.noise.logits.copy_(torch.tensor(spec["noise_logits"]))
     return encoder

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from fmix import __version__
 from fmix.checks import check_float, check_shape_bchw, check_tensor
+from fmix.device import onnx_providers
 from fmix.io import atomic_write
 from fmix.models.artifact import TrainedModel, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder
@@ -130,35 +131,6 @@ def export_face_embedder(model_path: str | Path, out: str | Path, flip_average: 
     return {"method": record.method, "embedding_size": record.params.embedding_size, "bytes": len(data), "opset": opset, "flip_average": flip_average, "out": str(out)}
 
 
-def onnx_providers(device: str = "auto") -> list:
-    """ONNX Runtime providers for a device string: CUDA first where asked (``auto``: when present), then the CPU.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`fmix.device.check_device_spec`);
-            ``cuda:N`` runs on device N (the provider's ``device_id``).
-
-    Returns:
-        Provider names, or ``(name, options)`` for CUDA device N.
-
-    Raises:
-        ValueError: a CUDA device asked for, but this ONNX Runtime has no CUDA provider.
-    """
-    import onnxruntime as ort
-
-    from fmix.device import check_device_spec
-
-    check_device_spec(device)
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        cuda = ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}) if ":" in device else "CUDAExecutionProvider"
-        return [cuda, "CPUExecutionProvider"]
-    if device != "auto":
-        raise ValueError(f"device {device!r} asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    return ["CPUExecutionProvider"]
-
-
 class OnnxFaceEmbedder:
     """An ONNX face embedder of 112 x 112 aligned RGB faces on ONNX Runtime.
 
@@ -238,4 +210,4 @@ class OnnxFaceEmbedder:
         return F.normalize(torch.cat(parts), dim=1)
 
 
-__all__ = ["FORMAT", "FaceEmbedder", "OnnxFaceEmbedder", "embedder_metadata", "export_face_embedder", "onnx_providers"]
+__all__ = ["FORMAT", "FaceEmbedder", "OnnxFaceEmbedder", "embedder_metadata", "export_face_embedder"]

@@ -1,10 +1,12 @@
 """The pipeline's report (``fmix report``): every sweep entry's utility and privacy in one place.
 
 Reads, per entry of the params file's ``sweep`` section, ``<results>/<entry>/verification.json``,
-``privacy.json``, ``inversion.json`` and the grids, and ``<models>/<entry>/train_log.jsonl``;
+``privacy.json``, ``inversion.json`` and the grids (the attack's in ``<entry>/attack/``, where the
+pipeline puts them, else beside ``privacy.json``), and ``<models>/<entry>/train_log.jsonl``;
 writes ``report.md`` (figures beside it), ``report.html`` (self-contained: figures inlined as
-base64), ``methods.json`` (DVC metrics), ``tradeoff.csv`` and ``curves.csv`` (DVC plots) and the
-figures ``tradeoff.png``, ``curves.png``, ``k_distribution.png``.
+base64), ``methods.json`` (DVC metrics), ``tradeoff.csv`` and ``curves/<entry>.csv`` (DVC plots:
+one training curve per entry, x = epoch, counted from 1 as in the figures) and the figures
+``tradeoff.png``, ``curves.png``, ``k_distribution.png``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any
 import yaml
 
 from fmix.io import atomic_write, read_json, write_json_atomic
+from fmix.metrics.policy import mutual_information
 from fmix.params import read_params_file, sweep_entries
-from fmix.train.game import mutual_information
 
+ATTACK_FILES = "attack"  # <results>/<entry>/attack/: the grid (and masker) of `fmix attack protection --artifacts` in the pipeline
+CURVES = "curves"  # <report>/curves/<entry>.csv
+CURVE_COLUMNS = ("epoch", "loss", "val_accuracy", "mean_k")
 PACKAGES = ("fmix-privacy", "torch", "numpy", "onnxruntime", "matplotlib", "dvc", "snakemake")
 COLUMNS = (
     ("accuracy", "accuracy"), ("accuracy_std", "± std"), ("auc", "AUC"), ("tar_1e-3", "TAR@FAR 1e-3"), ("floor_accuracy", "raw floor"),
@@ -177,8 +182,9 @@ def tradeoff_figure(rows: dict[str, dict], path: Path) -> Path:
 
 
 def curves_figure(logs: dict[str, list[dict]], path: Path) -> Path:
-    """Training loss and closed-set validation accuracy per epoch, one line per entry."""
+    """Training loss and closed-set validation accuracy per epoch (from 1), one line per entry."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
     for name, log in logs.items():
@@ -188,6 +194,8 @@ def curves_figure(logs: dict[str, list[dict]], path: Path) -> Path:
     loss_axis.set(xlabel="epoch", ylabel="training loss")
     acc_axis.set(xlabel="epoch", ylabel="validation accuracy (un-mixed, closed set)")
     acc_axis.legend(fontsize=7)
+    for axis in (loss_axis, acc_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, as in curves/<entry>.csv
     return _write_png(path, figure)
 
 
@@ -253,8 +261,75 @@ def difficulty_rows(collected: dict[str, dict]) -> list[list[str]]:
     return [["entry", *quartiles, "MI (bits)", "samples"], *rows]
 
 
-def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str) -> list[Block]:
-    """The report's content, in order, for both renderings."""
+AGGREGATE_ATTACKS = (("single", "single sample"), ("heaviest", "mean where heaviest"), ("weighted", "weighted mean"))
+
+
+def read_aggregate(path: str | Path) -> dict:
+    """``aggregate.json`` of ``fmix attack aggregate``, with the fields the report reads checked.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a JSON object with ``attacks``, ``controls``, ``headline``, ``strata`` and ``targets``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"aggregate.json of `fmix attack aggregate` not found: {path}")
+    data = read_json(path, "aggregate.json of `fmix attack aggregate`")
+    attacks, controls = data.get("attacks"), data.get("controls")
+    complete = (
+        isinstance(attacks, dict) and all(_has_numbers(attacks.get(name), ("top1", "chance_top1")) for name, _ in AGGREGATE_ATTACKS)
+        and isinstance(controls, dict) and all(_has_numbers(controls.get(name), ("top1",)) for name in ("positive", "shuffled"))
+        and _has_numbers(data.get("headline"), ("top1", "top5", "chance_top1", "chance_top5"))
+        and isinstance((data.get("strata") or {}).get("names"), list) and _has_numbers(data.get("targets"), ("selected",))
+    )
+    if complete:  # every attack and control scored per stratum
+        names = data["strata"]["names"]
+        parts = [attacks[name] for name, _ in AGGREGATE_ATTACKS] + [controls["positive"], controls["shuffled"]]
+        complete = all(isinstance(part.get("by_stratum"), dict) and all(isinstance(part["by_stratum"].get(s), dict) for s in names) for part in parts)
+    if not complete:
+        raise ValueError(f"{path} is not an aggregate.json of `fmix attack aggregate`: it needs attacks (single, heaviest, weighted), controls (positive, shuffled), headline, strata and targets")
+    return data
+
+
+def aggregate_blocks(record: dict) -> list[Block]:
+    """The release's worst case (``aggregate.json``): top-1 per stratum of each attack, their maximum, chance and the controls."""
+    attacks, controls, head = record["attacks"], record["controls"], record["headline"]
+    positive, shuffled = controls["positive"], controls["shuffled"]
+    header = ["stratum (photos)", "targets", *(title for _, title in AGGREGATE_ATTACKS), "max", "chance", "un-mixed control", "shuffled control"]
+
+    def row(title: str, scores: dict[str, dict]) -> list[str]:
+        values = [scores[name]["top1"] for name, _ in AGGREGATE_ATTACKS]
+        scored = [value for value in values if value is not None]
+        return [title, str(scores["single"]["n"]), *map(_fmt, values), _fmt(max(scored) if scored else None), f"{scores['single']['chance_top1']:.4f}",
+                _fmt(scores["positive"]["top1"]), _fmt(scores["shuffled"]["top1"])]
+
+    everything = {name: attacks.get(name) or controls.get(name) for name in (*(n for n, _ in AGGREGATE_ATTACKS), "positive", "shuffled")}
+    rows = [header, row("all", everything)]
+    for stratum in record["strata"]["names"]:
+        rows.append(row(stratum, {name: scores["by_stratum"][stratum] for name, scores in everything.items()}))
+    targets = record["targets"]
+    verdict = (
+        f"The control (the same inverter on un-mixed masked photos of the same people) named {_fmt(positive['top1'])} of them, at least {positive.get('min_top1')} needed: the attack works at this budget."
+        if record.get("attack_works")
+        else f"The control (the same inverter on un-mixed masked photos of the same people) named only {_fmt(positive['top1'])} of them, below {positive.get('min_top1')}: "
+        "the inverter is too weak at this budget and these numbers credit no privacy."
+    )
+    return [
+        Block("h2", "Worst case of the release: the people it holds most of"),
+        Block("p", f"The {targets['selected']} published labels that are the heaviest constituent of the most released samples "
+              f"(median {(targets.get('heaviest_samples') or {}).get('median', '—')} samples each), attacked one by one from index.csv alone: "
+              "one sample, the mean of what the attackers read (|x| under a sign mask) over the samples where the label is heaviest, and the weight-weighted mean "
+              f"over every sample holding it, each inverted by the attack check's network. Top-1 among {record.get('identities', '—')} private identities "
+              f"({record.get('judge', 'dlib')} judge), per stratum of photos per identity in the private training split. "
+              f"Headline, the maximum over the attacks: top-1 {_fmt(head['top1'])} ({head.get('attack')}), top-5 {_fmt(head['top5'])}, "
+              f"chance {head['chance_top1']:.4f} / {head['chance_top5']:.4f}; worst stratum {head.get('worst_stratum')}: top-1 {_fmt(head.get('worst_stratum_top1'))}. "
+              f"{verdict} The shuffled control (each template scored as another target) named {_fmt(shuffled['top1'])}."),
+        Block("table", rows=rows),
+    ]
+
+
+def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str, aggregate: dict | None = None) -> list[Block]:
+    """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`)."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
@@ -274,6 +349,8 @@ def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: li
     if weak:
         blocks.append(Block("p", "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
                             + "; ".join(weak) + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more steps (attack.steps, attack.seconds)."))
+    if aggregate is not None:
+        blocks += aggregate_blocks(aggregate)
     blocks += [
         Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
         Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
@@ -343,7 +420,25 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_report(results: str | Path, models: str | Path, out_dir: str | Path, params_path: str | Path) -> dict[str, dict]:
+def write_curves(folder: Path, logs: dict[str, list[dict]]) -> list[Path]:
+    """``<folder>/<entry>.csv`` per entry: epoch (from 1, as in the figures), loss, val_accuracy, mean_k.
+
+    CSV files of entries no longer in the sweep are removed, so the folder (one DVC plot per file)
+    holds this sweep only.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.csv"):
+        if stale.stem not in logs:
+            stale.unlink()
+    written = []
+    for name, log in logs.items():
+        rows = [[row["epoch"] + 1, row["loss"], row["val_accuracy"], row.get("mean_k")] for row in log]
+        _write_csv(folder / f"{name}.csv", list(CURVE_COLUMNS), rows)
+        written.append(folder / f"{name}.csv")
+    return written
+
+
+def write_report(results: str | Path, models: str | Path, out_dir: str | Path, params_path: str | Path, aggregate: str | Path | None = None) -> dict[str, dict]:
     """Collect every sweep entry's results and write the report files.
 
     Args:
@@ -351,6 +446,8 @@ def write_report(results: str | Path, models: str | Path, out_dir: str | Path, p
         models: the sweep's models folder (``data.models``).
         out_dir: the report folder (``data.report``).
         params_path: the params file (its ``sweep`` section orders the entries; all of it is shown).
+        aggregate: ``aggregate.json`` of ``fmix attack aggregate`` (the release's worst case; its
+            ``aggregate_grid.png`` beside it is shown too), or None.
 
     Returns:
         Entry name -> its table row (as in ``methods.json``).
@@ -361,6 +458,7 @@ def write_report(results: str | Path, models: str | Path, out_dir: str | Path, p
     results, models, out_dir = Path(results), Path(models), Path(out_dir)
     params = read_params_file(params_path)
     entries = sweep_entries(params.get("sweep"), params.get("train"))
+    worst = read_aggregate(aggregate) if aggregate is not None else None
     collected = collect(results, models, entries)
     rows = {name: item["row"] for name, item in collected.items()}
     logs = {name: item["log"] for name, item in collected.items()}
@@ -369,19 +467,20 @@ def write_report(results: str | Path, models: str | Path, out_dir: str | Path, p
         "curves": curves_figure(logs, out_dir / "curves.png"),
         "k": k_figure(logs, out_dir / "k_distribution.png"),
     }
-    grids = [(f"{name}: {label}", results / name / file) for name in entries
-             for file, label in (("grid.png", "original / protected / white-box reconstruction"), ("inversion_grid.png", "model inversion"))
-             if (results / name / file).is_file()]
-    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False))
+    grids = []
+    for name in entries:
+        attack_grid = next((path for path in (results / name / ATTACK_FILES / "grid.png", results / name / "grid.png") if path.is_file()), None)
+        if attack_grid is not None:
+            grids.append((f"{name}: original / protected / white-box reconstruction", attack_grid))
+        if (results / name / "inversion_grid.png").is_file():
+            grids.append((f"{name}: model inversion", results / name / "inversion_grid.png"))
+    if aggregate is not None and (Path(aggregate).parent / "aggregate_grid.png").is_file():
+        grids.append(("release: original / single sample / mean where heaviest / weighted mean, inverted", Path(aggregate).parent / "aggregate_grid.png"))
+    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst)
     write_json_atomic(out_dir / "methods.json", rows)
     _write_csv(out_dir / "tradeoff.csv", ["method", "Score_pp", "accuracy"],
                [[name, row["Score_pp"], row["accuracy"]] for name, row in rows.items() if row["Score_pp"] is not None])
-    curve_rows, step = [], 0
-    for name, log in logs.items():
-        for row in log:
-            curve_rows.append([step, name, row["epoch"], row["loss"], row["val_accuracy"], row.get("mean_k")])
-            step += 1
-    _write_csv(out_dir / "curves.csv", ["step", "method", "epoch", "loss", "val_accuracy", "mean_k"], curve_rows)
+    write_curves(out_dir / CURVES, logs)
     with atomic_write(out_dir / "report.md") as out:
         out.write(render_markdown(blocks, out_dir))
     with atomic_write(out_dir / "report.html") as out:

@@ -23,15 +23,13 @@ from fmix.data.faces import FaceSet, load_face_set
 from fmix.device import rank_device, resolve_device
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.io import atomic_write, write_json_atomic
-from fmix.methods import get_method
+from fmix.methods import build_method
 from fmix.methods.base import TrainInputs
 from fmix.models.encoders import RgbEncoder
-from fmix.models.frnet import FRNet, build_net
+from fmix.models.frnet import build_net
 from fmix.params import MixingParams, TrainParams
 from fmix.train.checkpoint import load_checkpoint
-from fmix.train.trainer import Trainer, lr_factor
-
-__all__ = ["FRNet", "build_net", "closed_set_accuracy", "init_backbone", "lr_factor", "recalibrate_batchnorm", "train"]
+from fmix.train.trainer import Trainer
 
 
 @torch.no_grad()
@@ -121,7 +119,7 @@ def build_trainer(
     Raises:
         ValueError: parameters the method refuses.
     """
-    method = get_method(params.method)
+    method = build_method(params)
     device = device or torch.device("cpu")
     splits = Path(splits)
     train_set = load_face_set(aligned, splits / "private_train.csv")
@@ -129,7 +127,7 @@ def build_trainer(
     encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)).to(device)
     num_classes = int(train_set.labels.max()) + 1
     mixing = mixing or MixingParams()
-    net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing, params)))
+    net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing)))
     if params.init_backbone is not None:
         init_backbone(net.backbone, encoder, params)
     trainer = Trainer(params, method, mixing, encoder, method.prepare_net(net).to(device), train_set, device, rank, world)
@@ -199,8 +197,8 @@ def train(
             _write_log(out_dir / "train_log.jsonl", trainer.state.history)
     bar.close()
     recalibrated = params.recalibrate_bn and recalibrate_batchnorm(encoder, net.backbone, train_set, device)
-    if recalibrated and "budget_price" in trainer.state.history[-1]:
-        trainer.calibrate_policy()  # the confidence signal moved with the batch norm: price k again
+    if recalibrated:
+        trainer.network_changed()  # e.g. the adaptive policy's confidence signal moved with the batch norm: it prices k again
     final_val = closed_set_accuracy(encoder, net, val_set, device)
     record = trainer.model_record(num_classes)
     summary = _summary(params, trainer.state.history, final_val, recalibrated, num_classes, len(train_set), record.privacy)

@@ -2,7 +2,7 @@
 
 :func:`fmix.train.loop.train` sets the run up and drives the epochs; everything a step does is
 here, and everything that differs between methods comes from the method's hooks
-(:class:`fmix.methods.base.Method`).
+(:class:`fmix.methods.base.Method`), which see the run through a :class:`~fmix.methods.base.RunContext` only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,16 +20,14 @@ from torch import Tensor, nn
 from fmix.data.faces import FaceSet
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.masker.protection import Protection
-from fmix.methods.base import Method
+from fmix.methods.base import Method, RunContext
+from fmix.metrics.policy import k_histogram, mutual_information
 from fmix.models.artifact import ModelRecord
 from fmix.models.encoders import encoder_spec
 from fmix.models.frnet import FRNet
 from fmix.params import MixingParams, TrainParams, plain_dict
 from fmix.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
-from fmix.train.game import k_histogram, mutual_information
-
-CALIBRATION_FACES = 1024  # private faces on which the policy's mean k is priced to the budget (standard error about 0.02)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -54,7 +51,7 @@ class EpochStats:
     reward: float = 0.0
     entropy: float = 0.0
     k: dict[int, int] = field(default_factory=dict)  # k -> samples mixed with it
-    k_by_difficulty: list[list[int]] | None = None  # difficulty quartile x k counts (the game)
+    k_by_difficulty: list[list[int]] | None = None  # difficulty quartile x k counts (the method's turns)
 
     def count_k(self, ks: Tensor) -> None:
         """Add the k of each sample of a mixed step."""
@@ -62,7 +59,7 @@ class EpochStats:
             self.k[k_value] = self.k.get(k_value, 0) + count
 
     def add_policy_step(self, step: dict) -> None:
-        """Add the statistics of one REINFORCE step (:meth:`fmix.train.game.AdaptiveGame.policy_step`)."""
+        """Add the statistics of one step of the method's turn (:meth:`fmix.methods.base.Method.take_turn`)."""
         self.reward += step["reward"]
         self.entropy += step["entropy"]
         table = step["k_by_difficulty"]
@@ -75,23 +72,22 @@ class EpochStats:
     def from_state(cls, state: dict) -> "EpochStats":
         return cls(**{**state, "k": {int(k): int(n) for k, n in state["k"].items()}})
 
-    def row(self, epoch: int, val_accuracy: float, lr: float, k_values: tuple[int, ...], game: Any, nu: float | None) -> dict:
-        """The epoch's line of ``train_log.jsonl`` (``k_values``: the histogram's columns)."""
+    def row(self, epoch: int, val_accuracy: float, lr: float, k_values: tuple[int, ...], turns: dict | None) -> dict:
+        """The epoch's line of ``train_log.jsonl`` (``k_values``: the histogram's columns; ``turns``: the
+        fields of a method that takes turns, :meth:`fmix.methods.base.Method.end_epoch`, or None)."""
         fr, pi = max(1, self.fr_steps), self.policy_steps
         row = {"epoch": epoch, "loss": self.loss / fr, "val_accuracy": val_accuracy, "lr": lr, "fr_steps": self.fr_steps, "seconds_per_fr_step": self.fr_seconds / fr}
         if self.k:
             row["k_histogram"] = k_histogram(self.k, k_values)
             row["mean_k"] = sum(k * n for k, n in self.k.items()) / sum(self.k.values())
-        if game is not None:
+        if turns is not None:
             row.update(
                 policy_steps=pi,
                 seconds_per_policy_step=self.policy_seconds / pi if pi else None,
                 policy_overhead=self.policy_seconds / self.fr_seconds if self.fr_seconds else None,
                 mean_reward=self.reward / pi if pi else None,
                 entropy=self.entropy / pi if pi else None,
-                baseline=game.baseline.value,
-                nu=nu,
-                k_price=game.penalty,
+                **turns,
             )
             if self.k_by_difficulty:
                 # Rows: quartiles of the un-mixed loss (easiest first); columns: k. The MI shows per-sample choice.
@@ -118,14 +114,6 @@ class TrainState:
         return cls(state["epoch"], state["batch"], state["step"], state["history"], EpochStats.from_state(state["epoch_stats"]))
 
 
-def _average_gradients(module: nn.Module, world: int) -> None:
-    if world > 1:
-        for p in module.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= world
-
-
 def _random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
     return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
@@ -136,9 +124,9 @@ class Trainer:
 
     Args:
         params: the ``train`` parameters.
-        method: the protection method.
+        method: the run's protection method (its own object: :func:`fmix.methods.build_method`).
         mixing: the ``mixing`` section (the method may change it: :meth:`~fmix.methods.base.Method.mixing`).
-        encoder: images -> network inputs (the method's; frozen).
+        encoder: images -> network inputs (the method's).
         net: the FR network.
         train_set: the private training faces.
         device: where training runs.
@@ -160,31 +148,36 @@ class Trainer:
     ) -> None:
         self.params, self.method, self.encoder, self.net = params, method, encoder, net
         self.num_classes = net.head.num_classes
-        self.mixing = method.mixing(mixing, params)
-        method.check(params, self.mixing, world)
+        self.mixing = method.mixing(mixing)
+        method.check(self.mixing, world)
         self.protection = method.build_protection(self.mixing)
         if self.protection is not None and method.sign_invariant(self.mixing):
             # The network reads |x|, which the sign mask leaves bit for bit (with mixing.noise n drawn after it,
             # |s x + n| = |x + s n| has the law of |x + n|, n being symmetric): drawing it costs time only.
             self.protection = Protection(self.protection.graph, dataclasses.replace(self.protection.mixing, sign_flip=False), self.protection.k_values)
         self.train_set, self.device, self.rank, self.world = train_set, device, rank, world
-        self.model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+        model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
         trained = list(net.parameters()) + (list(encoder.parameters()) if method.trainable_encoder else [])
-        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
         self.steps_per_epoch = len(self.batches(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train_set)} training faces make no full batch of {params.batch_size} per process")
         self.total_steps = params.epochs * self.steps_per_epoch
         warmup = int(params.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule))
-        self.game = method.build_game(encoder.channels, params, self.protection)
-        if self.game is not None:
-            self.game.to(device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule))
         self.generator = torch.Generator().manual_seed(params.seed * 7919 + rank)
         self.amp = params.amp and device.type == "cuda"
         self.state = TrainState()
-        self.game_on = False  # whether the policy played in the last FR step
-        method.setup(self)
+        self.game_on = False  # whether the method's turn was on in the last FR step
+        self.ctx = RunContext(params, self.mixing, self.protection, encoder, net, model, optimizer, train_set, self.generator, device, world, 0, self.total_steps)
+        method.setup(self.ctx)
+        self.model, self.optimizer = self.ctx.model, self.ctx.optimizer  # the method may have wrapped them
+
+    @property
+    def context(self) -> RunContext:
+        """What the method's hooks see, its step counter current."""
+        self.ctx.step = self.state.step
+        return self.ctx
 
     # ------------------------------------------------------------------ schedule
     def batches(self, epoch: int) -> list[Tensor]:
@@ -205,12 +198,12 @@ class Trainer:
         return self.method.mixes and position >= self.params.mix_warmup_fraction * self.params.epochs
 
     def game_on_at(self, position: float) -> bool:
-        """Whether the k policy plays at ``position`` (mixing, and after ``train.policy_warmup_epochs``)."""
-        return self.game is not None and self.mixing_at(position) and position >= self.params.policy_warmup_epochs
+        """Whether the method's turn is on at ``position`` (mixing, and the method's own start: :meth:`~fmix.methods.base.Method.plays_at`)."""
+        return self.mixing_at(position) and self.method.plays_at(position)
 
     # ------------------------------------------------------------------ steps
     def fr_loss(self, x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
-        """Per-sample loss of the (DDP-wrapped) network, in bf16 autocast on CUDA with ``train.amp``."""
+        """Per-sample loss of the (possibly wrapped) network, in bf16 autocast on CUDA with ``train.amp``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.model(x, labels, weights)
 
@@ -223,7 +216,7 @@ class Trainer:
             number: the batch's number within the epoch.
 
         Returns:
-            The encoded un-mixed batch and its labels (the policy plays on them).
+            The encoded un-mixed batch and its labels (the method's turn plays on them).
         """
         params, stats = self.params, self.state.stats
         start = time.perf_counter()
@@ -237,8 +230,9 @@ class Trainer:
         mixing = self.mixing_at(position)
         self.game_on = self.game_on_at(position)
         if mixing:
-            k = self.method.choose_k(self, x, self.game_on)
-            mixed = self.method.mix(self, x, labels, k)
+            ctx = self.context
+            k = self.method.choose_k(ctx, x, self.game_on)
+            mixed = self.method.mix(ctx, x, labels, k)
             loss = self.fr_loss(mixed.x, labels[mixed.partners], mixed.weights).mean()
             stats.count_k(mixed.k)
         else:
@@ -255,45 +249,35 @@ class Trainer:
         return x.detach(), labels
 
     def policy_due(self) -> bool:
-        """Whether the policy plays after the step just done (every ``n_fr`` steps, once the game is on)."""
-        return self.game_on and (self.state.step + 1) % self.params.n_fr == 0
+        """Whether the method takes its turn after the step just done (once its turn is on)."""
+        return self.game_on and self.method.turn_due(self.context)
 
     def policy_turn(self, x: Tensor, labels: Tensor) -> None:
-        """The policy's turn on the same batch: FR frozen, ``n_pi`` REINFORCE steps."""
+        """The method's turn on the same batch (the adaptive game: REINFORCE steps, FR frozen), timed."""
         stats, start = self.state.stats, time.perf_counter()
-        self.net.eval()
-        for _ in range(self.params.n_pi):
-            step = self.game.policy_step(x, labels, self.progress, self.generator, lambda xs, ls, ws: self.net(xs, ls, ws))
-            _average_gradients(self.game.policy, self.world)  # keeps the ranks' policies equal
+        steps = self.method.take_turn(self.context, x, labels)
+        for step in steps:
             stats.add_policy_step(step)
-        self.net.train()
-        stats.policy_steps += self.params.n_pi
+        stats.policy_steps += len(steps)
         stats.policy_seconds += time.perf_counter() - start
 
     def end_epoch(self, epoch: int, val_set: FaceSet) -> dict:
-        """Validation accuracy, the dual step of the game, the epoch's log row; the next epoch starts."""
+        """Validation accuracy, the method's end of epoch (the game's dual step), the epoch's log row; the next epoch starts."""
         val_accuracy = closed_set_accuracy(self.encoder, self.net, val_set, self.device)
-        game = self.game
-        game_on = self.game_on_at(self.position(epoch, self.steps_per_epoch - 1))  # as at the epoch's last step
-        nu = game.end_epoch(val_accuracy) if game is not None and game_on else (game.dual.value if game is not None else None)
-        calibration = self.calibrate_policy() if game_on else {}
+        turns = None
+        if self.method.learns_policy:
+            played = self.game_on_at(self.position(epoch, self.steps_per_epoch - 1))  # as at the epoch's last step
+            turns = self.method.end_epoch(self.context, val_accuracy, played)
         k_values = self.protection.k_values if self.protection is not None else self.mixing.k_values
-        row = {**self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], k_values, game, nu), **calibration}
+        row = self.state.stats.row(epoch, val_accuracy, self.scheduler.get_last_lr()[0], k_values, turns)
         self.state.history.append(row)
         self.state = TrainState(epoch + 1, 0, self.state.step, self.state.history)
         return row
 
-    def calibrate_policy(self) -> dict:
-        """Price the policy's k so its expected mean k is the budget on a fixed sample of the private faces.
-
-        Returns:
-            :meth:`fmix.train.game.AdaptiveGame.calibrate`'s statistics; {} without a budget.
-        """
-        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.params.seed))
-        batches = order[:CALIBRATION_FACES].split(self.params.batch_size)  # the same faces every epoch and rank
-        with torch.no_grad():
-            anchors = (self.encoder(self.train_set.float_images(index).to(self.device)) for index in batches)
-            return self.game.calibrate(anchors, self.progress)
+    def network_changed(self) -> None:
+        """The FR network changed after training (batch norm re-estimated): the method updates what depends on it."""
+        played = self.game_on_at(self.position(self.params.epochs - 1, self.steps_per_epoch - 1))
+        self.method.network_changed(self.context, played)
 
     # ------------------------------------------------------------------ checkpoints
     def settings(self) -> dict:
@@ -309,8 +293,7 @@ class Trainer:
             "encoder": self.encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "game": self.game.state_dict() if self.game is not None else {},
-            "method": self.method.state_dict(self),
+            "method": self.method.state_dict(),
             "rng": rng_state(self.generator),
         }
 
@@ -331,9 +314,7 @@ class Trainer:
         self.encoder.load_state_dict(saved["encoder"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        if self.game is not None:
-            self.game.load_state_dict(saved["game"])
-        self.method.load_state_dict(self, saved["method"])
+        self.method.load_state_dict(saved["method"])
         restore_rng_state(saved["rng"], self.generator)
         self.state = TrainState.from_state(saved)
 
@@ -344,10 +325,11 @@ class Trainer:
             encoder=encoder_spec(self.method.name, self.encoder),
             backbone=self.net.backbone.state_dict(),
             head=self.net.head.state_dict(),
-            policy=self.game.policy.state_dict() if self.game is not None else {},
+            policy=self.method.policy_state(),
             num_classes=num_classes,
             input_shape=(self.encoder.channels, self.encoder.size),
             mixing=self.mixing,
-            privacy=self.method.privacy(self),
+            privacy=self.method.privacy(self.context),
             net_fix=self.method.net_fix,
+            sign_invariant=self.method.sign_invariant(self.mixing),
         )

@@ -8,7 +8,7 @@ from fmix.attacks.protectors import NoisyFrequencyProtector, PixelMixProtector, 
 from fmix.freq import DC_CHANNELS, RunningChannelStats, block_dct
 from fmix.masker.build import build_masker
 from fmix.masker.protection import MixingConfig
-from fmix.methods import get_method
+from fmix.methods import build_method
 from fmix.models.encoders import NoisyFrequencyEncoder, RgbEncoder
 from fmix.params import ExportParams, MixingParams, TrainParams
 
@@ -17,8 +17,8 @@ TINY = AttackConfig(width=8, skip_channels=4, head_min=4, batch_size=8, adv_weig
 
 @pytest.fixture(scope="module")
 def instahide_mixing() -> MixingConfig:
-    method = get_method("instahide")
-    return MixingConfig.from_params(method.mixing(MixingParams(), TrainParams(method="instahide")))
+    method = build_method(TrainParams(method="instahide"))
+    return MixingConfig.from_params(method.mixing(MixingParams()))
 
 
 def test_pixel_protector_mixes_four_faces_with_capped_weights_and_a_sign_mask(aligned_faces, instahide_mixing):
@@ -36,7 +36,7 @@ def test_pixel_protector_mixes_four_faces_with_capped_weights_and_a_sign_mask(al
     sign = pairs.x / plain
     assert set(sign.round().unique().tolist()) == {-1.0, 1.0} and 0.45 < (sign < 0).float().mean().item() < 0.55
     # The attacker's draws follow the owner's protection in training: same generator, same samples.
-    owner = get_method("instahide").build_protection(MixingParams(k_values=(4,), weight_law="instahide", sign_flip=True, noise=0.0))
+    owner = build_method(TrainParams(method="instahide")).build_protection(MixingParams(k_values=(4,), weight_law="instahide", sign_flip=True, noise=0.0))
     reference = owner.protect_encoded(encoded, labels, 4, torch.Generator().manual_seed(7))
     torch.testing.assert_close(pairs.x, reference.x)
     assert torch.equal(pairs.partners, reference.partners)
@@ -78,7 +78,7 @@ def noisy_encoder(aligned_faces) -> NoisyFrequencyEncoder:
     stats.update(block_dct(aligned_faces[0].float(), 1))
     masker = build_masker(ExportParams(upsample=1, low_freq_threshold=0), stats)
     assert masker.mask.num_kept == 189 and not set(masker.mask.kept.tolist()) & set(DC_CHANNELS)
-    return NoisyFrequencyEncoder(masker, epsilon=2.0 * 3.0 * 14 * 14 * 189, clip=3.0)
+    return NoisyFrequencyEncoder(masker.transform, epsilon=2.0 * 3.0 * 14 * 14 * 189, clip=3.0)
 
 
 def test_noisy_protector_adds_laplace_noise_at_the_encoders_scales(aligned_faces, noisy_encoder):
@@ -93,10 +93,10 @@ def test_noisy_protector_adds_laplace_noise_at_the_encoders_scales(aligned_faces
     pairs = protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(1))
     assert pairs.x.shape == (48, 189, 14, 14) and pairs.partners[:, 0].tolist() == list(range(48)) and pairs.weights.eq(1).all()
     # E|Laplace(0, b)| = b: the empirical scale of each channel's noise (48 x 14 x 14 draws) within 6 %.
-    noise = pairs.x - noisy_encoder.masker.masked(images).clamp(-3.0, 3.0)
+    noise = pairs.x - noisy_encoder.transform(images).clamp(-3.0, 3.0)
     torch.testing.assert_close(noise.abs().mean(dim=(0, 2, 3)), protector.scales, rtol=0.06, atol=0)
     # Its own draws: the generator decides the noise.
     again = protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(1))
     assert torch.equal(pairs.x, again.x) and not torch.equal(pairs.x, protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(2)).x)
     with pytest.raises(ValueError, match=r"Expected 189 non-negative scales \(one per kept channel\), got shape \(3,\)"):
-        NoisyFrequencyProtector(noisy_encoder.masker, torch.ones(3))
+        NoisyFrequencyProtector(noisy_encoder.transform, torch.ones(3))

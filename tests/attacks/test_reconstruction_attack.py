@@ -174,3 +174,12 @@ def test_invert_and_evaluate(aligned_faces, masker):
     assert mixed.best_index.tolist() == [1] * 5 and (mixed.floor >= scores.floor).all()
     with pytest.raises(ValueError, match="need valid"):
         evaluate_reconstruction(originals, constituents)
+
+
+def test_the_attack_section_is_the_one_source_of_the_networks_batch_size_seed_and_device():
+    from fmix.params import AttackParams
+
+    assert AttackConfig() == AttackConfig.from_params(AttackParams())
+    section = AttackParams(batch_size=8, seed=5, device="cpu")
+    config = AttackConfig.from_params(section, width=8)
+    assert (config.batch_size, config.seed, config.device, config.width) == (8, 5, "cpu", 8)

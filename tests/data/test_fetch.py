@@ -99,7 +99,7 @@ def test_a_wrong_checksum_keeps_nothing(tmp_path):
     "member",
     [
         ("../escaped.jpg", b"x"),
-        ("/tmp/absolute.jpg", b"x"),
+        ("/fmix-escape-test.jpg", b"x"),
         ("lfw-deepfunneled/link", b"", tarfile.SYMTYPE, "../../../outside"),
         ("lfw-deepfunneled/abslink", b"", tarfile.SYMTYPE, "/etc/passwd"),
         ("lfw-deepfunneled/hard", b"", tarfile.LNKTYPE, "../../outside"),
@@ -114,7 +114,7 @@ def test_unsafe_archives_are_refused_and_leave_nothing(tmp_path, member):
     root = tmp_path / "data" / "lfw"
     assert not (root / "images_deepfunneled").exists()
     assert sorted(path.name for path in root.iterdir()) == ["SHA256SUMS", fetch.LFW_ARCHIVE, fetch.LFW_PAIRS]  # no staging folder
-    assert not (tmp_path / "escaped.jpg").exists() and not Path("/tmp/absolute.jpg").exists()
+    assert not (tmp_path / "escaped.jpg").exists() and not Path("/fmix-escape-test.jpg").exists()
     assert not (tmp_path / "outside").exists()
 
 

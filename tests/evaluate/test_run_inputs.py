@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from fmix.cli import app
-from fmix.evaluate.run import load_trained_model
+from fmix.models.artifact import load_trained_model
 
 
 def test_missing_keys_are_named(tmp_path):

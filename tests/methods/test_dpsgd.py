@@ -4,14 +4,14 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from fmix.methods import get_method
+from fmix.methods import build_method
 from fmix.models.artifact import load_trained_model
 from fmix.models.frnet import build_net
 from fmix.models.heads import MarginHead
-from fmix.params import MixingParams, TrainParams
+from fmix.params import DpsgdParams, MixingParams, TrainParams
 from fmix.train.loop import train
 
-TINY = TrainParams(method="dpsgd", width=0.125, embedding_size=32, batch_size=8, epochs=2, threads=1, dpsgd_noise_multiplier=1.1, dpsgd_delta=1e-4)
+TINY = TrainParams(method="dpsgd", width=0.125, embedding_size=32, batch_size=8, epochs=2, threads=1, dpsgd=DpsgdParams(noise_multiplier=1.1, delta=1e-4))
 
 
 def test_the_head_grad_sampler_gives_each_samples_own_gradient():
@@ -30,12 +30,12 @@ def test_the_head_grad_sampler_gives_each_samples_own_gradient():
 
 
 def test_batch_norm_is_replaced_and_distributed_training_refused():
-    method = get_method("dpsgd")
+    method = build_method(TINY)
     net = method.prepare_net(build_net(TrainParams(width=0.125, embedding_size=32), 3, 112, 4))
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
     with pytest.raises(ValueError, match="method 'dpsgd' trains in one process"):
-        method.check(TINY, MixingParams(), world=2)
+        method.check(MixingParams(), world=2)
 
 
 def test_dpsgd_trains_and_reports_epsilon_at_the_configured_delta(pipeline_sample, tmp_path):

@@ -2,7 +2,7 @@
 
 import torch
 
-from fmix.methods import get_method
+from fmix.methods import build_method
 from fmix.models.encoders import encoder_spec
 from fmix.params import MixingParams, TrainParams
 
@@ -36,8 +36,8 @@ def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnit
 
 
 def test_instahide_is_tested_on_plain_rgb_and_attacked_in_the_pixel_domain():
-    method = get_method("instahide")
-    assert method.protection == "pixels" and method.mixes
+    method = build_method(TrainParams(method="instahide"))
+    assert method.attack_surface == "pixels" and method.mixes
     encoder = method.build_encoder(None)
     assert encoder_spec("instahide", encoder) == {"method": "instahide", "kind": "rgb"} and encoder.channels == 3
     assert TrainParams(method="instahide").method == "instahide"

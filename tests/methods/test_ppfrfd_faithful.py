@@ -10,7 +10,7 @@ from fmix.params import MixingParams
 def test_keeps_the_lowest_energy_channels_and_shuffles_each_sample(make_trainer, pipeline_sample):
     trainer = make_trainer("ppfrfd_faithful", MixingParams())
     assert trainer.mixing.permute_channels and not trainer.method.mixes
-    kept = trainer.encoder.masker.mask.kept.tolist()
+    kept = trainer.encoder.transform.mask.kept.tolist()
     assert len(kept) == 36 and not set(kept) & set(low_frequency_channels(2))
     from fmix.data.faces import read_face_list
 

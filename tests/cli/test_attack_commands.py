@@ -5,11 +5,11 @@ from typer.testing import CliRunner
 
 from fmix.attacks.run import Evaluator, attack_method, load_protector
 from fmix.cli import app
-from fmix.params import TrainParams
+from fmix.params import AdaptiveParams, TrainParams
 from fmix.train.loop import train
 
 runner = CliRunner()
-TINY = dict(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, policy_warmup_epochs=0.0)
+TINY = dict(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, adaptive=AdaptiveParams(policy_warmup_epochs=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +218,8 @@ def test_the_white_box_knows_the_models_own_protection(pipeline_sample, maskerle
     model, _ = load_trained_model(maskerless / "dctdp" / "model.pt")
     assert noisy.info["protection"] == "noisy" and noisy.white.clip == model.encoder.noise.clip and not noisy.sign_masked
     torch.testing.assert_close(noisy.white.scales, model.encoder.noise.scales().detach())  # the learned scales, from model.pt
-    assert noisy.white.scales.std() > 0 and torch.equal(noisy.white.masker.mask.kept, model.encoder.masker.mask.kept)
-    with pytest.raises(ValueError, match=r"method 'none' has protection None: only pixels, noisy are attacked through the trained model"):
+    assert noisy.white.scales.std() > 0 and torch.equal(noisy.white.transform.mask.kept, model.encoder.transform.mask.kept)
+    with pytest.raises(ValueError, match=r"method 'none' has attack surface None: only pixels, noisy are attacked through the trained model"):
         model_target(maskerless / "evaluator" / "model.pt", black_box_k=2)
 
 

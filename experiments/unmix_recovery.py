@@ -1,5 +1,7 @@
 """Un-mixing attacks (a)-(c) on full-size releases: recovery error of the weak and the default release.
 
+Makes: README, "Un-mixing a release" (recovery error of attacks (a)-(c) on full-size releases).
+
 Releases the private training faces twice with ``fmix mask``'s library call, into OUT:
 
 - ``weak``: ``--insecure-seed 0 --insecure-reuse`` (recorded seed, one sample per face with
@@ -27,7 +29,7 @@ one thread, shared 2-core machine):
 partners oriented, 12 triangles tried; on the default release 67 of 1,390 rows were linked by
 chance correlations (other photos of one person), to no gain.
 
-Usage: python benchmarks/bench_unmix.py ALIGNED PRIVATE_CSV MASKER OUT [--attacks regenerate,labels,structure]
+Usage: python experiments/unmix_recovery.py ALIGNED PRIVATE_CSV MASKER OUT [--attacks regenerate,labels,structure]
 """
 
 from __future__ import annotations

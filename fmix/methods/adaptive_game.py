@@ -1,30 +1,38 @@
-"""The adversarial game of DESIGN 3: the strategy network picks k to maximise the FR loss (REINFORCE),
+"""The adaptive method's game (DESIGN 3): the strategy network picks k to maximise the FR loss (REINFORCE),
 under a Lagrange penalty that keeps un-mixed validation accuracy above a floor (dual ascent).
 
-[ours] ``train.policy_gradient: expected`` scores every k on the batch and follows the exact
-expected reward instead of one sampled k (the same gradient, without the noise of the draw), and
-``train.policy_signal: confidence`` lets the policy read the frozen FR network's confidence in
-each anchor, the per-sample signal the masked face alone does not carry. With
-``train.target_mean_k`` the mean k is a budget: after each policy step, the price of k that makes
-the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`), shifts the
-policy's logits and enters the reward as ``- price * k``; a dual ascent on that price lagged the
-policy and swung the mean k of an epoch from 4.3 to 3.7. ``train.policy_objective: cooperative``
-(the default, ours) turns the reward's sign: the policy then spends the budget where a larger k
-costs the FR loss least (utility at a fixed mean k) instead of where it hurts most
-(``adversarial``, the paper's game).
+[ours] ``train.adaptive.policy_gradient: expected`` scores every k on the batch and follows the
+exact expected reward instead of one sampled k (the same gradient, without the noise of the draw),
+and ``train.adaptive.policy_signal: confidence`` lets the policy read the frozen FR network's
+confidence in each anchor, the per-sample signal the masked face alone does not carry. With
+``train.adaptive.target_mean_k`` the mean k is a budget: after each policy step, the price of k
+that makes the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`),
+shifts the policy's logits and enters the reward as ``- price * k``; it is solved rather than
+learned by a dual step because a dual step lagged the policy (README, "Results": the mean k swung
+between epochs). ``train.adaptive.policy_objective: cooperative`` (the default, ours) turns the
+reward's sign: the policy then spends the budget where a larger k costs the FR loss least (utility
+at a fixed mean k) instead of where it hurts most (``adversarial``, the paper's game).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from fmix.masker.protection import MixingConfig, Protection
-from fmix.models import DualVariable, EmaBaseline, StrategyNetwork, budget_price, effective_reward, expected_mean_k, policy_loss
-from fmix.params import TrainParams
+from fmix.metrics.policy import difficulty_table
+from fmix.models import (
+    DualVariable,
+    EmaBaseline,
+    StrategyNetwork,
+    budget_price,
+    effective_reward,
+    expected_mean_k,
+    policy_loss,
+)
+from fmix.params import AdaptiveParams
 
 # (mixed inputs, constituent labels, weights) -> per-sample FR loss
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -39,22 +47,23 @@ class AdaptiveGame:
     Args:
         in_channels: channels of the masked anchors.
         k_values: the policy's actions.
-        params: training parameters (policy lr, entropy weight, baseline momentum, floor, dual lr).
-        protection: how the policy's k are mixed (the trainer's; default: the ``mixing`` defaults
+        params: the game's settings (``train.adaptive``: policy lr, entropy weight, baseline
+            momentum, floor, dual lr, budget).
+        protection: how the policy's k are mixed (the run's; default: the ``mixing`` defaults
             with ``k_max = max(k_values)``).
 
-    With ``train.policy_signal: confidence`` the policy also reads :attr:`signal`, which the
-    method sets once the FR network exists (:class:`fmix.models.ConfidenceSignal`).
+    With ``train.adaptive.policy_signal: confidence`` the policy also reads :attr:`signal`, which
+    the method sets once the FR network exists (:class:`fmix.models.ConfidenceSignal`).
     """
 
-    def __init__(self, in_channels: int, k_values: tuple[int, ...], params: TrainParams, protection: Protection | None = None) -> None:
+    def __init__(self, in_channels: int, k_values: tuple[int, ...], params: AdaptiveParams, protection: Protection | None = None) -> None:
         self.policy = StrategyNetwork(in_channels, k_values, signals=int(params.policy_signal == "confidence"))
         self.signal: SignalFn | None = None
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
         if params.target_mean_k is not None and not min(k_values) < params.target_mean_k < max(k_values):
-            raise ValueError(f"train.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
+            raise ValueError(f"train.adaptive.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
 
@@ -64,7 +73,7 @@ class AdaptiveGame:
 
     @torch.no_grad()
     def choose_k(self, anchors: Tensor, progress: float, generator: torch.Generator) -> Tensor:
-        """k for each anchor of an FR step (the policy is not updated); with ``train.policy_shuffle``
+        """k for each anchor of an FR step (the policy is not updated); with ``train.adaptive.policy_shuffle``
         (an ablation) the batch's k are shuffled: the same histogram, no per-sample choice."""
         k = self.policy.sample(anchors, progress, generator, self._signal(anchors))[0]
         if self.params.policy_shuffle:
@@ -82,13 +91,13 @@ class AdaptiveGame:
     def policy_step(self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn) -> dict:
         """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
 
-        With ``train.policy_objective: cooperative`` the reward is minus that loss (and minus the
+        With ``train.adaptive.policy_objective: cooperative`` the reward is minus that loss (and minus the
         reference), so the policy spends its mean-k budget where more faces cost least.
 
-        ``train.policy_gradient`` says how the gradient is estimated: ``sampled`` (REINFORCE on one
+        ``train.adaptive.policy_gradient`` says how the gradient is estimated: ``sampled`` (REINFORCE on one
         k drawn per sample, with the EMA baseline) or ``expected`` (every k of the policy mixed and
         scored on the batch, then the exact expectation over the policy: the same gradient without
-        the sampling noise of k). ``train.policy_reward`` says whose loss: ``mixed`` (the mix with
+        the sampling noise of k). ``train.adaptive.policy_reward`` says whose loss: ``mixed`` (the mix with
         its constituents' labels and weights) or ``anchor`` (the anchor's own label under its mix).
 
         Args:
@@ -127,8 +136,8 @@ class AdaptiveGame:
         }
 
     def _reward(self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn) -> Tensor:
-        """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.policy_reward``), no
-        gradient; negated for a cooperative policy (``train.policy_objective``)."""
+        """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.adaptive.policy_reward``), no
+        gradient; negated for a cooperative policy (``train.adaptive.policy_objective``)."""
         mixed = self.protection.protect_encoded(anchors, labels, k, generator)
         if self.params.policy_reward == "anchor":
             loss = _own_label_loss(loss_fn, mixed.x, labels)
@@ -220,56 +229,3 @@ class AdaptiveGame:
 def _own_label_loss(loss_fn: LossFn, x: Tensor, labels: Tensor) -> Tensor:
     """Per-sample FR loss of ``x`` under each anchor's own label alone (weight 1), float32."""
     return loss_fn(x, labels[:, None], torch.ones_like(labels[:, None], dtype=x.dtype)).float()
-
-
-def k_histogram(ks: list[int] | Counter, k_values: tuple[int, ...]) -> dict[str, float]:
-    """Fraction of samples per k, every k of the policy listed."""
-    counts = Counter(ks)
-    total = sum(counts.values()) or 1
-    return {str(k): counts.get(k, 0) / total for k in k_values}
-
-
-def difficulty_table(difficulty: Tensor, k: Tensor, k_values: tuple[int, ...], bins: int) -> list[list[int]]:
-    """Counts of each k per difficulty quantile of the batch (row 0: the easiest samples).
-
-    Args:
-        difficulty: per-sample difficulty, e.g. the frozen FR network's loss on the un-mixed anchor.
-        k: the k drawn for each sample, each in ``k_values``.
-        k_values: the policy's actions (the table's columns).
-        bins: number of quantile bins (rows).
-
-    Shape:
-        - difficulty, k: :math:`(B,)`.
-
-    Returns:
-        A ``bins`` x ``len(k_values)`` table of counts.
-    """
-    if difficulty.shape != k.shape or difficulty.dim() != 1:
-        raise ValueError(f"Expected difficulty and k of one shape (B,), got {tuple(difficulty.shape)} and {tuple(k.shape)}")
-    if bins < 1:
-        raise ValueError(f"Expected bins >= 1, got {bins}")
-    rank = difficulty.detach().cpu().argsort().argsort()
-    row = rank * bins // max(1, len(rank))
-    column = torch.searchsorted(torch.tensor(k_values), k.detach().cpu())
-    table = torch.zeros(bins, len(k_values), dtype=torch.long)
-    table.index_put_((row, column), torch.ones_like(row), accumulate=True)
-    return table.tolist()
-
-
-def mutual_information(table: list[list[int]]) -> float:
-    """Mutual information (bits) between the rows and columns of a contingency table.
-
-    Args:
-        table: counts, rows x columns (e.g. :func:`difficulty_table` summed over an epoch).
-
-    Returns:
-        ``sum p(r, c) log2(p(r, c) / (p(r) p(c)))``; 0 for an empty table.
-    """
-    counts = torch.tensor(table, dtype=torch.float64)
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    joint = counts / total
-    outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
-    nonzero = joint > 0
-    return float((joint[nonzero] * torch.log2(joint[nonzero] / outer[nonzero])).sum())

@@ -111,3 +111,14 @@ def test_hostile_inputs_get_one_line_errors(pipeline_sample, tmp_path):
         assert (result.exit_code, result.output) == (1, f"error: {message}\n"), args
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "s").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.csv", "file", "latin1.yaml", "small.yaml"]
+
+
+def test_train_checks_the_method_settings_against_the_mixing_section_first(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("mixing: {k_values: [2, 3, 4]}\n")  # train.adaptive.target_mean_k stays 4: no k above it
+    result = runner.invoke(app, ["train", str(tmp_path / "aligned"), str(tmp_path / "splits"), str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 1
+    assert "error: train.adaptive.target_mean_k=4.0 must be null or lie strictly between the smallest and the largest of mixing.k_values=[2, 3, 4]" in result.output
+    params.write_text("train: {k: 4}\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "aligned"), str(tmp_path / "splits"), str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 1 and "error: key 'k' of section 'train' moved: it is now train.mixup.k" in result.output

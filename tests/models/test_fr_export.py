@@ -13,12 +13,13 @@ from fmix.attacks.identity import IdentityScorer, OnnxGallery, check_judge
 from fmix.cli import app
 from fmix.data.faces import load_face_set
 from fmix.models.artifact import load_trained_model
-from fmix.models.fr_export import FaceEmbedder, OnnxFaceEmbedder, onnx_providers
-from fmix.params import AttackParams, ParamsError, TrainParams, section_from_mapping
+from fmix.device import onnx_providers
+from fmix.models.fr_export import FaceEmbedder, OnnxFaceEmbedder
+from fmix.params import AdaptiveParams, AttackParams, MixupParams, ParamsError, TrainParams, section_from_mapping
 from fmix.train.loop import train
 
 runner = CliRunner()
-TINY = dict(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, policy_warmup_epochs=0.0)
+TINY = dict(width=0.125, embedding_size=32, batch_size=4, epochs=1, threads=1, adaptive=AdaptiveParams(policy_warmup_epochs=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def exported(pipeline_sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("export_fr")
     paths = pipeline_sample["aligned"], pipeline_sample["splits"]
     train(TrainParams(method="none", seed=1, **{**TINY, "epochs": 8}), *paths, root / "none", progress=False)
-    train(TrainParams(method="mixup", k=2, **TINY), *paths, root / "mixup", pipeline_sample["masker"], progress=False)
+    train(TrainParams(method="mixup", mixup=MixupParams(k=2), **TINY), *paths, root / "mixup", pipeline_sample["masker"], progress=False)
     for name in ("none", "mixup"):
         result = runner.invoke(app, ["export-fr", str(root / name / "model.pt"), str(root / f"{name}.onnx")])
         assert result.exit_code == 0, result.output

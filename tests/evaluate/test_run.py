@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from fmix.cli import app
 from fmix.data.splits import Pair
-from fmix.evaluate.run import load_trained_model, verify
+from fmix.evaluate.run import verify
+from fmix.models.artifact import load_trained_model
 
 runner = CliRunner()
 TINY_PARAMS = "train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 8\n  epochs: 1\n  threads: 1\n  method: ppfrfd\n"

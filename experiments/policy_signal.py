@@ -1,6 +1,8 @@
 """What a per-sample k policy could read: which signals predict how much a larger k costs a sample.
 
-Usage: python benchmarks/policy_signal.py models/sweep/adaptive/model.pt [--aligned data/aligned]
+Makes: README, Results ("The game, per sample": which signals predict what a larger k costs).
+
+Usage: python experiments/policy_signal.py models/sweep/adaptive/model.pt [--aligned data/aligned]
        [--splits data/splits] [--faces 640] [--repeats 4]
 Needs a trained mixing model (`fmix train`) and the pipeline's aligned faces and splits.
 

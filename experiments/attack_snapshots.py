@@ -1,5 +1,7 @@
 """How much does the inversion network's last snapshot swing? S4 of the snapshot and of its moving average.
 
+Makes: README, "The attackers' budget" (S4 of the snapshot against its moving average, by step).
+
 Trains one white-box attacker (as ``fmix attack``, with the run's ``attack`` section: network,
 seed, judge) on a pipeline run's protection and scores, every ``--every`` steps from ``--from-step``, the generator's current
 weights and their moving average (``AttackConfig.ema_decay``), side by side on the same faces.
@@ -14,7 +16,7 @@ Measured here on the privacy profile's ``adaptive`` (300 s on one thread, 128 fa
     check   0.359 0.281 0.289 0.383 0.383 0.445 (step 519)    0.375 0.383 0.484 0.477 0.477 0.477
 
 Usage (from a finished pipeline run's folder):
-    python benchmarks/attack_snapshots.py metrics/sweep/adaptive/masker.onnx --policy models/sweep/adaptive/model.pt \
+    python experiments/attack_snapshots.py metrics/sweep/adaptive/masker.onnx --policy models/sweep/adaptive/model.pt \
         [--mode mixed] [--seconds 300] [--steps N] [--faces 128] [--every 40] [--from-step 300]
 (--seconds, --steps and --faces replace the run's attack.seconds, attack.steps and attack.eval_faces.)
 """

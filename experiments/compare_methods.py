@@ -1,7 +1,9 @@
 """Train and evaluate several protection methods with the same recipe; print one table.
 
-Usage: python benchmarks/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
-       [--seeds 0 1 2] [--params params.yaml] [--out runs/compare] [--set train.epochs=8 ...]
+Makes: README, Results ("Runs outside the pipeline", the allocation ceiling, the cooperative policy).
+
+Usage: python experiments/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
+       [--seeds 0 1 2] [--params params.yaml] [--out runs/compare] [--set train.epochs=8 train.adaptive.n_fr=1 ...]
 Needs `data/aligned`, `data/splits` and `models/masker.onnx` (the pipeline's outputs). The train,
 mixing and evaluate sections come from --params. A run whose OUT/RUN/seedS/evaluate.json exists is
 read back, not trained again (an interrupted comparison resumes).
@@ -27,13 +29,26 @@ import yaml
 from fmix.evaluate import paired_fold_difference
 from fmix.evaluate.run import evaluate_model
 from fmix.io import write_json_atomic
-from fmix.params import EvaluateParams, MixingParams, TrainParams, load_section
+from fmix.params import EvaluateParams, MixingParams, MixupParams, TrainParams, load_section, merge_sections
 from fmix.train.loop import train
 
 
 def parse_run(text: str) -> dict:
     method, _, k = text.partition(":")
-    return {"method": method, **({"k": int(k)} if k else {})}
+    return {"method": method, **({"mixup": MixupParams(k=int(k))} if k else {})}
+
+
+def parse_set(items: list[str]) -> dict:
+    """``train.KEY=VALUE`` (``train.SECTION.KEY=VALUE`` for a method's section) -> nested train overrides."""
+    overrides: dict = {}
+    for item in items:
+        path, text = item.split("=", 1)
+        *sections, key = path.removeprefix("train.").split(".")
+        override = {key: yaml.safe_load(text)}
+        for name in reversed(sections):
+            override = {name: override}
+        overrides = merge_sections(overrides, override)
+    return overrides
 
 
 def train_and_evaluate(params: TrainParams, mixing: MixingParams, evaluate: EvaluateParams, args: argparse.Namespace, out: Path) -> dict:
@@ -79,8 +94,7 @@ def main() -> None:
     parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--masker", type=Path, default=Path("models/masker.onnx"))
     args = parser.parse_args()
-    overrides = {item.split("=", 1)[0].removeprefix("train."): yaml.safe_load(item.split("=", 1)[1]) for item in args.set}
-    base = load_section(TrainParams, args.params, "train", **overrides)
+    base = load_section(TrainParams, args.params, "train", **parse_set(args.set))
     mixing = load_section(MixingParams, args.params, "mixing")
     evaluate = load_section(EvaluateParams, args.params, "evaluate")
     seeds = args.seeds if args.seeds is not None else [base.seed]
@@ -96,7 +110,7 @@ def main() -> None:
                   f"val {done['metrics']['val_accuracy']:.3f} mean_k {summary['final_mean_k']}"
                   + ("" if done["seconds"] is None else f" ({done['seconds']:.0f} s)"), flush=True)
         mean_ks = [seed["summary"]["final_mean_k"] or 1.0 for seed in row["seeds"]]
-        row.update(method=params.method, k=params.k, mean_k=sum(mean_ks) / len(mean_ks))
+        row.update(method=params.method, k=params.mixup.k, mean_k=sum(mean_ks) / len(mean_ks))
         rows.append(row)
     print("\n| run | seed | accuracy ± fold std | AUC | TAR@FAR1e-3 | raw floor | val acc | mean k | k histogram | MI(k; difficulty) bits | s/FR step | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -1,5 +1,7 @@
 """How well does the dlib judge recognise our aligned 112x112 crops? (issue 12, item 3)
 
+Makes: README, "The identity judge" (the judge's top-1 and pair rates on aligned LFW).
+
 Picks ``--people`` random identities with at least ``--per-person`` aligned faces, takes the
 first ``--per-person`` faces of each, embeds them with :class:`fmix.models.dlib_judge.DlibJudge`
 and reports leave-one-out top-1 (nearest other face), the share of same-person pairs under
@@ -11,7 +13,7 @@ with >= 2 photos):
     people  faces  seed  LOO top-1  TAR@0.6  FAR@0.6  faces/s
         60    300     0      0.997    0.975   0.0042     16.4
 
-Usage: python benchmarks/bench_dlib_judge.py ALIGNED [--people 60] [--per-person 5] [--seed 0]
+Usage: python experiments/dlib_judge_accuracy.py ALIGNED [--people 60] [--per-person 5] [--seed 0]
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Privacy table: the same attacks against several protection methods, side by side in one run.
 
+Makes: the table it prints (the same attacks against several methods); no README table.
+
 For each method (masking alone, fixed k = 2 and 6, adaptive) it exports the method's masker,
 runs the white-box and black-box reconstruction attacks and the model inversion of that
 method's trained FR model, all scored by one independent evaluator, and prints
 S1, S2, S3, S4 (white-box), PSNR, the free floor, black-box S3/S4, inversion top-1, Score_pp and
 Score_cls (verification accuracy from `compare_methods.py`'s evaluate.json).
 
-Usage: python benchmarks/privacy_table.py --runs runs/c1 runs/c2 --evaluator runs/c1/none/model.pt
+Usage: python experiments/privacy_table.py --runs runs/c1 runs/c2 --evaluator runs/c1/none/model.pt
        [--seconds 90] [--eval-faces 256] [--out runs/privacy]
 Needs data/aligned, data/splits and the trained runs (ppfrfd, mixup_2, mixup_6, adaptive).
 """
@@ -14,12 +16,13 @@ Needs data/aligned, data/splits and the trained runs (ppfrfd, mixup_2, mixup_6, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from fmix.attacks.run import invert_model
 from fmix.params import AttackParams, ExportParams, load_section
-from fmix.pipeline.protection import attack_protection
+from fmix.pipeline.model_attack import attack_protection
 
 RUNS = ("ppfrfd", "mixup_2", "mixup_6", "adaptive")  # run folders; each model.pt says its method (fmix.methods)
 
@@ -54,7 +57,7 @@ def main() -> None:
         if record["row"] is None:
             print(f"{name}: {record['reason']}", flush=True)
             continue
-        inversion = invert_model(run / "model.pt", args.aligned, args.splits, args.evaluator, out, seconds=args.invert_seconds)
+        inversion = invert_model(run / "model.pt", args.aligned, args.splits, args.evaluator, out, dataclasses.replace(attack, invert_seconds=args.invert_seconds))
         rows.append((name, record, inversion))
         print(f"{name}: {json.dumps(record['row'])}", flush=True)
     print(f"\nevaluator {args.evaluator}; chance top-1 {rows[0][1]['chance_top1']:.4f}; {args.seconds:.0f} CPU s per attacker\n")

@@ -1,5 +1,7 @@
 """Does the reconstruction attack have teeth? White-box inversion of u=1 masking on real aligned LFW faces.
 
+Makes: the table it prints (white-box inversion of u = 1 masking); no README table.
+
 Trains the inversion network on public faces (``data/splits/public.csv``) protected on the fly
 with the real masker, then inverts held-out private faces (``private_train.csv``) and scores
 SSIM beside the free floor (mean public face), for three maskers:
@@ -19,7 +21,7 @@ Measured (defaults: 1573 public faces of 85 identities, 300 private faces of 189
     dc       189   267  0.605  0.911   +0.467   21.6
     lowfreq  174   258  0.471  0.728   +0.284   17.2
 
-Usage: python benchmarks/attack_teeth.py [--seconds 90] [--threads 1] [--eval-faces 300]
+Usage: python experiments/attack_teeth.py [--seconds 90] [--threads 1] [--eval-faces 300]
 """
 
 from __future__ import annotations
