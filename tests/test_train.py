@@ -221,6 +221,23 @@ def _play(game: AdaptiveGame, anchors: Tensor, labels: Tensor, steps: int = 60) 
     return step
 
 
+def test_the_gradients_are_reduced_between_backward_and_the_step():
+    """DDP averages the ranks' policy gradients there; averaged after the step, they would change nothing."""
+    game, anchors, labels = _parity_game()
+    before = [p.detach().clone() for p in game.policy.parameters()]
+    seen = []
+
+    def zero_them():  # a reduction that leaves no gradient: the step must then move nothing
+        seen.append(any(p.grad is not None and p.grad.abs().sum() > 0 for p in game.policy.parameters()))
+        for p in game.policy.parameters():
+            p.grad = torch.zeros_like(p) if p.grad is not None else None
+
+    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), _k_times_parity, zero_them)
+    assert seen == [True] and all(torch.equal(a, b) for a, b in zip(before, game.policy.parameters()))
+    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), _k_times_parity)
+    assert not all(torch.equal(a, b) for a, b in zip(before, game.policy.parameters()))
+
+
 def test_expected_policy_gradient_learns_a_per_sample_k():
     game, anchors, labels = _parity_game(policy_gradient="expected")
     step = _play(game, anchors, labels)

@@ -8,6 +8,8 @@ samples are mixed with the smallest k. Settings: ``train.adaptive`` (:class:`fmi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -56,8 +58,9 @@ class AdaptiveMixup(MaskingMethod):
         steps = []
         ctx.net.eval()
         for _ in range(self.params.adaptive.n_pi):
-            steps.append(self.game.policy_step(x, labels, ctx.progress, ctx.generator, lambda xs, ls, ws: ctx.net(xs, ls, ws)))
-            _average_gradients(self.game.policy, ctx.world)  # keeps the ranks' policies equal
+            # The ranks' gradients are averaged before the step, so the ranks' policies stay equal.
+            average = functools.partial(_average_gradients, self.game.policy, ctx.world)
+            steps.append(self.game.policy_step(x, labels, ctx.progress, ctx.generator, lambda xs, ls, ws: ctx.net(xs, ls, ws), average))
         ctx.net.train()
         return steps
 

@@ -88,7 +88,9 @@ class AdaptiveGame:
             raise RuntimeError("the policy reads the FR network's confidence, but no signal source was set (AdaptiveGame.signal)")
         return self.signal(anchors)
 
-    def policy_step(self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn) -> dict:
+    def policy_step(
+        self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn, reduce_gradients: Callable[[], None] | None = None
+    ) -> dict:
         """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
 
         With ``train.adaptive.policy_objective: cooperative`` the reward is minus that loss (and minus the
@@ -106,6 +108,8 @@ class AdaptiveGame:
             progress: training progress in [0, 1].
             generator: source of the k draws and of the mixing.
             loss_fn: the frozen FR loss (no gradient flows into the FR network).
+            reduce_gradients: called between the backward pass and the optimizer step (DDP: the
+                ranks' policy gradients averaged, so every rank takes the same step).
 
         Returns:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
@@ -124,6 +128,8 @@ class AdaptiveGame:
         loss = loss + self.params.difficulty_weight * self.policy.difficulty_loss(anchors, unmixed_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if reduce_gradients is not None:
+            reduce_gradients()
         self.optimizer.step()
         self.baseline.update(effective_reward(reward, k, nu))
         if self.params.target_mean_k is not None:
