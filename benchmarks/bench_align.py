@@ -37,8 +37,10 @@ def main() -> None:
         seconds, summary = run(args.src, params)
         ok = summary["status_counts"].get("ok", 0)
         rows.append((workers, summary["selected"], ok, seconds, summary["selected"] / seconds))
-        print(f"workers={workers}: {summary['selected']} photos in {seconds:.2f} s = {rows[-1][4]:.1f} img/s, "
-              f"detected and aligned {ok} ({100.0 * ok / summary['selected']:.1f}%)")
+        print(
+            f"workers={workers}: {summary['selected']} photos in {seconds:.2f} s = {rows[-1][4]:.1f} img/s, "
+            f"detected and aligned {ok} ({100.0 * ok / summary['selected']:.1f}%)"
+        )
     if len(rows) == 2:
         print(f"speed-up {rows[1][0]} workers vs 1: {rows[1][4] / rows[0][4]:.2f}x")
 

@@ -44,7 +44,9 @@ def import_reference(path: Path):
 def step_seconds(net: nn.Module, x: torch.Tensor, steps: int) -> float:
     """Mean seconds of one training step after a warm-up step."""
     net.train()
-    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        [p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4
+    )
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()
@@ -57,7 +59,9 @@ def step_seconds(net: nn.Module, x: torch.Tensor, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reference", type=Path, help="Path of arcface_torch's backbones/iresnet.py (outside the repository).")
+    parser.add_argument(
+        "reference", type=Path, help="Path of arcface_torch's backbones/iresnet.py (outside the repository)."
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=2, help="Timed steps per network (after one warm-up step).")
@@ -73,7 +77,9 @@ def main() -> None:
     with torch.no_grad():  # untrained, the activations grow through 50 layers: compare relative to their size
         expected = peer.eval()(probe)
         difference = ((expected - ours.eval()(probe)).abs().max() / expected.abs().max()).item()
-    print(f"same weights: largest embedding difference {difference:.1e} of the largest embedding value (batch 2, eval mode)")
+    print(
+        f"same weights: largest embedding difference {difference:.1e} of the largest embedding value (batch 2, eval mode)"
+    )
     if not difference < 1e-4:
         raise SystemExit("error: fmix's network does not compute arcface_torch's embeddings from the same weights")
 
@@ -86,10 +92,14 @@ def main() -> None:
     freq_net = build_backbone("iresnet50", 192, 112, 512, 1.0, "freq112")
     results["fmix iresnet50, 192 DCT channels, u=8 (112x112)"] = step_seconds(freq_net, frequency, args.steps)
 
-    print(f"one training step (forward + backward + SGD), batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, mean of {args.steps} after a warm-up:")
+    print(
+        f"one training step (forward + backward + SGD), batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}, mean of {args.steps} after a warm-up:"
+    )
     base = results["arcface_torch iresnet50, RGB 3x112x112"]
     for name, seconds in results.items():
-        print(f"  {name:48s} {seconds:8.2f} s/step  {args.batch / seconds:7.1f} images/s  x{seconds / base:.2f} of arcface_torch's time")
+        print(
+            f"  {name:48s} {seconds:8.2f} s/step  {args.batch / seconds:7.1f} images/s  x{seconds / base:.2f} of arcface_torch's time"
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from fmix.models.iresnet import build_backbone
 NETWORKS = {"rgb": (3, 112, 0.25, None), "frequency": (174, 28, 0.5, "freq28")}
 
 
-def step_seconds(channels: int, side: int, width: float, strides: str | None, memory_format: torch.memory_format, steps: int) -> float:
+def step_seconds(
+    channels: int, side: int, width: float, strides: str | None, memory_format: torch.memory_format, steps: int
+) -> float:
     """Mean seconds of one training step after a warm-up step."""
     torch.manual_seed(0)
     net = build_backbone("iresnet18", channels, side, 256, width, strides)

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from fmix.data.align import PhotoAligner
 from fmix.data.images import read_rgb
 from fmix.freq import NUM_CHANNELS, RunningChannelStats, block_dct, dct_matrix, rgb_to_ycbcr
-from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.build import build_masker, faces_to_tensor, masker_metadata
 from fmix.masker.export import export_onnx
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.params import AlignParams, ExportParams
 
 LFW_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images_deepfunneled"
@@ -95,15 +95,25 @@ def copy_bandwidth() -> float:
 
 def end_to_end(aligned: Path, count: int, masker_path: Path) -> tuple[int, float]:
     """Faces and seconds of one ``protect_folder`` run (the library call behind ``fmix mask``)."""
-    from fmix.release.protect import ReleaseOptions, protect_folder
     from fmix.params import MaskParams
+    from fmix.release.protect import ReleaseOptions, protect_folder
 
     files = sorted(aligned.glob("*/*.png"))[:count]
     with tempfile.TemporaryDirectory() as tmp:
         faces = Path(tmp) / "faces.csv"
-        faces.write_text("path,identity\n" + "".join(f"{f.relative_to(aligned).as_posix()},{f.parent.name}\n" for f in files))
+        faces.write_text(
+            "path,identity\n" + "".join(f"{f.relative_to(aligned).as_posix()},{f.parent.name}\n" for f in files)
+        )
         start = time.perf_counter()
-        protect_folder(aligned, Path(tmp) / "out", masker_path, MaskParams(), faces, progress=False, release=ReleaseOptions(ledger=Path(tmp) / "ledger.jsonl"))
+        protect_folder(
+            aligned,
+            Path(tmp) / "out",
+            masker_path,
+            MaskParams(),
+            faces,
+            progress=False,
+            release=ReleaseOptions(ledger=Path(tmp) / "ledger.jsonl"),
+        )
         return len(files), time.perf_counter() - start
 
 
@@ -132,13 +142,17 @@ def main() -> None:
             onnx_masker = OnnxMasker(path, providers=["CPUExecutionProvider"])
             if u == 1 and args.aligned.is_dir():
                 count, seconds = end_to_end(args.aligned, args.e2e_faces, path)
-                print(f"u=1 fmix mask end to end (decode, hash, mask, group, mix, write): {count} faces in {seconds:.2f} s = {count / seconds:.0f} faces/s")
+                print(
+                    f"u=1 fmix mask end to end (decode, hash, mask, group, mix, write): {count} faces in {seconds:.2f} s = {count / seconds:.0f} faces/s"
+                )
             noise = torch.rand(n)
             with torch.no_grad():
                 results = {
                     "fmix torch eager": timed(lambda: masker(images, noise), args.repeats),
                     "fmix onnxruntime": timed(lambda: onnx_masker(images, noise), args.repeats),
-                    "family front end (interpolate, then DCT)": timed(lambda: masker.mask(family_front_end(images, u)), args.repeats),
+                    "family front end (interpolate, then DCT)": timed(
+                        lambda: masker.mask(family_front_end(images, u)), args.repeats
+                    ),
                     "per-image scipy": timed(lambda: scipy_per_image(images.numpy().astype(np.float64), u), 1),
                 }
             reference = family_front_end(images.double(), u)
@@ -146,9 +160,11 @@ def main() -> None:
             fused = masker.masked(images).double()
             fused_error = ((fused - masker.mask.double()(reference)).abs().max() / fused.abs().max()).item()
         out_bytes = masker.mask.num_kept * (112 * u // 8) ** 2 * 4
-        print(f"\nu={u}: output {masker.mask.num_kept}x{112 * u // 8}x{112 * u // 8} float32 = {out_bytes / 1e6:.2f} MB/face; "
-              f"write bound {bandwidth / 2 / out_bytes:.0f} faces/s\n  relative max error vs float64: family front end {error:.1e}, "
-              f"fmix fused masker {fused_error:.1e}")
+        print(
+            f"\nu={u}: output {masker.mask.num_kept}x{112 * u // 8}x{112 * u // 8} float32 = {out_bytes / 1e6:.2f} MB/face; "
+            f"write bound {bandwidth / 2 / out_bytes:.0f} faces/s\n  relative max error vs float64: family front end {error:.1e}, "
+            f"fmix fused masker {fused_error:.1e}"
+        )
         family = n / results["family front end (interpolate, then DCT)"]
         for name, seconds in results.items():
             rate = n / seconds

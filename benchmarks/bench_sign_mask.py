@@ -56,14 +56,20 @@ def main() -> None:
 
     old = best_of(args.repeats, lambda: per_coefficient(args.batch, generator))
     new = best_of(args.repeats, lambda: draw_sign_mask(args.batch, SHAPE, generator, "cpu", torch.float32))
-    print(f"draw of a {args.batch} x {' x '.join(map(str, SHAPE))} sign mask: randint per coefficient {old * 1e3:.0f} ms, packed bytes {new * 1e3:.0f} ms ({old / new:.1f}x faster)")
+    print(
+        f"draw of a {args.batch} x {' x '.join(map(str, SHAPE))} sign mask: randint per coefficient {old * 1e3:.0f} ms, packed bytes {new * 1e3:.0f} ms ({old / new:.1f}x faster)"
+    )
 
     signed = Protection(None, MixingConfig(6, sign_flip=True))
     unsigned = Protection(None, MixingConfig(6, sign_flip=False))
     with_mask = best_of(args.repeats, lambda: signed.protect_encoded(x, labels, 4, generator))
     without = best_of(args.repeats, lambda: unsigned.protect_encoded(x, labels, 4, generator))
-    print(f"a mix of the batch (k = 4): with the sign mask {with_mask * 1e3:.0f} ms, without {without * 1e3:.0f} ms ({with_mask / without:.2f}x)")
-    print(f"per policy step (5 mixes, one per k): {5 * (with_mask - without) * 1e3:.0f} ms saved by skipping the mask in training")
+    print(
+        f"a mix of the batch (k = 4): with the sign mask {with_mask * 1e3:.0f} ms, without {without * 1e3:.0f} ms ({with_mask / without:.2f}x)"
+    )
+    print(
+        f"per policy step (5 mixes, one per k): {5 * (with_mask - without) * 1e3:.0f} ms saved by skipping the mask in training"
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ class Stages:
         print(f"[run ] {name}: {' '.join(argv)}", flush=True)
         begin = time.perf_counter()
         try:
-            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=min(timeout, max(30.0, self.budget + 60 - elapsed)))
+            done = subprocess.run(
+                argv,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=min(timeout, max(30.0, self.budget + 60 - elapsed)),
+            )
         except subprocess.TimeoutExpired:
             self.failed = True
             print(f"[FAIL] {name}: timed out", flush=True)
@@ -89,11 +95,17 @@ class Stages:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None, help="Working folder (default: a temporary one, removed after).")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Working folder (default: a temporary one, removed after)."
+    )
     parser.add_argument("--identities", type=int, default=100, help="LFW people (with at least 5 photos) to use.")
     parser.add_argument("--budget", type=float, default=420.0, help="Seconds after which no new stage starts.")
     parser.add_argument("--device", default="cuda", help="Device of the torch stages (cuda or cuda:N).")
-    parser.add_argument("--cpu-rehearsal", action="store_true", help="Without a GPU: run the same stages on the CPU at toy sizes (checks the script itself).")
+    parser.add_argument(
+        "--cpu-rehearsal",
+        action="store_true",
+        help="Without a GPU: run the same stages on the CPU at toy sizes (checks the script itself).",
+    )
     args = parser.parse_args()
 
     import torch
@@ -102,7 +114,9 @@ def main() -> int:
         args.device, args.identities = "cpu", min(args.identities, 20)
         print("gpu_check: CPU rehearsal at toy sizes (no GPU numbers)")
     elif not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA GPU on this machine (torch {torch.__version__}, torch.cuda.is_available() is False): nothing to check")
+        print(
+            f"gpu_check: no CUDA GPU on this machine (torch {torch.__version__}, torch.cuda.is_available() is False): nothing to check"
+        )
         return 0
     import onnxruntime as ort
 
@@ -110,7 +124,9 @@ def main() -> int:
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"gpu_check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, onnxruntime {ort.__version__} providers {ort.get_available_providers()}")
+    print(
+        f"gpu_check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, onnxruntime {ort.__version__} providers {ort.get_available_providers()}"
+    )
     if not LFW_IMAGES.is_dir():
         print(f"gpu_check: the shared data is missing: {LFW_IMAGES}")
         return 1
@@ -126,18 +142,46 @@ def check(work: Path, args: argparse.Namespace) -> int:
     params = work / "params.yaml"
     params.write_text(overlay(args.identities, args.device, threads, tiny=args.cpu_rehearsal))
     fmix = [sys.executable, "-m", "fmix"]
-    aligned, splits, masker, models, results = work / "aligned", work / "splits", work / "masker.onnx", work / "models", work / "results"
+    aligned, splits, masker, models, results = (
+        work / "aligned",
+        work / "splits",
+        work / "masker.onnx",
+        work / "models",
+        work / "results",
+    )
     stages = Stages(args.budget)
     p = ["-p", str(params)]
 
     if not args.cpu_rehearsal:
-        stages.run("cuda tests", [sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p", "no:cacheprovider"], timeout=180)
+        stages.run(
+            "cuda tests",
+            [sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p", "no:cacheprovider"],
+            timeout=180,
+        )
     stages.run("align (CPU)", [*fmix, "align", str(LFW_IMAGES), str(aligned), *p, "--quiet"], timeout=240)
     stages.run("split", [*fmix, "split", str(aligned), str(splits), *p])
     stages.run("export masker", [*fmix, "export", str(aligned), str(splits / "public.csv"), str(masker), *p])
     train_rows = {}
-    for name, options in (("ppfrfd", ["--method", "ppfrfd"]), ("mixup4", ["--method", "mixup", "--k", "4"]), ("adaptive", ["--method", "adaptive"])):
-        seconds = stages.run(f"train {name}", [*fmix, "train", str(aligned), str(splits), str(models / name), "--masker", str(masker), *p, *options, "--quiet"])
+    for name, options in (
+        ("ppfrfd", ["--method", "ppfrfd"]),
+        ("mixup4", ["--method", "mixup", "--k", "4"]),
+        ("adaptive", ["--method", "adaptive"]),
+    ):
+        seconds = stages.run(
+            f"train {name}",
+            [
+                *fmix,
+                "train",
+                str(aligned),
+                str(splits),
+                str(models / name),
+                "--masker",
+                str(masker),
+                *p,
+                *options,
+                "--quiet",
+            ],
+        )
         summary_path = models / name / "train_summary.json"
         if seconds is not None and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
@@ -145,25 +189,88 @@ def check(work: Path, args: argparse.Namespace) -> int:
             fr_rate = batch / summary["seconds_per_fr_step"] if summary.get("seconds_per_fr_step") else float("nan")
             overall = summary["training_faces"] * summary["epochs"] / seconds
             train_rows[name] = (fr_rate, overall, summary["val_accuracy"])
-            print(f"       {name}: {fr_rate:.0f} images/s in FR steps, {overall:.0f} images/s end to end (process start included), val accuracy {summary['val_accuracy']:.3f}")
+            print(
+                f"       {name}: {fr_rate:.0f} images/s in FR steps, {overall:.0f} images/s end to end (process start included), val accuracy {summary['val_accuracy']:.3f}"
+            )
     stages.run("evaluator", [*fmix, "evaluator", str(aligned), str(splits), str(models / "evaluator"), *p, "--quiet"])
-    stages.run("evaluate adaptive", [*fmix, "evaluate", str(models / "adaptive" / "model.pt"), str(aligned), str(splits), str(results / "adaptive" / "verification.json"), *p])
+    stages.run(
+        "evaluate adaptive",
+        [
+            *fmix,
+            "evaluate",
+            str(models / "adaptive" / "model.pt"),
+            str(aligned),
+            str(splits),
+            str(results / "adaptive" / "verification.json"),
+            *p,
+        ],
+    )
     evaluator = str(models / "evaluator" / "model.pt")
-    stages.run("attack ppfrfd", [*fmix, "attack", "protection", str(models / "ppfrfd" / "model.pt"), str(aligned), str(splits), evaluator, str(results / "ppfrfd"), *p, "--name", "ppfrfd"])
-    stages.run("invert adaptive", [*fmix, "attack", "invert", str(models / "adaptive" / "model.pt"), str(aligned), str(splits), evaluator, str(results / "adaptive"), *p])
+    stages.run(
+        "attack ppfrfd",
+        [
+            *fmix,
+            "attack",
+            "protection",
+            str(models / "ppfrfd" / "model.pt"),
+            str(aligned),
+            str(splits),
+            evaluator,
+            str(results / "ppfrfd"),
+            *p,
+            "--name",
+            "ppfrfd",
+        ],
+    )
+    stages.run(
+        "invert adaptive",
+        [
+            *fmix,
+            "attack",
+            "invert",
+            str(models / "adaptive" / "model.pt"),
+            str(aligned),
+            str(splits),
+            evaluator,
+            str(results / "adaptive"),
+            *p,
+        ],
+    )
     faces = _count_rows(splits / "private_train.csv")
-    seconds = stages.run("mask (ONNX Runtime)", [*fmix, "mask", str(aligned), str(work / "protected"), "--masker", str(masker), "--faces", str(splits / "private_train.csv"), "--ledger", str(work / "ledger.jsonl"), *p, "--quiet"])
+    seconds = stages.run(
+        "mask (ONNX Runtime)",
+        [
+            *fmix,
+            "mask",
+            str(aligned),
+            str(work / "protected"),
+            "--masker",
+            str(masker),
+            "--faces",
+            str(splits / "private_train.csv"),
+            "--ledger",
+            str(work / "ledger.jsonl"),
+            *p,
+            "--quiet",
+        ],
+    )
     mask_rate = faces / seconds if seconds else None
 
     print("\n== gpu_check summary ==")
     for name, seconds, status in stages.rows:
         print(f"{name:22s} {'-' if seconds is None else f'{seconds:7.1f} s'}  {status}")
     for name, (fr_rate, overall, accuracy) in train_rows.items():
-        print(f"train {name:16s} {fr_rate:7.0f} images/s (FR steps), {overall:.0f} images/s end to end, val accuracy {accuracy:.3f}")
+        print(
+            f"train {name:16s} {fr_rate:7.0f} images/s (FR steps), {overall:.0f} images/s end to end, val accuracy {accuracy:.3f}"
+        )
     if mask_rate is not None:
         import onnxruntime as ort
 
-        provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider (no CUDA provider in this onnxruntime: pip install onnxruntime-gpu)"
+        provider = (
+            "CUDAExecutionProvider"
+            if "CUDAExecutionProvider" in ort.get_available_providers()
+            else "CPUExecutionProvider (no CUDA provider in this onnxruntime: pip install onnxruntime-gpu)"
+        )
         print(f"mask                   {mask_rate:7.0f} faces/s ({faces} faces, process start included) on {provider}")
     print(f"total                  {time.perf_counter() - stages.start:7.1f} s")
     return 1 if stages.failed else 0

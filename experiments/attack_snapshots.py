@@ -38,7 +38,9 @@ from fmix.params import AttackParams, load_section
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("masker", type=Path)
-    parser.add_argument("--policy", type=Path, default=None, help="the adaptive model.pt, when the masker holds its policy")
+    parser.add_argument(
+        "--policy", type=Path, default=None, help="the adaptive model.pt, when the masker holds its policy"
+    )
     parser.add_argument("--root", type=Path, default=Path("."), help="the pipeline run's folder (data/, models/)")
     parser.add_argument("--mode", choices=("mixed", "check", "masked"), default="mixed")
     parser.add_argument("--seconds", type=float, default=None, help="default: the run's attack.seconds")
@@ -50,15 +52,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.root
-    params = load_section(AttackParams, root / "params.yaml", "attack", seconds=args.seconds, steps=args.steps, eval_faces=args.faces)
+    params = load_section(
+        AttackParams, root / "params.yaml", "attack", seconds=args.seconds, steps=args.steps, eval_faces=args.faces
+    )
     target = masker_target(args.masker, args.policy, mix=args.mode != "masked", black_box_k=params.black_box_k)
     protector = target.unmixed if args.mode == "check" else target.white
     public = load_face_set(root / "data/aligned", root / "data/splits/public.csv")
     gallery = load_face_set(root / "data/aligned", root / "data/splits/private_train.csv")
     private = spread_subset(gallery, params.eval_faces)
-    scorer = IdentityScorer(params.judge, Evaluator(root / "models/evaluator/model.pt"), gallery, gallery_file=root / "models/judge/gallery.npz")
+    scorer = IdentityScorer(
+        params.judge,
+        Evaluator(root / "models/evaluator/model.pt"),
+        gallery,
+        gallery_file=root / "models/judge/gallery.npz",
+    )
     originals = private.float_images(torch.arange(len(private)))
-    attacker, pairs = target.as_attackers_see(protector, protector(originals, private.labels, torch.Generator().manual_seed(params.seed + 1)))
+    attacker, pairs = target.as_attackers_see(
+        protector, protector(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
+    )
     _, valid = constituents_of(originals, pairs)
     sources, labels = gallery_sources(gallery, private)[pairs.partners], private.labels[pairs.partners]
 
@@ -67,11 +78,18 @@ def main() -> None:
 
     def report(step: int, attack: ReconstructionAttack) -> None:
         if step + 1 >= args.from_step and (step + 1) % args.every == 0:
-            print(f"step {step + 1:4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}", flush=True)
+            print(
+                f"step {step + 1:4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}",
+                flush=True,
+            )
 
     public_images = public.images.permute(0, 3, 1, 2).contiguous()
-    attack = ReconstructionAttack(AttackConfig.from_params(params)).fit(public_images, attacker, public.labels, steps=params.steps, seconds=params.seconds, on_step=report)
-    print(f"last  {len(attack.history):4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}")
+    attack = ReconstructionAttack(AttackConfig.from_params(params)).fit(
+        public_images, attacker, public.labels, steps=params.steps, seconds=params.seconds, on_step=report
+    )
+    print(
+        f"last  {len(attack.history):4d}  snapshot S4 {s4(attack.generator):.3f}  moving average S4 {s4(attack.averaged):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import torch
 
-from fmix.attacks import AttackConfig, MaskerProtector, ReconstructionAttack, evaluate_reconstruction, image_grid, one_per_identity
+from fmix.attacks import (
+    AttackConfig,
+    MaskerProtector,
+    ReconstructionAttack,
+    evaluate_reconstruction,
+    image_grid,
+    one_per_identity,
+)
 from fmix.data.faces import load_faces, read_face_list
 from fmix.data.images import write_png_atomic
 from fmix.freq import DC_CHANNELS, FrequencyMask, RunningChannelStats, block_dct, protected_to_image, select_channels
@@ -58,7 +65,12 @@ def maskers(stats: RunningChannelStats) -> dict[str, Masker]:
     policy = FixedKPolicy(2, (2,))
     out = {}
     everything = torch.arange(192)
-    out["all"] = Masker(FrequencyMask(everything, stats.mean[everything].float(), stats.std[everything].float(), allow_dc=True), 1, policy, (2,))
+    out["all"] = Masker(
+        FrequencyMask(everything, stats.mean[everything].float(), stats.std[everything].float(), allow_dc=True),
+        1,
+        policy,
+        (2,),
+    )
     kept = select_channels(drop=DC_CHANNELS)
     out["dc"] = Masker(FrequencyMask(kept, *(s.float() for s in stats.stats(kept))), 1, policy, (2,))
     out["lowfreq"] = build_masker(ExportParams(), stats)
@@ -89,7 +101,9 @@ def main() -> None:
     private, private_ids = load_split(args.splits / "private_train.csv", args.aligned, args.eval_faces)
     names = sorted(set(public_ids))
     labels = torch.tensor([names.index(n) for n in public_ids])
-    print(f"public (attacker) faces: {len(public)} of {len(set(public_ids))} identities; private (evaluation) faces: {len(private)} of {len(set(private_ids))} identities")
+    print(
+        f"public (attacker) faces: {len(public)} of {len(set(public_ids))} identities; private (evaluation) faces: {len(private)} of {len(set(private_ids))} identities"
+    )
     stats = RunningChannelStats()
     for start in range(0, len(public), 256):
         stats.update(block_dct(public[start : start + 256].float(), 1))
@@ -98,11 +112,21 @@ def main() -> None:
     floor = free_floor(mean_face, originals)
     print(f"free floor (mean public face vs private faces): SSIM {floor.mean():.3f}")
 
-    config = AttackConfig(width=args.width, batch_size=args.batch_size, lr=args.lr, ssim_weight=args.ssim_weight, adv_weight=args.adv_weight, adv_warmup=args.adv_warmup, seed=args.seed)
+    config = AttackConfig(
+        width=args.width,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ssim_weight=args.ssim_weight,
+        adv_weight=args.adv_weight,
+        adv_warmup=args.adv_warmup,
+        seed=args.seed,
+    )
     print(f"attack: {config.to_dict()}; budget {args.seconds:.0f} CPU s per masker, {args.threads} thread(s)")
     shown = one_per_identity(private_ids, 8)
     rows = [originals[shown]]
-    print(f"{'masker':8} {'K':>4} {'steps':>6} {'cpu_s':>6} {'S1':>6} {'S3':>6} {'floor':>6} {'S3-fl':>6} {'PSNR':>6} {'l1_end':>7}")
+    print(
+        f"{'masker':8} {'K':>4} {'steps':>6} {'cpu_s':>6} {'S1':>6} {'S3':>6} {'floor':>6} {'S3-fl':>6} {'PSNR':>6} {'l1_end':>7}"
+    )
     for name, masker in maskers(stats).items():
         if name not in args.settings.split(","):
             continue

@@ -51,21 +51,35 @@ def parse_set(items: list[str]) -> dict:
     return overrides
 
 
-def train_and_evaluate(params: TrainParams, mixing: MixingParams, evaluate: EvaluateParams, args: argparse.Namespace, out: Path) -> dict:
+def train_and_evaluate(
+    params: TrainParams, mixing: MixingParams, evaluate: EvaluateParams, args: argparse.Namespace, out: Path
+) -> dict:
     """One run at one seed: its evaluation metrics and training summary (read back when already done)."""
     if (out / "evaluate.json").exists():
         summary = json.loads((out / "train_summary.json").read_text())
         return {"metrics": json.loads((out / "evaluate.json").read_text()), "summary": summary, "seconds": None}
     start = time.perf_counter()
-    summary = train(params, args.aligned, args.splits, out, args.masker, resume=(out / "checkpoint.pt").exists(), progress=False, mixing=mixing)
+    summary = train(
+        params,
+        args.aligned,
+        args.splits,
+        out,
+        args.masker,
+        resume=(out / "checkpoint.pt").exists(),
+        progress=False,
+        mixing=mixing,
+    )
     seconds = time.perf_counter() - start
-    metrics = evaluate_model(out / "model.pt", args.aligned, args.splits / "pairs.csv", evaluate, args.splits / "private_val.csv")
+    metrics = evaluate_model(
+        out / "model.pt", args.aligned, args.splits / "pairs.csv", evaluate, args.splits / "private_val.csv"
+    )
     write_json_atomic(out / "evaluate.json", metrics)  # the resume marker: never half written
     return {"metrics": metrics, "summary": summary, "seconds": seconds}
 
 
 def paired_over_seeds(a: dict, b: dict) -> dict:
     """Paired fold difference of two runs (a minus b), the folds of every seed together."""
+
     def folds(row: dict) -> list[float]:
         return [acc for seed in row["seeds"] for acc in seed["ver"]["fold_accuracies"]]
 
@@ -79,8 +93,10 @@ def print_pairs(title: str, pairs: list[tuple[dict, dict]]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for a, b in pairs:
         d = paired_over_seeds(a, b)
-        print(f"| {a['run']} | {b['run']} | {a['mean_k']:.2f} / {b['mean_k']:.2f} | {d['mean']:+.3f} | {d['std']:.3f} | "
-              f"{d['sem']:.3f} | {d['t']:.2f} | {d['wins']}/{d['folds']} |")
+        print(
+            f"| {a['run']} | {b['run']} | {a['mean_k']:.2f} / {b['mean_k']:.2f} | {d['mean']:+.3f} | {d['std']:.3f} | "
+            f"{d['sem']:.3f} | {d['t']:.2f} | {d['wins']}/{d['folds']} |"
+        )
 
 
 def main() -> None:
@@ -89,7 +105,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--set", nargs="*", default=[], help="train.KEY=VALUE overrides (YAML values)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="train.seed values (default: the params file's)")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="train.seed values (default: the params file's)"
+    )
     parser.add_argument("--aligned", type=Path, default=Path("data/aligned"))
     parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--masker", type=Path, default=Path("models/masker.onnx"))
@@ -105,14 +123,28 @@ def main() -> None:
             params = dataclasses.replace(base, seed=seed, **parse_run(text))
             done = train_and_evaluate(params, mixing, evaluate, args, args.out / text.replace(":", "_") / f"seed{seed}")
             ver, floor, summary = done["metrics"]["verification"], done["metrics"]["raw_feature_floor"], done["summary"]
-            row["seeds"].append({"seed": seed, "ver": ver, "floor": floor["accuracy_mean"], "val": done["metrics"]["val_accuracy"], "summary": summary, "seconds": done["seconds"]})
-            print(f"{text} seed {seed}: acc {ver['accuracy_mean']:.3f}±{ver['accuracy_std']:.3f} auc {ver['auc']:.3f} floor {floor['accuracy_mean']:.3f} "
-                  f"val {done['metrics']['val_accuracy']:.3f} mean_k {summary['final_mean_k']}"
-                  + ("" if done["seconds"] is None else f" ({done['seconds']:.0f} s)"), flush=True)
+            row["seeds"].append(
+                {
+                    "seed": seed,
+                    "ver": ver,
+                    "floor": floor["accuracy_mean"],
+                    "val": done["metrics"]["val_accuracy"],
+                    "summary": summary,
+                    "seconds": done["seconds"],
+                }
+            )
+            print(
+                f"{text} seed {seed}: acc {ver['accuracy_mean']:.3f}±{ver['accuracy_std']:.3f} auc {ver['auc']:.3f} floor {floor['accuracy_mean']:.3f} "
+                f"val {done['metrics']['val_accuracy']:.3f} mean_k {summary['final_mean_k']}"
+                + ("" if done["seconds"] is None else f" ({done['seconds']:.0f} s)"),
+                flush=True,
+            )
         mean_ks = [seed["summary"]["final_mean_k"] or 1.0 for seed in row["seeds"]]
         row.update(method=params.method, k=params.mixup.k, mean_k=sum(mean_ks) / len(mean_ks))
         rows.append(row)
-    print("\n| run | seed | accuracy ± fold std | AUC | TAR@FAR1e-3 | raw floor | val acc | mean k | k histogram | MI(k; difficulty) bits | s/FR step | train s |")
+    print(
+        "\n| run | seed | accuracy ± fold std | AUC | TAR@FAR1e-3 | raw floor | val acc | mean k | k histogram | MI(k; difficulty) bits | s/FR step | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         for seed in row["seeds"]:
@@ -120,9 +152,11 @@ def main() -> None:
             hist = summary["final_k_histogram"]
             hist_text = " ".join(f"{k}:{v:.2f}" for k, v in hist.items()) if hist else "-"
             mean_k, mi = summary["final_mean_k"], summary.get("final_k_difficulty_mutual_information")
-            print(f"| {row['run']} | {seed['seed']} | {ver['accuracy_mean']:.3f} ± {ver['accuracy_std']:.3f} | {ver['auc']:.3f} | {ver['tar_at_far_1e-3']} | "
-                  f"{seed['floor']:.3f} | {seed['val']:.3f} | {'-' if mean_k is None else round(mean_k, 2)} | {hist_text} | "
-                  f"{'-' if mi is None else round(mi, 4)} | {summary['seconds_per_fr_step']:.3f} | {'-' if seed['seconds'] is None else round(seed['seconds'])} |")
+            print(
+                f"| {row['run']} | {seed['seed']} | {ver['accuracy_mean']:.3f} ± {ver['accuracy_std']:.3f} | {ver['auc']:.3f} | {ver['tar_at_far_1e-3']} | "
+                f"{seed['floor']:.3f} | {seed['val']:.3f} | {'-' if mean_k is None else round(mean_k, 2)} | {hist_text} | "
+                f"{'-' if mi is None else round(mi, 4)} | {summary['seconds_per_fr_step']:.3f} | {'-' if seed['seconds'] is None else round(seed['seconds'])} |"
+            )
         if len(row["seeds"]) > 1:
             means = [seed["ver"]["accuracy_mean"] for seed in row["seeds"]]
             print(f"| {row['run']} | mean of {len(means)} | {sum(means) / len(means):.3f} | | | | | | | | | |")

@@ -83,18 +83,25 @@ def main() -> None:
     halves = (slice(0, args.repeats // 2), slice(args.repeats // 2, args.repeats))
     print(f"{count} faces, k in {list(k_values)}, {args.repeats} partner draws per k")
     for name, values in rewards.items():
-        slopes = [((values[:, :, h].mean(2) - values[:, :, h].mean((1, 2))[:, None]) * centred).sum(1) / (centred**2).sum() for h in halves]
+        slopes = [
+            ((values[:, :, h].mean(2) - values[:, :, h].mean((1, 2))[:, None]) * centred).sum(1) / (centred**2).sum()
+            for h in halves
+        ]
         slope = (slopes[0] + slopes[1]) / 2
-        print(f"reward {name}: mean loss by k {values.mean((0, 2)).round(2).tolist()}; per-sample slope {slope.mean():.3f} ± {slope.std():.3f}, "
-              f"split-half reliability {np.corrcoef(*slopes)[0, 1]:.3f}, corr with the un-mixed loss {np.corrcoef(slope, unmixed)[0, 1]:.3f}, "
-              f"with the confidence {np.corrcoef(slope, confidence)[0, 1]:.3f}")
+        print(
+            f"reward {name}: mean loss by k {values.mean((0, 2)).round(2).tolist()}; per-sample slope {slope.mean():.3f} ± {slope.std():.3f}, "
+            f"split-half reliability {np.corrcoef(*slopes)[0, 1]:.3f}, corr with the un-mixed loss {np.corrcoef(slope, unmixed)[0, 1]:.3f}, "
+            f"with the confidence {np.corrcoef(slope, confidence)[0, 1]:.3f}"
+        )
         value = values.mean(2)
         for price in np.linspace(0.0, 20.0, 401):
             best = ks[(value - price * ks).argmax(1)]
             if best.mean() <= 4.0:
                 break
-        print(f"  oracle k at mean {best.mean():.2f} (price {price:.2f}): by un-mixed-loss quartile {quartile_means(best, unmixed)}, "
-              f"by confidence quartile {quartile_means(best, confidence)}")
+        print(
+            f"  oracle k at mean {best.mean():.2f} (price {price:.2f}): by un-mixed-loss quartile {quartile_means(best, unmixed)}, "
+            f"by confidence quartile {quartile_means(best, confidence)}"
+        )
 
     # Predictors of the un-mixed loss, on held-out faces of the whole training set.
     embeddings, losses, masked = [], [], []
@@ -122,8 +129,10 @@ def main() -> None:
     probe = design[test] @ torch.linalg.lstsq(design[train], target[train, None]).solution
     with torch.no_grad():
         cosine = model.head.cosines(embedding[test]).amax(1)
-    print(f"held-out correlation with the un-mixed loss ({len(test)} faces): difficulty head on the masked face {held_out_corr(head, target[test]):.3f}, "
-          f"linear probe of the FR embedding {held_out_corr(probe.squeeze(1), target[test]):.3f}, FR confidence {held_out_corr(cosine, target[test]):.3f}")
+    print(
+        f"held-out correlation with the un-mixed loss ({len(test)} faces): difficulty head on the masked face {held_out_corr(head, target[test]):.3f}, "
+        f"linear probe of the FR embedding {held_out_corr(probe.squeeze(1), target[test]):.3f}, FR confidence {held_out_corr(cosine, target[test]):.3f}"
+    )
 
 
 if __name__ == "__main__":

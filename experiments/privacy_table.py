@@ -53,20 +53,43 @@ def main() -> None:
         run = find_run(args.runs, name)
         out = args.out / name
         attack = AttackParams(seconds=args.seconds, eval_faces=args.eval_faces)
-        record = attack_protection(run / "model.pt", args.aligned, args.splits, args.evaluator, out, export, attack, run / "evaluate.json", name)
+        record = attack_protection(
+            run / "model.pt",
+            args.aligned,
+            args.splits,
+            args.evaluator,
+            out,
+            export,
+            attack,
+            run / "evaluate.json",
+            name,
+        )
         if record["row"] is None:
             print(f"{name}: {record['reason']}", flush=True)
             continue
-        inversion = invert_model(run / "model.pt", args.aligned, args.splits, args.evaluator, out, dataclasses.replace(attack, invert_seconds=args.invert_seconds))
+        inversion = invert_model(
+            run / "model.pt",
+            args.aligned,
+            args.splits,
+            args.evaluator,
+            out,
+            dataclasses.replace(attack, invert_seconds=args.invert_seconds),
+        )
         rows.append((name, record, inversion))
         print(f"{name}: {json.dumps(record['row'])}", flush=True)
-    print(f"\nevaluator {args.evaluator}; chance top-1 {rows[0][1]['chance_top1']:.4f}; {args.seconds:.0f} CPU s per attacker\n")
-    print("| method | S1 | S2 | S3 white | floor | S4 white | top-5 | PSNR | S3 black | S4 black | inversion top-1 / top-5 | Score_pp | Score_cls |")
+    print(
+        f"\nevaluator {args.evaluator}; chance top-1 {rows[0][1]['chance_top1']:.4f}; {args.seconds:.0f} CPU s per attacker\n"
+    )
+    print(
+        "| method | S1 | S2 | S3 white | floor | S4 white | top-5 | PSNR | S3 black | S4 black | inversion top-1 / top-5 | Score_pp | Score_cls |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r, inv in rows:
         w, b, row = r["white"], r["black"], r["row"]
-        print(f"| {name} | {row['S1']:.3f} | {row['S2']:.3f} | {w['S3']:.3f} | {w['floor']:.3f} | {w['S4']:.3f} | {w['top5']:.3f} | {w['psnr']:.1f} | "
-              f"{b['S3']:.3f} | {b['S4']:.3f} | {inv['decoder']['top1']:.3f} / {inv['decoder']['top5']:.3f} | {row['Score_pp']:.3f} | {row['Score_cls']:.3f} |")
+        print(
+            f"| {name} | {row['S1']:.3f} | {row['S2']:.3f} | {w['S3']:.3f} | {w['floor']:.3f} | {w['S4']:.3f} | {w['top5']:.3f} | {w['psnr']:.1f} | "
+            f"{b['S3']:.3f} | {b['S4']:.3f} | {inv['decoder']['top1']:.3f} / {inv['decoder']['top5']:.3f} | {row['Score_pp']:.3f} | {row['Score_cls']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ import torch
 from fmix.attacks.release import _shard_truth, nearest_faces
 from fmix.attacks.unmix import match_structure, read_release, regenerate_secrets, resolve_labels
 from fmix.masker.onnx_masker import OnnxMasker
-from fmix.release.protect import ReleaseOptions, protect_folder
 from fmix.params import MaskParams
+from fmix.release.protect import ReleaseOptions, protect_folder
 
 
 def release(aligned: Path, faces: Path, masker: Path, folder: Path, options: ReleaseOptions) -> Path:
@@ -76,13 +76,18 @@ def main() -> None:
     }
     chosen = ["mixes"] + [name for name in args.attacks.split(",") if name]
     record: dict = {}
-    for kind, options in (("weak", ReleaseOptions(insecure_seed=0, insecure_reuse=True)), ("default", ReleaseOptions())):
+    for kind, options in (
+        ("weak", ReleaseOptions(insecure_seed=0, insecure_reuse=True)),
+        ("default", ReleaseOptions()),
+    ):
         folder = release(args.aligned, args.private_csv, args.masker, args.out / kind, options)
         data = read_release(folder)
         truth = _shard_truth(folder, folder.parent / f"{folder.name}.ledger", args.aligned, masker)
         for name in chosen:
             start = time.perf_counter()
-            estimates, info = ({s: p.samples for s, p in data.shards.items()}, {}) if name == "mixes" else attacks[name](data)
+            estimates, info = (
+                ({s: p.samples for s, p in data.shards.items()}, {}) if name == "mixes" else attacks[name](data)
+            )
             seconds = time.perf_counter() - start
             errors = torch.cat([nearest_faces(estimates[s], truth[s][2])[0] for s in data.shards])
             record.setdefault(name, {})[kind] = {
@@ -92,7 +97,10 @@ def main() -> None:
                 "samples": len(errors),
                 "details": info,
             }
-            print(f"{kind:8s} {name:10s} median {errors.median():.4f}  share<0.05 {(errors < 0.05).float().mean():.3f}  {seconds:.1f} s", flush=True)
+            print(
+                f"{kind:8s} {name:10s} median {errors.median():.4f}  share<0.05 {(errors < 0.05).float().mean():.3f}  {seconds:.1f} s",
+                flush=True,
+            )
     (args.out / "bench_unmix.json").write_text(json.dumps(record, indent=2))
 
 

@@ -81,12 +81,16 @@ def resolve_device(spec: str = "auto") -> "torch.device":
     if spec == "auto":
         return torch.device("cuda", 0) if available else torch.device("cpu")
     if not available:
-        raise ValueError(f"device {spec!r} asks for CUDA, but CUDA is not available on this machine (use 'auto' or 'cpu')")
+        raise ValueError(
+            f"device {spec!r} asks for CUDA, but CUDA is not available on this machine (use 'auto' or 'cpu')"
+        )
     if spec == "cuda":
         return torch.device("cuda")
     index, count = int(spec.split(":")[1]), torch.cuda.device_count()
     if index >= count:
-        raise ValueError(f"device {spec!r} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise ValueError(
+            f"device {spec!r} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return torch.device("cuda", index)
 
 
@@ -156,8 +160,14 @@ def onnx_providers(device: str = "auto") -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
-        cuda = ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}) if ":" in device else "CUDAExecutionProvider"
+        cuda = (
+            ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])})
+            if ":" in device
+            else "CUDAExecutionProvider"
+        )
         return [cuda, "CPUExecutionProvider"]
     if device != "auto":
-        raise ValueError(f"device {device!r} asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        raise ValueError(
+            f"device {device!r} asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        )
     return ["CPUExecutionProvider"]

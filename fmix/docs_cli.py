@@ -91,7 +91,9 @@ def _section(path: list[str], command, ctx) -> list[str]:
             sub = command.get_command(ctx, name)
             if sub is None or getattr(sub, "hidden", False):
                 continue
-            summary = _cell(sub.get_short_help_str(limit=1000) if hasattr(sub, "get_short_help_str") else (sub.short_help or ""))
+            summary = _cell(
+                sub.get_short_help_str(limit=1000) if hasattr(sub, "get_short_help_str") else (sub.short_help or "")
+            )
             subs.append(f"- [`{title} {name}`](#{_slug(f'{title} {name}')}): {summary}")
         if subs:
             lines += ["Commands:", "", *subs, ""]
@@ -118,7 +120,11 @@ def render(app=None) -> str:
 
 def stale_message(path: Path, current: str, expected: str, context_lines: int = 40) -> str:
     """Why ``path`` is stale, with the start of the diff from what it holds to what it should hold."""
-    diff = list(difflib.unified_diff(current.splitlines(), expected.splitlines(), f"{path} (on disk)", f"{path} (generated)", lineterm="", n=1))
+    diff = list(
+        difflib.unified_diff(
+            current.splitlines(), expected.splitlines(), f"{path} (on disk)", f"{path} (generated)", lineterm="", n=1
+        )
+    )
     shown = "\n".join(diff[:context_lines]) + ("\n..." if len(diff) > context_lines else "")
     return f"{path} is not current: the commands changed since it was generated. Run `{REGENERATE}` and commit it.\n{shown}"
 

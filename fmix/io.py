@@ -66,7 +66,9 @@ def write_json_atomic(path: str | Path, data: dict | list) -> None:
 
 
 def _json_kind(kind: type) -> str:
-    return {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}.get(kind, kind.__name__)
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        kind, kind.__name__
+    )
 
 
 def read_json(path: str | Path, what: str = "JSON file", expect: type = dict) -> Any:
@@ -94,9 +96,13 @@ def read_json(path: str | Path, what: str = "JSON file", expect: type = dict) ->
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: the {what} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from err
+        raise ValueError(
+            f"{path}: the {what} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
     if not isinstance(data, expect):
-        raise ValueError(f"{path}: the {what} must hold a JSON {_json_kind(expect)}, got a JSON {_json_kind(type(data))}")
+        raise ValueError(
+            f"{path}: the {what} must hold a JSON {_json_kind(expect)}, got a JSON {_json_kind(type(data))}"
+        )
     return data
 
 

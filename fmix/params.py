@@ -39,7 +39,9 @@ class AlignParams:
     detect_max_side: int = 640  # larger photos are downscaled for detection only
     max_pixels: int = 40_000_000  # decompression-bomb guard (width * height)
     workers: int = 2
-    device: str = "auto"  # the detector's ONNX Runtime provider: auto (CUDA when onnxruntime-gpu has it) | cpu | cuda | cuda:N
+    device: str = (
+        "auto"  # the detector's ONNX Runtime provider: auto (CUDA when onnxruntime-gpu has it) | cpu | cuda | cuda:N
+    )
 
     def __post_init__(self) -> None:
         _require_device(self.device, "align.device")
@@ -105,8 +107,14 @@ class ExportParams:
 
     def __post_init__(self) -> None:
         _require(self.upsample in (1, 2, 4, 8), f"export.upsample must be 1, 2, 4 or 8, got {self.upsample}")
-        _require(self.low_freq_threshold is None or self.low_freq_threshold >= 0, "export.low_freq_threshold must be >= 0 or null")
-        _require(self.keep_lowest_energy is None or self.keep_lowest_energy >= 1, "export.keep_lowest_energy must be >= 1 or null")
+        _require(
+            self.low_freq_threshold is None or self.low_freq_threshold >= 0,
+            "export.low_freq_threshold must be >= 0 or null",
+        )
+        _require(
+            self.keep_lowest_energy is None or self.keep_lowest_energy >= 1,
+            "export.keep_lowest_energy must be >= 1 or null",
+        )
         _require(self.k >= 1, "export.k must be >= 1")
         _require(self.stats_images >= 1, "export.stats_images must be >= 1")
         _require(self.opset >= 17, "export.opset must be >= 17")
@@ -116,18 +124,35 @@ class ExportParams:
 class MixingParams:
     """How protected samples are mixed, everywhere: training, the exported masker (``fmix mask``) and the attacks."""
 
-    k_values: tuple[int, ...] = (2, 3, 4, 5, 6)  # the k a mix may have (the adaptive policy's actions); k_max = the largest
+    k_values: tuple[int, ...] = (
+        2,
+        3,
+        4,
+        5,
+        6,
+    )  # the k a mix may have (the adaptive policy's actions); k_max = the largest
     weight_law: str = "dirichlet"  # or "instahide" (|N(0, 1)| normalised)
-    cap: float | None = 0.65  # largest mixing weight; 0.5 costs adaptive 1.8 points and lowers S4 only 0.14 -> 0.12 (README)
-    sign_flip: bool = True  # random +-1 per coefficient after mixing (InstaHide): the network and the attackers read |x|
+    cap: float | None = (
+        0.65  # largest mixing weight; 0.5 costs adaptive 1.8 points and lowers S4 only 0.14 -> 0.12 (README)
+    )
+    sign_flip: bool = (
+        True  # random +-1 per coefficient after mixing (InstaHide): the network and the attackers read |x|
+    )
     permute_channels: bool = False  # per-sample random channel permutation before mixing (PPFR-FD)
     rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
     noise: float = 0.75  # std of Gaussian noise on every coefficient of a mix (unit variance; un-mixed faces get none); 0 draws none
 
     def __post_init__(self) -> None:
-        _require(len(self.k_values) >= 1 and min(self.k_values) >= 1, "mixing.k_values must be a non-empty list of k >= 1")
-        _require(list(self.k_values) == sorted(set(self.k_values)), "mixing.k_values must be increasing without repeats")
-        _require(self.weight_law in ("dirichlet", "instahide"), f"mixing.weight_law must be 'dirichlet' or 'instahide', got {self.weight_law!r}")
+        _require(
+            len(self.k_values) >= 1 and min(self.k_values) >= 1, "mixing.k_values must be a non-empty list of k >= 1"
+        )
+        _require(
+            list(self.k_values) == sorted(set(self.k_values)), "mixing.k_values must be increasing without repeats"
+        )
+        _require(
+            self.weight_law in ("dirichlet", "instahide"),
+            f"mixing.weight_law must be 'dirichlet' or 'instahide', got {self.weight_law!r}",
+        )
         _require(self.cap is None or 0 < self.cap <= 1, "mixing.cap must be in (0, 1] or null")
         _require(self.noise >= 0, f"mixing.noise must be >= 0, got {self.noise}")
         problem = cap_problem(self.cap, self.k_values)
@@ -158,13 +183,13 @@ class MaskParams:
     batch_size: int = 256  # faces per batch; mixing partners come from the same batch; one shard each
     mix: bool = True  # false: mask only (verification and enrolment faces)
     previews: int = 16  # PNG visualisations of the first protected samples
-    anonymize: bool = True  # keyed-hash sample names (key: FMIX_NAME_KEY, the secret key, or random); false: file names joined by +
+    anonymize: bool = (
+        True  # keyed-hash sample names (key: FMIX_NAME_KEY, the secret key, or random); false: file names joined by +
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
         _require(self.previews >= 0, "mask.previews must be >= 0")
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,34 +209,59 @@ class AdaptiveParams:
     policy_lr: float = 0.01
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
     policy_reference: str = "unmixed"  # "unmixed": reward minus the sample's own un-mixed loss (per-sample advantage)
-    policy_reward: str = "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
+    policy_reward: str = (
+        "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
+    )
     policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (DESIGN 3)
-    policy_shuffle: bool = False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
+    policy_shuffle: bool = (
+        False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
+    )
     policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
-    policy_gradient: str = "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
+    policy_gradient: str = (
+        "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
+    )
     n_fr: int = 2  # the policy plays after every n_fr FR steps...
     n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
     entropy_weight: float = 0.1
     baseline_momentum: float = 0.9
     min_val_accuracy: float = 0.3  # utility floor on un-mixed validation faces (dual ascent on nu)
     dual_lr: float = 2.0
-    target_mean_k: float | None = 4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
-    difficulty_weight: float = 1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
+    target_mean_k: float | None = (
+        4.0  # a price solved each policy step holds this mean k (null: free); the policy only chooses which samples get more
+    )
+    difficulty_weight: float = (
+        1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
+    )
 
     def __post_init__(self) -> None:
         _require(self.policy_lr > 0, "train.adaptive.policy_lr must be > 0")
         _require(self.n_fr >= 1 and self.n_pi >= 1, "train.adaptive.n_fr and train.adaptive.n_pi must be >= 1")
-        _require(self.policy_reference in ("none", "unmixed"), f"train.adaptive.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}")
-        _require(self.policy_reward in ("mixed", "anchor"), f"train.adaptive.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}")
+        _require(
+            self.policy_reference in ("none", "unmixed"),
+            f"train.adaptive.policy_reference must be 'none' or 'unmixed', got {self.policy_reference!r}",
+        )
+        _require(
+            self.policy_reward in ("mixed", "anchor"),
+            f"train.adaptive.policy_reward must be 'mixed' or 'anchor', got {self.policy_reward!r}",
+        )
         _require(
             self.policy_objective in ("adversarial", "cooperative"),
             f"train.adaptive.policy_objective must be 'adversarial' or 'cooperative', got {self.policy_objective!r}",
         )
-        _require(self.policy_signal in ("none", "confidence"), f"train.adaptive.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}")
-        _require(self.policy_gradient in ("sampled", "expected"), f"train.adaptive.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}")
+        _require(
+            self.policy_signal in ("none", "confidence"),
+            f"train.adaptive.policy_signal must be 'none' or 'confidence', got {self.policy_signal!r}",
+        )
+        _require(
+            self.policy_gradient in ("sampled", "expected"),
+            f"train.adaptive.policy_gradient must be 'sampled' or 'expected', got {self.policy_gradient!r}",
+        )
         _require(0 <= self.min_val_accuracy <= 1, "train.adaptive.min_val_accuracy must be in [0, 1]")
         # The range within mixing.k_values is a check of both sections: check_sections.
-        _require(self.target_mean_k is None or self.target_mean_k > 1, f"train.adaptive.target_mean_k must be null or > 1, got {self.target_mean_k}")
+        _require(
+            self.target_mean_k is None or self.target_mean_k > 1,
+            f"train.adaptive.target_mean_k must be null or > 1, got {self.target_mean_k}",
+        )
         _require(self.difficulty_weight >= 0, "train.adaptive.difficulty_weight must be >= 0")
 
     def check_mixing(self, mixing: "MixingParams") -> None:
@@ -244,7 +294,10 @@ class DpsgdParams:
     delta: float = 1.0e-5  # the delta epsilon is reported at
 
     def __post_init__(self) -> None:
-        _require(self.noise_multiplier >= 0 and self.max_grad_norm > 0, "train.dpsgd.noise_multiplier must be >= 0 and train.dpsgd.max_grad_norm > 0")
+        _require(
+            self.noise_multiplier >= 0 and self.max_grad_norm > 0,
+            "train.dpsgd.noise_multiplier must be >= 0 and train.dpsgd.max_grad_norm > 0",
+        )
         _require(0 < self.delta < 1, "train.dpsgd.delta must be in (0, 1)")
 
 
@@ -257,10 +310,27 @@ class TrainParams:
     # (:mod:`fmix.models.artifact`).
     MOVED_KEYS: ClassVar[dict[str, str]] = {
         "k": "mixup.k",
-        **{key: f"adaptive.{key}" for key in (
-            "policy_lr", "policy_warmup_epochs", "policy_reference", "policy_reward", "policy_objective", "policy_shuffle", "policy_signal",
-            "policy_gradient", "n_fr", "n_pi", "entropy_weight", "baseline_momentum", "min_val_accuracy", "dual_lr", "target_mean_k", "difficulty_weight",
-        )},
+        **{
+            key: f"adaptive.{key}"
+            for key in (
+                "policy_lr",
+                "policy_warmup_epochs",
+                "policy_reference",
+                "policy_reward",
+                "policy_objective",
+                "policy_shuffle",
+                "policy_signal",
+                "policy_gradient",
+                "n_fr",
+                "n_pi",
+                "entropy_weight",
+                "baseline_momentum",
+                "min_val_accuracy",
+                "dual_lr",
+                "target_mean_k",
+                "difficulty_weight",
+            )
+        },
         "dctdp_epsilon": "dctdp.epsilon",
         "dctdp_clip": "dctdp.clip",
         "dpsgd_noise_multiplier": "dpsgd.noise_multiplier",
@@ -302,17 +372,27 @@ class TrainParams:
     def __post_init__(self) -> None:
         _require_seed(self.seed, "train.seed")
         _require_device(self.device, "train.device")
-        _require(self.init_backbone is None or self.init_backbone.strip() != "", "train.init_backbone must be null or the path of a backbone.pth")
+        _require(
+            self.init_backbone is None or self.init_backbone.strip() != "",
+            "train.init_backbone must be null or the path of a backbone.pth",
+        )
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")
         _require(self.head in ("arcface", "cosface"), f"train.head must be 'arcface' or 'cosface', got {self.head!r}")
-        _require(self.schedule in ("cosine", "step"), f"train.schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        _require(
+            self.schedule in ("cosine", "step"), f"train.schedule must be 'cosine' or 'step', got {self.schedule!r}"
+        )
         _require(self.epochs >= 1 and self.batch_size >= 2, "train.epochs must be >= 1 and train.batch_size >= 2")
         _require(self.lr > 0, "train.lr must be > 0")
         _require(0 <= self.mix_warmup_fraction < 1, "train.mix_warmup_fraction must be in [0, 1)")
-        _require(self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1")
+        _require(
+            self.checkpoint_every >= 1 and self.threads >= 1, "train.checkpoint_every and train.threads must be >= 1"
+        )
         for name, section in method_sections().items():
-            _require(isinstance(getattr(self, name), section), f"train.{name} must be a {section.__name__} (a mapping in params files), got {getattr(self, name)!r}")
+            _require(
+                isinstance(getattr(self, name), section),
+                f"train.{name} must be a {section.__name__} (a mapping in params files), got {getattr(self, name)!r}",
+            )
 
     @property
     def settings(self) -> Any:
@@ -324,7 +404,11 @@ class TrainParams:
 def method_sections() -> dict[str, type]:
     """The method sections of ``train``: field name (the method's registry name) -> its settings dataclass."""
     hints = typing.get_type_hints(TrainParams)
-    return {field.name: hints[field.name] for field in dataclasses.fields(TrainParams) if dataclasses.is_dataclass(hints[field.name])}
+    return {
+        field.name: hints[field.name]
+        for field in dataclasses.fields(TrainParams)
+        if dataclasses.is_dataclass(hints[field.name])
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,8 +463,13 @@ class AttackParams:
         _require(0.0 < self.check_min_s4 <= 1.0, f"attack.check_min_s4 must be in (0, 1], got {self.check_min_s4}")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
         _require(self.steps is None or self.steps >= 1, f"attack.steps must be null or >= 1, got {self.steps}")
-        _require(self.eval_faces >= 2 and self.invert_identities >= 1, "attack.eval_faces must be >= 2 and attack.invert_identities >= 1")
-        _require(self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2")
+        _require(
+            self.eval_faces >= 2 and self.invert_identities >= 1,
+            "attack.eval_faces must be >= 2 and attack.invert_identities >= 1",
+        )
+        _require(
+            self.black_box_k >= 1 and self.batch_size >= 2, "attack.black_box_k must be >= 1 and attack.batch_size >= 2"
+        )
         _require(
             self.judge in ("dlib", "evaluator") or self.judge.lower().endswith(".onnx"),
             f"attack.judge must be 'dlib', 'evaluator' or the path of an ONNX face embedder ending in .onnx, got {self.judge!r}",
@@ -499,7 +588,10 @@ def validate_params(data: dict[str, Any], source: str = "params") -> None:
     if not isinstance(data, dict):
         raise ParamsError(f"{source} must hold a mapping of sections, got {type(data).__name__}")
     _check_section_names(data, source)
-    sections = {name: section_from_mapping(cls, {} if data.get(name) is None else data[name], name) for name, cls in SECTIONS.items()}
+    sections = {
+        name: section_from_mapping(cls, {} if data.get(name) is None else data[name], name)
+        for name, cls in SECTIONS.items()
+    }
     check_sections(sections["train"], sections["mixing"])
     if "sweep" in data:
         sweep_entries(data["sweep"], data.get("train"), sections["mixing"])
@@ -567,7 +659,11 @@ def merge_sections(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     """
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = merge_sections(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            merge_sections(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 
@@ -590,7 +686,9 @@ def load_section(cls: type[T], path: str | Path | None, name: str, **overrides: 
     return section_from_mapping(cls, merge_sections(dataclasses.asdict(section), given), name) if given else section
 
 
-def sweep_entries(values: Any, train: dict[str, Any] | None = None, mixing: MixingParams | None = None) -> dict[str, dict[str, Any]]:
+def sweep_entries(
+    values: Any, train: dict[str, Any] | None = None, mixing: MixingParams | None = None
+) -> dict[str, dict[str, Any]]:
     """Check a ``sweep`` section: names usable in paths and wildcards, each entry valid train overrides.
 
     Args:
@@ -603,10 +701,14 @@ def sweep_entries(values: Any, train: dict[str, Any] | None = None, mixing: Mixi
         The section, unchanged.
     """
     if not isinstance(values, dict) or not values:
-        raise ParamsError(f"section 'sweep' must be a non-empty mapping of entry name -> train overrides, got {values!r}")
+        raise ParamsError(
+            f"section 'sweep' must be a non-empty mapping of entry name -> train overrides, got {values!r}"
+        )
     for name, overrides in values.items():
         if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
-            raise ParamsError(f"sweep entry name {name!r} must be lower-case letters, digits and _, starting with a letter")
+            raise ParamsError(
+                f"sweep entry name {name!r} must be lower-case letters, digits and _, starting with a letter"
+            )
         if not isinstance(overrides, dict):
             raise ParamsError(f"sweep.{name} must be a mapping of train keys, got {overrides!r}")
         entry = section_from_mapping(TrainParams, merge_sections(train or {}, overrides), f"train (with sweep.{name})")
@@ -639,7 +741,10 @@ def defaults_as_dict() -> dict[str, dict[str, Any]]:
 
 def plain_dict(values: dict[str, Any]) -> dict[str, Any]:
     """Tuples as lists, as YAML holds them (nested mappings, a method's section, too)."""
-    return {key: plain_dict(value) if isinstance(value, dict) else list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+    return {
+        key: plain_dict(value) if isinstance(value, dict) else list(value) if isinstance(value, tuple) else value
+        for key, value in values.items()
+    }
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

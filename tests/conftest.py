@@ -8,7 +8,6 @@ import pytest
 
 from fmix_testing import LFW_IMAGES, copy_sample
 
-
 SINGLE_THREAD_FOLDERS = {"models", "metrics", "attacks"}
 
 
@@ -35,7 +34,9 @@ def owner_ledger(tmp_path, monkeypatch) -> Path:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; benchmarks/gpu_check.sh runs them)")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA device (skipped without one; benchmarks/gpu_check.sh runs them)"
+    )
     if not LFW_IMAGES.is_dir():
         raise pytest.UsageError(f"the shared LFW data is missing: {LFW_IMAGES} (see ../shared/data/README.md)")
 
@@ -55,7 +56,6 @@ def aligned_sample(tmp_path_factory, lfw_sample) -> Path:
     out = tmp_path_factory.mktemp("aligned") / "aligned"
     align_folder(lfw_sample, out, AlignParams(workers=1), progress=False)
     return out
-
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +84,20 @@ def make_trainer(pipeline_sample):
 
     def make(method_name: str, mixing: MixingParams | None = None, **overrides) -> Trainer:
         game = AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1)
-        base = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, mix_warmup_fraction=0.0, flip=False, adaptive=game)
+        base = TrainParams(
+            width=0.125,
+            embedding_size=32,
+            batch_size=8,
+            epochs=1,
+            threads=1,
+            mix_warmup_fraction=0.0,
+            flip=False,
+            adaptive=game,
+        )
         params = dataclasses.replace(base, method=method_name, **overrides)
-        return build_trainer(params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"], mixing)[0]
+        return build_trainer(
+            params, pipeline_sample["aligned"], pipeline_sample["splits"], pipeline_sample["masker"], mixing
+        )[0]
 
     return make
 

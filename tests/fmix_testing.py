@@ -12,8 +12,16 @@ LFW = data_root(relative_to=REPO) / "lfw"  # ../shared/data/lfw, or $FMIX_DATA/l
 LFW_IMAGES = LFW / "images_deepfunneled"
 # Identities with many photos, sorted by name: a stable small real sample.
 SAMPLE_IDENTITIES = (
-    "Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo", "Andre_Agassi", "Angelina_Jolie",
-    "Ariel_Sharon", "Arnold_Schwarzenegger", "Atal_Bihari_Vajpayee", "Bill_Clinton", "Carlos_Menem",
+    "Alejandro_Toledo",
+    "Alvaro_Uribe",
+    "Amelie_Mauresmo",
+    "Andre_Agassi",
+    "Angelina_Jolie",
+    "Ariel_Sharon",
+    "Arnold_Schwarzenegger",
+    "Atal_Bihari_Vajpayee",
+    "Bill_Clinton",
+    "Carlos_Menem",
 )
 
 
@@ -21,7 +29,9 @@ def require_files(paths: list[Path]) -> list[Path]:
     """``paths`` if every one is a file; a missing data set fails the test (never skips it)."""
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} test file(s) of the shared data set are missing, first {missing[0]} (see ../shared/data)")
+        raise FileNotFoundError(
+            f"{len(missing)} test file(s) of the shared data set are missing, first {missing[0]} (see ../shared/data)"
+        )
     return paths
 
 

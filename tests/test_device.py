@@ -34,7 +34,10 @@ def test_auto_is_cuda_when_available_else_cpu(fake_cuda):
 
 def test_a_cuda_request_without_cuda_is_an_error(fake_cuda):
     fake_cuda(0)
-    with pytest.raises(ValueError, match=r"device 'cuda' asks for CUDA, but CUDA is not available on this machine \(use 'auto' or 'cpu'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"device 'cuda' asks for CUDA, but CUDA is not available on this machine \(use 'auto' or 'cpu'\)",
+    ):
         resolve_device("cuda")
     with pytest.raises(ValueError, match=r"device 'cuda:0' asks for CUDA, but CUDA is not available"):
         resolve_device("cuda:0")
@@ -42,14 +45,22 @@ def test_a_cuda_request_without_cuda_is_an_error(fake_cuda):
 
 def test_an_index_past_the_device_count_is_an_error(fake_cuda):
     fake_cuda(2)
-    with pytest.raises(ValueError, match=r"device 'cuda:2' does not exist: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(
+        ValueError, match=r"device 'cuda:2' does not exist: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"
+    ):
         resolve_device("cuda:2")
 
 
-@pytest.mark.parametrize("junk", ["", "gpu", "CUDA", "cuda:", "cuda:-1", "cuda:01", "cuda:x", " cpu", "cpu:0", "mps", "cuda:0,1"])
+@pytest.mark.parametrize(
+    "junk", ["", "gpu", "CUDA", "cuda:", "cuda:-1", "cuda:01", "cuda:x", " cpu", "cpu:0", "mps", "cuda:0,1"]
+)
 def test_junk_strings_are_refused_by_name(junk, fake_cuda):
     fake_cuda(4)
-    with pytest.raises(ValueError, match=r"Expected device to be one of auto \| cpu \| cuda \| cuda:N \(N a device index\), got " + repr(junk).replace("(", r"\(")):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected device to be one of auto \| cpu \| cuda \| cuda:N \(N a device index\), got "
+        + repr(junk).replace("(", r"\("),
+    ):
         resolve_device(junk)
     with pytest.raises(ValueError, match=r"Expected train\.device to be one of"):
         check_device_spec(junk, "train.device")
@@ -63,7 +74,11 @@ def test_non_strings_are_a_type_error():
 
 def test_ranks_spread_over_the_gpus_with_auto_and_cuda_only(fake_cuda):
     fake_cuda(2)
-    assert [rank_device("auto", r) for r in range(3)] == [torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 0)]
+    assert [rank_device("auto", r) for r in range(3)] == [
+        torch.device("cuda", 0),
+        torch.device("cuda", 1),
+        torch.device("cuda", 0),
+    ]
     assert rank_device("cuda", 3) == torch.device("cuda", 1)
     assert rank_device("cuda:1", 0) == torch.device("cuda", 1) and rank_device("cpu", 1) == torch.device("cpu")
     fake_cuda(0)
@@ -80,12 +95,18 @@ def test_budget_clock_counts_cpu_seconds_on_the_cpu_and_wall_seconds_on_cuda():
         clock_function("auto")
 
 
-@pytest.mark.parametrize("cls, section", [(TrainParams, "train"), (EvaluateParams, "evaluate"), (EvaluatorParams, "evaluator"), (AttackParams, "attack")])
+@pytest.mark.parametrize(
+    "cls, section",
+    [(TrainParams, "train"), (EvaluateParams, "evaluate"), (EvaluatorParams, "evaluator"), (AttackParams, "attack")],
+)
 def test_params_sections_take_a_device_checked_without_cuda(cls, section, fake_cuda):
     fake_cuda(0)  # a file written for a GPU machine still loads here: only the form is checked
     assert cls().device == "auto"
     assert section_from_mapping(cls, {"device": "cuda:3"}, section).device == "cuda:3"
-    with pytest.raises(ParamsError, match=rf"Expected {section}\.device to be one of auto \| cpu \| cuda \| cuda:N \(N a device index\), got 'gpu'"):
+    with pytest.raises(
+        ParamsError,
+        match=rf"Expected {section}\.device to be one of auto \| cpu \| cuda \| cuda:N \(N a device index\), got 'gpu'",
+    ):
         section_from_mapping(cls, {"device": "gpu"}, section)
     with pytest.raises(ParamsError, match=rf"{section}\.device must be str, got 1"):
         section_from_mapping(cls, {"device": 1}, section)
@@ -96,7 +117,9 @@ def test_attack_config_resolves_its_device_and_budget_clock(fake_cuda):
 
     fake_cuda(0)
     attack = ReconstructionAttack(AttackConfig())
-    assert AttackConfig().device == "auto" and attack.device == torch.device("cpu") and attack.clock == "process"  # CPU runs as before
+    assert (
+        AttackConfig().device == "auto" and attack.device == torch.device("cpu") and attack.clock == "process"
+    )  # CPU runs as before
     assert ReconstructionAttack(AttackConfig(clock="wall")).clock == "wall"
     assert AttackConfig.from_params(dataclasses.replace(AttackParams(), device="cpu")).device == "cpu"
     with pytest.raises(ValueError, match="Expected device to be one of auto"):
@@ -113,7 +136,10 @@ def test_on_cuda_auto_picks_the_gpu_and_models_run_there():
     from fmix.models.iresnet import build_backbone
 
     device = resolve_device("auto")
-    assert device.type == "cuda" and resolve_device(f"cuda:{torch.cuda.device_count() - 1}").index == torch.cuda.device_count() - 1
+    assert (
+        device.type == "cuda"
+        and resolve_device(f"cuda:{torch.cuda.device_count() - 1}").index == torch.cuda.device_count() - 1
+    )
     net = build_backbone("iresnet18", 3, 112, embedding_size=16, width=0.125).to(device).eval()
     x = torch.rand(4, 3, 112, 112)
     with torch.no_grad():
@@ -133,7 +159,9 @@ def test_on_cuda_the_attack_trains_on_the_gpu_with_a_wall_clock_budget():
         return ProtectedPairs(x, torch.arange(batch)[:, None], torch.ones(batch, 1))
 
     faces = (torch.rand(8, 3, 112, 112) * 255).to(torch.uint8)
-    attack = ReconstructionAttack(AttackConfig(batch_size=4, width=8, adv_weight=0.0)).fit(faces, protector, steps=2, seconds=60)
+    attack = ReconstructionAttack(AttackConfig(batch_size=4, width=8, adv_weight=0.0)).fit(
+        faces, protector, steps=2, seconds=60
+    )
     assert attack.clock == "wall" and next(attack.generator.parameters()).device.type == "cuda"
     assert attack.invert(torch.rand(2, 3, 14, 14)).device.type == "cpu"
 
@@ -145,5 +173,8 @@ def test_the_face_detector_follows_the_device_rule():
 
     assert RetinaFaceDetector(device="cpu")._session.get_providers() == ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        with pytest.raises(ValueError, match=r"device 'cuda' asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider \(install onnxruntime-gpu\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"device 'cuda' asks for CUDA, but this ONNX Runtime has no CUDAExecutionProvider \(install onnxruntime-gpu\)",
+        ):
             RetinaFaceDetector(device="cuda")

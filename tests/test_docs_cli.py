@@ -11,10 +11,17 @@ from fmix import docs_cli
 
 def test_the_reference_lists_every_command_with_its_options():
     text = docs_cli.render()
-    for heading in ("## `fmix align`", "## `fmix attack reconstruct`", "## `fmix data lfw`", "## `fmix pipeline generate`"):
+    for heading in (
+        "## `fmix align`",
+        "## `fmix attack reconstruct`",
+        "## `fmix data lfw`",
+        "## `fmix pipeline generate`",
+    ):
         assert heading in text
     assert "](#fmix-data-lfw)" in text
-    assert "| `--base-url <str>` |" in text or "| `--base-url TEXT` |" in text  # Typer's metavar style varies by version
+    assert (
+        "| `--base-url <str>` |" in text or "| `--base-url TEXT` |" in text
+    )  # Typer's metavar style varies by version
     assert "[default: https://vis-www.cs.umass.edu/lfw/]" in text
     assert text == docs_cli.render()  # same text twice
 
@@ -22,7 +29,13 @@ def test_the_reference_lists_every_command_with_its_options():
 def test_the_reference_does_not_depend_on_the_terminal():
     code = "from fmix.docs_cli import render; import sys; sys.stdout.write(render())"
     texts = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": columns}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "COLUMNS": columns},
+        ).stdout
         for columns in ("30", "250")
     }
     assert len(texts) == 1
@@ -52,5 +65,8 @@ def test_a_new_command_makes_the_file_stale(tmp_path):
         """The second command."""
 
     text = docs_cli.render(extra)
-    assert text.index("## `fmix first`") < text.index("## `fmix second`") and "How many." in text and "[default: 3]" in text
-
+    assert (
+        text.index("## `fmix first`") < text.index("## `fmix second`")
+        and "How many." in text
+        and "[default: 3]" in text
+    )

@@ -69,7 +69,13 @@ DYNAMIC_IMPORTS = ("import_module", "__import__")
 
 
 def _called_name(node: ast.Call) -> str:
-    return node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id if isinstance(node.func, ast.Name) else ""
+    return (
+        node.func.attr
+        if isinstance(node.func, ast.Attribute)
+        else node.func.id
+        if isinstance(node.func, ast.Name)
+        else ""
+    )
 
 
 def _module_path(value: object, package: str) -> str | None:
@@ -84,14 +90,25 @@ def imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str]]:
     """(line, module) of every import of ``package`` in the file, at any depth (functions included),
     lazy ones too: a dynamic import of a constant name, and a string naming a module (a registry path)."""
     found = []
-    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    docstrings = {
+        id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == package]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == package:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == package
+        ):
             found.append((node.lineno, node.module))
             # `from fmix import io`: the names may be modules themselves
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names if f"{node.module}.{alias.name}" in _KNOWN]
+            found += [
+                (node.lineno, f"{node.module}.{alias.name}")
+                for alias in node.names
+                if f"{node.module}.{alias.name}" in _KNOWN
+            ]
         elif isinstance(node, ast.Constant) and id(node) not in docstrings and _module_path(node.value, package):
             found.append((node.lineno, _module_path(node.value, package)))
     return found
@@ -102,7 +119,9 @@ def computed_imports(tree: ast.AST) -> list[int]:
     return [
         node.lineno
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and _called_name(node) in DYNAMIC_IMPORTS and not (node.args and isinstance(node.args[0], ast.Constant))
+        if isinstance(node, ast.Call)
+        and _called_name(node) in DYNAMIC_IMPORTS
+        and not (node.args and isinstance(node.args[0], ast.Constant))
     ]
 
 
@@ -140,9 +159,14 @@ def layer_violations(root: Path, layers: dict[str, int], loaders: dict[str, str 
             other = layer_of(imported, layers)
             if other > own:
                 via = f" (through {module}, resolved by {importer})" if importer != module else ""
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {importer} (layer {own}) imports {imported} (layer {other}){via}")
+                problems.append(
+                    f"{path.relative_to(root.parent)}:{line}: {importer} (layer {own}) imports {imported} (layer {other}){via}"
+                )
         if module not in loaders:
-            problems += [f"{path.relative_to(root.parent)}:{line}: {module} imports a computed name; import a constant one or declare the loader" for line in computed_imports(tree)]
+            problems += [
+                f"{path.relative_to(root.parent)}:{line}: {module} imports a computed name; import a constant one or declare the loader"
+                for line in computed_imports(tree)
+            ]
     return problems
 
 
@@ -166,8 +190,12 @@ FAKE_LAYERS = {"fake": 0, "fake.data": 1, "fake.train": 4}
 
 
 def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
-    root = _fake_package(tmp_path, "def load():\n    from fake.train.loop import step  # hidden in a function\n    return step\n")
-    assert layer_violations(root, FAKE_LAYERS) == ["fake/data/faces.py:2: fake.data.faces (layer 1) imports fake.train.loop (layer 4)"]
+    root = _fake_package(
+        tmp_path, "def load():\n    from fake.train.loop import step  # hidden in a function\n    return step\n"
+    )
+    assert layer_violations(root, FAKE_LAYERS) == [
+        "fake/data/faces.py:2: fake.data.faces (layer 1) imports fake.train.loop (layer 4)"
+    ]
 
 
 def test_a_module_import_of_a_higher_layer_is_caught(tmp_path):
@@ -191,17 +219,25 @@ def test_an_unplaced_module_is_an_error(tmp_path):
 
 
 def test_a_lazy_import_through_importlib_is_caught(tmp_path):
-    root = _fake_package(tmp_path, "import importlib\n\ndef load():\n    return importlib.import_module('fake.train.loop')\n")
-    assert layer_violations(root, FAKE_LAYERS) == ["fake/data/faces.py:4: fake.data.faces (layer 1) imports fake.train.loop (layer 4)"]
+    root = _fake_package(
+        tmp_path, "import importlib\n\ndef load():\n    return importlib.import_module('fake.train.loop')\n"
+    )
+    assert layer_violations(root, FAKE_LAYERS) == [
+        "fake/data/faces.py:4: fake.data.faces (layer 1) imports fake.train.loop (layer 4)"
+    ]
 
 
 def test_a_registry_path_counts_as_an_import_of_its_loader(tmp_path):
     root = _fake_package(tmp_path, "")
     (root / "registry.py").write_text('"""Paths only."""\nREGISTRY = {"loop": "fake.train.loop:step"}\n')
-    (root / "train" / "load.py").write_text("import importlib\n\ndef load(path):\n    return importlib.import_module(path)\n")
+    (root / "train" / "load.py").write_text(
+        "import importlib\n\ndef load(path):\n    return importlib.import_module(path)\n"
+    )
     layers = {**FAKE_LAYERS, "fake.registry": 0}
     assert layer_violations(root, layers, {"fake.train.load": "fake.registry"}) == []  # resolved in layer 4: fine
-    (root / "data" / "load.py").write_text("import importlib\n\ndef load(path):\n    return importlib.import_module(path)\n")
+    (root / "data" / "load.py").write_text(
+        "import importlib\n\ndef load(path):\n    return importlib.import_module(path)\n"
+    )
     assert layer_violations(root, layers, {"fake.data.load": "fake.registry"}) == [
         "fake/registry.py:2: fake.data.load (layer 1) imports fake.train.loop (layer 4) (through fake.registry, resolved by fake.data.load)",
         "fake/train/load.py:4: fake.train.load imports a computed name; import a constant one or declare the loader",

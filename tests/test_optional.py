@@ -30,7 +30,9 @@ def _hide(monkeypatch, *packages: str) -> None:
 
 def test_require_returns_the_module_or_names_the_extra():
     assert require("json", "test").dumps([]) == "[]"
-    with pytest.raises(MissingExtraError, match=r"'fmix_no_such_package' is missing.*pip install 'fmix-privacy\[judge\]'"):
+    with pytest.raises(
+        MissingExtraError, match=r"'fmix_no_such_package' is missing.*pip install 'fmix-privacy\[judge\]'"
+    ):
         require("fmix_no_such_package", "judge")
     with pytest.raises(ModuleNotFoundError) as err:  # a missing module inside an installed package is no missing extra
         require("json.no_such_module", "test")
@@ -41,7 +43,9 @@ def test_dlib_judge_without_the_judge_extra(monkeypatch):
     from fmix.models import dlib_judge
 
     _hide(monkeypatch, "dlib")
-    with pytest.raises(MissingExtraError, match=r"'dlib' is missing: fmix needs it for the dlib judge.*fmix-privacy\[judge\]"):
+    with pytest.raises(
+        MissingExtraError, match=r"'dlib' is missing: fmix needs it for the dlib judge.*fmix-privacy\[judge\]"
+    ):
         dlib_judge.DlibJudge()
     monkeypatch.setattr(dlib_judge.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingExtraError, match=r"face_recognition_models.*fmix-privacy\[judge\]"):
@@ -66,5 +70,8 @@ def test_report_without_the_pipeline_extra(monkeypatch, tmp_path):
     from fmix.pipeline.report import write_report
 
     _hide(monkeypatch, "matplotlib")
-    with pytest.raises(MissingExtraError, match=r"'matplotlib' is missing: fmix needs it for the report's figures.*fmix-privacy\[pipeline\]"):
+    with pytest.raises(
+        MissingExtraError,
+        match=r"'matplotlib' is missing: fmix needs it for the report's figures.*fmix-privacy\[pipeline\]",
+    ):
         write_report(tmp_path, tmp_path, tmp_path / "out", tmp_path / "params.yaml")

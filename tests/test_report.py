@@ -11,19 +11,34 @@ from fmix.cli import app
 runner = CliRunner()
 
 
-def _entry(results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None, check_s4=0.5):
+def _entry(
+    results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None, check_s4=0.5
+):
     folder = results / name
     folder.mkdir(parents=True)
     verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
-    (folder / "verification.json").write_text(json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}}))
+    (folder / "verification.json").write_text(
+        json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}})
+    )
     check = {"check": {"S4": check_s4}, "check_min_s4": 0.25, "attack_works": check_s4 >= 0.25}
-    privacy = {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib", **check} if privacy_row else {"row": None, "reason": "nothing to reconstruct"}
+    privacy = (
+        {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib", **check}
+        if privacy_row
+        else {"row": None, "reason": "nothing to reconstruct"}
+    )
     (folder / "privacy.json").write_text(json.dumps(privacy))
     (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": 0.25}}))
-    log = [{"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})} for e in range(3)]
+    log = [
+        {"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})}
+        for e in range(3)
+    ]
     (models / name).mkdir(parents=True)
     (models / name / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
-    summary = {"final_mean_k": 3.0 if k_histogram else None, "final_k_histogram": k_histogram, "final_k_by_difficulty": k_by_difficulty}
+    summary = {
+        "final_mean_k": 3.0 if k_histogram else None,
+        "final_k_histogram": k_histogram,
+        "final_k_by_difficulty": k_by_difficulty,
+    }
     (models / name / "train_summary.json").write_text(json.dumps(summary))
 
 
@@ -34,26 +49,63 @@ def test_report_tables_figures_and_page(tmp_path):
     _entry(results, models, "mixup3", "mixup", 0.61, row, {"3": 90})
     _entry(results, models, "mixup5", "mixup", 0.55, row, {"5": 90}, check_s4=0.125)  # its attackers fail the check
     params = tmp_path / "params.yaml"
-    sweep = {"none": {"method": "none"}, "mixup3": {"method": "mixup", "mixup": {"k": 3}}, "mixup5": {"method": "mixup", "mixup": {"k": 5}}}
+    sweep = {
+        "none": {"method": "none"},
+        "mixup3": {"method": "mixup", "mixup": {"k": 3}},
+        "mixup5": {"method": "mixup", "mixup": {"k": 5}},
+    }
     params.write_text(yaml.safe_dump({"train": {}, "sweep": sweep}, sort_keys=False))
     result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
     table = json.loads((out / "methods.json").read_text())
     assert list(table) == ["none", "mixup3", "mixup5"]
     assert table["mixup3"] == {
-        "method": "mixup", "accuracy": 0.61, "accuracy_std": 0.05, "auc": 0.9, "tar_1e-3": None, "floor_accuracy": 0.6,
-        "S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "ssim_floor": 0.5, "chance": 0.004, "check_S4": 0.5, "attack_works": True,
-        "Score_pp": 0.7, "Score_cls": 0.61, "inversion_top1": 0.25, "mean_k": 3.0, "epsilon": None,
+        "method": "mixup",
+        "accuracy": 0.61,
+        "accuracy_std": 0.05,
+        "auc": 0.9,
+        "tar_1e-3": None,
+        "floor_accuracy": 0.6,
+        "S1": 0.4,
+        "S2": 0.1,
+        "S3": 0.55,
+        "S4": 0.2,
+        "ssim_floor": 0.5,
+        "chance": 0.004,
+        "check_S4": 0.5,
+        "attack_works": True,
+        "Score_pp": 0.7,
+        "Score_cls": 0.61,
+        "inversion_top1": 0.25,
+        "mean_k": 3.0,
+        "epsilon": None,
     }
     markdown = (out / "report.md").read_text()
-    assert "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.500 | yes | 0.700 | 0.610 | 0.250 | 3.000 | — |" in markdown
-    assert "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.125 | no |" in markdown
-    assert "found the attackers too weak at this budget for: mixup5 (check S4 0.125 < 0.25). Their S3, S4 and Score_pp credit no privacy" in markdown
+    assert (
+        "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.500 | yes | 0.700 | 0.610 | 0.250 | 3.000 | — |"
+        in markdown
+    )
+    assert (
+        "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.125 | no |"
+        in markdown
+    )
+    assert (
+        "found the attackers too weak at this budget for: mixup5 (check S4 0.125 < 0.25). Their S3, S4 and Score_pp credit no privacy"
+        in markdown
+    )
     assert "Not attacked: none: nothing to reconstruct." in markdown
-    assert "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown  # the judge the attacks used
+    assert (
+        "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown
+    )  # the judge the attacks used
     assert (out / "tradeoff.csv").read_text() == "method,Score_pp,accuracy\nmixup3,0.7,0.61\nmixup5,0.7,0.55\n"
-    assert sorted(path.name for path in (out / "curves").iterdir()) == ["mixup3.csv", "mixup5.csv", "none.csv"]  # one DVC plot per entry
-    assert (out / "curves" / "mixup3.csv").read_text() == "epoch,loss,val_accuracy,mean_k\n1,10.0,0.0,\n2,9.0,0.1,\n3,8.0,0.2,\n"  # epochs from 1
+    assert sorted(path.name for path in (out / "curves").iterdir()) == [
+        "mixup3.csv",
+        "mixup5.csv",
+        "none.csv",
+    ]  # one DVC plot per entry
+    assert (
+        out / "curves" / "mixup3.csv"
+    ).read_text() == "epoch,loss,val_accuracy,mean_k\n1,10.0,0.0,\n2,9.0,0.1,\n3,8.0,0.2,\n"  # epochs from 1
     for figure in ("tradeoff.png", "curves.png", "k_distribution.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
@@ -73,16 +125,23 @@ def test_report_shows_the_learned_k_against_difficulty(tmp_path):
     result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
     markdown = (out / "report.md").read_text()
-    assert "| entry | mean k, quartile 1 | mean k, quartile 2 | mean k, quartile 3 | mean k, quartile 4 | MI (bits) | samples |" in markdown
+    assert (
+        "| entry | mean k, quartile 1 | mean k, quartile 2 | mean k, quartile 3 | mean k, quartile 4 | MI (bits) | samples |"
+        in markdown
+    )
     assert "| adaptive | 4.00 | 3.00 | 3.00 | 2.00 | 0.500 | 16 |" in markdown
 
 
 def test_report_errors(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"sweep": {"adaptive": {"method": "adaptive"}}}))
-    result = runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)])
+    result = runner.invoke(
+        app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)]
+    )
     assert result.exit_code == 1 and "error: no verification metrics for sweep entry adaptive" in result.output
     params.write_text("train: {}\n")
-    result = runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)])
+    result = runner.invoke(
+        app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)]
+    )
     assert result.exit_code == 1 and "error: section 'sweep' must be a non-empty mapping" in result.output
     assert not (tmp_path / "o").exists()

@@ -18,7 +18,15 @@ from fmix.train.data import batch_indices, epoch_order
 from fmix.train.loop import train
 from fmix.train.trainer import lr_factor
 
-TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=2, checkpoint_every=2, threads=1, adaptive=AdaptiveParams(policy_warmup_epochs=0.5, n_fr=1, n_pi=1))
+TINY = TrainParams(
+    width=0.125,
+    embedding_size=32,
+    batch_size=8,
+    epochs=2,
+    checkpoint_every=2,
+    threads=1,
+    adaptive=AdaptiveParams(policy_warmup_epochs=0.5, n_fr=1, n_pi=1),
+)
 
 
 def _tiny(**overrides) -> TrainParams:
@@ -51,13 +59,18 @@ def _log(run: Path) -> list[dict]:
 
 
 def _untimed(rows: list[dict]) -> list[dict]:
-    return [{key: value for key, value in row.items() if not key.startswith("seconds") and key != "policy_overhead"} for row in rows]
+    return [
+        {key: value for key, value in row.items() if not key.startswith("seconds") and key != "policy_overhead"}
+        for row in rows
+    ]
 
 
 def test_kill_and_resume_ends_like_an_uninterrupted_run(pipeline_sample, tmp_path):
     paths = pipeline_sample["aligned"], pipeline_sample["splits"]
     full = train(TINY, *paths, tmp_path / "full", pipeline_sample["masker"], progress=False)
-    assert train(TINY, *paths, tmp_path / "killed", pipeline_sample["masker"], max_steps=3, progress=False) == {"stopped_at_step": 3}
+    assert train(TINY, *paths, tmp_path / "killed", pipeline_sample["masker"], max_steps=3, progress=False) == {
+        "stopped_at_step": 3
+    }
     resumed = train(TINY, *paths, tmp_path / "killed", pipeline_sample["masker"], resume=True, progress=False)
     assert resumed["val_accuracy"] == full["val_accuracy"]
     for name, tensor in _weights(tmp_path / "full" / "model.pt").items():
@@ -65,7 +78,11 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(pipeline_sample, tmp_pat
     log, reference = _log(tmp_path / "killed"), _log(tmp_path / "full")
     assert len(log) == 2 and _untimed(log) == _untimed(reference)
     game_epoch = log[1]
-    assert game_epoch["policy_steps"] > 0 and game_epoch["nu"] is not None and sum(game_epoch["k_histogram"].values()) == pytest.approx(1.0)
+    assert (
+        game_epoch["policy_steps"] > 0
+        and game_epoch["nu"] is not None
+        and sum(game_epoch["k_histogram"].values()) == pytest.approx(1.0)
+    )
 
 
 def test_resume_refuses_other_parameters(pipeline_sample, tmp_path):
@@ -79,11 +96,20 @@ def test_resume_refuses_other_parameters(pipeline_sample, tmp_path):
 @pytest.mark.parametrize("method", ["none", "freq", "ppfrfd", "mixup"])
 def test_every_method_trains_through_the_same_loop(pipeline_sample, tmp_path, method):
     params = _tiny(method=method, epochs=1, mixup=MixupParams(k=3))
-    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    summary = train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path,
+        pipeline_sample["masker"],
+        progress=False,
+    )
     assert summary["method"] == method and 0.0 <= summary["val_accuracy"] <= 1.0
     assert summary["final_mean_k"] == (3.0 if method == "mixup" else None)
     record = load_checkpoint(tmp_path / "model.pt")
-    assert record["input"] == {"none": [3, 112], "freq": [192, 28]}.get(method, [174, 28])  # export.upsample 2: 28x28 maps
+    assert record["input"] == {"none": [3, 112], "freq": [192, 28]}.get(
+        method, [174, 28]
+    )  # export.upsample 2: 28x28 maps
 
 
 @pytest.mark.parametrize(("method", "sign_invariant"), [("mixup", True), ("ppfrfd", False)])
@@ -92,7 +118,15 @@ def test_a_network_trained_on_sign_masked_mixes_reads_magnitudes(pipeline_sample
     from fmix.params import MixingParams
 
     params = _tiny(method=method, epochs=1, mixup=MixupParams(k=2))
-    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False, mixing=MixingParams(sign_flip=True))
+    train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path,
+        pipeline_sample["masker"],
+        progress=False,
+        mixing=MixingParams(sign_flip=True),
+    )
     model, _ = load_trained_model(tmp_path / "model.pt")
     assert model.backbone.sign_invariant is sign_invariant  # ppfrfd never mixes, so it sees no sign mask
 
@@ -121,12 +155,30 @@ def test_checkpoints_never_unpickle_objects(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 4\n  epochs: 1\n  threads: 1\n  adaptive: {policy_warmup_epochs: 0.0, n_fr: 1, n_pi: 1}\n")
+    params.write_text(
+        "train:\n  width: 0.125\n  embedding_size: 32\n  batch_size: 4\n  epochs: 1\n  threads: 1\n  adaptive: {policy_warmup_epochs: 0.0, n_fr: 1, n_pi: 1}\n"
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fmix", "train",
-               str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(tmp_path / "out"),
-               "--masker", str(pipeline_sample["masker"]), "--params", str(params), "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fmix",
+        "train",
+        str(pipeline_sample["aligned"]),
+        str(pipeline_sample["splits"]),
+        str(tmp_path / "out"),
+        "--masker",
+        str(pipeline_sample["masker"]),
+        "--params",
+        str(params),
+        "--quiet",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "trained adaptive" in result.stdout
     log = _log(tmp_path / "out")
@@ -135,18 +187,29 @@ def test_two_process_ddp_on_cpu(pipeline_sample, tmp_path):
 
 @pytest.mark.parametrize("signal", ["none", "confidence"])
 def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
-    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.masker.export import export_masker, masker_with_trained_policy
+    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.params import ExportParams
 
     params = _tiny(epochs=1, adaptive={"policy_warmup_epochs": 0.0, "policy_signal": signal})
-    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
-    summary = export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt")
+    train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path / "run",
+        pipeline_sample["masker"],
+        progress=False,
+    )
+    summary = export_masker(
+        None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt"
+    )
     assert summary["kept_channels"] == 174
     onnx_masker = OnnxMasker(tmp_path / "adaptive.onnx")
     assert json.loads(onnx_masker.metadata["policy"]) == "strategy"
     torch_masker = masker_with_trained_policy(tmp_path / "run" / "model.pt")
-    assert (torch_masker.policy.signal is not None) == (signal == "confidence")  # the FR network travels with a confidence policy
+    assert (torch_masker.policy.signal is not None) == (
+        signal == "confidence"
+    )  # the FR network travels with a confidence policy
     images, noise = torch.rand(16, 3, 112, 112) * 255, torch.linspace(0.01, 0.99, 16)
     masked, k = onnx_masker(images, noise)
     expected_masked, expected_k = torch_masker(images, noise)
@@ -157,16 +220,32 @@ def test_export_with_the_trained_policy(pipeline_sample, tmp_path, signal):
     with torch.no_grad():
         masked = torch_masker.masked(private.float_images(torch.arange(len(private))))
         probs = torch_masker.policy(masked, torch_masker.progress.expand(len(masked)))
-    assert (probs * torch_masker.k_values).sum(1).mean().item() == pytest.approx(params.adaptive.target_mean_k, abs=1e-4)
+    assert (probs * torch_masker.k_values).sum(1).mean().item() == pytest.approx(
+        params.adaptive.target_mean_k, abs=1e-4
+    )
     with pytest.raises(ValueError, match="has no strategy network"):
         fixed = _tiny(method="ppfrfd", epochs=1)
-        train(fixed, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "fixed", pipeline_sample["masker"], progress=False)
+        train(
+            fixed,
+            pipeline_sample["aligned"],
+            pipeline_sample["splits"],
+            tmp_path / "fixed",
+            pipeline_sample["masker"],
+            progress=False,
+        )
         masker_with_trained_policy(tmp_path / "fixed" / "model.pt")
 
 
 def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp_path):
     params = _tiny(method="mixup", mixup=MixupParams(k=3), epochs=2, mix_warmup_fraction=0.5)
-    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path,
+        pipeline_sample["masker"],
+        progress=False,
+    )
     first, second = _log(tmp_path)
     assert "k_histogram" not in first  # un-mixed: no k drawn
     assert second["k_histogram"]["3"] == 1.0
@@ -174,7 +253,14 @@ def test_mixing_methods_start_unmixed_during_the_mix_warmup(pipeline_sample, tmp
 
 def test_adaptive_logs_k_against_difficulty_with_the_per_sample_advantage(pipeline_sample, tmp_path):
     params = _tiny(method="adaptive", adaptive={"policy_reference": "unmixed"})
-    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    summary = train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path,
+        pipeline_sample["masker"],
+        progress=False,
+    )
     table = summary["final_k_by_difficulty"]
     assert len(table) == 4 and all(len(row) == 5 for row in table)
     assert sum(map(sum, table)) == _log(tmp_path)[-1]["policy_steps"] * TINY.batch_size
@@ -191,11 +277,21 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
     rewards = {}
     for reference in ("none", "unmixed"):
         torch.manual_seed(0)  # the same policy weights, k draws and mixes for both references
-        game = AdaptiveGame(3, (2, 3, 4, 5, 6), AdaptiveParams(policy_reference=reference, policy_signal="none", policy_gradient="sampled", policy_objective="adversarial"))
-        rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)["reward"]
+        game = AdaptiveGame(
+            3,
+            (2, 3, 4, 5, 6),
+            AdaptiveParams(
+                policy_reference=reference,
+                policy_signal="none",
+                policy_gradient="sampled",
+                policy_objective="adversarial",
+            ),
+        )
+        rewards[reference] = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), label_loss)[
+            "reward"
+        ]
     # Un-mixed, each sample's loss is its own label: mean 1.5 over the batch.
     assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
-
 
 
 def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
@@ -205,7 +301,17 @@ def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
     anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
     torch.manual_seed(0)
     # A budget of 4, halfway between 2 and 6: the best policy gives 6 to one half and 2 to the other.
-    params = AdaptiveParams(**{"policy_lr": 0.05, "entropy_weight": 0.0, "difficulty_weight": 0.0, "policy_signal": "none", "target_mean_k": 4.0, "policy_objective": "adversarial", **overrides})
+    params = AdaptiveParams(
+        **{
+            "policy_lr": 0.05,
+            "entropy_weight": 0.0,
+            "difficulty_weight": 0.0,
+            "policy_signal": "none",
+            "target_mean_k": 4.0,
+            "policy_objective": "adversarial",
+            **overrides,
+        }
+    )
     return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
 
 
@@ -309,11 +415,17 @@ def test_calibration_prices_the_learned_policy_to_the_budget():
     game.policy.eval()
     after = expected_k()
     assert stats["expected_mean_k"] == pytest.approx(before.mean().item(), abs=1e-5)
-    assert after.mean().item() == pytest.approx(3.0, abs=1e-5) and stats["budget_price"] == game.policy.k_price.item() != 0.0
+    assert (
+        after.mean().item() == pytest.approx(3.0, abs=1e-5)
+        and stats["budget_price"] == game.policy.k_price.item() != 0.0
+    )
     assert after[0::2].min() > after[1::2].max()  # the even anchors, whose loss grows with k, still get more faces
     free, *_ = _parity_game(target_mean_k=None)
     assert free.calibrate(anchors.split(5), 0.5) == {} and free.policy.k_price.item() == 0.0
-    with pytest.raises(ValueError, match=r"train.adaptive.target_mean_k=5.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.adaptive.target_mean_k=5.0 must lie strictly between the smallest and the largest k of the policy \(2, 3, 4\)",
+    ):
         AdaptiveGame(3, (2, 3, 4), AdaptiveParams(target_mean_k=5.0))
 
 
@@ -321,14 +433,29 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     from fmix.masker.export import masker_with_trained_policy
     from fmix.models.artifact import ModelRecord, load_trained_model
 
-    params = _tiny(epochs=1, adaptive={"policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"})
-    train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
+    params = _tiny(
+        epochs=1, adaptive={"policy_warmup_epochs": 0.0, "policy_signal": "none", "policy_gradient": "sampled"}
+    )
+    train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path / "run",
+        pipeline_sample["masker"],
+        progress=False,
+    )
     state = load_checkpoint(tmp_path / "run" / "model.pt")
     assert state["sign_invariant"] is True and state["params"]["adaptive"] == dataclasses.asdict(params.adaptive)
     # An older model.pt: the method settings flat in train (before train.<method>), without the game's later keys,
     # without sign_invariant (derived from the method's name and the mixing) nor the encoder's kind.
     flat = state["params"]
-    flat.update({key: value for key, value in flat.pop("adaptive").items() if key not in ("policy_signal", "policy_gradient", "policy_reward", "policy_objective")})
+    flat.update(
+        {
+            key: value
+            for key, value in flat.pop("adaptive").items()
+            if key not in ("policy_signal", "policy_gradient", "policy_reward", "policy_objective")
+        }
+    )
     flat["k"] = flat.pop("mixup")["k"]
     flat.update({f"dctdp_{key}": value for key, value in flat.pop("dctdp").items()})
     flat.update({f"dpsgd_{key}": value for key, value in flat.pop("dpsgd").items()})
@@ -338,8 +465,17 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     save_checkpoint(state, tmp_path / "old.pt")
     record = ModelRecord.load(tmp_path / "old.pt")
     game = record.params.adaptive
-    assert (game.policy_signal, game.policy_gradient, game.policy_reward, game.policy_objective) == ("none", "sampled", "mixed", "adversarial")
-    assert (game.n_fr, game.policy_warmup_epochs, record.params.mixup.k) == (1, 0.0, 2) and record.sign_invariant is True
+    assert (game.policy_signal, game.policy_gradient, game.policy_reward, game.policy_objective) == (
+        "none",
+        "sampled",
+        "mixed",
+        "adversarial",
+    )
+    assert (game.n_fr, game.policy_warmup_epochs, record.params.mixup.k) == (
+        1,
+        0.0,
+        2,
+    ) and record.sign_invariant is True
     assert record.encoder["kind"] == "frequency" and record.encoder["allow_dc"] is False
     old = masker_with_trained_policy(tmp_path / "old.pt").policy
     assert old.signal is None and old.network.k_price.item() == 0.0

@@ -2,7 +2,14 @@
 
 from fmix.attacks.grids import image_grid, one_per_identity, write_attack_grid
 from fmix.attacks.patchgan import PatchDiscriminator
-from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, Protector, surrogate_protector
+from fmix.attacks.protectors import (
+    MaskerProtector,
+    NoisyFrequencyProtector,
+    PixelMixProtector,
+    ProtectedPairs,
+    Protector,
+    surrogate_protector,
+)
 from fmix.attacks.reconstruction import (
     AttackConfig,
     ReconstructionAttack,

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fmix.data.images import write_png_atomic
 from fmix.checks import check_float, check_int, check_tensor
+from fmix.data.images import write_png_atomic
 
 
 def one_per_identity(identities: list[str], count: int) -> list[int]:
@@ -66,7 +66,9 @@ def image_grid(rows: list[Tensor], padding: int = 2, fill: int = 255) -> np.ndar
     return grid.numpy()
 
 
-def write_attack_grid(path: str | Path, originals: Tensor, protected_view: Tensor, recon: Tensor, padding: int = 2) -> np.ndarray:
+def write_attack_grid(
+    path: str | Path, originals: Tensor, protected_view: Tensor, recon: Tensor, padding: int = 2
+) -> np.ndarray:
     """Write the attack grid PNG: rows original / protected visualisation / reconstruction.
 
     Args:

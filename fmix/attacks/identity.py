@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from fmix.attacks.judge_gallery import load_gallery
-from fmix.models.dlib_judge import DlibJudge
 from fmix.data.faces import FaceSet
 from fmix.models.artifact import load_trained_model
+from fmix.models.dlib_judge import DlibJudge
 
 JUDGES = ("dlib", "evaluator")  # besides these names: the path of an ONNX face embedder (PATH.onnx)
 ONNX_JUDGE = "onnx"  # the key of an ONNX judge's scores in ``by_judge``
@@ -118,13 +118,20 @@ class Evaluator:
         self.model, record = load_trained_model(model_path, device)
         self.device = torch.device(device)
         if record.method != "none":
-            raise ValueError(f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record.method!r}")
+            raise ValueError(
+                f"the evaluator must be trained on clean RGB faces (method none), {model_path} used {record.method!r}"
+            )
         self.num_classes = record.num_classes
 
     @torch.no_grad()
     def logits(self, images: Tensor) -> Tensor:
         model = self.model
-        return torch.cat([model.head.logits(model.backbone(model.encoder(images[i : i + 128].to(self.device)))).cpu() for i in range(0, len(images), 128)])
+        return torch.cat(
+            [
+                model.head.logits(model.backbone(model.encoder(images[i : i + 128].to(self.device)))).cpu()
+                for i in range(0, len(images), 128)
+            ]
+        )
 
     def embed(self, images: Tensor) -> Tensor:
         """Normalised embeddings (no flip averaging: reconstructions are scored as they are)."""
@@ -168,7 +175,9 @@ class DlibGallery:
         - labels, valid, sources: :math:`(B, K)`, one column per constituent.
     """
 
-    def __init__(self, gallery: FaceSet, num_identities: int | None = None, judge=None, gallery_file: str | Path | None = None) -> None:
+    def __init__(
+        self, gallery: FaceSet, num_identities: int | None = None, judge=None, gallery_file: str | Path | None = None
+    ) -> None:
 
         if len(gallery) == 0:
             raise ValueError("Expected a non-empty gallery of clean private faces")
@@ -178,18 +187,21 @@ class DlibGallery:
         self.labels = gallery.labels.clone()
         self.num_identities = int(self.labels.max()) + 1 if num_identities is None else num_identities
         if self.num_identities <= int(self.labels.max()):
-            raise ValueError(f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}")
+            raise ValueError(
+                f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}"
+            )
         if gallery_file is None:
             self.descriptors = self.judge.embed(gallery.images)
         else:
-
             self.descriptors = load_gallery(gallery_file, gallery, self.judge)
         counts = torch.bincount(self.labels, minlength=self.num_identities)
         sums = torch.zeros(self.num_identities, self.descriptors.shape[1]).index_add_(0, self.labels, self.descriptors)
         self.templates = sums / counts.clamp(min=1)[:, None]
         self.has_faces = counts > 0
 
-    def _verification(self, accepted: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _verification(
+        self, accepted: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """Per sample: TAR of its best constituent, and whether any constituent had photos to verify against."""
         genuine = (self.labels[None, None, :] == labels[:, :, None]) & valid[:, :, None]
         if sources is not None:
@@ -239,7 +251,9 @@ class DlibGallery:
             "top1": top1.float().mean().item(),
             "top5": top5.float().mean().item(),
             "tar": tar[verified].mean().item() if verified.any() else None,
-            "template_distance": nearest[torch.isfinite(nearest)].mean().item() if torch.isfinite(nearest).any() else None,
+            "template_distance": nearest[torch.isfinite(nearest)].mean().item()
+            if torch.isfinite(nearest).any()
+            else None,
             "chance_top1": chance_hit_rate(labels, valid, identities, 1),
             "chance_top5": chance_hit_rate(labels, valid, identities, 5),
             "chance_tar": impostor[impostor_ok].mean().item() if impostor_ok.any() else None,
@@ -281,7 +295,9 @@ class OnnxGallery:
         self.labels = gallery.labels.clone()
         self.num_identities = int(self.labels.max()) + 1 if num_identities is None else num_identities
         if self.num_identities <= int(self.labels.max()):
-            raise ValueError(f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}")
+            raise ValueError(
+                f"Expected num_identities > the largest gallery label {int(self.labels.max())}, got {self.num_identities}"
+            )
         embeddings = self.embedder.embed(gallery.float_images(torch.arange(len(gallery))))
         counts = torch.bincount(self.labels, minlength=self.num_identities)
         sums = torch.zeros(self.num_identities, embeddings.shape[1]).index_add_(0, self.labels, embeddings)
@@ -335,7 +351,13 @@ class IdentityScorer:
     """
 
     def __init__(
-        self, judge: str, evaluator: Evaluator, gallery: FaceSet, num_identities: int | None = None, gallery_file: str | Path | None = None, device: str = "auto"
+        self,
+        judge: str,
+        evaluator: Evaluator,
+        gallery: FaceSet,
+        num_identities: int | None = None,
+        gallery_file: str | Path | None = None,
+        device: str = "auto",
     ) -> None:
         self.judge, self.evaluator = check_judge(judge), evaluator
         self.key = judge_key(judge)

@@ -34,14 +34,21 @@ class EmbeddingDecoder(nn.Module):
         channels = width
         for _ in range(4):  # 7 -> 14 -> 28 -> 56 -> 112
             out = max(16, channels // 2)
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2),
+            ]
             channels = out
         layers += [nn.Conv2d(channels, 3, 3, padding=1)]
         self.decode = nn.Sequential(*layers)
 
     def forward(self, embeddings: Tensor) -> Tensor:
         if embeddings.dim() != 2 or embeddings.shape[1] != self.project.in_features:
-            raise ValueError(f"Expected embeddings of shape (B, {self.project.in_features}), got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"Expected embeddings of shape (B, {self.project.in_features}), got {tuple(embeddings.shape)}"
+            )
         x = self.project(F.normalize(embeddings.float(), dim=1)).view(-1, self.width, 7, 7)
         return 255.0 * torch.sigmoid(self.decode(x))
 
@@ -102,7 +109,13 @@ def total_variation(images: Tensor) -> Tensor:
 
 
 def optimise_identity_images(
-    logits_fn, identities: Tensor, start: Tensor, steps: int = 100, lr: float = 2.0, tv_weight: float = 0.05, seconds: float | None = None
+    logits_fn,
+    identities: Tensor,
+    start: Tensor,
+    steps: int = 100,
+    lr: float = 2.0,
+    tv_weight: float = 0.05,
+    seconds: float | None = None,
 ) -> Tensor:
     """Gradient ascent on each identity's logit, from a start image, with a total-variation prior.
 

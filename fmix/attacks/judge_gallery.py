@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fmix.io import atomic_write
 from fmix.data.faces import FaceSet, load_face_set
+from fmix.io import atomic_write
 from fmix.models.dlib_judge import DESCRIPTOR_FILE, LANDMARKS_FILE, DlibJudge, model_folder
 
 
@@ -31,10 +31,17 @@ def judge_identity(judge) -> dict:
     """
     import dlib
 
-
     folder = model_folder()
-    hashes = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in (LANDMARKS_FILE, DESCRIPTOR_FILE)}
-    return {"dlib": dlib.__version__, "models": hashes, "pad": judge.pad, "upscale": judge.upscale, "jitters": judge.jitters}
+    hashes = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in (LANDMARKS_FILE, DESCRIPTOR_FILE)
+    }
+    return {
+        "dlib": dlib.__version__,
+        "models": hashes,
+        "pad": judge.pad,
+        "upscale": judge.upscale,
+        "jitters": judge.jitters,
+    }
 
 
 def write_gallery(aligned: str | Path, splits: str | Path, out: str | Path, judge=None) -> dict:
@@ -57,7 +64,13 @@ def write_gallery(aligned: str | Path, splits: str | Path, out: str | Path, judg
     descriptors = judge.embed(faces.images).numpy().astype(np.float32)
     identity = judge_identity(judge)
     with atomic_write(out, "wb") as handle:
-        np.savez(handle, descriptors=descriptors, labels=faces.labels.numpy(), paths=np.array(faces.paths, dtype=str), judge=np.array(json.dumps(identity, sort_keys=True)))
+        np.savez(
+            handle,
+            descriptors=descriptors,
+            labels=faces.labels.numpy(),
+            paths=np.array(faces.paths, dtype=str),
+            judge=np.array(json.dumps(identity, sort_keys=True)),
+        )
     return {"faces": len(faces), "identities": int(faces.labels.unique().numel()), "judge": identity}
 
 
@@ -79,9 +92,16 @@ def load_gallery(path: str | Path, gallery: FaceSet, judge) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"gallery file not found: {path} (run `fmix attack gallery`)")
     with np.load(path, allow_pickle=False) as data:
-        descriptors, labels, paths, made_by = data["descriptors"], data["labels"], data["paths"].tolist(), json.loads(str(data["judge"]))
+        descriptors, labels, paths, made_by = (
+            data["descriptors"],
+            data["labels"],
+            data["paths"].tolist(),
+            json.loads(str(data["judge"])),
+        )
     if made_by != json.loads(json.dumps(judge_identity(judge), sort_keys=True)):
         raise ValueError(f"{path} was made by another dlib judge ({made_by}); rerun `fmix attack gallery`")
     if paths != list(gallery.paths) or not np.array_equal(labels, gallery.labels.numpy()):
-        raise ValueError(f"{path} was made for another split ({len(paths)} faces, not the {len(gallery)} of private_train.csv); rerun `fmix attack gallery`")
+        raise ValueError(
+            f"{path} was made for another split ({len(paths)} faces, not the {len(gallery)} of private_train.csv); rerun `fmix attack gallery`"
+        )
     return torch.from_numpy(descriptors)

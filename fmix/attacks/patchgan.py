@@ -44,7 +44,11 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, layers + 1):
             out = min(width * 2**i, 8 * width)
             stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(channels, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, inplace=True)]
+            blocks += [
+                nn.Conv2d(channels, out, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             channels = out
         blocks.append(nn.Conv2d(channels, 1, 4, 1, 1))
         self.body = nn.Sequential(*blocks)

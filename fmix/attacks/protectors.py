@@ -172,7 +172,9 @@ class NoisyFrequencyProtector:
 
     def __init__(self, transform: FrequencyTransform, scales: Tensor, clip: float | None = None) -> None:
         if scales.shape != (transform.mask.num_kept,) or bool((scales < 0).any()):
-            raise ValueError(f"Expected {transform.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}")
+            raise ValueError(
+                f"Expected {transform.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}"
+            )
         self.transform, self.scales, self.clip = transform.eval(), scales.detach().float(), clip
 
     @classmethod
@@ -189,7 +191,11 @@ class NoisyFrequencyProtector:
 
 
 def surrogate_protector(
-    stats: RunningChannelStats, k: int | None = 2, params: ExportParams | None = None, mixing: MixingParams | None = None, channels: int | None = None
+    stats: RunningChannelStats,
+    k: int | None = 2,
+    params: ExportParams | None = None,
+    mixing: MixingParams | None = None,
+    channels: int | None = None,
 ) -> MaskerProtector:
     """Black-box protector: the default masking algorithm with a guessed k.
 

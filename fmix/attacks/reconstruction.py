@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from fmix.attacks.patchgan import PatchDiscriminator
 from fmix.attacks.protectors import ProtectedPairs, Protector
 from fmix.attacks.unet import UNetGenerator
-from fmix.metrics.image import best_constituent_ssim, mix_floor, psnr, ssim_separable
 from fmix.checks import check_float, check_integer, check_tensor
 from fmix.device import budget_clock, check_device_spec, resolve_device
+from fmix.metrics.image import best_constituent_ssim, mix_floor, psnr, ssim_separable
 from fmix.params import AttackParams
 
 GAN_LOSSES = ("lsgan", "bce")
@@ -187,7 +187,9 @@ class ReconstructionAttack:
     def _build(self, probe: Tensor, out_size: int) -> None:
         c = self.config
         _, channels, side, _ = probe.shape
-        self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(self.device)
+        self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(
+            self.device
+        )
         self.averaged = copy.deepcopy(self.generator).requires_grad_(False) if c.ema_decay > 0 else self.generator
         if c.adv_weight > 0:
             self.discriminator = PatchDiscriminator(channels, c.disc_width, c.disc_layers).to(self.device)
@@ -309,7 +311,10 @@ class ReconstructionAttack:
         loss.backward()
         self._opt_g.step()
         if adversarial:
-            disc = 0.5 * (_gan_loss(c.gan_loss, d(pairs.x, target), True) + _gan_loss(c.gan_loss, d(pairs.x, recon.detach()), False))
+            disc = 0.5 * (
+                _gan_loss(c.gan_loss, d(pairs.x, target), True)
+                + _gan_loss(c.gan_loss, d(pairs.x, recon.detach()), False)
+            )
             self._opt_d.zero_grad(set_to_none=True)
             disc.backward()
             self._opt_d.step()
@@ -347,7 +352,10 @@ def invert(generator: nn.Module, protected: Tensor, batch_size: int = 64) -> Ten
     generator.eval()
     try:
         device = next(generator.parameters()).device
-        parts = [generator(protected[i : i + batch_size].to(device).float()).cpu() for i in range(0, protected.shape[0], batch_size)]
+        parts = [
+            generator(protected[i : i + batch_size].to(device).float()).cpu()
+            for i in range(0, protected.shape[0], batch_size)
+        ]
     finally:
         generator.train(was_training)
     if not parts:
@@ -387,13 +395,23 @@ class ReconstructionScores:
     def summary(self) -> dict:
         """Means: ``S3``, ``psnr`` (infinite values excluded), ``floor`` and ``S3 - floor``."""
         finite = self.psnr[torch.isfinite(self.psnr)]
-        out = {"S3": self.ssim.mean().item(), "psnr": finite.mean().item() if finite.numel() else float("inf"), "n": self.ssim.numel()}
+        out = {
+            "S3": self.ssim.mean().item(),
+            "psnr": finite.mean().item() if finite.numel() else float("inf"),
+            "n": self.ssim.numel(),
+        }
         if self.floor is not None:
             out |= {"floor": self.floor.mean().item(), "S3_minus_floor": (self.ssim - self.floor).mean().item()}
         return out
 
 
-def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | None = None, mean_face: Tensor | None = None, floor: Tensor | None = None) -> ReconstructionScores:
+def evaluate_reconstruction(
+    recon: Tensor,
+    originals: Tensor,
+    valid: Tensor | None = None,
+    mean_face: Tensor | None = None,
+    floor: Tensor | None = None,
+) -> ReconstructionScores:
     """Score reconstructions against the originals, or against the best constituent of each mix.
 
     Args:
@@ -425,4 +443,11 @@ def evaluate_reconstruction(recon: Tensor, originals: Tensor, valid: Tensor | No
     return ReconstructionScores(best, index, psnr(recon.float(), matched.float()), floor)
 
 
-__all__ = ["AttackConfig", "ReconstructionAttack", "ReconstructionScores", "constituents_of", "evaluate_reconstruction", "invert"]
+__all__ = [
+    "AttackConfig",
+    "ReconstructionAttack",
+    "ReconstructionScores",
+    "constituents_of",
+    "evaluate_reconstruction",
+    "invert",
+]

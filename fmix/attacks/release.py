@@ -19,17 +19,16 @@ from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import Evaluator
-from fmix.freq import protected_to_image
 from fmix.attacks.protectors import MaskerProtector
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, evaluate_reconstruction
 from fmix.attacks.unmix import ATTACKS, read_release, run_unmix_attacks
-from fmix.data.faces import load_faces
+from fmix.data.faces import load_face_set, load_faces
+from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
-from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_metadata
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.params import AttackParams
 from fmix.release.ledger import Ledger, default_ledger_path
-from fmix.data.faces import load_face_set
 
 RECOVERED = 0.05  # an estimate within 5 % of a private masked face counts as that face recovered
 
@@ -50,7 +49,9 @@ def nearest_faces(estimates: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
         ``(relative_error, index)`` with ``relative_error = ||e - t|| / ||t||``.
     """
     if estimates.shape[1:] != truth.shape[1:]:
-        raise ValueError(f"Expected estimates and truth of one sample shape, got {tuple(estimates.shape)} and {tuple(truth.shape)}")
+        raise ValueError(
+            f"Expected estimates and truth of one sample shape, got {tuple(estimates.shape)} and {tuple(truth.shape)}"
+        )
     e, t = estimates.reshape(len(estimates), -1).double(), truth.reshape(len(truth), -1).double()
     t_norm = t.square().sum(dim=1)
     distance = (e.square().sum(dim=1, keepdim=True) + t_norm[None] - 2 * e @ t.T).clamp_min(0).sqrt()
@@ -59,11 +60,15 @@ def nearest_faces(estimates: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     return error.float(), index
 
 
-def _shard_truth(release_dir: Path, release_id: str, ledger_path: Path, aligned: Path, masker: OnnxMasker) -> dict[int, tuple[list[str], Tensor, Tensor]]:
+def _shard_truth(
+    release_dir: Path, release_id: str, ledger_path: Path, aligned: Path, masker: OnnxMasker
+) -> dict[int, tuple[list[str], Tensor, Tensor]]:
     """Shard -> (sources, images, true masked faces), from the owner's ledger."""
     shards = Ledger(ledger_path).shards(release_id)
     if not shards:
-        raise ValueError(f"the ledger {ledger_path} holds no shard of the release {release_dir} (pass its ledger with --ledger)")
+        raise ValueError(
+            f"the ledger {ledger_path} holds no shard of the release {release_dir} (pass its ledger with --ledger)"
+        )
     truth = {}
     for shard, sources in shards.items():
         faces, loaded, _ = load_faces([aligned / source for source in sources], masker.input_size)
@@ -106,7 +111,9 @@ def attack_release(
     release_dir, aligned, splits, out_dir = Path(release_dir), Path(aligned), Path(splits), Path(out_dir)
     release = read_release(release_dir)
     masker = OnnxMasker(masker_path)
-    truth = _shard_truth(release_dir, release.run["release"], Path(ledger) if ledger else default_ledger_path(), aligned, masker)
+    truth = _shard_truth(
+        release_dir, release.run["release"], Path(ledger) if ledger else default_ledger_path(), aligned, masker
+    )
     private = load_face_set(aligned, splits / "private_train.csv")
     label_of = dict(zip(private.paths, private.labels.tolist()))
     public = load_face_set(aligned, splits / "public.csv")
@@ -115,12 +122,25 @@ def attack_release(
     attack = attack or AttackConfig()
     start = time.process_time()
     protector = MaskerProtector(masker_from_metadata(masker.metadata), None)
-    inverter = ReconstructionAttack(attack).fit(public.images.permute(0, 3, 1, 2).contiguous(), protector, labels=public.labels, steps=params.steps, seconds=params.seconds)
-    record = {"release": str(release_dir), "samples": sum(len(p.labels) for p in release.shards.values()), "run": release.run, "inversion_cpu_seconds": time.process_time() - start}
+    inverter = ReconstructionAttack(attack).fit(
+        public.images.permute(0, 3, 1, 2).contiguous(),
+        protector,
+        labels=public.labels,
+        steps=params.steps,
+        seconds=params.seconds,
+    )
+    record = {
+        "release": str(release_dir),
+        "samples": sum(len(p.labels) for p in release.shards.values()),
+        "run": release.run,
+        "inversion_cpu_seconds": time.process_time() - start,
+    }
     order = [(shard, row) for shard, part in sorted(release.shards.items()) for row in range(len(part.labels))]
     eval_faces = min(params.eval_faces, len(order))
     scored = [order[round(i * len(order) / eval_faces)] for i in range(eval_faces)]
-    outcomes = {"mix_baseline": ({shard: part.samples for shard, part in release.shards.items()}, {})} | run_unmix_attacks(release, masker.mixing)
+    outcomes = {
+        "mix_baseline": ({shard: part.samples for shard, part in release.shards.items()}, {})
+    } | run_unmix_attacks(release, masker.mixing)
     grid = None
     for name, (estimates, info) in outcomes.items():
         errors, matched = [], {}
@@ -150,6 +170,11 @@ def attack_release(
         record[name]["S3_minus_mix_baseline"] = record[name]["S3"] - record["mix_baseline"]["S3"]
 
     originals, estimates, recon = grid
-    write_attack_grid(out_dir / "unmix_grid.png", originals, protected_to_image(estimates, mask_from_metadata(masker.metadata), masker.upsample), recon)
+    write_attack_grid(
+        out_dir / "unmix_grid.png",
+        originals,
+        protected_to_image(estimates, mask_from_metadata(masker.metadata), masker.upsample),
+        recon,
+    )
     write_json_atomic(out_dir / "unmix.json", record)
     return record

@@ -34,20 +34,29 @@ from torch import Tensor
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
-from fmix.masker.export import masker_with_trained_policy
-from fmix.methods import method_class
-from fmix.models.artifact import ModelRecord, load_trained_model
-from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
-from fmix.attacks.protectors import MaskerProtector, NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, Protector, pixel_mix_to_image, sign_blind, surrogate_protector
+from fmix.attacks.protectors import (
+    MaskerProtector,
+    NoisyFrequencyProtector,
+    PixelMixProtector,
+    ProtectedPairs,
+    Protector,
+    pixel_mix_to_image,
+    sign_blind,
+    surrogate_protector,
+)
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
+from fmix.data.faces import FaceSet, load_face_set
+from fmix.device import resolve_device
 from fmix.freq import protected_to_image
 from fmix.io import write_json_atomic
 from fmix.masker.build import masker_from_metadata, public_channel_stats, read_masker_metadata
+from fmix.masker.export import masker_with_trained_policy
 from fmix.masker.protection import MixingConfig, Protection
+from fmix.methods import method_class
 from fmix.metrics import PrivacyRow, best_constituent_ssim
+from fmix.models.artifact import ModelRecord, load_trained_model
+from fmix.models.encoders import NoisyFrequencyEncoder, encoder_from_spec
 from fmix.params import AttackParams, ExportParams, MixingParams
-from fmix.data.faces import FaceSet, load_face_set
-from fmix.device import resolve_device
 
 
 def spread_subset(faces: FaceSet, count: int) -> FaceSet:
@@ -105,7 +114,9 @@ def load_protector(masker_path: str | Path, policy_model: str | Path | None, mix
     return MaskerProtector(masker, Protection.from_metadata(metadata, masker).mixing, mix), metadata
 
 
-def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix: bool, black_box_k: int) -> AttackTarget:
+def masker_target(
+    masker_path: str | Path, policy_model: str | Path | None, mix: bool, black_box_k: int
+) -> AttackTarget:
     """An exported masker's protection: white-box the masker (and its mixing), black-box the default masking.
 
     Args:
@@ -120,7 +131,9 @@ def masker_target(masker_path: str | Path, policy_model: str | Path | None, mix:
     def black(released: Tensor, public_paths: list[Path]) -> Protector:
         # The black-box attacker sees the released maps' size (so u) and channel count, and guesses the rest.
         stats = public_channel_stats(public_paths, upsample)[0]
-        return surrogate_protector(stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1])
+        return surrogate_protector(
+            stats, black_box_k if mix else None, ExportParams(upsample=upsample), channels=released.shape[1]
+        )
 
     sign_masked = protector.mixing is not None and protector.mixing.sign_flip
     unmixed = MaskerProtector(protector.masker, protector.mixing, mix=False) if mix else None
@@ -138,8 +151,13 @@ def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
         guess = dataclasses.replace(MixingParams(), k_values=(black_box_k,), sign_flip=True, noise=0.0)
         return PixelMixProtector(MixingConfig.from_params(guess), black_box_k)
 
-    info = {"mixed": True, "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask, no noise"}
-    return AttackTarget(white, black, pixel_mix_to_image, info, white.mixing.sign_flip, PixelMixProtector(white.mixing, 1))
+    info = {
+        "mixed": True,
+        "black_box": f"pixel mixing of k={black_box_k} faces, default weight law, sign mask, no noise",
+    }
+    return AttackTarget(
+        white, black, pixel_mix_to_image, info, white.mixing.sign_flip, PixelMixProtector(white.mixing, 1)
+    )
 
 
 def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -147,7 +165,9 @@ def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
     black-box the transform without DC and one noise scale guessed from the release."""
     encoder = encoder_from_spec(record.encoder)
     if not isinstance(encoder, NoisyFrequencyEncoder):
-        raise ValueError(f"a 'noisy' protection needs a noisy_frequency encoder, got kind {record.encoder.get('kind')!r}")
+        raise ValueError(
+            f"a 'noisy' protection needs a noisy_frequency encoder, got kind {record.encoder.get('kind')!r}"
+        )
     upsample = encoder.transform.upsample
 
     def black(released: Tensor, public_paths: list[Path]) -> Protector:
@@ -155,12 +175,22 @@ def _noisy_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
         # guess: DC dropped, public normalisation (unit variance), no clip, and one Laplace scale b for
         # every channel, from the release's variance beyond the signal's: 2 b^2 = var - 1.
         stats = public_channel_stats(public_paths, upsample)[0]
-        masker = surrogate_protector(stats, None, ExportParams(upsample=upsample, low_freq_threshold=0), channels=released.shape[1]).masker
+        masker = surrogate_protector(
+            stats, None, ExportParams(upsample=upsample, low_freq_threshold=0), channels=released.shape[1]
+        ).masker
         scale = ((released.var(dim=(0, 2, 3)).mean() - 1.0).clamp_min(0.0) / 2.0).sqrt()
         return NoisyFrequencyProtector(masker.transform, scale.expand(released.shape[1]).clone())
 
-    info = {"mixed": False, "black_box": "all but DC, public normalisation, one Laplace scale from the release's variance, no clip"}
-    return AttackTarget(NoisyFrequencyProtector.from_encoder(encoder), black, lambda x: protected_to_image(x, encoder.transform.mask, upsample), info)
+    info = {
+        "mixed": False,
+        "black_box": "all but DC, public normalisation, one Laplace scale from the release's variance, no clip",
+    }
+    return AttackTarget(
+        NoisyFrequencyProtector.from_encoder(encoder),
+        black,
+        lambda x: protected_to_image(x, encoder.transform.mask, upsample),
+        info,
+    )
 
 
 MODEL_TARGETS: dict[str, Callable[[ModelRecord, int], AttackTarget]] = {"pixels": _pixel_target, "noisy": _noisy_target}
@@ -179,7 +209,9 @@ def model_target(model_path: str | Path, black_box_k: int) -> AttackTarget:
     record = ModelRecord.load(model_path, "cpu")
     kind = method_class(record.method).attack_surface
     if kind not in MODEL_TARGETS:
-        raise ValueError(f"method {record.method!r} has attack surface {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model")
+        raise ValueError(
+            f"method {record.method!r} has attack surface {kind!r}: only {', '.join(MODEL_TARGETS)} are attacked through the trained model"
+        )
     target = MODEL_TARGETS[kind](record, black_box_k)
     return target._replace(info={"model": str(model_path), "protection": kind, **target.info})
 
@@ -218,7 +250,9 @@ def attack_method(
         The privacy record.
     """
     target = masker_target(masker_path, policy_model, mix, params.black_box_k)
-    return attack_target(target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network)
+    return attack_target(
+        target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network
+    )
 
 
 def attack_target(
@@ -257,16 +291,27 @@ def attack_target(
     own_sources = gallery_sources(gallery, private)
     public_images = public.images.permute(0, 3, 1, 2).contiguous()
 
-    def attacker(protector: Protector, protected: ProtectedPairs, constituents: Tensor, valid: Tensor, floor: Tensor | None) -> tuple[dict, Tensor, Tensor]:
+    def attacker(
+        protector: Protector, protected: ProtectedPairs, constituents: Tensor, valid: Tensor, floor: Tensor | None
+    ) -> tuple[dict, Tensor, Tensor]:
         # Train one inversion network on public faces, invert the private samples, score them.
         protector, protected = target.as_attackers_see(protector, protected)
         start = time.process_time()
-        fitted = ReconstructionAttack(attack).fit(public_images, protector, labels=public.labels, steps=params.steps, seconds=params.seconds)
+        fitted = ReconstructionAttack(attack).fit(
+            public_images, protector, labels=public.labels, steps=params.steps, seconds=params.seconds
+        )
         recon = fitted.invert(protected.x)
         scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
         cpu_seconds = time.process_time() - start
         hits = scorer.identified(recon, private.labels[protected.partners], valid, own_sources[protected.partners])
-        scores = {**scored.summary(), "S4": hits["top1"], "top5": hits["top5"], "S4_by_judge": hits["by_judge"], "steps": len(fitted.history), "cpu_seconds": cpu_seconds}
+        scores = {
+            **scored.summary(),
+            "S4": hits["top1"],
+            "top5": hits["top5"],
+            "S4_by_judge": hits["by_judge"],
+            "steps": len(fitted.history),
+            "cpu_seconds": cpu_seconds,
+        }
         return scores, recon, scored.floor
 
     pairs = target.white(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
@@ -274,24 +319,58 @@ def attack_target(
     visual = target.visualise(pairs.x)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
     s2 = scorer.identified(visual, private.labels[pairs.partners], valid, own_sources[pairs.partners])
-    record = {"method": method, **target.info, "faces": len(private), "judge": params.judge, "S1": s1, "S2": s2["top1"], "S2_top5": s2["top5"], "S2_by_judge": s2["by_judge"]}
+    record = {
+        "method": method,
+        **target.info,
+        "faces": len(private),
+        "judge": params.judge,
+        "S1": s1,
+        "S2": s2["top1"],
+        "S2_top5": s2["top5"],
+        "S2_by_judge": s2["by_judge"],
+    }
     record["attackers_read"] = "|x|" if target.sign_masked else "x"
     record["white"], recon_white, floor = attacker(target.white, pairs, constituents, valid, None)
-    record["black"] = attacker(target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, constituents, valid, floor)[0]
+    record["black"] = attacker(
+        target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, constituents, valid, floor
+    )[0]
     if target.unmixed is None:
         record["check"] = {**record["white"], "protection": "the white-box attack's own (not mixed)"}
     else:  # the same attack on the same masking, un-mixed: does it invert the masking at this budget?
         unmixed = target.unmixed(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
-        record["check"] = {**attacker(target.unmixed, unmixed, *constituents_of(originals, unmixed), None)[0], "protection": "un-mixed (k = 1)"}
+        record["check"] = {
+            **attacker(target.unmixed, unmixed, *constituents_of(originals, unmixed), None)[0],
+            "protection": "un-mixed (k = 1)",
+        }
     record["check_min_s4"] = params.check_min_s4
     record["attack_works"] = record["check"]["S4"] >= params.check_min_s4
     record["free_floor"] = record["white"]["floor"]
     record["chance_top1"] = s2["chance_top1"]
-    row = PrivacyRow(method, s1, s2["top1"], record["white"]["S3"], record["white"]["S4"], record["white"]["psnr"], record["white"]["top5"], record["free_floor"], score_cls)
+    row = PrivacyRow(
+        method,
+        s1,
+        s2["top1"],
+        record["white"]["S3"],
+        record["white"]["S4"],
+        record["white"]["psnr"],
+        record["white"]["top5"],
+        record["free_floor"],
+        score_cls,
+    )
     record["row"] = row.to_dict()
     if params.judge != "evaluator":  # the same row judged by the RGB evaluator, for comparison with earlier runs
         rgb_s2, rgb_s4 = s2["by_judge"]["evaluator"], record["white"]["S4_by_judge"]["evaluator"]
-        record["row_evaluator"] = PrivacyRow(method, s1, rgb_s2["top1"], record["white"]["S3"], rgb_s4["top1"], record["white"]["psnr"], rgb_s4["top5"], record["free_floor"], score_cls).to_dict()
+        record["row_evaluator"] = PrivacyRow(
+            method,
+            s1,
+            rgb_s2["top1"],
+            record["white"]["S3"],
+            rgb_s4["top1"],
+            record["white"]["psnr"],
+            rgb_s4["top5"],
+            record["free_floor"],
+            score_cls,
+        ).to_dict()
     heaviest = pairs.heaviest()
     show = torch.arange(min(8, len(private)))
     write_attack_grid(out_dir / "grid.png", originals[heaviest[show]], visual[show], recon_white[show])
@@ -334,10 +413,18 @@ def invert_model(
         The inversion record.
     """
     params = params or AttackParams()
-    seconds, optimise_identities, seed, judge, device = params.invert_seconds, params.invert_identities, params.seed, params.judge, params.device
+    seconds, optimise_identities, seed, judge, device = (
+        params.invert_seconds,
+        params.invert_identities,
+        params.seed,
+        params.judge,
+        params.device,
+    )
     out_dir, splits = Path(out_dir), Path(splits)
     if not (judge in JUDGES or is_onnx_judge(judge)):
-        raise ValueError(f"attack judge must be one of {JUDGES} or the path of an ONNX face embedder ending in .onnx, got {judge!r}")
+        raise ValueError(
+            f"attack judge must be one of {JUDGES} or the path of an ONNX face embedder ending in .onnx, got {judge!r}"
+        )
     torch_device = resolve_device(device)
     target, record = load_trained_model(model_path, torch_device)
     evaluator = Evaluator(evaluator_path, torch_device)
@@ -346,29 +433,49 @@ def invert_model(
     public_images = public.float_images(torch.arange(len(public)))
     embed = lambda images: target.backbone(target.encoder(images.to(torch_device)))  # noqa: E731 - the target as the attacker queries it
     start = time.process_time()
-    decoder, losses = train_decoder(embed, public_images, record.params.embedding_size, steps=100_000, seconds=seconds, seed=seed, device=torch_device)
+    decoder, losses = train_decoder(
+        embed,
+        public_images,
+        record.params.embedding_size,
+        steps=100_000,
+        seconds=seconds,
+        seed=seed,
+        device=torch_device,
+    )
     identities = torch.arange(record.num_classes)
     with torch.no_grad():
         decoded = decoder(target.head.centres()).cpu()
     decoder_seconds = time.process_time() - start
     clean = evaluator.embed(private.float_images(torch.arange(len(private))))
-    templates = torch.nn.functional.normalize(torch.zeros(record.num_classes, clean.shape[1]).index_add_(0, private.labels, clean), dim=1)
+    templates = torch.nn.functional.normalize(
+        torch.zeros(record.num_classes, clean.shape[1]).index_add_(0, private.labels, clean), dim=1
+    )
     scorer = IdentityScorer(judge, evaluator, private, record.num_classes, gallery_file=gallery_file, device=device)
 
     def judged(images, chosen):
         hits = scorer.identified(images, chosen[:, None], torch.ones(len(chosen), 1, dtype=torch.bool))
-        by_judge = {**hits.pop("by_judge"), "evaluator": identity_scores(evaluator.logits, evaluator.embed, images, chosen, templates)}
+        by_judge = {
+            **hits.pop("by_judge"),
+            "evaluator": identity_scores(evaluator.logits, evaluator.embed, images, chosen, templates),
+        }
         return {**hits, "chance": hits["chance_top1"], "by_judge": by_judge}
 
     result = {
         "method": record.method,
         "judge": judge,
-        "decoder": {**judged(decoded, identities), "steps": len(losses), "final_l1": losses[-1], "cpu_seconds": decoder_seconds},
+        "decoder": {
+            **judged(decoded, identities),
+            "steps": len(losses),
+            "final_l1": losses[-1],
+            "cpu_seconds": decoder_seconds,
+        },
     }
     chosen = identities[:optimise_identities]
     logits_fn = lambda images: target.head.logits(target.backbone(target.encoder(images)))  # noqa: E731
     target.eval()
-    optimised = optimise_identity_images(logits_fn, chosen.to(torch_device), public_images.mean(dim=0).to(torch_device), seconds=seconds).cpu()
+    optimised = optimise_identity_images(
+        logits_fn, chosen.to(torch_device), public_images.mean(dim=0).to(torch_device), seconds=seconds
+    ).cpu()
     result["optimisation"] = judged(optimised, chosen)
     shown = chosen[:8]
     reference = torch.stack([private.float_images(torch.nonzero(private.labels == i)[0])[0] for i in shown.tolist()])

@@ -97,7 +97,13 @@ class UNetGenerator(nn.Module):
         head_min: int = 16,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("in_size", in_size), ("out_size", out_size), ("width", width), ("head_min", head_min)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("in_size", in_size),
+            ("out_size", out_size),
+            ("width", width),
+            ("head_min", head_min),
+        ):
             check_int(value, name, minimum=1)
         check_int(skip_channels, "skip_channels", minimum=0)
         scale = out_size // in_size
@@ -108,7 +114,10 @@ class UNetGenerator(nn.Module):
 
         widths = [min(width * 2**i, 8 * width) for i in range(levels + 1)]
         self.stem = nn.Sequential(_conv_block(in_channels, width), _conv_block(width, width))
-        self.down = nn.ModuleList(nn.Sequential(_conv_block(widths[i], widths[i + 1], stride=2), _conv_block(widths[i + 1], widths[i + 1])) for i in range(levels))
+        self.down = nn.ModuleList(
+            nn.Sequential(_conv_block(widths[i], widths[i + 1], stride=2), _conv_block(widths[i + 1], widths[i + 1]))
+            for i in range(levels)
+        )
         self.up = nn.ModuleList(_Up(widths[i + 1], widths[i], widths[i]) for i in reversed(range(levels)))
         stages, channels = [], width
         for _ in range(scale.bit_length() - 1):

@@ -42,7 +42,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """fmix: train face recognition on masked, mixed faces; measure privacy with attacks."""
 
@@ -74,12 +76,19 @@ def _load(cls_name: str, params: Path | None, section: str, **overrides):
 @app.command()
 def align(
     src: Annotated[Path, typer.Argument(help="ImageFolder root: one folder of photos per identity.")],
-    dst: Annotated[Path, typer.Argument(help="Output folder for aligned 112x112 faces, manifest.jsonl and summary.json.")],
+    dst: Annotated[
+        Path, typer.Argument(help="Output folder for aligned 112x112 faces, manifest.jsonl and summary.json.")
+    ],
     params: ParamsOption = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (overrides align.workers).")] = None,
     min_images: Annotated[Optional[int], typer.Option(help="Only identities with at least this many files.")] = None,
     max_identities: Annotated[Optional[int], typer.Option(help="Only the first N identities by name.")] = None,
-    inside_only: Annotated[bool, typer.Option("--inside-only", help="Do not follow symbolic links that lead out of SRC (status outside_source).")] = False,
+    inside_only: Annotated[
+        bool,
+        typer.Option(
+            "--inside-only", help="Do not follow symbolic links that lead out of SRC (status outside_source)."
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Detect faces (RetinaFace) and warp them to the ArcFace template; resumable, bad files get a status."""
@@ -115,12 +124,21 @@ def split(
 @app.command()
 def export(
     aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    public: Annotated[Path, typer.Argument(help="public.csv of `fmix split`: channel statistics come from public faces only.")],
+    public: Annotated[
+        Path, typer.Argument(help="public.csv of `fmix split`: channel statistics come from public faces only.")
+    ],
     out: Annotated[Path, typer.Argument(help="Destination masker.onnx.")],
     params: ParamsOption = None,
     k: Annotated[Optional[int], typer.Option(help="Fixed k of the policy (overrides export.k).")] = None,
-    upsample: Annotated[Optional[int], typer.Option(help="Bilinear factor u before the DCT (overrides export.upsample).")] = None,
-    policy: Annotated[Optional[Path], typer.Option(help="model.pt of an adaptive run: export its masking with the trained strategy network as the k policy.")] = None,
+    upsample: Annotated[
+        Optional[int], typer.Option(help="Bilinear factor u before the DCT (overrides export.upsample).")
+    ] = None,
+    policy: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="model.pt of an adaptive run: export its masking with the trained strategy network as the k policy."
+        ),
+    ] = None,
 ) -> None:
     """Build the masker (block DCT, channel masking, public-data normalisation, k policy) and export it to ONNX."""
     cfg = _load("ExportParams", params, "export", k=k, upsample=upsample)
@@ -130,7 +148,11 @@ def export(
     summary = guarded(lambda: export_masker(aligned, public, out, cfg, policy_model=policy, mixing=mixing))
     typer.echo(
         f"masker: {summary['kept_channels']} of 192 channels kept, {summary['map_size']}x{summary['map_size']} maps, "
-        + (f"statistics from {summary['public_faces_for_stats']} public faces" if policy is None else f"masking and policy of {policy}")
+        + (
+            f"statistics from {summary['public_faces_for_stats']} public faces"
+            if policy is None
+            else f"masking and policy of {policy}"
+        )
         + f" -> {out} ({summary['bytes']} bytes)"
     )
 
@@ -139,19 +161,61 @@ def export(
 def mask(
     in_dir: Annotated[Path, typer.Argument(help="ImageFolder of aligned faces (raw photos with --align).")],
     out_dir: Annotated[Path, typer.Argument(help="Output folder for protected shards, index.csv, previews.")],
-    masker: Annotated[Path, typer.Option("--masker", "-m", help="masker.onnx from `fmix export`.")] = Path("models/masker.onnx"),
+    masker: Annotated[Path, typer.Option("--masker", "-m", help="masker.onnx from `fmix export`.")] = Path(
+        "models/masker.onnx"
+    ),
     params: ParamsOption = None,
-    faces: Annotated[Optional[Path], typer.Option("--faces", help="Split CSV (path, identity) restricting the inputs.")] = None,
-    mix: Annotated[Optional[bool], typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment).")] = None,
+    faces: Annotated[
+        Optional[Path], typer.Option("--faces", help="Split CSV (path, identity) restricting the inputs.")
+    ] = None,
+    mix: Annotated[
+        Optional[bool],
+        typer.Option("--mix/--no-mix", help="Mix (training data) or mask only (verification, enrolment)."),
+    ] = None,
     align: Annotated[bool, typer.Option("--align", help="Inputs are raw photos: detect and align them first.")] = False,
-    anonymize: Annotated[Optional[bool], typer.Option("--anonymize/--keep-names", help="Keyed-hash output names (the default; key from $FMIX_NAME_KEY, else derived from --secret-key-file, else random and kept by nobody), or the file names joined by + (which say which faces a mix holds).")] = None,
+    anonymize: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--anonymize/--keep-names",
+            help="Keyed-hash output names (the default; key from $FMIX_NAME_KEY, else derived from --secret-key-file, else random and kept by nobody), or the file names joined by + (which say which faces a mix holds).",
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype of the shards: float16 or float32.")] = "float16",
-    secret_key_file: Annotated[Optional[Path], typer.Option("--secret-key-file", help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.")] = None,
-    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of released faces, outside IN_DIR and OUT_DIR (default: $FMIX_LEDGER, else ~/.local/share/fmix/ledger.jsonl: one per owner).")] = None,
-    allow_rerelease: Annotated[bool, typer.Option("--allow-rerelease", help="Warn instead of refusing faces an earlier release used (only if that release never left you).")] = False,
-    publish_label_names: Annotated[bool, typer.Option("--publish-label-names", help="Write labels.json (identity -> label) into the release.")] = False,
-    insecure_seed: Annotated[Optional[int], typer.Option("--insecure-seed", help="INSECURE, attack experiments only: a seed recorded in run.json.")] = None,
-    insecure_reuse: Annotated[bool, typer.Option("--insecure-reuse", help="INSECURE, attack experiments only: each face in about k samples (partners from its batch).")] = False,
+    secret_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--secret-key-file",
+            help="Derive the random parts from this key (reproducible research runs); keep it outside OUT_DIR. Default: the OS CSPRNG, reproducible by nobody.",
+        ),
+    ] = None,
+    ledger: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ledger",
+            help="The owner's ledger of released faces, outside IN_DIR and OUT_DIR (default: $FMIX_LEDGER, else ~/.local/share/fmix/ledger.jsonl: one per owner).",
+        ),
+    ] = None,
+    allow_rerelease: Annotated[
+        bool,
+        typer.Option(
+            "--allow-rerelease",
+            help="Warn instead of refusing faces an earlier release used (only if that release never left you).",
+        ),
+    ] = False,
+    publish_label_names: Annotated[
+        bool, typer.Option("--publish-label-names", help="Write labels.json (identity -> label) into the release.")
+    ] = False,
+    insecure_seed: Annotated[
+        Optional[int],
+        typer.Option("--insecure-seed", help="INSECURE, attack experiments only: a seed recorded in run.json."),
+    ] = None,
+    insecure_reuse: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-reuse",
+            help="INSECURE, attack experiments only: each face in about k samples (partners from its batch).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Protect faces with an exported masker on ONNX Runtime: mask, and mix unless --no-mix (each face in one sample)."""
@@ -167,7 +231,11 @@ def mask(
         guarded(lambda: check_name_key(key, f"${NAME_KEY_ENV}"))
     secret = guarded(lambda: read_secret_key(secret_key_file, out_dir)) if secret_key_file else None
     release = ReleaseOptions(secret, ledger, allow_rerelease, publish_label_names, insecure_seed, insecure_reuse)
-    summary = guarded(lambda: protect_folder(in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release))
+    summary = guarded(
+        lambda: protect_folder(
+            in_dir, out_dir, masker, cfg, faces, align_cfg, key, dtype, progress=not quiet, release=release
+        )
+    )
     skipped = summary["skipped_by_status"]
     typer.echo(
         f"protected {summary['faces_used']} of {summary['inputs']} faces in {summary['protected']} samples ({_released_as(summary)}); "
@@ -190,19 +258,47 @@ def _released_as(summary: dict) -> str:
 
 @app.command()
 def train(
-    aligned: Annotated[Optional[Path], typer.Argument(help="Output folder of `fmix align` (not with --release).", show_default=False)] = None,
-    splits: Annotated[Optional[Path], typer.Argument(help="Output folder of `fmix split` (not with --release).", show_default=False)] = None,
-    out_dir: Annotated[Optional[Path], typer.Argument(help="Folder for checkpoint.pt, model.pt, train_log.jsonl, train_summary.json (the only argument with --release).", show_default=False)] = None,
-    masker: Annotated[Optional[Path], typer.Option("--masker", "-m", help="masker.onnx of `fmix export` (masking methods; with --release: the masker that made the release).")] = None,
+    aligned: Annotated[
+        Optional[Path], typer.Argument(help="Output folder of `fmix align` (not with --release).", show_default=False)
+    ] = None,
+    splits: Annotated[
+        Optional[Path], typer.Argument(help="Output folder of `fmix split` (not with --release).", show_default=False)
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Folder for checkpoint.pt, model.pt, train_log.jsonl, train_summary.json (the only argument with --release).",
+            show_default=False,
+        ),
+    ] = None,
+    masker: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--masker",
+            "-m",
+            help="masker.onnx of `fmix export` (masking methods; with --release: the masker that made the release).",
+        ),
+    ] = None,
     params: ParamsOption = None,
     method: Annotated[Optional[str], typer.Option(help=f"{' | '.join(METHODS)} (overrides train.method).")] = None,
     k: Annotated[Optional[int], typer.Option(help="Fixed k of the mixup method (overrides train.mixup.k).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Overrides train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides train.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT_DIR/checkpoint.pt.")] = False,
-    sweep: Annotated[Optional[str], typer.Option(help="Apply the train overrides of this entry of the params file's sweep section.")] = None,
-    release: Annotated[Optional[Path], typer.Option("--release", help="Train on a release of `fmix mask` (its protected samples, soft labels on their published weights) instead of ALIGNED and SPLITS: `fmix train --release DIR OUT_DIR --masker MASKER`.")] = None,
-    workers: Annotated[int, typer.Option(help="Data-loader worker processes per rank that read the release's samples (--release).", min=0)] = 0,
+    sweep: Annotated[
+        Optional[str], typer.Option(help="Apply the train overrides of this entry of the params file's sweep section.")
+    ] = None,
+    release: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--release",
+            help="Train on a release of `fmix mask` (its protected samples, soft labels on their published weights) instead of ALIGNED and SPLITS: `fmix train --release DIR OUT_DIR --masker MASKER`.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(help="Data-loader worker processes per rank that read the release's samples (--release).", min=0),
+    ] = 0,
     quiet: QuietOption = False,
 ) -> None:
     """Train the FR network on protected faces (and the strategy network, for the adaptive method), or on a release. torchrun-ready."""
@@ -213,7 +309,11 @@ def train(
     if len(given) != 3:
         fail("give ALIGNED SPLITS OUT_DIR (or --release DIR OUT_DIR to train on a release of `fmix mask`)")
     entry = _sweep_entry(params, sweep) if sweep else {}
-    options = {key: value for key, value in dict(method=method, mixup=None if k is None else {"k": k}, epochs=epochs, seed=seed).items() if value is not None}
+    options = {
+        key: value
+        for key, value in dict(method=method, mixup=None if k is None else {"k": k}, epochs=epochs, seed=seed).items()
+        if value is not None
+    }
     from fmix import params as params_module
 
     cfg = _load("TrainParams", params, "train", **params_module.merge_sections(entry, options))
@@ -221,14 +321,29 @@ def train(
     guarded(lambda: params_module.check_sections(cfg, mixing))
     from fmix.train.loop import train as run_training
 
-    summary = guarded(lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing))
+    summary = guarded(
+        lambda: run_training(cfg, aligned, splits, out_dir, masker, resume=resume, progress=not quiet, mixing=mixing)
+    )
     typer.echo(
         f"trained {summary['method']} on {summary['training_faces']} faces of {summary['identities']} identities: "
         f"validation accuracy {summary['val_accuracy']:.3f}, mean k {summary['final_mean_k']}"
     )
 
 
-def _train_on_release(release: Path, given: list[Path], masker: Path | None, params: Path | None, epochs, seed, resume: bool, sweep, method, k, workers: int, quiet: bool) -> None:
+def _train_on_release(
+    release: Path,
+    given: list[Path],
+    masker: Path | None,
+    params: Path | None,
+    epochs,
+    seed,
+    resume: bool,
+    sweep,
+    method,
+    k,
+    workers: int,
+    quiet: bool,
+) -> None:
     if len(given) != 1:
         fail("with --release give only OUT_DIR: fmix train --release DIR OUT_DIR --masker MASKER")
     if masker is None:
@@ -242,7 +357,9 @@ def _train_on_release(release: Path, given: list[Path], masker: Path | None, par
     cfg = _load("TrainParams", params, "train", **params_module.merge_sections(entry, options))
     from fmix.train.release import train_on_release
 
-    summary = guarded(lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=workers))
+    summary = guarded(
+        lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=workers)
+    )
     typer.echo(
         f"trained on release {summary['release']}: {summary['samples']} samples of {summary['faces']} faces, {summary['labels']} labels, "
         f"final loss {summary['final_loss']:.3f}; the network reads {'|x|' if summary['sign_invariant'] else 'x'} of {summary['kept_channels']} masker channels "
@@ -257,23 +374,37 @@ def evaluate(
     splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split` (pairs.csv, private_val.csv).")],
     out: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     params: ParamsOption = None,
-    bins: Annotated[Optional[list[Path]], typer.Option("--bin", help="An InsightFace verification .bin (lfw.bin, cfp_fp.bin, or `fmix rec lfw-bin`'s) to report as well; repeatable.")] = None,
+    bins: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--bin",
+            help="An InsightFace verification .bin (lfw.bin, cfp_fp.bin, or `fmix rec lfw-bin`'s) to report as well; repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Verification (10-fold accuracy, TAR@FAR, AUC) on masked, un-mixed faces, beside the raw-feature floor."""
     cfg = _load("EvaluateParams", params, "evaluate")
     from fmix.evaluate.run import evaluate_model
     from fmix.io import write_json_atomic
 
-    metrics = guarded(lambda: evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv", bins or ()))
+    metrics = guarded(
+        lambda: evaluate_model(model, aligned, splits / "pairs.csv", cfg, splits / "private_val.csv", bins or ())
+    )
     write_json_atomic(out, metrics)
     ver, floor = metrics["verification"], metrics["raw_feature_floor"]
     typer.echo(
         f"{metrics['method']}: verification accuracy {ver['accuracy_mean']:.3f} +- {ver['accuracy_std']:.3f}, AUC {ver['auc']:.3f}; "
         f"raw-feature floor {floor['accuracy_mean']:.3f}; closed-set validation accuracy "
-        + (f"{metrics['val_accuracy']:.3f}" if metrics["val_accuracy"] is not None else "n/a (trained on a release: its labels are not the split's)")
+        + (
+            f"{metrics['val_accuracy']:.3f}"
+            if metrics["val_accuracy"] is not None
+            else "n/a (trained on a release: its labels are not the split's)"
+        )
     )
     for path, result in metrics.get("bins", {}).items():
-        typer.echo(f"  {path}: verification accuracy {result['accuracy_mean']:.3f} +- {result['accuracy_std']:.3f}, AUC {result['auc']:.3f} on {result['pairs']} pairs")
+        typer.echo(
+            f"  {path}: verification accuracy {result['accuracy_mean']:.3f} +- {result['accuracy_std']:.3f}, AUC {result['auc']:.3f} on {result['pairs']} pairs"
+        )
 
 
 @app.command()
@@ -294,14 +425,25 @@ def evaluator(
     # The evaluator is its own model: its section's settings (device included), never train's pretrained start.
     train_cfg = dataclasses.replace(train_cfg, method="none", init_backbone=None, **dataclasses.asdict(cfg))
     summary = guarded(lambda: run_training(train_cfg, aligned, splits, out_dir, progress=not quiet))
-    typer.echo(f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities")
+    typer.echo(
+        f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities"
+    )
 
 
 @app.command("export-fr")
 def export_fr(
     model: Annotated[Path, typer.Argument(help="model.pt of `fmix train` (or `fmix evaluator`).")],
-    out: Annotated[Path, typer.Argument(help="Destination .onnx: (B, 3, 112, 112) RGB in [0, 255] -> (B, E) L2-normalised embeddings.")],
-    flip_average: Annotated[bool, typer.Option("--flip-average", help="Average with the mirrored face's embedding, as `fmix evaluate` does (twice the work).")] = False,
+    out: Annotated[
+        Path,
+        typer.Argument(help="Destination .onnx: (B, 3, 112, 112) RGB in [0, 255] -> (B, E) L2-normalised embeddings."),
+    ],
+    flip_average: Annotated[
+        bool,
+        typer.Option(
+            "--flip-average",
+            help="Average with the mirrored face's embedding, as `fmix evaluate` does (twice the work).",
+        ),
+    ] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (at least 17).")] = 18,
 ) -> None:
     """Export a trained FR model, its frozen encoder included, as an ONNX face embedder (dynamic batch; usable as attack.judge)."""
@@ -314,7 +456,9 @@ def export_fr(
     )
 
 
-attack_app = typer.Typer(help="Privacy attacks: reconstruction of protected faces, inversion of the FR model.", no_args_is_help=True)
+attack_app = typer.Typer(
+    help="Privacy attacks: reconstruction of protected faces, inversion of the FR model.", no_args_is_help=True
+)
 app.add_typer(attack_app, name="attack")
 app.add_typer(rec_app, name="rec")
 app.add_typer(data_app, name="data")
@@ -328,19 +472,36 @@ def attack_reconstruct(
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for privacy.json and grid.png.")],
     params: ParamsOption = None,
-    policy: Annotated[Optional[Path], typer.Option(help="The adaptive model.pt, when the masker holds its trained policy.")] = None,
+    policy: Annotated[
+        Optional[Path], typer.Option(help="The adaptive model.pt, when the masker holds its trained policy.")
+    ] = None,
     metrics: Annotated[Optional[Path], typer.Option(help="The method's verification metrics JSON (Score_cls).")] = None,
     method: Annotated[str, typer.Option(help="Name of the protection in the report.")] = "",
-    mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")] = True,
-    release: Annotated[Optional[Path], typer.Option("--release", help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).")] = None,
-    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
+    mix: Annotated[
+        bool, typer.Option("--mix/--no-mix", help="Attack mixed training samples or masked-only faces.")
+    ] = True,
+    release: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--release",
+            help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).",
+        ),
+    ] = None,
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
+    ] = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.run import attack_method
 
     score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
-    record = guarded(lambda: attack_method(masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery))
+    record = guarded(
+        lambda: attack_method(
+            masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery
+        )
+    )
     row, white, black = record["row"], record["white"], record["black"]
     typer.echo(
         f"{method or masker}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} "
@@ -366,7 +527,13 @@ def attack_unmix(
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for unmix.json and unmix_grid.png.")],
     params: ParamsOption = None,
-    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`), for scoring.")] = None,
+    ledger: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ledger",
+            help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`), for scoring.",
+        ),
+    ] = None,
 ) -> None:
     """Un-mix a release: (a) regenerate its secrets, (b) resolve labels, (c) structure only; reconstruct and score (S3, S4)."""
     cfg = _load("AttackParams", params, "attack")
@@ -374,11 +541,16 @@ def attack_unmix(
     from fmix.attacks.release import attack_release
 
     network = AttackConfig.from_params(cfg)
-    record = guarded(lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg, network, ledger))
+    record = guarded(
+        lambda: attack_release(release, masker, aligned, splits, evaluator_model, out_dir, cfg, network, ledger)
+    )
     base = record["mix_baseline"]
     typer.echo(
         f"unmix {release}: mixes themselves: error {base['median_relative_error']:.3f} S3 {base['S3']:.3f} S4 {base['S4']:.3f} (floor {base['floor']:.3f}) | "
-        + " | ".join(f"({record[n]['attack']}) {n}: error {record[n]['median_relative_error']:.3f}, recovered {record[n]['recovered_fraction']:.2f}, S3 {record[n]['S3']:.3f} S4 {record[n]['S4']:.3f}" for n in ("regenerate", "labels", "structure"))
+        + " | ".join(
+            f"({record[n]['attack']}) {n}: error {record[n]['median_relative_error']:.3f}, recovered {record[n]['recovered_fraction']:.2f}, S3 {record[n]['S3']:.3f} S4 {record[n]['S4']:.3f}"
+            for n in ("regenerate", "labels", "structure")
+        )
     )
 
 
@@ -390,31 +562,63 @@ def attack_aggregate(
     splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for aggregate.json and aggregate_grid.png.")],
     params: ParamsOption = None,
-    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
-    ledger: Annotated[Optional[Path], typer.Option("--ledger", help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`): it names each published label.")] = None,
-    targets: Annotated[int, typer.Option("--targets", help="Attack the N published labels that are the heaviest constituent of the most samples.")] = 100,
-    strata: Annotated[str, typer.Option("--strata", help="Strata of photos per identity in private_train.csv, as increasing bounds (2,5,20: 2-4, 5-19, 20+).")] = "2,5,20",
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
+    ] = None,
+    ledger: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ledger",
+            help="The owner's ledger of the release (default: the owner's default ledger, as for `fmix mask`): it names each published label.",
+        ),
+    ] = None,
+    targets: Annotated[
+        int,
+        typer.Option(
+            "--targets", help="Attack the N published labels that are the heaviest constituent of the most samples."
+        ),
+    ] = 100,
+    strata: Annotated[
+        str,
+        typer.Option(
+            "--strata",
+            help="Strata of photos per identity in private_train.csv, as increasing bounds (2,5,20: 2-4, 5-19, 20+).",
+        ),
+    ] = "2,5,20",
 ) -> None:
     """Attack the people a release holds most of: single samples and per-label means of |x|, inverted; top-1 per stratum."""
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.aggregate import attack_aggregate as run_attack
 
-    record = guarded(lambda: run_attack(release, masker, aligned, splits, out_dir, cfg, targets, strata, gallery, ledger))
+    record = guarded(
+        lambda: run_attack(release, masker, aligned, splits, out_dir, cfg, targets, strata, gallery, ledger)
+    )
     attacks, head, control = record["attacks"], record["headline"], record["controls"]
-    verdict = "the attack works" if record["attack_works"] else f"below {control['positive']['min_top1']}: too weak at this budget, low numbers credit no privacy"
+    verdict = (
+        "the attack works"
+        if record["attack_works"]
+        else f"below {control['positive']['min_top1']}: too weak at this budget, low numbers credit no privacy"
+    )
     typer.echo(
         f"aggregate {release}: {record['targets']['selected']} targets (median {record['targets']['heaviest_samples']['median']} samples each) | "
         + " | ".join(f"{name} top-1 {attacks[name]['top1']:.3f}" for name in ("single", "heaviest", "weighted"))
         + f" | chance {record['chance_top1']:.4f} | max {head['top1']:.3f} ({head['attack']}), worst stratum {head['worst_stratum']}: {_fmt(head['worst_stratum_top1'])}"
     )
-    typer.echo(f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}")
+    typer.echo(
+        f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}"
+    )
 
 
 @attack_app.command("gallery")
 def attack_gallery(
     aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`: its private_train.csv is the gallery.")],
-    out: Annotated[Path, typer.Argument(help="Destination gallery.npz (descriptors, labels, paths, the judge's identity).")],
+    splits: Annotated[
+        Path, typer.Argument(help="Output folder of `fmix split`: its private_train.csv is the gallery.")
+    ],
+    out: Annotated[
+        Path, typer.Argument(help="Destination gallery.npz (descriptors, labels, paths, the judge's identity).")
+    ],
     params: ParamsOption = None,
 ) -> None:
     """Embed the dlib judge's gallery (the clean private faces) once, for attack reconstruct/protection/invert --gallery."""
@@ -422,7 +626,9 @@ def attack_gallery(
     from fmix.attacks.judge_gallery import write_gallery
 
     summary = guarded(lambda: write_gallery(aligned, splits, out))
-    typer.echo(f"judge gallery: {summary['faces']} faces of {summary['identities']} identities (dlib {summary['judge']['dlib']}) -> {out}")
+    typer.echo(
+        f"judge gallery: {summary['faces']} faces of {summary['identities']} identities (dlib {summary['judge']['dlib']}) -> {out}"
+    )
 
 
 @attack_app.command("invert")
@@ -433,7 +639,10 @@ def attack_invert(
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for inversion.json and inversion_grid.png.")],
     params: ParamsOption = None,
-    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
+    ] = None,
 ) -> None:
     """Model inversion of the FR model: decode identity templates, optimise inputs; scored by the evaluator."""
     cfg = _load("AttackParams", params, "attack")
@@ -450,7 +659,9 @@ def attack_invert(
 
 @attack_app.command("protection")
 def attack_protection(
-    model: Annotated[Path, typer.Argument(help="model.pt of `fmix train`: its method says which protection to attack.")],
+    model: Annotated[
+        Path, typer.Argument(help="model.pt of `fmix train`: its method says which protection to attack.")
+    ],
     aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
     splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
@@ -458,32 +669,54 @@ def attack_protection(
     params: ParamsOption = None,
     metrics: Annotated[Optional[Path], typer.Option(help="The model's verification metrics JSON (Score_cls).")] = None,
     name: Annotated[str, typer.Option(help="Name of the sweep entry in the report.")] = "",
-    gallery: Annotated[Optional[Path], typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here).")] = None,
-    artifacts: Annotated[Optional[Path], typer.Option(help="Folder for masker.onnx and the grids instead of OUT_DIR (privacy.json stays there); always created, empty for a method with nothing to attack.")] = None,
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
+    ] = None,
+    artifacts: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder for masker.onnx and the grids instead of OUT_DIR (privacy.json stays there); always created, empty for a method with nothing to attack."
+        ),
+    ] = None,
 ) -> None:
     """Reconstruction attacks on the protection a model was trained with (its own k policy, k, or masking alone)."""
     export_cfg = _load("ExportParams", params, "export")
     cfg = _load("AttackParams", params, "attack")
     from fmix.pipeline.model_attack import attack_protection as run_attack
 
-    record = guarded(lambda: run_attack(model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery, artifacts))
+    record = guarded(
+        lambda: run_attack(
+            model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery, artifacts
+        )
+    )
     if record["row"] is None:
         typer.echo(f"{record['method']}: {record['reason']}")
         return
     row, white = record["row"], record["white"]
-    typer.echo(f"{record['method']}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} | Score_pp {row['Score_pp']:.3f}")
+    typer.echo(
+        f"{record['method']}: S1 {row['S1']:.3f} S2 {row['S2']:.3f} | white-box S3 {white['S3']:.3f} (floor {white['floor']:.3f}) S4 {white['S4']:.3f} | Score_pp {row['Score_pp']:.3f}"
+    )
     _echo_check(record)
 
 
 def _echo_check(record: dict) -> None:
     check = record["check"]
-    verdict = "the attack works" if record["attack_works"] else "too weak at this budget: the low S3/S4 of a mix credit no privacy"
-    typer.echo(f"  attack check ({check['protection']}): S3 {check['S3']:.3f} (floor {check['floor']:.3f}) S4 {check['S4']:.3f}, at least {record['check_min_s4']} needed: {verdict}")
+    verdict = (
+        "the attack works"
+        if record["attack_works"]
+        else "too weak at this budget: the low S3/S4 of a mix credit no privacy"
+    )
+    typer.echo(
+        f"  attack check ({check['protection']}): S3 {check['S3']:.3f} (floor {check['floor']:.3f}) S4 {check['S4']:.3f}, at least {record['check_min_s4']} needed: {verdict}"
+    )
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def launch(
-    command: Annotated[list[str], typer.Argument(help="The fmix command to start, after --: e.g. -- train ALIGNED SPLITS OUT ...")],
+    command: Annotated[
+        list[str], typer.Argument(help="The fmix command to start, after --: e.g. -- train ALIGNED SPLITS OUT ...")
+    ],
     params: ParamsOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command line, start nothing.")] = False,
 ) -> None:
@@ -500,14 +733,19 @@ def launch(
         raise typer.Exit(code=subprocess.run(argv).returncode)
 
 
-pipeline_app = typer.Typer(help="The pipeline's own files: generate both front ends from the stage table, switch profiles.", no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="The pipeline's own files: generate both front ends from the stage table, switch profiles.",
+    no_args_is_help=True,
+)
 app.add_typer(pipeline_app, name="pipeline")
 
 
 @pipeline_app.command("generate")
 def pipeline_generate(
     root: Annotated[Path, typer.Option(help="Repository root (holds workflow/stages.yaml).")] = Path("."),
-    check: Annotated[bool, typer.Option("--check", help="Write nothing; fail when a generated file is not current.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; fail when a generated file is not current.")
+    ] = False,
 ) -> None:
     """Write dvc.yaml, the Snakefile and workflow/rules/<stage>.smk from workflow/stages.yaml."""
     from fmix.pipeline.generate import stale_files, write_generated
@@ -524,7 +762,9 @@ def pipeline_generate(
 
 @pipeline_app.command("profile")
 def pipeline_profile(
-    name: Annotated[str, typer.Argument(help="quick (params.yaml as it is), paper, ci, or another workflow/params/<name>.yaml.")],
+    name: Annotated[
+        str, typer.Argument(help="quick (params.yaml as it is), paper, ci, or another workflow/params/<name>.yaml.")
+    ],
     params: Annotated[Path, typer.Option("--params", "-p", help="The params file to rewrite.")] = Path("params.yaml"),
     root: Annotated[Path, typer.Option(help="Repository root (holds workflow/params/).")] = Path("."),
 ) -> None:
@@ -541,11 +781,28 @@ def pipeline_profile(
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="The sweep's results folder (data.results): <entry>/verification.json, privacy.json, inversion.json.")],
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="The sweep's results folder (data.results): <entry>/verification.json, privacy.json, inversion.json."
+        ),
+    ],
     models: Annotated[Path, typer.Argument(help="The sweep's models folder (data.models): <entry>/train_log.jsonl.")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder for report.md, report.html, methods.json, the CSV files and figures.")],
-    params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml: its sweep section lists the entries; all of it goes into the report.")] = Path("params.yaml"),
-    aggregate: Annotated[Optional[Path], typer.Option("--aggregate", help="aggregate.json of `fmix attack aggregate`: the release's worst case, per stratum.")] = None,
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for report.md, report.html, methods.json, the CSV files and figures.")
+    ],
+    params: Annotated[
+        Path,
+        typer.Option(
+            "--params", "-p", help="params.yaml: its sweep section lists the entries; all of it goes into the report."
+        ),
+    ] = Path("params.yaml"),
+    aggregate: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--aggregate", help="aggregate.json of `fmix attack aggregate`: the release's worst case, per stratum."
+        ),
+    ] = None,
 ) -> None:
     """Write the report: method table, privacy/utility scatter, training curves, k over epochs, grids, params, versions."""
     from fmix.pipeline.report import write_report

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from fmix.cli.errors import fail
-
 from fmix.data.fetch import LFW_ARCHIVE, LFW_BASE_URL, LFW_DIR, LFW_IMAGES, LFW_PAIRS, SUMS_FILE
 
 app = typer.Typer(help="Get the public data sets: LFW deep-funneled and its verification pairs.", no_args_is_help=True)
@@ -16,9 +15,21 @@ app = typer.Typer(help="Get the public data sets: LFW deep-funneled and its veri
 
 @app.command("lfw")
 def lfw(
-    dest: Annotated[Path, typer.Argument(help=f"Data root (what FMIX_DATA names): writes DEST/{LFW_DIR}/{LFW_IMAGES}/, {LFW_PAIRS}, {LFW_ARCHIVE} and {SUMS_FILE}.")],
-    base_url: Annotated[str, typer.Option("--base-url", help="Where the files are: the LFW site, a mirror, or a file:// folder.")] = LFW_BASE_URL,
-    sha256: Annotated[Optional[list[str]], typer.Option("--sha256", help=f"NAME=HEX: the SHA-256 a file must have ({LFW_ARCHIVE} or {LFW_PAIRS}); repeat for both.")] = None,
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            help=f"Data root (what FMIX_DATA names): writes DEST/{LFW_DIR}/{LFW_IMAGES}/, {LFW_PAIRS}, {LFW_ARCHIVE} and {SUMS_FILE}."
+        ),
+    ],
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="Where the files are: the LFW site, a mirror, or a file:// folder.")
+    ] = LFW_BASE_URL,
+    sha256: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--sha256", help=f"NAME=HEX: the SHA-256 a file must have ({LFW_ARCHIVE} or {LFW_PAIRS}); repeat for both."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download LFW deep-funneled and pairs.txt, verify their SHA-256 and extract the photos safely; a second run skips what is done."""
@@ -46,7 +57,9 @@ def lfw(
             bar.close()
     for item in summary.files:
         state = "downloaded" if item.downloaded else "already there"
-        check = {"given": "matches the given SHA-256", "recorded": f"matches {SUMS_FILE}", "none": "not verified"}[item.checked_against]
+        check = {"given": "matches the given SHA-256", "recorded": f"matches {SUMS_FILE}", "none": "not verified"}[
+            item.checked_against
+        ]
         typer.echo(f"{item.name}: {state}, SHA-256 {item.sha256} ({check})")
     for item in summary.unverified:
         typer.echo(

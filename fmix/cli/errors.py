@@ -12,7 +12,15 @@ T = TypeVar("T")
 
 # Errors caused by what the user passed (paths, files, values, a missing extra), shown as one line;
 # any other exception is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, MissingExtraError)
+USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    MissingExtraError,
+)
 
 
 def fail(message: str) -> None:

@@ -13,7 +13,10 @@ import typer
 
 from fmix.cli.errors import guarded
 
-rec_app = typer.Typer(help="InsightFace face packs (train.rec, train.idx, property) and verification .bin files, without mxnet.", no_args_is_help=True)
+rec_app = typer.Typer(
+    help="InsightFace face packs (train.rec, train.idx, property) and verification .bin files, without mxnet.",
+    no_args_is_help=True,
+)
 
 
 @rec_app.command("info")
@@ -34,35 +37,55 @@ def rec_info(
 @rec_app.command("export")
 def rec_export(
     pack_dir: Annotated[Path, typer.Argument(help="The pack's folder.")],
-    dst: Annotated[Path, typer.Argument(help="Empty output folder: DST/<label>/<key>.png and manifest.jsonl (readable by `fmix split`).")],
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished export of the same pack into DST.")] = False,
+    dst: Annotated[
+        Path,
+        typer.Argument(
+            help="Empty output folder: DST/<label>/<key>.png and manifest.jsonl (readable by `fmix split`)."
+        ),
+    ],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an unfinished export of the same pack into DST.")
+    ] = False,
 ) -> None:
     """Write a pack's faces as an aligned ImageFolder, one folder per class label."""
     from fmix.data.recordio import export_face_pack
 
     summary = guarded(lambda: export_face_pack(pack_dir, dst, resume))
-    typer.echo(f"exported {summary['images']} faces of {summary['classes']} classes to {dst} ({summary['resumed_skipped']} done before, {summary['written']} now)")
+    typer.echo(
+        f"exported {summary['images']} faces of {summary['classes']} classes to {dst} ({summary['resumed_skipped']} done before, {summary['written']} now)"
+    )
 
 
 @rec_app.command("pack")
 def rec_pack(
-    aligned: Annotated[Path, typer.Argument(help="Aligned faces ALIGNED/<identity>/<face>.png (e.g. the output of `fmix align`).")],
+    aligned: Annotated[
+        Path, typer.Argument(help="Aligned faces ALIGNED/<identity>/<face>.png (e.g. the output of `fmix align`).")
+    ],
     dst: Annotated[Path, typer.Argument(help="Folder for train.rec, train.idx, property and identities.csv.")],
-    faces: Annotated[Optional[Path], typer.Option("--faces", help="Split CSV (path, identity) restricting the faces, e.g. private_train.csv.")] = None,
+    faces: Annotated[
+        Optional[Path],
+        typer.Option("--faces", help="Split CSV (path, identity) restricting the faces, e.g. private_train.csv."),
+    ] = None,
 ) -> None:
     """Write an InsightFace face pack; labels number the identities in sorted name order."""
     from fmix.data.recordio import write_face_pack
 
     summary = guarded(lambda: write_face_pack(aligned, dst, faces))
-    typer.echo(f"packed {summary['images']} faces of {summary['classes']} identities, {summary['size']}x{summary['size']} -> {dst}")
+    typer.echo(
+        f"packed {summary['images']} faces of {summary['classes']} identities, {summary['size']}x{summary['size']} -> {dst}"
+    )
 
 
 @rec_app.command("lfw-bin")
 def rec_lfw_bin(
-    aligned: Annotated[Path, typer.Argument(help="Aligned LFW faces (`fmix align` of LFW): ALIGNED/<name>/<name>_<NNNN>.png.")],
+    aligned: Annotated[
+        Path, typer.Argument(help="Aligned LFW faces (`fmix align` of LFW): ALIGNED/<name>/<name>_<NNNN>.png.")
+    ],
     pairs_txt: Annotated[Path, typer.Argument(help="LFW View 2 pairs.txt.")],
     out: Annotated[Path, typer.Argument(help="The .bin to write.")],
-    skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Drop the pairs whose faces were not aligned (default: refuse).")] = False,
+    skip_missing: Annotated[
+        bool, typer.Option("--skip-missing", help="Drop the pairs whose faces were not aligned (default: refuse).")
+    ] = False,
 ) -> None:
     """Write an InsightFace verification .bin (pickle of image bytes and same flags) of LFW's pairs."""
     from fmix.data.insightface_bin import write_verification_bin

@@ -109,7 +109,9 @@ def warp_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.nda
     import cv2
 
     matrix = similarity_matrix(landmarks, size)
-    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 class PhotoAligner:
@@ -123,14 +125,18 @@ class PhotoAligner:
         from fmix.data.detect import RetinaFaceDetector
 
         self.size = params.size
-        self.detector = RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=1, device=params.device)
+        self.detector = RetinaFaceDetector(
+            params.score_threshold, max_side=params.detect_max_side, threads=1, device=params.device
+        )
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         face = pick_central_face(self.detector.detect(rgb), rgb.shape[1], rgb.shape[0])
         return None if face is None else warp_face(rgb, face.landmarks, self.size)
 
 
-def align_file(source: Path, identity: str, src_root: Path, dst_root: Path, detector: FaceDetector, params: AlignParams) -> AlignResult:
+def align_file(
+    source: Path, identity: str, src_root: Path, dst_root: Path, detector: FaceDetector, params: AlignParams
+) -> AlignResult:
     """Detect, align and write one photo; every failure becomes a status, never an exception.
 
     Args:
@@ -166,7 +172,9 @@ def output_name(source: Path, identity: str) -> str:
     return f"{identity}/{source.stem}.png"
 
 
-def refused_sources(tasks: list[tuple[Path, str]], src_root: Path, follow_outside: bool = True) -> dict[Path, AlignResult]:
+def refused_sources(
+    tasks: list[tuple[Path, str]], src_root: Path, follow_outside: bool = True
+) -> dict[Path, AlignResult]:
     """The sources that are not aligned at all, with their manifest rows.
 
     Args:
@@ -215,7 +223,9 @@ def select_sources(src_root: Path, params: AlignParams) -> list[tuple[Path, str]
     Returns:
         Sorted (path, identity) pairs.
     """
-    identities = {name: files for name, files in list_identity_folders(src_root).items() if len(files) >= params.min_images}
+    identities = {
+        name: files for name, files in list_identity_folders(src_root).items() if len(files) >= params.min_images
+    }
     names = sorted(identities)[: params.max_identities]
     if not names:
         raise ValueError(f"no identity in {src_root} has at least align.min_images={params.min_images} files")
@@ -253,16 +263,18 @@ _WORKER: dict = {}
 
 
 def _init_worker(src_root: Path, dst_root: Path, params: AlignParams, threads: int) -> None:
-    from fmix.data.detect import RetinaFaceDetector
-
     import cv2
+
+    from fmix.data.detect import RetinaFaceDetector
 
     cv2.setNumThreads(1)
     _WORKER.update(
         src_root=src_root,
         dst_root=dst_root,
         params=params,
-        detector=RetinaFaceDetector(params.score_threshold, max_side=params.detect_max_side, threads=threads, device=params.device),
+        detector=RetinaFaceDetector(
+            params.score_threshold, max_side=params.detect_max_side, threads=threads, device=params.device
+        ),
     )
 
 
@@ -272,18 +284,24 @@ def _align_task(task: tuple[Path, str]) -> AlignResult:
     return align_file(source, identity, w["src_root"], w["dst_root"], w["detector"], w["params"])
 
 
-def _run_tasks(tasks: list[tuple[Path, str]], src_root: Path, dst_root: Path, params: AlignParams) -> Iterator[AlignResult]:
+def _run_tasks(
+    tasks: list[tuple[Path, str]], src_root: Path, dst_root: Path, params: AlignParams
+) -> Iterator[AlignResult]:
     if not tasks:  # a resume with nothing left: no detector to load
         return
     if params.workers == 1:
         _init_worker(src_root, dst_root, params, threads=1)
         yield from map(_align_task, tasks)
         return
-    with ProcessPoolExecutor(params.workers, initializer=_init_worker, initargs=(src_root, dst_root, params, 1)) as pool:
+    with ProcessPoolExecutor(
+        params.workers, initializer=_init_worker, initargs=(src_root, dst_root, params, 1)
+    ) as pool:
         yield from pool.map(_align_task, tasks, chunksize=16)
 
 
-def align_folder(src: str | Path, dst: str | Path, params: AlignParams, progress: bool = True, follow_outside: bool = True) -> dict:
+def align_folder(
+    src: str | Path, dst: str | Path, params: AlignParams, progress: bool = True, follow_outside: bool = True
+) -> dict:
     """Align every selected photo of an ImageFolder tree, resuming a previous run.
 
     Photos already in ``DST/manifest.jsonl`` (and whose output still exists) are skipped.
@@ -354,7 +372,9 @@ def _check_resumable(dst_root: Path, params: AlignParams) -> None:
     recorded_path = dst_root / OUTPUT_PARAMS
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
-        changed = [f"{key}: {recorded.get(key)} -> {value}" for key, value in wanted.items() if recorded.get(key) != value]
+        changed = [
+            f"{key}: {recorded.get(key)} -> {value}" for key, value in wanted.items() if recorded.get(key) != value
+        ]
         if changed:
             raise ValueError(
                 f"{dst_root} was aligned with other parameters ({'; '.join(changed)}); "

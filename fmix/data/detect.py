@@ -43,7 +43,14 @@ class RetinaFaceDetector:
         device: ``auto`` (ONNX Runtime's CUDA provider when present), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
-    def __init__(self, score_threshold: float = 0.9, nms_threshold: float = 0.4, max_side: int = 640, threads: int = 1, device: str = "auto"):
+    def __init__(
+        self,
+        score_threshold: float = 0.9,
+        nms_threshold: float = 0.4,
+        max_side: int = 640,
+        threads: int = 1,
+        device: str = "auto",
+    ):
         import onnxruntime as ort
         from retinaface.weights import WEIGHTS
 
@@ -81,16 +88,22 @@ class RetinaFaceDetector:
         if confident.size == 0:
             return []
         xywh = boxes[confident] * [in_w, in_h, in_w, in_h]
-        kept = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores[confident].tolist(), self.score_threshold, self.nms_threshold)).reshape(-1)
+        kept = np.asarray(
+            cv2.dnn.NMSBoxes(xywh.tolist(), scores[confident].tolist(), self.score_threshold, self.nms_threshold)
+        ).reshape(-1)
         detections = []
         for index in confident[kept]:
             x, y, w, h = boxes[index] * [in_w, in_h, in_w, in_h] / scale
             landmarks = points[index].reshape(5, 2) * [in_w, in_h] / scale
-            detections.append(Detection(np.array([x, y, x + w, y + h]), float(scores[index]), landmarks.astype(np.float64)))
+            detections.append(
+                Detection(np.array([x, y, x + w, y + h]), float(scores[index]), landmarks.astype(np.float64))
+            )
         return detections
 
 
-def pick_central_face(detections: list[Detection], width: int, height: int, min_relative_area: float = 0.25) -> Detection | None:
+def pick_central_face(
+    detections: list[Detection], width: int, height: int, min_relative_area: float = 0.25
+) -> Detection | None:
     """Choose the face nearest the image centre among the confident, reasonably large ones.
 
     Faces smaller than ``min_relative_area`` times the largest face are ignored, so a small

@@ -42,7 +42,9 @@ def read_face_list(csv_path: str | Path) -> list[tuple[str, str]]:
         if not path or not identity:
             raise ValueError(f"{csv_path} line {line}: a row needs both a path and an identity")
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-            raise ValueError(f"{csv_path} line {line}: path {path!r} must be relative to the faces folder, without '..'")
+            raise ValueError(
+                f"{csv_path} line {line}: path {path!r} must be relative to the faces folder, without '..'"
+            )
     return [(path, identity) for path, identity, _ in rows]
 
 
@@ -75,7 +77,13 @@ def load_faces(
                 continue
         expected = size or (faces[0].shape[0] if faces else rgb.shape[0])
         if rgb.shape[:2] != (expected, expected):
-            skipped.append((index, "wrong_size", f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, expected an aligned {expected}x{expected} face (use --align for photos)"))
+            skipped.append(
+                (
+                    index,
+                    "wrong_size",
+                    f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, expected an aligned {expected}x{expected} face (use --align for photos)",
+                )
+            )
             continue
         faces.append(rgb)
         loaded.append(index)
@@ -100,7 +108,9 @@ class FaceSet:
 
     def float_images(self, index: Tensor) -> Tensor:
         """Faces ``index`` as (B, 3, H, W) float32 in [0, 255]."""
-        return self.images[index].permute(0, 3, 1, 2).float().contiguous()  # channels-last strides crash CPU conv backward
+        return (
+            self.images[index].permute(0, 3, 1, 2).float().contiguous()
+        )  # channels-last strides crash CPU conv backward
 
 
 def load_face_set(aligned: str | Path, csv_path: str | Path) -> FaceSet:

@@ -302,7 +302,9 @@ def fetch_lfw(
     recorded = read_sums(sums_path)
     summary = FetchSummary(root=root)
     for name in LFW_FILES:
-        fetched = download(file_url(base_url, name), root / name, expected.get(name), recorded.get(name), progress, timeout)
+        fetched = download(
+            file_url(base_url, name), root / name, expected.get(name), recorded.get(name), progress, timeout
+        )
         summary.files.append(fetched)
         recorded[name] = fetched.sha256
         write_sums(sums_path, recorded)  # after each file: a later failure keeps what is known
@@ -313,7 +315,9 @@ def fetch_lfw(
         summary.extracted = False
     else:
         if images.exists():
-            raise FileExistsError(f"{images} exists but was not extracted from {root / LFW_ARCHIVE}: move it away to extract again")
+            raise FileExistsError(
+                f"{images} exists but was not extracted from {root / LFW_ARCHIVE}: move it away to extract again"
+            )
         safe_extract(root / LFW_ARCHIVE, images)
         _write_text_atomic(marker, archive_sha + "\n")
         summary.extracted = True

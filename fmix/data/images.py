@@ -68,7 +68,9 @@ def read_rgb(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageReadError(TOO_LARGE, f"{path} has {width}x{height} pixels, more than max_pixels={max_pixels}")
+                    raise ImageReadError(
+                        TOO_LARGE, f"{path} has {width}x{height} pixels, more than max_pixels={max_pixels}"
+                    )
                 image.load()
                 return _to_rgb_array(ImageOps.exif_transpose(image))
         except ImageReadError:
@@ -154,8 +156,11 @@ def list_nested_files(root: str | Path) -> dict[str, list[Path]]:
     nested: dict[str, list[Path]] = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(p for p in sub.rglob("*") if _is_listed_file(p) and not any(part.startswith(".") for part in p.relative_to(sub).parts))
+            files = sorted(
+                p
+                for p in sub.rglob("*")
+                if _is_listed_file(p) and not any(part.startswith(".") for part in p.relative_to(sub).parts)
+            )
             if files:
                 nested.setdefault(folder.name, []).extend(files)
     return nested
-

@@ -38,7 +38,9 @@ def _latin1_bytes(*args: object) -> bytes:
     """The stand-in for ``_codecs.encode`` in protocol-2 pickles: ``text.encode("latin1")``, nothing else."""
     if len(args) != 2 or not isinstance(args[0], str) or args[1] != "latin1":
         shown = ", ".join(type(arg).__name__ if not isinstance(arg, str) else repr(arg[:20]) for arg in args)
-        raise pickle.UnpicklingError(f"refusing the call _codecs.encode({shown}): a protocol-2 .bin may only encode bytes as (str, 'latin1')")
+        raise pickle.UnpicklingError(
+            f"refusing the call _codecs.encode({shown}): a protocol-2 .bin may only encode bytes as (str, 'latin1')"
+        )
     return args[0].encode("latin1")
 
 
@@ -120,7 +122,9 @@ def _check_structure(obj: object) -> tuple[list, list]:
         raise ValueError(f"Expected the .bin to hold a pair (bins, issame_list), got {type(obj).__name__}")
     bins, issame = obj
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
-        raise ValueError(f"Expected bins and issame_list to be lists, got {type(bins).__name__} and {type(issame).__name__}")
+        raise ValueError(
+            f"Expected bins and issame_list to be lists, got {type(bins).__name__} and {type(issame).__name__}"
+        )
     if len(bins) != 2 * len(issame):
         raise ValueError(f"Expected len(bins) == 2 * len(issame_list), got {len(bins)} images for {len(issame)} pairs")
     for i, flag in enumerate(issame):
@@ -203,7 +207,9 @@ def read_insightface_bin(path: str | Path, image_size: tuple[int, int] | None = 
     return VerificationBin(np.stack(images), np.array(issame, dtype=np.bool_))
 
 
-def write_verification_bin(aligned: str | Path, pairs_txt: str | Path, out: str | Path, skip_missing: bool = False) -> dict:
+def write_verification_bin(
+    aligned: str | Path, pairs_txt: str | Path, out: str | Path, skip_missing: bool = False
+) -> dict:
     """Write an InsightFace verification ``.bin`` from aligned LFW faces and LFW's View 2 ``pairs.txt``.
 
     The faces are ``ALIGNED/<name>/<name>_<NNNN>.png`` (as ``fmix align`` names them); their
@@ -248,7 +254,9 @@ def write_verification_bin(aligned: str | Path, pairs_txt: str | Path, out: str 
                 except ValueError as err:
                     raise ValueError(f"{aligned / name}: {err}") from err
                 if size is not None and shape != size:
-                    raise ValueError(f"{aligned / name} is {shape[1]}x{shape[0]}, the faces before it {size[1]}x{size[0]}")
+                    raise ValueError(
+                        f"{aligned / name} is {shape[1]}x{shape[0]}, the faces before it {size[1]}x{size[0]}"
+                    )
                 encoded[name], size = data, shape
             bins.append(encoded[name])
         issame.append(bool(same))
@@ -261,4 +269,10 @@ def write_verification_bin(aligned: str | Path, pairs_txt: str | Path, out: str 
         raise ValueError(f"no pair of {pairs_txt} has both faces in {aligned}")
     with atomic_write(out, "wb") as handle:
         pickle.dump((bins, issame), handle, protocol=4)
-    return {"pairs": len(issame), "matched": sum(issame), "dropped": len(pairs) - len(issame), "images": len(encoded), "size": f"{size[1]}x{size[0]}"}
+    return {
+        "pairs": len(issame),
+        "matched": sum(issame),
+        "dropped": len(pairs) - len(issame),
+        "images": len(encoded),
+        "size": f"{size[1]}x{size[0]}",
+    }

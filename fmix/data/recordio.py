@@ -168,11 +168,15 @@ class RecordIOReader:
                     if len(fields) != 2:
                         raise ValueError
                 except (IndexError, ValueError):
-                    raise ValueError(f"{self.path_idx} line {number}: expected 'key<TAB>offset' (two integers), got {line.strip()[:80]!r}") from None
+                    raise ValueError(
+                        f"{self.path_idx} line {number}: expected 'key<TAB>offset' (two integers), got {line.strip()[:80]!r}"
+                    ) from None
                 if key in offsets:
                     raise ValueError(f"{self.path_idx} line {number}: key {key} appears twice")
                 if not 0 <= offset <= self.size - 8:
-                    raise ValueError(f"{self.path_idx} line {number}: key {key} has offset {offset}, beyond the end of {self.path_rec} ({self.size} bytes)")
+                    raise ValueError(
+                        f"{self.path_idx} line {number}: key {key} has offset {offset}, beyond the end of {self.path_rec} ({self.size} bytes)"
+                    )
                 offsets[key] = offset
         return offsets
 
@@ -196,17 +200,25 @@ class RecordIOReader:
             head = _pread(fd, 8, position)
             if len(head) < 8:
                 what = "a record" if previous is None else f"part {len(parts)} of the record at offset {offset}"
-                raise ValueError(f"{self.path_rec} is truncated: {what} needs an 8-byte part header at offset {position}, the file has {self.size} bytes")
+                raise ValueError(
+                    f"{self.path_rec} is truncated: {what} needs an 8-byte part header at offset {position}, the file has {self.size} bytes"
+                )
             magic, lrecord = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise ValueError(f"{self.path_rec}: bad magic 0x{magic:08x} at offset {position}, expected 0x{MAGIC:08x} (not a RecordIO file, or a wrong .idx offset)")
+                raise ValueError(
+                    f"{self.path_rec}: bad magic 0x{magic:08x} at offset {position}, expected 0x{MAGIC:08x} (not a RecordIO file, or a wrong .idx offset)"
+                )
             cflag, length = lrecord >> 29, lrecord & MAX_PART_LENGTH
             expected = (_WHOLE, _FIRST) if previous is None else (_MIDDLE, _LAST)
             if cflag not in expected:
-                raise ValueError(f"{self.path_rec}: the part at offset {position} has continuation flag {cflag}, expected one of {expected}")
+                raise ValueError(
+                    f"{self.path_rec}: the part at offset {position} has continuation flag {cflag}, expected one of {expected}"
+                )
             end = position + 8 + length + (-length % 4)
             if end > self.size:
-                raise ValueError(f"{self.path_rec}: the part at offset {position} claims {length} bytes, beyond the end of the file ({self.size} bytes): truncated file?")
+                raise ValueError(
+                    f"{self.path_rec}: the part at offset {position} claims {length} bytes, beyond the end of the file ({self.size} bytes): truncated file?"
+                )
             parts.append(_pread(fd, length, position + 8) if read_data else b"")
             position, previous = end, cflag
             if cflag in (_WHOLE, _LAST):
@@ -226,7 +238,9 @@ class RecordIOReader:
                 truncated, a length beyond the file), naming the file and the offset.
         """
         if key not in self.offsets:
-            source = self.path_idx if self.path_idx is not None else f"the {len(self.offsets)} records of {self.path_rec}"
+            source = (
+                self.path_idx if self.path_idx is not None else f"the {len(self.offsets)} records of {self.path_rec}"
+            )
             raise ValueError(f"key {key} is not in {source}")
         return self._walk(self.offsets[key])[0]
 
@@ -372,7 +386,9 @@ def unpack_image_record(data: bytes) -> tuple[ImageHeader, bytes]:
     end = IMAGE_HEADER.size + 4 * flag
     if flag > 0:
         if len(data) < end:
-            raise ValueError(f"the image header's flag {flag} announces {flag} labels ({4 * flag} bytes), the record has {len(data) - IMAGE_HEADER.size} bytes after its header")
+            raise ValueError(
+                f"the image header's flag {flag} announces {flag} labels ({4 * flag} bytes), the record has {len(data) - IMAGE_HEADER.size} bytes after its header"
+            )
         label = tuple(float(x) for x in np.frombuffer(data, "<f4", flag, IMAGE_HEADER.size))
     return ImageHeader(flag, label, id, id2), bytes(data[end:])
 
@@ -399,7 +415,9 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 3 or min(values) <= 0:
-        raise ValueError(f"{path}: expected one line 'num_classes,height,width' of positive integers, got {text[:80]!r}")
+        raise ValueError(
+            f"{path}: expected one line 'num_classes,height,width' of positive integers, got {text[:80]!r}"
+        )
     return values
 
 
@@ -438,7 +456,9 @@ class FacePack:
                 raise ValueError(f"{self.reader.path_rec}: header record 0 announces image keys [1, {end}): none")
             missing = next((key for key in range(1, end) if key not in self.reader), None)
             if missing is not None:
-                raise ValueError(f"{self.reader.path_idx or self.reader.path_rec} lacks key {missing} of the image keys [1, {end}) announced by header record 0")
+                raise ValueError(
+                    f"{self.reader.path_idx or self.reader.path_rec} lacks key {missing} of the image keys [1, {end}) announced by header record 0"
+                )
             self.image_keys: Sequence[int] = range(1, end)
         else:
             self.image_keys = self.reader.keys
@@ -457,7 +477,9 @@ class FacePack:
         except ValueError as err:
             if str(err).startswith(str(self.reader.path_rec)):
                 raise
-            raise ValueError(f"{self.reader.path_rec} record {key} (offset {self.reader.offsets.get(key)}): {err}") from err
+            raise ValueError(
+                f"{self.reader.path_rec} record {key} (offset {self.reader.offsets.get(key)}): {err}"
+            ) from err
 
     def record(self, key: int) -> tuple[int, bytes]:
         """(class label, encoded image) of the image record ``key``."""
@@ -550,9 +572,16 @@ def _aligned_faces(aligned: Path, faces_csv: Path | None) -> list[tuple[str, str
             raise ValueError(f"{faces_csv} lists no faces")
         return sorted(set(rows), key=lambda row: (row[1], row[0]))
     identities = list_identity_folders(aligned)
-    rows = [(path.relative_to(aligned).as_posix(), name) for name, paths in identities.items() for path in paths if path.suffix.lower() in FACE_SUFFIXES]
+    rows = [
+        (path.relative_to(aligned).as_posix(), name)
+        for name, paths in identities.items()
+        for path in paths
+        if path.suffix.lower() in FACE_SUFFIXES
+    ]
     if not rows:
-        raise ValueError(f"{aligned} holds no .png/.jpg faces in identity folders (expected ALIGNED/<identity>/<face>.png)")
+        raise ValueError(
+            f"{aligned} holds no .png/.jpg faces in identity folders (expected ALIGNED/<identity>/<face>.png)"
+        )
     return rows
 
 
@@ -568,7 +597,9 @@ def _encoded_face(path: Path, size: int | None) -> tuple[bytes, int]:
         raise ValueError(f"cannot pack {path}: {err}") from err
     height, width = rgb.shape[:2]
     if height != width or (size is not None and height != size):
-        raise ValueError(f"cannot pack {path}: it is {width}x{height}, expected an aligned {size or height}x{size or height} face")
+        raise ValueError(
+            f"cannot pack {path}: it is {width}x{height}, expected an aligned {size or height}x{size or height} face"
+        )
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
         plain = image.format in ("PNG", "JPEG") and image.mode == "RGB"
@@ -665,9 +696,13 @@ def export_face_pack(pack_dir: str | Path, dst: str | Path, resume: bool = False
     if dst.is_dir() and any(dst.iterdir()):
         recorded = json.loads((dst / EXPORT_MARKER).read_text()) if (dst / EXPORT_MARKER).is_file() else None
         if not resume:
-            raise FileExistsError(f"output folder {dst} is not empty: choose an empty folder" + (" or pass --resume" if recorded else ""))
+            raise FileExistsError(
+                f"output folder {dst} is not empty: choose an empty folder" + (" or pass --resume" if recorded else "")
+            )
         if recorded != marker:
-            raise FileExistsError(f"output folder {dst} is not an unfinished export of {pack_dir} (no matching {EXPORT_MARKER}): choose an empty folder")
+            raise FileExistsError(
+                f"output folder {dst} is not an unfinished export of {pack_dir} (no matching {EXPORT_MARKER}): choose an empty folder"
+            )
         remove_stale_temporaries(dst)
         _cut_half_line(dst / MANIFEST)
     write_json_atomic(dst / EXPORT_MARKER, marker)
@@ -681,10 +716,17 @@ def export_face_pack(pack_dir: str | Path, dst: str | Path, resume: bool = False
             face, label = pack.item(key)
             output = f"{label}/{key}.png"
             write_png_atomic(face, dst / output)
-            manifest.write(json.dumps({"source": source, "identity": str(label), "status": "ok", "output": output}) + "\n")
+            manifest.write(
+                json.dumps({"source": source, "identity": str(label), "status": "ok", "output": output}) + "\n"
+            )
             manifest.flush()
             written += 1
-    return {"images": len(pack), "classes": pack.num_classes, "written": written, "resumed_skipped": len(pack) - written}
+    return {
+        "images": len(pack),
+        "classes": pack.num_classes,
+        "written": written,
+        "resumed_skipped": len(pack) - written,
+    }
 
 
 def _cut_half_line(path: Path) -> None:

@@ -46,7 +46,7 @@ def resolve_data_path(path: str | Path) -> str:
     if env is None:
         return text
     if text == DEFAULT_DATA_ROOT or text.startswith(DEFAULT_DATA_ROOT + "/"):
-        return env + text[len(DEFAULT_DATA_ROOT):]
+        return env + text[len(DEFAULT_DATA_ROOT) :]
     return text
 
 

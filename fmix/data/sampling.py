@@ -39,7 +39,9 @@ def epoch_permutation(size: int, epoch: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size).astype(np.int64)
 
 
-def rank_share(size: int, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> np.ndarray:
+def rank_share(
+    size: int, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0, shuffle: bool = True
+) -> np.ndarray:
     """This rank's sample indices for one epoch.
 
     Args:
@@ -74,7 +76,9 @@ class RankSampler(Sampler[int]):
         shuffle: shuffle each epoch.
     """
 
-    def __init__(self, size: int, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, size: int, rank: int | None = None, world_size: int | None = None, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if rank is None or world_size is None:
             import torch.distributed as dist
 

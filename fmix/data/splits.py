@@ -55,7 +55,9 @@ def group_by_identity(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {identity: sorted(paths) for identity, paths in sorted(groups.items())}
 
 
-def split_identities(faces: dict[str, list[str]], params: SplitParams, exclude: set[str] = frozenset()) -> dict[str, list[str]]:
+def split_identities(
+    faces: dict[str, list[str]], params: SplitParams, exclude: set[str] = frozenset()
+) -> dict[str, list[str]]:
     """Shuffle eligible identities with the seed and cut them into the three roles.
 
     Args:
@@ -68,7 +70,9 @@ def split_identities(faces: dict[str, list[str]], params: SplitParams, exclude: 
     """
     eligible = sorted(name for name, paths in faces.items() if len(paths) >= params.min_images and name not in exclude)
     if len(eligible) < 3:
-        raise ValueError(f"only {len(eligible)} identities have >= split.min_images={params.min_images} aligned faces; need at least 3")
+        raise ValueError(
+            f"only {len(eligible)} identities have >= split.min_images={params.min_images} aligned faces; need at least 3"
+        )
     random.Random(params.seed).shuffle(eligible)
     n_private = max(1, round(len(eligible) * params.private_fraction))
     n_public = round(len(eligible) * params.public_fraction)
@@ -95,7 +99,9 @@ def extra_private_identities(faces: dict[str, list[str]], params: SplitParams, e
     if params.private_extra_min_images is None:
         return []
     return sorted(
-        name for name, paths in faces.items() if params.private_extra_min_images <= len(paths) < params.min_images and name not in exclude
+        name
+        for name, paths in faces.items()
+        if params.private_extra_min_images <= len(paths) < params.min_images and name not in exclude
     )
 
 
@@ -249,8 +255,14 @@ def write_split(split: Split, out_dir: str | Path, params: SplitParams) -> dict:
     """
     out_dir = Path(out_dir)
     labels = split.private_labels()
-    _write_csv(out_dir / "private_train.csv", ("path", "identity", "label"), [(p, n, labels[n]) for p, n in split.private_train])
-    _write_csv(out_dir / "private_val.csv", ("path", "identity", "label"), [(p, n, labels[n]) for p, n in split.private_val])
+    _write_csv(
+        out_dir / "private_train.csv",
+        ("path", "identity", "label"),
+        [(p, n, labels[n]) for p, n in split.private_train],
+    )
+    _write_csv(
+        out_dir / "private_val.csv", ("path", "identity", "label"), [(p, n, labels[n]) for p, n in split.private_val]
+    )
     _write_csv(out_dir / "public.csv", ("path", "identity"), split.public)
     _write_csv(out_dir / "verification.csv", ("path", "identity"), split.verification)
     _write_csv(out_dir / "pairs.csv", PAIR_FIELDS, [(p.fold, p.path_a, p.path_b, int(p.same)) for p in split.pairs])

@@ -9,7 +9,9 @@ from fmix.data.faces import FaceSet
 
 
 @torch.no_grad()
-def closed_set_accuracy(encoder: nn.Module, net: nn.Module, faces: FaceSet, device: torch.device, batch_size: int = 256) -> float:
+def closed_set_accuracy(
+    encoder: nn.Module, net: nn.Module, faces: FaceSet, device: torch.device, batch_size: int = 256
+) -> float:
     """Top-1 identity accuracy of un-mixed faces against the head's class centres.
 
     Args:

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from fmix.data.faces import load_face_set, load_faces
+from fmix.data.insightface_bin import load_bin, read_insightface_bin
 from fmix.data.splits import Pair, read_pairs
 from fmix.device import resolve_device
 from fmix.evaluate.closed_set import closed_set_accuracy
-from fmix.data.insightface_bin import load_bin, read_insightface_bin
 from fmix.evaluate.verification import cosine_scores, verification_metrics
 from fmix.masker.build import faces_to_tensor
 from fmix.models.artifact import TrainedModel, load_trained_model
@@ -90,10 +90,12 @@ def verify_bin(model: TrainedModel, path: str | Path, params: EvaluateParams) ->
         :func:`~fmix.evaluate.verification.verification_metrics`' dict and ``pairs``.
     """
     data = _safely(read_insightface_bin, path)
-    features = torch.cat([
-        model.embed(faces_to_tensor(data.images[start : start + BIN_CHUNK]), params.flip_average, params.batch_size)
-        for start in range(0, len(data.images), BIN_CHUNK)
-    ])
+    features = torch.cat(
+        [
+            model.embed(faces_to_tensor(data.images[start : start + BIN_CHUNK]), params.flip_average, params.batch_size)
+            for start in range(0, len(data.images), BIN_CHUNK)
+        ]
+    )
     scores = cosine_scores(features[0::2], features[1::2]).numpy()
     try:
         return {"pairs": data.num_pairs, **verification_metrics(scores, data.issame, bin_folds(data.num_pairs))}
@@ -101,7 +103,14 @@ def verify_bin(model: TrainedModel, path: str | Path, params: EvaluateParams) ->
         raise ValueError(f"{path}: {err}") from err
 
 
-def evaluate_model(model_path: str | Path, aligned: str | Path, pairs_csv: str | Path, params: EvaluateParams, val_csv: str | Path | None = None, bins: Sequence[str | Path] = ()) -> dict:
+def evaluate_model(
+    model_path: str | Path,
+    aligned: str | Path,
+    pairs_csv: str | Path,
+    params: EvaluateParams,
+    val_csv: str | Path | None = None,
+    bins: Sequence[str | Path] = (),
+) -> dict:
     """Verification metrics of a trained model beside its raw-feature floor.
 
     Args:
@@ -136,8 +145,11 @@ def evaluate_model(model_path: str | Path, aligned: str | Path, pairs_csv: str |
     if val_csv is not None:
         # A model trained on a release (`fmix train --release`) numbers its classes as the release does, not as
         # the split does: a closed-set accuracy on the split's labels would measure nothing.
-        result["val_accuracy"] = None if record.release else closed_set_accuracy(model.encoder, model, load_face_set(aligned, val_csv), device)
+        result["val_accuracy"] = (
+            None
+            if record.release
+            else closed_set_accuracy(model.encoder, model, load_face_set(aligned, val_csv), device)
+        )
     if bins:
         result["bins"] = {str(path): verify_bin(model, path, params) for path in bins}
     return result
-

@@ -33,7 +33,9 @@ def _to_numpy(x: object, name: str) -> np.ndarray:
 def _check_inputs(scores: object, same: object, folds: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scores, same, folds = _to_numpy(scores, "scores"), _to_numpy(same, "same"), _to_numpy(folds, "folds")
     if not len(scores) == len(same) == len(folds):
-        raise ValueError(f"Expected scores, same and folds of one length, got {len(scores)}, {len(same)} and {len(folds)}")
+        raise ValueError(
+            f"Expected scores, same and folds of one length, got {len(scores)}, {len(same)} and {len(folds)}"
+        )
     if not np.issubdtype(scores.dtype, np.floating) and not np.issubdtype(scores.dtype, np.integer):
         raise TypeError(f"Expected real scores, got dtype {scores.dtype}")
     if same.dtype != np.bool_:
@@ -137,7 +139,9 @@ def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
     return float((ranks[same].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def verification_metrics(scores: np.ndarray | Tensor, same: np.ndarray | Tensor, folds: np.ndarray | Tensor) -> dict[str, Any]:
+def verification_metrics(
+    scores: np.ndarray | Tensor, same: np.ndarray | Tensor, folds: np.ndarray | Tensor
+) -> dict[str, Any]:
     """Verification accuracy over folds, TAR at FAR 1e-3 and 1e-4, ROC AUC.
 
     Each fold's threshold maximises accuracy on the *other* folds and is scored on that fold
@@ -208,7 +212,9 @@ def cosine_scores(emb_a: Tensor, emb_b: Tensor) -> Tensor:
         if not emb.is_floating_point():
             raise TypeError(f"Expected {name} with a floating dtype, got {emb.dtype}")
     if emb_a.dim() != 2 or emb_a.shape != emb_b.shape:
-        raise ValueError(f"Expected emb_a and emb_b of one shape (N, E), got {tuple(emb_a.shape)} and {tuple(emb_b.shape)}")
+        raise ValueError(
+            f"Expected emb_a and emb_b of one shape (N, E), got {tuple(emb_a.shape)} and {tuple(emb_b.shape)}"
+        )
     dtype = torch.float64 if torch.float64 in (emb_a.dtype, emb_b.dtype) else torch.float32
     a = F.normalize(emb_a.to(dtype), dim=1)
     b = F.normalize(emb_b.to(device=emb_a.device, dtype=dtype), dim=1)
@@ -238,4 +244,11 @@ def paired_fold_difference(fold_accuracies_a: list[float], fold_accuracies_b: li
     sem = std / np.sqrt(len(diff))
     mean = float(diff.mean())
     t = mean / sem if sem > 0 else (0.0 if mean == 0 else float(np.copysign(np.inf, mean)))
-    return {"mean": mean, "std": std, "sem": float(sem), "t": float(t), "wins": int((diff > 0).sum()), "folds": len(diff)}
+    return {
+        "mean": mean,
+        "std": std,
+        "sem": float(sem),
+        "t": float(t),
+        "wins": int((diff > 0).sum()),
+        "folds": len(diff),
+    }

@@ -186,7 +186,9 @@ def upsample_matrix(n: int, upsample: int, dtype: torch.dtype | None = None, dev
     return _copy_to(_upsample_matrix64(n, u), dtype, device)
 
 
-def block_dct_conv(upsample: int, dtype: torch.dtype | None = None, device=None) -> tuple[Tensor, Tensor, Tensor, int, int]:
+def block_dct_conv(
+    upsample: int, dtype: torch.dtype | None = None, device=None
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
     """The transform of :func:`block_dct` as an affine map and a strided convolution.
 
     ``block_dct(x, u)`` equals, for every colour plane ``c``, ``conv2d(pad(P_c), kernel,

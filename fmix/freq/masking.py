@@ -51,8 +51,7 @@ def _check_energy(energy: object) -> Tensor:
 def _lowest_energy(candidates: list[int], count: int, energy: Tensor) -> list[int]:
     if not 1 <= count <= len(candidates):
         raise ValueError(
-            f"Expected keep_lowest_energy in [1, {len(candidates)}] "
-            f"(the channels not otherwise dropped), got {count}"
+            f"Expected keep_lowest_energy in [1, {len(candidates)}] (the channels not otherwise dropped), got {count}"
         )
     # Stable sort: equal energies keep the lower channel index first.
     order = torch.sort(energy.detach().cpu()[candidates], stable=True).indices[:count]
@@ -113,9 +112,7 @@ def select_channels(
         raise ValueError("The selection drops every channel")
     kept_dc = sorted(set(candidates) & set(DC_CHANNELS))
     if kept_dc:
-        raise ValueError(
-            f"DC channels {DC_CHANNELS} must be dropped, but the selection keeps {kept_dc}"
-        )
+        raise ValueError(f"DC channels {DC_CHANNELS} must be dropped, but the selection keeps {kept_dc}")
     return torch.tensor(sorted(candidates), dtype=torch.long)
 
 
@@ -250,9 +247,7 @@ class RunningChannelStats:
 # --------------------------------------------------------------------------- masking
 
 
-def random_channel_permutation(
-    batch: int, k: int, generator: torch.Generator | None = None, device=None
-) -> Tensor:
+def random_channel_permutation(batch: int, k: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """One uniformly random permutation of ``k`` channels per sample.
 
     Made as the argsort of uniform noise, so it is vectorised and reproducible with a seeded
@@ -284,9 +279,7 @@ def _check_permutation(permutation: object, batch: int, k: int, verify_rows: boo
     permutation = check_tensor(permutation, "permutation")
     check_integer(permutation, "permutation")
     if permutation.shape != (batch, k):
-        raise ValueError(
-            f"Expected permutation of shape ({batch}, {k}), got {tuple(permutation.shape)}"
-        )
+        raise ValueError(f"Expected permutation of shape ({batch}, {k}), got {tuple(permutation.shape)}")
     if verify_rows:
         expected = torch.arange(k, device=permutation.device).expand(batch, k)
         if not torch.equal(permutation.sort(dim=1).values, expected):
@@ -335,9 +328,7 @@ class FrequencyMask(nn.Module):
         kept = _check_kept(kept, NUM_CHANNELS).cpu()
         kept_dc = sorted(set(kept.tolist()) & set(DC_CHANNELS))
         if kept_dc and not allow_dc:
-            raise ValueError(
-                f"DC channels {DC_CHANNELS} must be dropped, but kept contains {kept_dc}"
-            )
+            raise ValueError(f"DC channels {DC_CHANNELS} must be dropped, but kept contains {kept_dc}")
         k = kept.numel()
         mean = torch.zeros(k) if mean is None else self._check_stat(mean, "mean", k)
         std = torch.ones(k) if std is None else self._check_stat(std, "std", k)

@@ -272,9 +272,7 @@ def draw_partners(
     if k_max == 1:
         return PartnerDraw(anchors[:, None], torch.zeros(batch, dtype=torch.bool, device=device))
     if batch < 2:
-        raise ValueError(
-            f"Mixing with k_max={k_max} needs a batch of at least 2 samples, got {batch}"
-        )
+        raise ValueError(f"Mixing with k_max={k_max} needs a batch of at least 2 samples, got {batch}")
     # Two independent random orders: one elects each identity's representative, the other
     # ranks candidates within a tier (reusing the first would favour large identities).
     order = _distinct_ranks(batch, generator, device)
@@ -483,8 +481,7 @@ def apply_mixing(
     check_float(weights, "weights")
     if partners.dim() != 2 or weights.shape != partners.shape:
         raise ValueError(
-            f"Expected partners and weights of shape (G, k_max), "
-            f"got {tuple(partners.shape)} and {tuple(weights.shape)}"
+            f"Expected partners and weights of shape (G, k_max), got {tuple(partners.shape)} and {tuple(weights.shape)}"
         )
     out_shape = (partners.shape[0], *x.shape[1:])
     if sign is not None and tuple(check_tensor(sign, "sign").shape) != out_shape:

@@ -57,8 +57,6 @@ def to_uint8_hwc(image: Tensor) -> Tensor:
     image = check_tensor(image, "image")
     check_float(image, "image")
     if image.dim() not in (3, 4) or image.shape[-3] != 3:
-        raise ValueError(
-            f"Expected image of shape (B, 3, H, W) or (3, H, W), got {tuple(image.shape)}"
-        )
+        raise ValueError(f"Expected image of shape (B, 3, H, W) or (3, H, W), got {tuple(image.shape)}")
     pixels = image.detach().round().clamp(0, 255).to(torch.uint8)
     return pixels.movedim(-3, -1).contiguous()

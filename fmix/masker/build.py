@@ -77,7 +77,12 @@ def build_masker(params: ExportParams, stats: RunningChannelStats, mixing: Mixin
 
 
 def masker_metadata(
-    masker: Masker, params: ExportParams, input_size: int, public_faces: int | None, mixing: MixingParams | None = None, policy: str | None = None
+    masker: Masker,
+    params: ExportParams,
+    input_size: int,
+    public_faces: int | None,
+    mixing: MixingParams | None = None,
+    policy: str | None = None,
 ) -> dict[str, str]:
     """The metadata stored in ``masker.onnx`` (all values JSON strings), its release settings bound.
 

@@ -21,7 +21,9 @@ INPUT_NAMES = ("images", "policy_noise")
 OUTPUT_NAMES = ("masked", "k")
 
 
-def export_onnx(masker: Masker, path: str | Path, metadata: dict[str, str], input_size: int = 112, opset: int = 18) -> None:
+def export_onnx(
+    masker: Masker, path: str | Path, metadata: dict[str, str], input_size: int = 112, opset: int = 18
+) -> None:
     """Write the masker as an ONNX model with a dynamic batch dimension and metadata.
 
     Inputs ``images`` (B, 3, S, S) float32 RGB in [0, 255] and ``policy_noise`` (B,) uniform
@@ -54,7 +56,9 @@ def export_onnx(masker: Masker, path: str | Path, metadata: dict[str, str], inpu
     model = program.model_proto
     exported = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     if exported != [opset]:  # the exporter falls back to its own opset instead of failing
-        raise ValueError(f"the masker could not be exported at opset {opset} (the exporter produced opset {exported}); use export.opset 18")
+        raise ValueError(
+            f"the masker could not be exported at opset {opset} (the exporter produced opset {exported}); use export.opset 18"
+        )
     for key, value in sorted(metadata.items()):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -98,15 +102,21 @@ def masker_with_trained_policy(model_path: str | Path) -> Masker:
     frequency = model.encoder.transform
     try:
         k_values = tuple(record.policy["k_table"].tolist())  # the actions the policy was trained with
-        network = StrategyNetwork(frequency.mask.num_kept, k_values, signals=int(record.params.adaptive.policy_signal == "confidence"))
+        network = StrategyNetwork(
+            frequency.mask.num_kept, k_values, signals=int(record.params.adaptive.policy_signal == "confidence")
+        )
         network.load_state_dict(record.policy)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{model_path} holds a damaged strategy network: {type(err).__name__}: {err}") from err
-    signal = ConfidenceSignal(model.backbone, model.head) if network.signals else None  # the FR network travels with the policy
+    signal = (
+        ConfidenceSignal(model.backbone, model.head) if network.signals else None
+    )  # the FR network travels with the policy
     return Masker(frequency.mask, frequency.upsample, StrategyPolicy(network, signal), k_values).eval()
 
 
-def public_masker(aligned: str | Path, public_csv: str | Path, params: ExportParams, mixing: MixingParams | None = None) -> tuple[Masker, int]:
+def public_masker(
+    aligned: str | Path, public_csv: str | Path, params: ExportParams, mixing: MixingParams | None = None
+) -> tuple[Masker, int]:
     """The masker of ``params`` with statistics of (up to ``export.stats_images``) public faces.
 
     Args:
@@ -161,7 +171,9 @@ def export_masker(
         if params.k not in mixing.k_values:
             raise ValueError(f"export.k={params.k} must be one of mixing.k_values={list(mixing.k_values)}")
         masker, used = public_masker(aligned, public_csv, params, mixing)
-    metadata = masker_metadata(masker, params, input_size, used, mixing, policy="strategy" if policy_model is not None else None)
+    metadata = masker_metadata(
+        masker, params, input_size, used, mixing, policy="strategy" if policy_model is not None else None
+    )
     export_onnx(masker, out_path, metadata, input_size, params.opset)
     return {
         "kept_channels": masker.mask.num_kept,

@@ -26,7 +26,16 @@ from fmix.freq import NUM_CHANNELS
 from fmix.io import parse_json_field
 from fmix.masker.protection import MixingConfig
 
-BOUND_FIELDS = ("input_size", "upsample", "kept_channels", "channel_mean", "channel_std", "k_values", "policy", "mixing")
+BOUND_FIELDS = (
+    "input_size",
+    "upsample",
+    "kept_channels",
+    "channel_mean",
+    "channel_std",
+    "k_values",
+    "policy",
+    "mixing",
+)
 REQUIRED_FIELDS = (*BOUND_FIELDS, "params_hash", "binding")
 UPSAMPLE_FACTORS = (1, 2, 4, 8)
 
@@ -65,17 +74,23 @@ def _finite_numbers(values: Any, name: str, source: str) -> list[float]:
 
 def _positive_ints(values: Any, name: str, source: str) -> list[int]:
     if not isinstance(values, list) or not values or not all(type(v) is int and v >= 1 for v in values):
-        raise ValueError(f"{source}: its metadata field {name!r} must be a non-empty list of integers >= 1, got {values!r}")
+        raise ValueError(
+            f"{source}: its metadata field {name!r} must be a non-empty list of integers >= 1, got {values!r}"
+        )
     return values
 
 
 def _mixing(value: Any, source: str) -> MixingConfig:
     known = [f.name for f in fields(MixingConfig)]
     if not isinstance(value, dict):
-        raise ValueError(f"{source}: its metadata field 'mixing' must be a JSON object with keys {known}, got {value!r}")
+        raise ValueError(
+            f"{source}: its metadata field 'mixing' must be a JSON object with keys {known}, got {value!r}"
+        )
     unknown, missing = sorted(set(value) - set(known)), [key for key in known if key not in value]
     if unknown or missing:
-        raise ValueError(f"{source}: its metadata field 'mixing' has unknown keys {unknown} / lacks {missing} (keys: {known})")
+        raise ValueError(
+            f"{source}: its metadata field 'mixing' has unknown keys {unknown} / lacks {missing} (keys: {known})"
+        )
     try:
         return MixingConfig(**value)
     except (TypeError, ValueError) as err:
@@ -98,7 +113,11 @@ def validate_masker_metadata(metadata: dict[str, str], source: str) -> dict[str,
     """
     missing = [key for key in REQUIRED_FIELDS if key not in metadata]
     if missing:
-        hint = " (a masker exported before its release settings were bound: export it again)" if missing == ["binding"] else ""
+        hint = (
+            " (a masker exported before its release settings were bound: export it again)"
+            if missing == ["binding"]
+            else ""
+        )
         raise ValueError(f"{source} is not a masker of this fmix: its metadata lacks {', '.join(missing)}{hint}")
     values = {key: parse_json_field(metadata[key], key, source) for key in (*BOUND_FIELDS, "binding")}
     binding = values.pop("binding")
@@ -114,23 +133,33 @@ def validate_masker_metadata(metadata: dict[str, str], source: str) -> dict[str,
         if type(values[key]) is not int or values[key] < 1:
             raise ValueError(f"{source}: its metadata field {key!r} must be a positive integer, got {values[key]!r}")
     if values["upsample"] not in UPSAMPLE_FACTORS:
-        raise ValueError(f"{source}: its metadata field 'upsample' must be one of {UPSAMPLE_FACTORS}, got {values['upsample']}")
+        raise ValueError(
+            f"{source}: its metadata field 'upsample' must be one of {UPSAMPLE_FACTORS}, got {values['upsample']}"
+        )
     kept = values["kept_channels"]
     if not isinstance(kept, list) or not kept or not all(type(c) is int and 0 <= c < NUM_CHANNELS for c in kept):
-        raise ValueError(f"{source}: its metadata field 'kept_channels' must be a non-empty list of channels in [0, {NUM_CHANNELS})")
+        raise ValueError(
+            f"{source}: its metadata field 'kept_channels' must be a non-empty list of channels in [0, {NUM_CHANNELS})"
+        )
     for key in ("channel_mean", "channel_std"):
         if len(_finite_numbers(values[key], key, source)) != len(kept):
-            raise ValueError(f"{source}: its metadata field {key!r} has {len(values[key])} values for {len(kept)} kept channels")
+            raise ValueError(
+                f"{source}: its metadata field {key!r} has {len(values[key])} values for {len(kept)} kept channels"
+            )
     if min(values["channel_std"]) <= 0:
         raise ValueError(f"{source}: its metadata field 'channel_std' must be positive")
     k_values = _positive_ints(values["k_values"], "k_values", source)
     policy = values["policy"]
     kind, _, fixed = policy.partition(":") if isinstance(policy, str) else ("", "", "")
     if not (policy == "strategy" or (kind == "fixed" and fixed.isdigit() and int(fixed) in k_values)):
-        raise ValueError(f"{source}: its metadata field 'policy' must be 'strategy' or 'fixed:K' with K in k_values {k_values}, got {policy!r}")
+        raise ValueError(
+            f"{source}: its metadata field 'policy' must be 'strategy' or 'fixed:K' with K in k_values {k_values}, got {policy!r}"
+        )
     values["mixing"] = _mixing(values["mixing"], source)
     if values["mixing"].k_max != max(k_values):
-        raise ValueError(f"{source}: its metadata's mixing.k_max={values['mixing'].k_max} is not the largest of k_values {k_values}")
+        raise ValueError(
+            f"{source}: its metadata's mixing.k_max={values['mixing'].k_max} is not the largest of k_values {k_values}"
+        )
     return values
 
 

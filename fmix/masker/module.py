@@ -92,7 +92,9 @@ class Masker(nn.Module):
         - Output: masked :math:`(B, K, Hu/8, Wu/8)` and k :math:`(B,)` int64.
     """
 
-    def __init__(self, mask: FrequencyMask, upsample: int, policy: nn.Module, k_values: tuple[int, ...], progress: float = 1.0) -> None:
+    def __init__(
+        self, mask: FrequencyMask, upsample: int, policy: nn.Module, k_values: tuple[int, ...], progress: float = 1.0
+    ) -> None:
         super().__init__()
         self.transform = FrequencyTransform(mask, upsample)
         self.policy = policy

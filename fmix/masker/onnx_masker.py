@@ -44,7 +44,9 @@ class OnnxMasker:
         self.mixing = self.protection.mixing
         shapes = {item.name: item.shape for item in self.session.get_inputs()}
         if shapes.get("images", [None])[1:] != [3, self.input_size, self.input_size] or "policy_noise" not in shapes:
-            raise ValueError(f"{path} does not take faces of its metadata's input_size={self.input_size}: its inputs are {shapes}")
+            raise ValueError(
+                f"{path} does not take faces of its metadata's input_size={self.input_size}: its inputs are {shapes}"
+            )
         self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         self._verify_graph(path)
 
@@ -66,13 +68,19 @@ class OnnxMasker:
         with torch.no_grad():
             expected = masker_from_metadata(self.metadata).masked(probe.double())
         if tuple(masked.shape) != tuple(expected.shape):
-            raise ValueError(f"{path}: its graph outputs {tuple(masked.shape)} where its metadata describes {tuple(expected.shape)}: refusing an altered masker")
+            raise ValueError(
+                f"{path}: its graph outputs {tuple(masked.shape)} where its metadata describes {tuple(expected.shape)}: refusing an altered masker"
+            )
         error = ((masked.double() - expected).norm() / expected.norm()).item()
         if not error < 1e-4:
-            raise ValueError(f"{path}: its graph does not compute the masking its metadata describes (relative error {error:.2g} on a probe batch): refusing an altered masker")
+            raise ValueError(
+                f"{path}: its graph does not compute the masking its metadata describes (relative error {error:.2g} on a probe batch): refusing an altered masker"
+            )
         allowed = policy_k_values(self.settings)
         if not set(k.tolist()) <= set(allowed):
-            raise ValueError(f"{path}: its graph draws k {sorted(set(k.tolist()))} outside its policy's {allowed}: refusing an altered masker")
+            raise ValueError(
+                f"{path}: its graph draws k {sorted(set(k.tolist()))} outside its policy's {allowed}: refusing an altered masker"
+            )
 
     def __call__(self, images: torch.Tensor, policy_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument

@@ -80,7 +80,15 @@ class MixingConfig:
     @classmethod
     def from_params(cls, params: MixingParams) -> "MixingConfig":
         """The configuration of the ``mixing`` params section (k_max: its largest k)."""
-        return cls(max(params.k_values), params.weight_law, params.cap, params.sign_flip, params.permute_channels, params.rescale, params.noise)
+        return cls(
+            max(params.k_values),
+            params.weight_law,
+            params.cap,
+            params.sign_flip,
+            params.permute_channels,
+            params.rescale,
+            params.noise,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +149,9 @@ class GroupedBatch(NamedTuple):
 GraphFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def _mix_used_columns(x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None, sizes: Tensor, rescale: bool) -> Tensor:
+def _mix_used_columns(
+    x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None, sizes: Tensor, rescale: bool
+) -> Tensor:
     """:func:`~fmix.freq.apply_mixing` over the first ``max(sizes)`` columns only: the others weigh 0
     in every row, so the mix is the same for less work (``sizes``: faces per row)."""
     columns = max(int(sizes.max()), 1) if sizes.numel() else 1
@@ -167,7 +177,9 @@ class Protection:
         - labels: :math:`(B,)` identity labels (partners prefer other identities).
     """
 
-    def __init__(self, graph: GraphFn | None, mixing: MixingConfig | None, k_values: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, graph: GraphFn | None, mixing: MixingConfig | None, k_values: tuple[int, ...] | None = None
+    ) -> None:
         self.graph, self.mixing = graph, mixing
         if k_values is None and graph is not None and hasattr(graph, "k_values"):
             k_values = tuple(torch.as_tensor(graph.k_values).tolist())
@@ -227,7 +239,9 @@ class Protection:
     def _draw_noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator) -> Tensor | None:
         return None if self.mixing.noise == 0 else mix_noise(shape, self.mixing.noise, generator)
 
-    def replay_draws(self, labels: Tensor, k: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator) -> "ReplayedDraws":
+    def replay_draws(
+        self, labels: Tensor, k: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator
+    ) -> "ReplayedDraws":
         """The random draws :meth:`protect` makes on a batch, in its order, without faces or a graph.
 
         What a seed-replay attack needs (:func:`fmix.attacks.unmix.regenerate_secrets`): with the
@@ -250,7 +264,15 @@ class Protection:
         self._draw_policy_noise(labels.shape[0], generator)
         permutation = self._draw_permutation(labels.shape[0], sample_shape[0], generator)
         config = self.mixing
-        draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, tuple(sample_shape) if config.sign_flip else None, generator)
+        draw = sample_mixing(
+            labels,
+            k,
+            config.k_max,
+            config.weight_law,
+            config.cap,
+            tuple(sample_shape) if config.sign_flip else None,
+            generator,
+        )
         noise = self._draw_noise((labels.shape[0], *sample_shape), generator)
         return ReplayedDraws(permutation, draw.partners, draw.weights, draw.sign, noise)
 
@@ -277,10 +299,14 @@ class Protection:
             k = torch.full((x.shape[0],), k, dtype=torch.long)
         k = k.to(labels.device)
         sign_shape = tuple(x.shape[1:]) if config.sign_flip else None
-        draw = sample_mixing(labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator, dtype=x.dtype)
+        draw = sample_mixing(
+            labels, k, config.k_max, config.weight_law, config.cap, sign_shape, generator, dtype=x.dtype
+        )
         partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
         sign = None if draw.sign is None else draw.sign.to(x.device)
-        mixed = _with_noise(_mix_used_columns(x, partners, weights, sign, k, config.rescale), self._draw_noise(x.shape, generator))
+        mixed = _with_noise(
+            _mix_used_columns(x, partners, weights, sign, k, config.rescale), self._draw_noise(x.shape, generator)
+        )
         unused = torch.arange(config.k_max, device=labels.device)[None, :] >= k[:, None]
         constituent_labels = labels[draw.partners].masked_fill(unused, -1)
         return ProtectedBatch(mixed, k, constituent_labels, draw.weights, draw.fallback, draw.partners)
@@ -292,10 +318,19 @@ class Protection:
         weights[:, 0] = 1.0
         same = labels[:, None].expand(-1, columns).clone()
         partners = torch.arange(batch, device=labels.device)[:, None].expand(-1, columns).clone()
-        return ProtectedBatch(x, torch.ones(batch, dtype=torch.long, device=labels.device), same, weights, torch.zeros(batch, dtype=torch.bool, device=labels.device), partners)
+        return ProtectedBatch(
+            x,
+            torch.ones(batch, dtype=torch.long, device=labels.device),
+            same,
+            weights,
+            torch.zeros(batch, dtype=torch.bool, device=labels.device),
+            partners,
+        )
 
     # ------------------------------------------------------------------ whole batches
-    def protect_encoded(self, x: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, mix: bool = True) -> ProtectedBatch:
+    def protect_encoded(
+        self, x: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, mix: bool = True
+    ) -> ProtectedBatch:
         """Protect faces an encoder already masked (training): permutation, then mixing.
 
         Args:
@@ -353,10 +388,15 @@ class Protection:
         masked, k = self.mask(images, generator)
         groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
         weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
-        sign = draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype) if config.sign_flip else None
+        sign = (
+            draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype)
+            if config.sign_flip
+            else None
+        )
         mixed = _mix_used_columns(masked, groups.members, weights, sign, groups.size, config.rescale)
         mixed = _with_noise(mixed, self._draw_noise(mixed.shape, generator))
         unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
         constituent_labels = labels[groups.members].masked_fill(unused, -1)
-        return GroupedBatch(mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover)
-
+        return GroupedBatch(
+            mixed, groups.size, constituent_labels, weights, groups.fallback, groups.members, groups.leftover
+        )

@@ -17,7 +17,9 @@ from fmix.methods.adaptive_game import AdaptiveGame
 from fmix.methods.base import MaskingMethod, RunContext
 from fmix.models import ConfidenceSignal
 
-CALIBRATION_FACES = 1024  # private faces on which the policy's mean k is priced to the budget (standard error about 0.02)
+CALIBRATION_FACES = (
+    1024  # private faces on which the policy's mean k is priced to the budget (standard error about 0.02)
+)
 
 
 def _average_gradients(module: nn.Module, world: int) -> None:
@@ -60,7 +62,11 @@ class AdaptiveMixup(MaskingMethod):
         for _ in range(self.params.adaptive.n_pi):
             # The ranks' gradients are averaged before the step, so the ranks' policies stay equal.
             average = functools.partial(_average_gradients, self.game.policy, ctx.world)
-            steps.append(self.game.policy_step(x, labels, ctx.progress, ctx.generator, lambda xs, ls, ws: ctx.net(xs, ls, ws), average))
+            steps.append(
+                self.game.policy_step(
+                    x, labels, ctx.progress, ctx.generator, lambda xs, ls, ws: ctx.net(xs, ls, ws), average
+                )
+            )
         ctx.net.train()
         return steps
 

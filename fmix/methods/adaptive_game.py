@@ -56,14 +56,18 @@ class AdaptiveGame:
     the method sets once the FR network exists (:class:`fmix.models.ConfidenceSignal`).
     """
 
-    def __init__(self, in_channels: int, k_values: tuple[int, ...], params: AdaptiveParams, protection: Protection | None = None) -> None:
+    def __init__(
+        self, in_channels: int, k_values: tuple[int, ...], params: AdaptiveParams, protection: Protection | None = None
+    ) -> None:
         self.policy = StrategyNetwork(in_channels, k_values, signals=int(params.policy_signal == "confidence"))
         self.signal: SignalFn | None = None
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=params.policy_lr)
         self.baseline = EmaBaseline(params.baseline_momentum)
         self.dual = DualVariable(params.dual_lr, params.min_val_accuracy)
         if params.target_mean_k is not None and not min(k_values) < params.target_mean_k < max(k_values):
-            raise ValueError(f"train.adaptive.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}")
+            raise ValueError(
+                f"train.adaptive.target_mean_k={params.target_mean_k} must lie strictly between the smallest and the largest k of the policy {tuple(k_values)}"
+            )
         self.params = params
         self.protection = protection or Protection(None, MixingConfig(max(k_values)), tuple(k_values))
 
@@ -85,11 +89,19 @@ class AdaptiveGame:
         if self.policy.signals == 0:
             return None
         if self.signal is None:
-            raise RuntimeError("the policy reads the FR network's confidence, but no signal source was set (AdaptiveGame.signal)")
+            raise RuntimeError(
+                "the policy reads the FR network's confidence, but no signal source was set (AdaptiveGame.signal)"
+            )
         return self.signal(anchors)
 
     def policy_step(
-        self, anchors: Tensor, labels: Tensor, progress: float, generator: torch.Generator, loss_fn: LossFn, reduce_gradients: Callable[[], None] | None = None
+        self,
+        anchors: Tensor,
+        labels: Tensor,
+        progress: float,
+        generator: torch.Generator,
+        loss_fn: LossFn,
+        reduce_gradients: Callable[[], None] | None = None,
     ) -> dict:
         """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
 
@@ -115,10 +127,14 @@ class AdaptiveGame:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
         unmixed_loss = _own_label_loss(loss_fn, anchors, labels)
-        reference = self._sign * unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
+        reference = (
+            self._sign * unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
+        )
         nu, signal = self.penalty, self._signal(anchors)
         if self.params.policy_gradient == "expected":
-            loss, k, reward, entropy, mean_k = self._expected_step(anchors, labels, progress, generator, loss_fn, reference, nu, signal)
+            loss, k, reward, entropy, mean_k = self._expected_step(
+                anchors, labels, progress, generator, loss_fn, reference, nu, signal
+            )
         else:
             k, log_prob, entropy = self.policy.sample(anchors, progress, generator, signal)
             # Per-sample advantage: what mixing costs this sample, not how hard the sample is anyway.
@@ -141,7 +157,9 @@ class AdaptiveGame:
             "k_by_difficulty": difficulty_table(unmixed_loss, k, self.policy.k_values, DIFFICULTY_BINS),
         }
 
-    def _reward(self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn) -> Tensor:
+    def _reward(
+        self, anchors: Tensor, labels: Tensor, k: Tensor | int, generator: torch.Generator, loss_fn: LossFn
+    ) -> Tensor:
         """Per-sample FR loss of the anchors mixed with ``k`` faces (``train.adaptive.policy_reward``), no
         gradient; negated for a cooperative policy (``train.adaptive.policy_objective``)."""
         mixed = self.protection.protect_encoded(anchors, labels, k, generator)
@@ -164,7 +182,10 @@ class AdaptiveGame:
             ``(loss, k, reward, entropy, mean_k)``: k drawn from the policy (for the statistics
             only), the reward of that k, and the policy's expected mean k.
         """
-        rewards = torch.stack([self._reward(anchors, labels, k, generator, loss_fn) for k in self.policy.k_values], 1) - reference[:, None]
+        rewards = (
+            torch.stack([self._reward(anchors, labels, k, generator, loss_fn) for k in self.policy.k_values], 1)
+            - reference[:, None]
+        )
         k_table = self.policy.k_table.to(rewards.device).float()
         value = rewards - nu * k_table
         value = value - value.mean(1, keepdim=True)  # an action-independent baseline per sample

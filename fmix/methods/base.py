@@ -145,7 +145,11 @@ class Method:
         :class:`~fmix.masker.protection.Protection` without a graph (the encoder masks), with the
         ``mixing`` section's configuration (channel permutation, weights, signs); else None.
         """
-        return Protection(None, MixingConfig.from_params(mixing), mixing.k_values) if self.attack_surface in MASKER_SURFACES else None
+        return (
+            Protection(None, MixingConfig.from_params(mixing), mixing.k_values)
+            if self.attack_surface in MASKER_SURFACES
+            else None
+        )
 
     def sign_invariant(self, mixing: MixingParams) -> bool:
         """Whether the FR network reads ``|x|``: the method mixes under a random sign mask (``mixing.sign_flip``)."""

@@ -64,4 +64,3 @@ class Dctdp(Method):
             "noise_scale_median": float(scales.median()),
             "noise_scale_max": float(scales.max()),
         }
-

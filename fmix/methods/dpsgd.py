@@ -30,7 +30,9 @@ ACCOUNTANT = "rdp"
 
 
 @register_grad_sampler(MarginHead)
-def margin_head_grad_sample(layer: MarginHead, activations: list[Tensor], backprops: Tensor) -> dict[nn.Parameter, Tensor]:
+def margin_head_grad_sample(
+    layer: MarginHead, activations: list[Tensor], backprops: Tensor
+) -> dict[nn.Parameter, Tensor]:
     """Per-sample gradients of the class centres: ``backprops[b] * d loss_b / d centres``.
 
     Args:
@@ -47,7 +49,9 @@ def margin_head_grad_sample(layer: MarginHead, activations: list[Tensor], backpr
     def one(centres: Tensor, embedding: Tensor, label: Tensor, weight: Tensor) -> Tensor:
         return margin_loss(centres, embedding[None], label[None], weight[None], layer.kind, layer.s, layer.m)[0]
 
-    grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0))(layer.weight.detach(), embeddings, labels, weights)
+    grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0, 0))(
+        layer.weight.detach(), embeddings, labels, weights
+    )
     return {layer.weight: grads * backprops.reshape(-1, 1, 1).to(grads.dtype)}
 
 
@@ -71,7 +75,9 @@ class DpSgd(Method):
 
     def check(self, mixing: MixingParams, world: int) -> None:
         if world > 1:
-            raise ValueError("method 'dpsgd' trains in one process (opacus' accountant sees one optimiser): drop torchrun")
+            raise ValueError(
+                "method 'dpsgd' trains in one process (opacus' accountant sees one optimiser): drop torchrun"
+            )
 
     def prepare_net(self, net: nn.Module) -> nn.Module:
         fixed = ModuleValidator.fix(net)
@@ -84,7 +90,9 @@ class DpSgd(Method):
         """Make the run private: the model and the optimiser become the privacy engine's wrappers."""
         settings = self.params.dpsgd
         indices = torch.utils.data.TensorDataset(torch.arange(len(ctx.faces)))
-        loader = torch.utils.data.DataLoader(indices, batch_size=ctx.params.batch_size, drop_last=True)  # only its sampling rate is used
+        loader = torch.utils.data.DataLoader(
+            indices, batch_size=ctx.params.batch_size, drop_last=True
+        )  # only its sampling rate is used
         self.engine = PrivacyEngine(accountant=ACCOUNTANT)
         ctx.model, ctx.optimizer, _ = self.engine.make_private(
             module=_ExplicitWeights(ctx.net),

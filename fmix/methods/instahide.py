@@ -34,7 +34,9 @@ class InstaHide(Method):
 
     def mixing(self, mixing: MixingParams) -> MixingParams:
         """InstaHide's own mixing: k = 4, the ``instahide`` weight law capped at 0.65, a sign mask, no permutation, no noise."""
-        return dataclasses.replace(mixing, k_values=(K,), weight_law="instahide", cap=CAP, sign_flip=True, permute_channels=False, noise=0.0)
+        return dataclasses.replace(
+            mixing, k_values=(K,), weight_law="instahide", cap=CAP, sign_flip=True, permute_channels=False, noise=0.0
+        )
 
     def build_protection(self, mixing: MixingParams) -> Protection:
         return Protection(None, MixingConfig.from_params(mixing), mixing.k_values)  # on pixels: no masker

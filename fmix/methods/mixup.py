@@ -17,7 +17,9 @@ class FixedKMixup(MaskingMethod):
     def check(self, mixing: MixingParams, world: int) -> None:
         k = self.params.mixup.k
         if k > max(mixing.k_values):
-            raise ValueError(f"method 'mixup' mixes at most max(mixing.k_values)={max(mixing.k_values)} faces, got train.mixup.k={k}")
+            raise ValueError(
+                f"method 'mixup' mixes at most max(mixing.k_values)={max(mixing.k_values)} faces, got train.mixup.k={k}"
+            )
 
     def masker_k(self) -> int:
         return self.params.mixup.k

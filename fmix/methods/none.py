@@ -8,4 +8,3 @@ from fmix.methods.base import Method
 class NoProtection(Method):
     name = "none"
     summary = "RGB faces, no protection (the utility ceiling)"
-

@@ -8,4 +8,3 @@ from fmix.methods.base import MaskingMethod
 class MaskingOnly(MaskingMethod):
     name = "ppfrfd"
     summary = "the masker's channels (low frequencies dropped), never mixed"
-

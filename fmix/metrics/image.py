@@ -104,7 +104,9 @@ def ssim_separable(preds: Tensor, target: Tensor) -> Tensor:
     preds, target = check_tensor(preds, "preds"), check_tensor(target, "target")
     check_float(preds, "preds")
     if preds.dim() != 4 or preds.shape != target.shape:
-        raise ValueError(f"Expected preds and target of one shape (B, C, H, W), got {tuple(preds.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"Expected preds and target of one shape (B, C, H, W), got {tuple(preds.shape)} and {tuple(target.shape)}"
+        )
     c1, c2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
     pad = (WINDOW // 2,) * 4
     p, t = F.pad(preds, pad, mode="reflect"), F.pad(target.to(preds.dtype), pad, mode="reflect")
@@ -128,7 +130,9 @@ def _check_constituents(constituents: object, valid: object, batch: int | None) 
     _check_images(constituents.flatten(0, 1), "constituents")
     valid = check_tensor(valid, "valid")
     if valid.dtype != torch.bool or valid.shape != constituents.shape[:2]:
-        raise ValueError(f"Expected valid as a bool tensor of shape {tuple(constituents.shape[:2])}, got {valid.dtype} {tuple(valid.shape)}")
+        raise ValueError(
+            f"Expected valid as a bool tensor of shape {tuple(constituents.shape[:2])}, got {valid.dtype} {tuple(valid.shape)}"
+        )
     if not valid.any(dim=1).all():
         raise ValueError("Expected at least one valid constituent in every row of valid")
     return constituents, valid

@@ -41,7 +41,9 @@ def difficulty_table(difficulty: Tensor, k: Tensor, k_values: tuple[int, ...], b
         A ``bins`` x ``len(k_values)`` table of counts.
     """
     if difficulty.shape != k.shape or difficulty.dim() != 1:
-        raise ValueError(f"Expected difficulty and k of one shape (B,), got {tuple(difficulty.shape)} and {tuple(k.shape)}")
+        raise ValueError(
+            f"Expected difficulty and k of one shape (B,), got {tuple(difficulty.shape)} and {tuple(k.shape)}"
+        )
     if bins < 1:
         raise ValueError(f"Expected bins >= 1, got {bins}")
     rank = difficulty.detach().cpu().argsort().argsort()

@@ -12,7 +12,15 @@ from fmix.models.iresnet import (
     resolve_strides,
     stage_widths,
 )
-from fmix.models.reinforce import DualVariable, EmaBaseline, budget_price, effective_reward, expected_mean_k, policy_loss, reinforce_loss
+from fmix.models.reinforce import (
+    DualVariable,
+    EmaBaseline,
+    budget_price,
+    effective_reward,
+    expected_mean_k,
+    policy_loss,
+    reinforce_loss,
+)
 from fmix.models.strategy import DEFAULT_K_VALUES, ConfidenceSignal, StrategyNetwork
 
 __all__ = [

@@ -140,7 +140,12 @@ class ModelRecord:
 
 LEGACY_MIXING_KEYS = {"mix_law": "weight_law", "mix_cap": "cap", "mix_rescale": "rescale"}
 # The game as it was before these keys existed: a model.pt without them was trained that way.
-LEGACY_GAME = {"policy_signal": "none", "policy_gradient": "sampled", "policy_reward": "mixed", "policy_objective": "adversarial"}
+LEGACY_GAME = {
+    "policy_signal": "none",
+    "policy_gradient": "sampled",
+    "policy_reward": "mixed",
+    "policy_objective": "adversarial",
+}
 # The mixing as it was before the section existed: no sign mask (the default since).
 LEGACY_MIXING = {"sign_flip": False}
 # Keys of training only that a later version dropped: the dual step of the mean-k price (now solved).
@@ -187,7 +192,9 @@ def _legacy_state(state: dict) -> tuple[dict, dict, dict, bool]:
         encoder["allow_dc"] = recorded in LEGACY_DC_METHODS
     sign_invariant = state.get("sign_invariant")
     if sign_invariant is None:
-        sign_flip = mixing.get("sign_flip", MixingParams.sign_flip) if isinstance(mixing, dict) else False  # a damaged mixing fails below
+        sign_flip = (
+            mixing.get("sign_flip", MixingParams.sign_flip) if isinstance(mixing, dict) else False
+        )  # a damaged mixing fails below
         sign_invariant = method in LEGACY_MIXING_METHODS and bool(sign_flip)
     return params, mixing, encoder, sign_invariant
 
@@ -218,7 +225,9 @@ class TrainedModel(nn.Module):
             batch = images[start : start + batch_size].to(device)
             emb = self.backbone(self.encoder(batch))
             if flip_average:
-                emb = nn.functional.normalize(emb, dim=1) + nn.functional.normalize(self.backbone(self.encoder(batch.flip(-1))), dim=1)
+                emb = nn.functional.normalize(emb, dim=1) + nn.functional.normalize(
+                    self.backbone(self.encoder(batch.flip(-1))), dim=1
+                )
             out.append(nn.functional.normalize(emb.float(), dim=1).cpu())
         return torch.cat(out)
 
@@ -262,7 +271,9 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """
     record = ModelRecord.load(path, device)
     try:
-        net = fix_net(build_net(record.params, *record.input_shape, record.num_classes, record.sign_invariant), record.net_fix)
+        net = fix_net(
+            build_net(record.params, *record.input_shape, record.num_classes, record.sign_invariant), record.net_fix
+        )
         net.backbone.load_state_dict(record.backbone)
         net.head.load_state_dict(record.head)
         encoder = encoder_from_spec(record.encoder)

@@ -104,7 +104,9 @@ def arcface_to_fmix_key(key: str) -> str:
     if block:
         stage, index, module, field = block.groups()
         return f"layer{stage}.{index}.{ARCFACE_BLOCK_TO_FMIX[module]}.{field}"
-    raise ValueError(f"unexpected key {key!r}: not a key of arcface_torch's IResNet (conv1, bn1, prelu, layer1-4, bn2, fc, features)")
+    raise ValueError(
+        f"unexpected key {key!r}: not a key of arcface_torch's IResNet (conv1, bn1, prelu, layer1-4, bn2, fc, features)"
+    )
 
 
 def fmix_to_arcface_key(key: str) -> str:
@@ -142,7 +144,9 @@ def unwrap_state_dict(state: object, source: str = "state dict") -> dict[str, Te
                 state = state[key]
                 break
     if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{source} is not a non-empty state dict of an arcface_torch backbone, got {type(state).__name__}")
+        raise ValueError(
+            f"{source} is not a non-empty state dict of an arcface_torch backbone, got {type(state).__name__}"
+        )
     bad = [key for key, value in state.items() if not isinstance(key, str) or not isinstance(value, Tensor)]
     if bad:
         raise ValueError(f"{source} holds {bad[0]!r}, which is not a named tensor: not a backbone.pth")
@@ -175,7 +179,9 @@ def arcface_architecture(state: Mapping[str, Tensor]) -> ArcfaceArchitecture:
             stage, index = int(match.group(1)), int(match.group(2))
             blocks[stage - 1] = max(blocks[stage - 1], index + 1)
     if 0 in blocks:
-        raise ValueError(f"missing key 'layer{blocks.index(0) + 1}.0.bn1.weight': stage {blocks.index(0) + 1} has no block")
+        raise ValueError(
+            f"missing key 'layer{blocks.index(0) + 1}.0.bn1.weight': stage {blocks.index(0) + 1} has no block"
+        )
     layers = tuple(blocks)
     name = next((n for n, depth in ARCFACE_DEPTHS.items() if depth == layers), "custom")
     out_channels, in_channels = state["conv1.weight"].shape[:2]
@@ -217,7 +223,9 @@ def load_arcface_state_dict(net: IResNet, state: Mapping[str, Tensor], source: s
     ours = net.state_dict()
     for key, tensor in ours.items():
         if key not in mapped:
-            raise ValueError(f"{source} does not fit the network: missing key {fmix_to_arcface_key(key)!r} (it holds {held})")
+            raise ValueError(
+                f"{source} does not fit the network: missing key {fmix_to_arcface_key(key)!r} (it holds {held})"
+            )
         if tuple(mapped[key].shape) != tuple(tensor.shape):
             raise ValueError(
                 f"{source} does not fit the network: key {fmix_to_arcface_key(key)!r} has shape {tuple(mapped[key].shape)}, "

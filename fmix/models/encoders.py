@@ -66,7 +66,9 @@ def add_laplace_noise(x: Tensor, scales: Tensor, generator: torch.Generator | No
         - x: :math:`(B, K, h, w)`; scales: :math:`(K,)`.
         - Output: :math:`(B, K, h, w)`.
     """
-    u = torch.rand(x.shape, generator=generator, dtype=torch.float32, device=x.device).clamp_min(1e-7) - 0.5  # in (-0.5, 0.5): finite noise
+    u = (
+        torch.rand(x.shape, generator=generator, dtype=torch.float32, device=x.device).clamp_min(1e-7) - 0.5
+    )  # in (-0.5, 0.5): finite noise
     unit = -torch.sign(u) * torch.log1p(-2.0 * u.abs())  # Laplace(0, 1) by inverse CDF
     return x + scales.to(x.dtype)[None, :, None, None] * unit.to(x.dtype)
 
@@ -175,7 +177,12 @@ def encoder_spec(method: str, encoder: nn.Module) -> dict:
     }
     if isinstance(encoder, NoisyFrequencyEncoder):
         noise = encoder.noise
-        spec.update(kind="noisy_frequency", epsilon=noise.epsilon, clip=noise.clip, noise_logits=noise.logits.detach().cpu().tolist())
+        spec.update(
+            kind="noisy_frequency",
+            epsilon=noise.epsilon,
+            clip=noise.clip,
+            noise_logits=noise.logits.detach().cpu().tolist(),
+        )
     return spec
 
 
@@ -198,7 +205,12 @@ def encoder_from_spec(spec: dict) -> nn.Module:
         raise ValueError(f"unknown encoder kind {kind!r}; known: {', '.join(ENCODER_KINDS)}")
     if kind == "rgb":
         return RgbEncoder()
-    mask = FrequencyMask(torch.tensor(spec["kept_channels"]), torch.tensor(spec["channel_mean"]), torch.tensor(spec["channel_std"]), allow_dc=spec["allow_dc"])
+    mask = FrequencyMask(
+        torch.tensor(spec["kept_channels"]),
+        torch.tensor(spec["channel_mean"]),
+        torch.tensor(spec["channel_std"]),
+        allow_dc=spec["allow_dc"],
+    )
     transform = FrequencyTransform(mask, spec["upsample"])
     if kind == "frequency":
         return FrequencyEncoder(transform)

@@ -105,7 +105,9 @@ def export_face_embedder(model_path: str | Path, out: str | Path, flip_average: 
         raise ValueError(f"Expected opset >= {MIN_OPSET}, got {opset}")
     model, record = load_trained_model(model_path, "cpu")
     if isinstance(model.encoder, NoisyFrequencyEncoder):
-        raise ValueError(f"{model_path} ({record.method}) adds fresh Laplace noise to every input: export-fr writes deterministic embedders only")
+        raise ValueError(
+            f"{model_path} ({record.method}) adds fresh Laplace noise to every input: export-fr writes deterministic embedders only"
+        )
     embedder = FaceEmbedder(model, flip_average).eval()
     example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 255
     batch = torch.export.Dim("batch", min=1)
@@ -128,7 +130,14 @@ def export_face_embedder(model_path: str | Path, out: str | Path, flip_average: 
     data = proto.SerializeToString()
     with atomic_write(out, "wb") as handle:
         handle.write(data)
-    return {"method": record.method, "embedding_size": record.params.embedding_size, "bytes": len(data), "opset": opset, "flip_average": flip_average, "out": str(out)}
+    return {
+        "method": record.method,
+        "embedding_size": record.params.embedding_size,
+        "bytes": len(data),
+        "opset": opset,
+        "flip_average": flip_average,
+        "out": str(out),
+    }
 
 
 class OnnxFaceEmbedder:
@@ -155,7 +164,9 @@ class OnnxFaceEmbedder:
         - Output: :math:`(B, E)` float32 on the CPU, unit L2 norm.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, batch_size: int = 64
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -172,12 +183,20 @@ class OnnxFaceEmbedder:
         self.path = path
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
-            raise ValueError(f"{path} is not a face embedder: it takes {len(inputs)} inputs, expected one (B, 3, 112, 112)")
+            raise ValueError(
+                f"{path} is not a face embedder: it takes {len(inputs)} inputs, expected one (B, 3, 112, 112)"
+            )
         shape = inputs[0].shape
-        if len(shape) != 4 or any(isinstance(want, int) and want != got for want, got in zip(shape[1:], (3, INPUT_SIZE, INPUT_SIZE))):
-            raise ValueError(f"{path} is not a face embedder of 112x112 RGB faces: its input has shape {shape}, expected (B, 3, 112, 112)")
+        if len(shape) != 4 or any(
+            isinstance(want, int) and want != got for want, got in zip(shape[1:], (3, INPUT_SIZE, INPUT_SIZE))
+        ):
+            raise ValueError(
+                f"{path} is not a face embedder of 112x112 RGB faces: its input has shape {shape}, expected (B, 3, 112, 112)"
+            )
         if len(outputs[0].shape) != 2:
-            raise ValueError(f"{path} is not a face embedder: its first output has shape {outputs[0].shape}, expected (B, E)")
+            raise ValueError(
+                f"{path} is not a face embedder: its first output has shape {outputs[0].shape}, expected (B, E)"
+            )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.batch_size = self.fixed_batch or batch_size
@@ -203,7 +222,11 @@ class OnnxFaceEmbedder:
         check_float(images, "images")
         parts = []
         for start in range(0, images.shape[0], self.batch_size):
-            batch = ((images[start : start + self.batch_size].detach().float().cpu() - self.mean) / self.std).contiguous().numpy()
+            batch = (
+                ((images[start : start + self.batch_size].detach().float().cpu() - self.mean) / self.std)
+                .contiguous()
+                .numpy()
+            )
             parts.append(torch.from_numpy(self.session.run([self.output_name], {self.input_name: batch})[0]).float())
         if not parts:
             return torch.zeros(0, self.embedding_size or 0)

@@ -8,6 +8,7 @@ from fmix.models.heads import MarginHead
 from fmix.models.iresnet import build_backbone
 from fmix.params import TrainParams
 
+
 class FRNet(nn.Module):
     """Backbone + margin head; ``forward`` returns the per-sample loss.
 
@@ -31,7 +32,9 @@ class FRNet(nn.Module):
         return self.head(self.backbone(x), labels, weights)
 
 
-def build_net(params: TrainParams, in_channels: int, input_size: int, num_classes: int, sign_invariant: bool = False) -> FRNet:
+def build_net(
+    params: TrainParams, in_channels: int, input_size: int, num_classes: int, sign_invariant: bool = False
+) -> FRNet:
     """The FR network of ``params`` for inputs of ``in_channels`` x ``input_size`` x ``input_size``.
 
     Args:
@@ -44,5 +47,14 @@ def build_net(params: TrainParams, in_channels: int, input_size: int, num_classe
     Returns:
         The network (on the CPU).
     """
-    backbone = build_backbone(params.backbone, in_channels, input_size, params.embedding_size, params.width, params.strides, params.norm, sign_invariant=sign_invariant)
+    backbone = build_backbone(
+        params.backbone,
+        in_channels,
+        input_size,
+        params.embedding_size,
+        params.width,
+        params.strides,
+        params.norm,
+        sign_invariant=sign_invariant,
+    )
     return FRNet(backbone, MarginHead(params.embedding_size, num_classes, params.head, params.scale, params.margin))

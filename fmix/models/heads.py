@@ -178,7 +178,9 @@ def _target_cosine(cos: Tensor, kind: str, m: float) -> Tensor:
     return torch.where(cos > threshold, cos_theta_plus_m, cos - math.sin(math.pi - m) * m)
 
 
-def margin_loss(centres: Tensor, embeddings: Tensor, labels: Tensor, weights: Tensor, kind: str, s: float, m: float) -> Tensor:
+def margin_loss(
+    centres: Tensor, embeddings: Tensor, labels: Tensor, weights: Tensor, kind: str, s: float, m: float
+) -> Tensor:
     """The mixed-label margin loss of :class:`MarginHead` as a function of its centres (no input checks).
 
     Pure tensor code without data-dependent branches, so ``torch.func`` can take per-sample

@@ -152,7 +152,9 @@ def resolve_strides(strides: str | tuple[int, ...] | list[int] | None, input_siz
             raise ValueError(f"Unknown stride preset {strides!r}; expected one of {sorted(STRIDE_PRESETS)}")
         return STRIDE_PRESETS[strides]
     if not isinstance(strides, (tuple, list)):
-        raise TypeError(f"Expected strides to be a preset name, a tuple of four ints or None, got {type(strides).__name__}")
+        raise TypeError(
+            f"Expected strides to be a preset name, a tuple of four ints or None, got {type(strides).__name__}"
+        )
     plan = tuple(strides)
     if len(plan) != 4 or any(isinstance(s, bool) or s not in (1, 2) for s in plan):
         raise ValueError(f"Expected strides to be four values in {{1, 2}} (one per stage), got {plan}")

@@ -262,7 +262,9 @@ def budget_price(logits: Tensor, k_values: Tensor, target: float, tolerance: flo
     """
     logits, k_values = check_tensor(logits, "logits"), check_tensor(k_values, "k_values")
     if logits.dim() != 2 or logits.shape[0] == 0 or k_values.shape != (logits.shape[1],):
-        raise ValueError(f"Expected logits of shape (N >= 1, {k_values.shape[0] if k_values.dim() == 1 else 'n_k'}) and k_values of shape (n_k,), got {tuple(logits.shape)} and {tuple(k_values.shape)}")
+        raise ValueError(
+            f"Expected logits of shape (N >= 1, {k_values.shape[0] if k_values.dim() == 1 else 'n_k'}) and k_values of shape (n_k,), got {tuple(logits.shape)} and {tuple(k_values.shape)}"
+        )
     k = k_values.to(device=logits.device, dtype=torch.float64)
     if not float(k.min()) < check_number(target, "target") < float(k.max()):
         raise ValueError(f"Expected target strictly between {int(k.min())} and {int(k.max())}, got {target}")

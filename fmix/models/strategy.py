@@ -36,9 +36,8 @@ The last layer starts at zero, so the initial policy is uniform over ``k_values`
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from fmix.checks import check_float, check_int, check_integer, check_tensor, is_tracing
 
@@ -62,7 +61,13 @@ class StrategyNetwork(nn.Module):
         torch.Size([4, 5])
     """
 
-    def __init__(self, in_channels: int, k_values: tuple[int, ...] | list[int] = DEFAULT_K_VALUES, hidden: int = 32, signals: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        k_values: tuple[int, ...] | list[int] = DEFAULT_K_VALUES,
+        hidden: int = 32,
+        signals: int = 0,
+    ) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", minimum=1)
         check_int(hidden, "hidden", minimum=1)
@@ -89,7 +94,9 @@ class StrategyNetwork(nn.Module):
             nn.Flatten(),
         )
         self.difficulty = nn.Linear(hidden, 1)
-        self.mlp = nn.Sequential(nn.Linear(hidden + 2 + signals, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values)))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden + 2 + signals, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(self.k_values))
+        )
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         if signals:
@@ -140,7 +147,9 @@ class StrategyNetwork(nn.Module):
     def _signal_columns(self, signal: Tensor | None, x: Tensor) -> list[Tensor]:
         """The outside signal as a (B, 1) column (none without ``signals``)."""
         if (signal is None) != (self.signals == 0):
-            raise ValueError(f"Expected a signal of shape ({x.shape[0]},) exactly when the network has signals (it has {self.signals})")
+            raise ValueError(
+                f"Expected a signal of shape ({x.shape[0]},) exactly when the network has signals (it has {self.signals})"
+            )
         if signal is None:
             return []
         signal = check_tensor(signal, "signal")
@@ -173,10 +182,14 @@ class StrategyNetwork(nn.Module):
         logits = logits - self.k_price.to(logits.dtype) * self.k_table.to(logits.dtype)
         return logits + self.signal_logits(signals[0]) if signals else logits
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A policy saved before the budget price had no k_price: it loads with no shift.
         state_dict.setdefault(prefix + "k_price", torch.zeros(()))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def difficulty_loss(self, x: Tensor, difficulty: Tensor) -> Tensor:
         """Regression of the difficulty head on the FR network's per-sample difficulty.
@@ -197,12 +210,16 @@ class StrategyNetwork(nn.Module):
         x = self._check_input(x)
         difficulty = check_tensor(difficulty, "difficulty")
         if difficulty.shape != (x.shape[0],) or x.shape[0] < 2:
-            raise ValueError(f"Expected difficulty of shape ({x.shape[0]},) for a batch of at least 2, got {tuple(difficulty.shape)}")
+            raise ValueError(
+                f"Expected difficulty of shape ({x.shape[0]},) for a batch of at least 2, got {tuple(difficulty.shape)}"
+            )
         target = difficulty.detach().float().to(x.device)
         target = (target - target.mean()) / (target.std() + 1e-6)
         return F.smooth_l1_loss(self.difficulty(self.features(x)).squeeze(1).float(), target)
 
-    def distribution(self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None) -> torch.distributions.Categorical:
+    def distribution(
+        self, x: Tensor, progress: float | Tensor, signal: Tensor | None = None
+    ) -> torch.distributions.Categorical:
         """The categorical policy over action indices (positions in ``k_values``).
 
         Args:
@@ -216,7 +233,11 @@ class StrategyNetwork(nn.Module):
         return torch.distributions.Categorical(logits=self(x, progress, signal).float())
 
     def sample(
-        self, x: Tensor, progress: float | Tensor, generator: torch.Generator | None = None, signal: Tensor | None = None
+        self,
+        x: Tensor,
+        progress: float | Tensor,
+        generator: torch.Generator | None = None,
+        signal: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``k`` per sample.
 
@@ -260,7 +281,9 @@ class StrategyNetwork(nn.Module):
         """
         return self.k_table[self(x, progress, signal).argmax(1)]
 
-    def evaluate_actions(self, x: Tensor, progress: float | Tensor, k: Tensor, signal: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate_actions(
+        self, x: Tensor, progress: float | Tensor, k: Tensor, signal: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Log-probability of given actions, for a policy step on ``k`` drawn earlier.
 
         Args:

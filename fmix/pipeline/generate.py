@@ -152,10 +152,20 @@ def render_rule(stage: Stage, code: list[str]) -> str:
         else:
             lines.append(f'        {section}=config["{section}"],')
     # Folders the command writes into: computed per job, as the linter asks for prefixes of outputs.
-    lines += [f"        {name}=lambda wildcards: expand({_smk_path(path)}, **wildcards)[0]," for name, path in stage.paths.items()]
+    lines += [
+        f"        {name}=lambda wildcards: expand({_smk_path(path)}, **wildcards)[0],"
+        for name, path in stage.paths.items()
+    ]
     lines.append("        params_file=PARAMS,")
     log = f"logs/{stage.name}/{{method}}.log" if stage.sweep else f"logs/{stage.name}.log"
-    lines += ["    log:", f'        "{log}",', "    conda:", '        "../../environment.yml",', "    benchmark:", f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",']
+    lines += [
+        "    log:",
+        f'        "{log}",',
+        "    conda:",
+        '        "../../environment.yml",',
+        "    benchmark:",
+        f'        "{log[:-4].replace("logs/", "logs/benchmarks/", 1)}.tsv",',
+    ]
     if stage.threads:
         lines.append(f"    threads: {_smk_config(stage.threads)}")
     if stage.priority:
@@ -248,7 +258,11 @@ def stale_files(root: str | Path, table_path: str = "workflow/stages.yaml") -> l
     files = generated_files(load_table(root / table_path), root)
     stale = [path for path, text in files.items() if not (root / path).is_file() or (root / path).read_text() != text]
     known = set(files) | {"workflow/rules/common.smk"}
-    stray = [str(p.relative_to(root)) for p in (root / "workflow" / "rules").glob("*.smk") if str(p.relative_to(root)) not in known]
+    stray = [
+        str(p.relative_to(root))
+        for p in (root / "workflow" / "rules").glob("*.smk")
+        if str(p.relative_to(root)) not in known
+    ]
     return sorted(stale + stray)
 
 

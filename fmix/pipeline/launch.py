@@ -35,7 +35,14 @@ def launch_command(params: LaunchParams, args: list[str], env: dict[str, str] | 
     if params.nodes == 1:
         return [*torchrun, "--standalone", "-m", "fmix", *args]
     host = env.get("MASTER_ADDR") or _first_slurm_host(env)
-    rendezvous = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"{host}:{params.port}", "--rdzv_id", env.get("SLURM_JOB_ID", "fmix")]
+    rendezvous = [
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"{host}:{params.port}",
+        "--rdzv_id",
+        env.get("SLURM_JOB_ID", "fmix"),
+    ]
     srun = ["srun", "--nodes", str(params.nodes), "--ntasks-per-node", "1"]
     return [*srun, *torchrun, *rendezvous, "-m", "fmix", *args]
 
@@ -44,5 +51,7 @@ def _first_slurm_host(env: dict[str, str]) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST")
     if not nodelist or shutil.which("scontrol") is None:
         raise ValueError("launch.nodes > 1 needs a SLURM allocation (SLURM_JOB_NODELIST and scontrol) or MASTER_ADDR")
-    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True).stdout.split()
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    ).stdout.split()
     return hosts[0]

@@ -68,12 +68,27 @@ def attack_protection(
     files = out_dir if artifacts is None else Path(artifacts)
     files.mkdir(parents=True, exist_ok=True)
     if method.attack_surface is None:
-        record = {"method": name or method.name, "train_method": method.name, "row": None, "reason": f"method {method.name!r} has no masker to attack: nothing to reconstruct (it trains on {method.summary})"}
+        record = {
+            "method": name or method.name,
+            "train_method": method.name,
+            "row": None,
+            "reason": f"method {method.name!r} has no masker to attack: nothing to reconstruct (it trains on {method.summary})",
+        }
         write_json_atomic(out_dir / "privacy.json", record)
         return record
     score_cls = json.loads(Path(metrics).read_text())["verification"]["accuracy_mean"] if metrics else None
     if method.attack_surface not in MASKER_SURFACES:  # the model protects by itself: its own mixing or noise
-        record = attack_target(model_target(model, attack.black_box_k), aligned, splits, evaluator, files, attack, score_cls, name or method.name, gallery_file)
+        record = attack_target(
+            model_target(model, attack.black_box_k),
+            aligned,
+            splits,
+            evaluator,
+            files,
+            attack,
+            score_cls,
+            name or method.name,
+            gallery_file,
+        )
         return _record_beside(record, files, out_dir)
     masker = files / "masker.onnx"
     if method.learns_policy:
@@ -83,9 +98,27 @@ def attack_protection(
         if k is not None and k not in mixing.k_values:
             raise ValueError(f"the model mixes k={k}, which is not in its mixing.k_values={list(mixing.k_values)}")
         params = method.masker_params(export)
-        export_masker(aligned, splits / "public.csv", masker, dataclasses.replace(params, k=params.k if k is None else k), mixing=mixing)
+        export_masker(
+            aligned,
+            splits / "public.csv",
+            masker,
+            dataclasses.replace(params, k=params.k if k is None else k),
+            mixing=mixing,
+        )
     policy = model if method.learns_policy else None
-    record = attack_method(masker, aligned, splits, evaluator, files, attack, method.attack_surface == "mixed", policy, score_cls, name or method.name, gallery_file)
+    record = attack_method(
+        masker,
+        aligned,
+        splits,
+        evaluator,
+        files,
+        attack,
+        method.attack_surface == "mixed",
+        policy,
+        score_cls,
+        name or method.name,
+        gallery_file,
+    )
     return _record_beside(record, files, out_dir)
 
 

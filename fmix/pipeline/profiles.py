@@ -85,7 +85,9 @@ def _merge_keeping_comments(document, overlay: dict[str, Any]) -> None:
             document[key] = value
 
 
-def params_file_for(config: dict[str, Any], params_path: str | Path = "params.yaml", copy: str | Path = "logs/params/config.yaml") -> str:
+def params_file_for(
+    config: dict[str, Any], params_path: str | Path = "params.yaml", copy: str | Path = "logs/params/config.yaml"
+) -> str:
     """The params file Snakemake's commands read: ``params.yaml``, or a copy holding ``config``.
 
     Snakemake's ``--configfile``/``--config`` change ``config`` but not params.yaml, which the

@@ -29,15 +29,31 @@ from fmix.io import atomic_write, read_json, write_json_atomic
 from fmix.metrics.policy import mutual_information
 from fmix.params import read_params_file, sweep_entries
 
-ATTACK_FILES = "attack"  # <results>/<entry>/attack/: the grid (and masker) of `fmix attack protection --artifacts` in the pipeline
+ATTACK_FILES = (
+    "attack"  # <results>/<entry>/attack/: the grid (and masker) of `fmix attack protection --artifacts` in the pipeline
+)
 CURVES = "curves"  # <report>/curves/<entry>.csv
 CURVE_COLUMNS = ("epoch", "loss", "val_accuracy", "mean_k")
 PACKAGES = ("fmix-privacy", "torch", "numpy", "onnxruntime", "matplotlib", "dvc", "snakemake")
 COLUMNS = (
-    ("accuracy", "accuracy"), ("accuracy_std", "± std"), ("auc", "AUC"), ("tar_1e-3", "TAR@FAR 1e-3"), ("floor_accuracy", "raw floor"),
-    ("S1", "S1"), ("S2", "S2"), ("S3", "S3"), ("S4", "S4"), ("ssim_floor", "SSIM floor"), ("chance", "chance"),
-    ("check_S4", "check S4"), ("attack_works", "attack works"),
-    ("Score_pp", "Score_pp"), ("Score_cls", "Score_cls"), ("inversion_top1", "inversion top-1"), ("mean_k", "final mean k"), ("epsilon", "ε"),
+    ("accuracy", "accuracy"),
+    ("accuracy_std", "± std"),
+    ("auc", "AUC"),
+    ("tar_1e-3", "TAR@FAR 1e-3"),
+    ("floor_accuracy", "raw floor"),
+    ("S1", "S1"),
+    ("S2", "S2"),
+    ("S3", "S3"),
+    ("S4", "S4"),
+    ("ssim_floor", "SSIM floor"),
+    ("chance", "chance"),
+    ("check_S4", "check S4"),
+    ("attack_works", "attack works"),
+    ("Score_pp", "Score_pp"),
+    ("Score_cls", "Score_cls"),
+    ("inversion_top1", "inversion top-1"),
+    ("mean_k", "final mean k"),
+    ("epsilon", "ε"),
 )
 
 
@@ -57,7 +73,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _has_numbers(values: object, keys: tuple[str, ...]) -> bool:
-    return isinstance(values, dict) and all(isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool) for key in keys)
+    return isinstance(values, dict) and all(
+        isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool) for key in keys
+    )
 
 
 def _read_verification(path: Path, entry: str) -> dict:
@@ -66,7 +84,11 @@ def _read_verification(path: Path, entry: str) -> dict:
     if data is None:
         raise FileNotFoundError(f"no verification metrics for sweep entry {entry}: {path}")
     verification, floor = data.get("verification"), data.get("raw_feature_floor")
-    if not (isinstance(data.get("method"), str) and _has_numbers(verification, ("accuracy_mean", "accuracy_std")) and _has_numbers(floor, ("accuracy_mean",))):
+    if not (
+        isinstance(data.get("method"), str)
+        and _has_numbers(verification, ("accuracy_mean", "accuracy_std"))
+        and _has_numbers(floor, ("accuracy_mean",))
+    ):
         raise ValueError(
             f"{path} is not a verification.json of `fmix evaluate`: it needs 'method', 'verification' (accuracy_mean, accuracy_std) "
             "and 'raw_feature_floor' (accuracy_mean)"
@@ -133,8 +155,13 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "epsilon": summary.get("epsilon"),
         }
         out[name] = {
-            "row": row, "log": log, "note": privacy.get("reason"), "judge": privacy.get("judge") or inversion.get("judge"), "check_min_s4": privacy.get("check_min_s4"),
-            "k_by_difficulty": summary.get("final_k_by_difficulty"), "k_values": list((summary.get("final_k_histogram") or {}).keys()),
+            "row": row,
+            "log": log,
+            "note": privacy.get("reason"),
+            "judge": privacy.get("judge") or inversion.get("judge"),
+            "check_min_s4": privacy.get("check_min_s4"),
+            "k_by_difficulty": summary.get("final_k_by_difficulty"),
+            "k_values": list((summary.get("final_k_histogram") or {}).keys()),
         }
     return out
 
@@ -176,7 +203,11 @@ def tradeoff_figure(rows: dict[str, dict], path: Path) -> Path:
         axis.axhline(floor, linestyle="--", linewidth=0.8, color="grey")
         axis.text(0.01, floor, f" raw-feature floor {floor:.3f}", fontsize=7, color="grey", va="bottom")
     axis.axhline(0.5, linestyle=":", linewidth=0.8, color="black")
-    axis.set(xlabel="privacy: Score_pp (higher is more private; x at 0: no masking)", ylabel="utility: verification accuracy", xlim=(-0.05, 1.05))
+    axis.set(
+        xlabel="privacy: Score_pp (higher is more private; x at 0: no masking)",
+        ylabel="utility: verification accuracy",
+        xlim=(-0.05, 1.05),
+    )
     axis.set_title("privacy / utility trade-off (dashed: floors, dotted: chance)", fontsize=9)
     return _write_png(path, figure)
 
@@ -254,7 +285,9 @@ def difficulty_rows(collected: dict[str, dict]) -> list[list[str]]:
         if not table or not k_values:
             continue
         means = [sum(int(k) * count for k, count in zip(k_values, counts)) / max(1, sum(counts)) for counts in table]
-        rows.append([name, *(f"{mean:.2f}" for mean in means), f"{mutual_information(table):.3f}", str(sum(map(sum, table)))])
+        rows.append(
+            [name, *(f"{mean:.2f}" for mean in means), f"{mutual_information(table):.3f}", str(sum(map(sum, table)))]
+        )
     if not rows:
         return []
     quartiles = [f"mean k, quartile {i + 1}" for i in range(len(rows[0]) - 3)]
@@ -277,17 +310,25 @@ def read_aggregate(path: str | Path) -> dict:
     data = read_json(path, "aggregate.json of `fmix attack aggregate`")
     attacks, controls = data.get("attacks"), data.get("controls")
     complete = (
-        isinstance(attacks, dict) and all(_has_numbers(attacks.get(name), ("top1", "chance_top1")) for name, _ in AGGREGATE_ATTACKS)
-        and isinstance(controls, dict) and all(_has_numbers(controls.get(name), ("top1",)) for name in ("positive", "shuffled"))
+        isinstance(attacks, dict)
+        and all(_has_numbers(attacks.get(name), ("top1", "chance_top1")) for name, _ in AGGREGATE_ATTACKS)
+        and isinstance(controls, dict)
+        and all(_has_numbers(controls.get(name), ("top1",)) for name in ("positive", "shuffled"))
         and _has_numbers(data.get("headline"), ("top1", "top5", "chance_top1", "chance_top5"))
-        and isinstance((data.get("strata") or {}).get("names"), list) and _has_numbers(data.get("targets"), ("selected",))
+        and isinstance((data.get("strata") or {}).get("names"), list)
+        and _has_numbers(data.get("targets"), ("selected",))
     )
     if complete:  # every attack and control scored per stratum
         names = data["strata"]["names"]
         parts = [attacks[name] for name, _ in AGGREGATE_ATTACKS] + [controls["positive"], controls["shuffled"]]
-        complete = all(isinstance(part.get("by_stratum"), dict) and all(isinstance(part["by_stratum"].get(s), dict) for s in names) for part in parts)
+        complete = all(
+            isinstance(part.get("by_stratum"), dict) and all(isinstance(part["by_stratum"].get(s), dict) for s in names)
+            for part in parts
+        )
     if not complete:
-        raise ValueError(f"{path} is not an aggregate.json of `fmix attack aggregate`: it needs attacks (single, heaviest, weighted), controls (positive, shuffled), headline, strata and targets")
+        raise ValueError(
+            f"{path} is not an aggregate.json of `fmix attack aggregate`: it needs attacks (single, heaviest, weighted), controls (positive, shuffled), headline, strata and targets"
+        )
     return data
 
 
@@ -295,15 +336,33 @@ def aggregate_blocks(record: dict) -> list[Block]:
     """The release's worst case (``aggregate.json``): top-1 per stratum of each attack, their maximum, chance and the controls."""
     attacks, controls, head = record["attacks"], record["controls"], record["headline"]
     positive, shuffled = controls["positive"], controls["shuffled"]
-    header = ["stratum (photos)", "targets", *(title for _, title in AGGREGATE_ATTACKS), "max", "chance", "un-mixed control", "shuffled control"]
+    header = [
+        "stratum (photos)",
+        "targets",
+        *(title for _, title in AGGREGATE_ATTACKS),
+        "max",
+        "chance",
+        "un-mixed control",
+        "shuffled control",
+    ]
 
     def row(title: str, scores: dict[str, dict]) -> list[str]:
         values = [scores[name]["top1"] for name, _ in AGGREGATE_ATTACKS]
         scored = [value for value in values if value is not None]
-        return [title, str(scores["single"]["n"]), *map(_fmt, values), _fmt(max(scored) if scored else None), f"{scores['single']['chance_top1']:.4f}",
-                _fmt(scores["positive"]["top1"]), _fmt(scores["shuffled"]["top1"])]
+        return [
+            title,
+            str(scores["single"]["n"]),
+            *map(_fmt, values),
+            _fmt(max(scored) if scored else None),
+            f"{scores['single']['chance_top1']:.4f}",
+            _fmt(scores["positive"]["top1"]),
+            _fmt(scores["shuffled"]["top1"]),
+        ]
 
-    everything = {name: attacks.get(name) or controls.get(name) for name in (*(n for n, _ in AGGREGATE_ATTACKS), "positive", "shuffled")}
+    everything = {
+        name: attacks.get(name) or controls.get(name)
+        for name in (*(n for n, _ in AGGREGATE_ATTACKS), "positive", "shuffled")
+    }
     rows = [header, row("all", everything)]
     for stratum in record["strata"]["names"]:
         rows.append(row(stratum, {name: scores["by_stratum"][stratum] for name, scores in everything.items()}))
@@ -316,59 +375,94 @@ def aggregate_blocks(record: dict) -> list[Block]:
     )
     return [
         Block("h2", "Worst case of the release: the people it holds most of"),
-        Block("p", f"The {targets['selected']} published labels that are the heaviest constituent of the most released samples "
-              f"(median {(targets.get('heaviest_samples') or {}).get('median', '—')} samples each), attacked one by one from index.csv alone: "
-              "one sample, the mean of what the attackers read (|x| under a sign mask) over the samples where the label is heaviest, and the weight-weighted mean "
-              f"over every sample holding it, each inverted by the attack check's network. Top-1 among {record.get('identities', '—')} private identities "
-              f"({record.get('judge', 'dlib')} judge), per stratum of photos per identity in the private training split. "
-              f"Headline, the maximum over the attacks: top-1 {_fmt(head['top1'])} ({head.get('attack')}), top-5 {_fmt(head['top5'])}, "
-              f"chance {head['chance_top1']:.4f} / {head['chance_top5']:.4f}; worst stratum {head.get('worst_stratum')}: top-1 {_fmt(head.get('worst_stratum_top1'))}. "
-              f"{verdict} The shuffled control (each template scored as another target) named {_fmt(shuffled['top1'])}."),
+        Block(
+            "p",
+            f"The {targets['selected']} published labels that are the heaviest constituent of the most released samples "
+            f"(median {(targets.get('heaviest_samples') or {}).get('median', '—')} samples each), attacked one by one from index.csv alone: "
+            "one sample, the mean of what the attackers read (|x| under a sign mask) over the samples where the label is heaviest, and the weight-weighted mean "
+            f"over every sample holding it, each inverted by the attack check's network. Top-1 among {record.get('identities', '—')} private identities "
+            f"({record.get('judge', 'dlib')} judge), per stratum of photos per identity in the private training split. "
+            f"Headline, the maximum over the attacks: top-1 {_fmt(head['top1'])} ({head.get('attack')}), top-5 {_fmt(head['top5'])}, "
+            f"chance {head['chance_top1']:.4f} / {head['chance_top5']:.4f}; worst stratum {head.get('worst_stratum')}: top-1 {_fmt(head.get('worst_stratum_top1'))}. "
+            f"{verdict} The shuffled control (each template scored as another target) named {_fmt(shuffled['top1'])}.",
+        ),
         Block("table", rows=rows),
     ]
 
 
-def build_blocks(collected: dict[str, dict], figures: dict[str, Path], grids: list[tuple[str, Path]], params_text: str, aggregate: dict | None = None) -> list[Block]:
+def build_blocks(
+    collected: dict[str, dict],
+    figures: dict[str, Path],
+    grids: list[tuple[str, Path]],
+    params_text: str,
+    aggregate: dict | None = None,
+) -> list[Block]:
     """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`)."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
-    judges = sorted({JUDGE_WORDS.get(item.get("judge"), str(item.get("judge"))) for item in collected.values() if item.get("judge")}) or ["no judge"]
+    judges = sorted(
+        {JUDGE_WORDS.get(item.get("judge"), str(item.get("judge"))) for item in collected.values() if item.get("judge")}
+    ) or ["no judge"]
     blocks = [
         Block("h1", "fmix report"),
-        Block("p", "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
-              "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
-              f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
-              "model inversion top-1 (decoder); ε where the method defines one."),
+        Block(
+            "p",
+            "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
+            "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
+            f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
+            "model inversion top-1 (decoder); ε where the method defines one.",
+        ),
         Block("h2", "Methods"),
         Block("table", rows=table),
     ]
     if notes:
         blocks.append(Block("p", "Not attacked: " + "; ".join(notes) + "."))
-    weak = [f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})" for name, item in collected.items() if item["row"]["attack_works"] is False]
+    weak = [
+        f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})"
+        for name, item in collected.items()
+        if item["row"]["attack_works"] is False
+    ]
     if weak:
-        blocks.append(Block("p", "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
-                            + "; ".join(weak) + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more steps (attack.steps, attack.seconds)."))
+        blocks.append(
+            Block(
+                "p",
+                "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
+                + "; ".join(weak)
+                + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more steps (attack.steps, attack.seconds).",
+            )
+        )
     if aggregate is not None:
         blocks += aggregate_blocks(aggregate)
     blocks += [
-        Block("h2", "Privacy against utility"), Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
-        Block("h2", "Training curves"), Block("img", "training curves", path=figures["curves"]),
-        Block("h2", "Learned k over epochs"), Block("img", "k distribution", path=figures["k"]),
+        Block("h2", "Privacy against utility"),
+        Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
+        Block("h2", "Training curves"),
+        Block("img", "training curves", path=figures["curves"]),
+        Block("h2", "Learned k over epochs"),
+        Block("img", "k distribution", path=figures["k"]),
     ]
     by_difficulty = difficulty_rows(collected)
     if by_difficulty:
         blocks += [
             Block("h2", "Learned k against difficulty"),
-            Block("p", "The last epoch's policy steps: the mean k the policy drew in each quartile of the frozen FR network's un-mixed loss "
-                  "(quartile 1: the easiest samples of the batch), and the mutual information between k and the quartile. "
-                  "A policy that ignores the sample still shows a small positive MI from the finite count (about 0.01-0.02 bits here)."),
+            Block(
+                "p",
+                "The last epoch's policy steps: the mean k the policy drew in each quartile of the frozen FR network's un-mixed loss "
+                "(quartile 1: the easiest samples of the batch), and the mutual information between k and the quartile. "
+                "A policy that ignores the sample still shows a small positive MI from the finite count (about 0.01-0.02 bits here).",
+            ),
             Block("table", rows=by_difficulty),
         ]
     blocks.append(Block("h2", "Image grids"))
     for title, path in grids:
         blocks += [Block("h3", title), Block("img", title, path=path)]
-    blocks += [Block("h2", "Versions"), Block("table", rows=[["package", "version"]] + versions()), Block("h2", "Parameters"), Block("code", params_text)]
+    blocks += [
+        Block("h2", "Versions"),
+        Block("table", rows=[["package", "version"]] + versions()),
+        Block("h2", "Parameters"),
+        Block("code", params_text),
+    ]
     return blocks
 
 
@@ -410,7 +504,11 @@ def render_html(blocks: list[Block]) -> str:
         elif block.kind == "code":
             parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
     style = "body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}img{max-width:100%}"
-    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>fmix report</title><style>{style}</style></head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>fmix report</title><style>{style}</style></head><body>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -438,7 +536,13 @@ def write_curves(folder: Path, logs: dict[str, list[dict]]) -> list[Path]:
     return written
 
 
-def write_report(results: str | Path, models: str | Path, out_dir: str | Path, params_path: str | Path, aggregate: str | Path | None = None) -> dict[str, dict]:
+def write_report(
+    results: str | Path,
+    models: str | Path,
+    out_dir: str | Path,
+    params_path: str | Path,
+    aggregate: str | Path | None = None,
+) -> dict[str, dict]:
     """Collect every sweep entry's results and write the report files.
 
     Args:
@@ -469,17 +573,32 @@ def write_report(results: str | Path, models: str | Path, out_dir: str | Path, p
     }
     grids = []
     for name in entries:
-        attack_grid = next((path for path in (results / name / ATTACK_FILES / "grid.png", results / name / "grid.png") if path.is_file()), None)
+        attack_grid = next(
+            (
+                path
+                for path in (results / name / ATTACK_FILES / "grid.png", results / name / "grid.png")
+                if path.is_file()
+            ),
+            None,
+        )
         if attack_grid is not None:
             grids.append((f"{name}: original / protected / white-box reconstruction", attack_grid))
         if (results / name / "inversion_grid.png").is_file():
             grids.append((f"{name}: model inversion", results / name / "inversion_grid.png"))
     if aggregate is not None and (Path(aggregate).parent / "aggregate_grid.png").is_file():
-        grids.append(("release: original / single sample / mean where heaviest / weighted mean, inverted", Path(aggregate).parent / "aggregate_grid.png"))
+        grids.append(
+            (
+                "release: original / single sample / mean where heaviest / weighted mean, inverted",
+                Path(aggregate).parent / "aggregate_grid.png",
+            )
+        )
     blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst)
     write_json_atomic(out_dir / "methods.json", rows)
-    _write_csv(out_dir / "tradeoff.csv", ["method", "Score_pp", "accuracy"],
-               [[name, row["Score_pp"], row["accuracy"]] for name, row in rows.items() if row["Score_pp"] is not None])
+    _write_csv(
+        out_dir / "tradeoff.csv",
+        ["method", "Score_pp", "accuracy"],
+        [[name, row["Score_pp"], row["accuracy"]] for name, row in rows.items() if row["Score_pp"] is not None],
+    )
     write_curves(out_dir / CURVES, logs)
     with atomic_write(out_dir / "report.md") as out:
         out.write(render_markdown(blocks, out_dir))

@@ -131,7 +131,9 @@ def _output(stage: str, key: str, value: Any) -> Output:
         if "plot" in value:
             return Output(value["path"], "plot", dict(value["plot"] or {}))
         return Output(value["path"])
-    raise TableError(f"stage {stage}: output {key} must be a path or a mapping with 'path' (and 'metric: true' or 'plot')")
+    raise TableError(
+        f"stage {stage}: output {key} must be a path or a mapping with 'path' (and 'metric: true' or 'plot')"
+    )
 
 
 def _check(stage: Stage) -> None:
@@ -148,7 +150,9 @@ def _check(stage: Stage) -> None:
         if placeholder not in names and placeholder not in ("method", "params_file"):
             raise TableError(f"stage {stage.name}: command uses {{{placeholder}}}, which is no input, output or path")
         if placeholder in stage.inputs and "{method}" in stage.inputs[placeholder] and not stage.sweep:
-            raise TableError(f"stage {stage.name}: {{{placeholder}}} stands for every sweep entry; name a folder in 'paths' for the command")
+            raise TableError(
+                f"stage {stage.name}: {{{placeholder}}} stands for every sweep entry; name a folder in 'paths' for the command"
+            )
     if "{params_file}" not in stage.cmd:
         raise TableError(f"stage {stage.name}: the command must read --params {{params_file}}")
     for section in stage.params:

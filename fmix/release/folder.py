@@ -59,9 +59,13 @@ def read_run(folder: str | Path) -> dict:
     run = read_json(path, "run.json of `fmix mask`")
     for field, kind in _RUN_FIELDS.items():
         if type(run.get(field)) is not kind:
-            raise ValueError(f"{path}: the run.json of `fmix mask` needs {field!r} of type {kind.__name__}, got {run.get(field)!r}")
+            raise ValueError(
+                f"{path}: the run.json of `fmix mask` needs {field!r} of type {kind.__name__}, got {run.get(field)!r}"
+            )
     if run["randomness"].get("source") not in RANDOMNESS_SOURCES:
-        raise ValueError(f"{path}: randomness.source must be one of {RANDOMNESS_SOURCES}, got {run['randomness'].get('source')!r}")
+        raise ValueError(
+            f"{path}: randomness.source must be one of {RANDOMNESS_SOURCES}, got {run['randomness'].get('source')!r}"
+        )
     seed = run["randomness"].get("seed")
     if seed is not None and type(seed) is not int:
         raise ValueError(f"{path}: randomness.seed must be an integer, got {seed!r}")
@@ -144,7 +148,9 @@ class ReleaseFolder:
                 raise
             raise ValueError(f"{path} is not a shard of `fmix mask`: {err}") from err
         if samples.ndim != 4 or samples.shape[0] != rows:
-            raise ValueError(f"{path}: holds samples of shape {samples.shape}, index.csv lists {rows} rows of (K, h, w)")
+            raise ValueError(
+                f"{path}: holds samples of shape {samples.shape}, index.csv lists {rows} rows of (K, h, w)"
+            )
         if not np.isfinite(samples).all():
             raise ValueError(f"{path}: holds non-finite values")
         return samples.astype(np.float32)
@@ -191,7 +197,9 @@ class ReleaseWriter:
             part = json.loads(shard_path(self.folder, shard, "json").read_text())
         except (OSError, ValueError):
             return False
-        complete = isinstance(part, dict) and isinstance(part.get("rows"), list) and isinstance(part.get("skipped"), list)
+        complete = (
+            isinstance(part, dict) and isinstance(part.get("rows"), list) and isinstance(part.get("skipped"), list)
+        )
         return complete and shard_path(self.folder, shard, "npy").is_file()
 
     def write_samples(self, shard: int, samples: np.ndarray) -> None:
@@ -229,4 +237,12 @@ class ReleaseWriter:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(INDEX_COLUMNS)
             for row in rows:
-                writer.writerow([row["name"], row["shard"], row["row"], " ".join(map(str, row["labels"])), " ".join(map(str, row["weights"]))])
+                writer.writerow(
+                    [
+                        row["name"],
+                        row["shard"],
+                        row["row"],
+                        " ".join(map(str, row["labels"])),
+                        " ".join(map(str, row["weights"])),
+                    ]
+                )

@@ -61,7 +61,9 @@ def check_ledger_location(ledger: Path, in_root: Path, out_root: Path) -> None:
         raise ValueError(f"the ledger {ledger} is a folder: give a file name (e.g. {ledger / 'ledger.jsonl'})")
     for folder, role in ((out_root, "output"), (in_root, "input")):
         if folder == ledger or folder in ledger.parents:
-            raise ValueError(f"the ledger {ledger} must not be inside the {role} folder {folder}: it lists the released faces and is the owner's alone")
+            raise ValueError(
+                f"the ledger {ledger} must not be inside the {role} folder {folder}: it lists the released faces and is the owner's alone"
+            )
     for parent in ledger.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -119,7 +121,9 @@ class Ledger:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: not JSON ({err.msg}); a damaged line is not repaired, restore the ledger from a copy") from err
+                    raise ValueError(
+                        f"{where}: not JSON ({err.msg}); a damaged line is not repaired, restore the ledger from a copy"
+                    ) from err
                 self.entries.append(_check_entry(entry, where))
 
     def _append(self, entry: dict) -> None:
@@ -131,9 +135,18 @@ class Ledger:
         """The header entry of a release, or None."""
         return next((e for e in self.entries if e["release"] == release and e["kind"] == "release"), None)
 
-    def start(self, release: str, out_dir: Path, labels: dict[str, int], inputs_hash: str, key_check: str | None = None) -> None:
+    def start(
+        self, release: str, out_dir: Path, labels: dict[str, int], inputs_hash: str, key_check: str | None = None
+    ) -> None:
         """Record a new release: its folder, identity -> label numbering, inputs and key check value."""
-        entry = {"kind": "release", "format": LEDGER_FORMAT, "release": release, "out_dir": str(out_dir), "labels": labels, "inputs_hash": inputs_hash}
+        entry = {
+            "kind": "release",
+            "format": LEDGER_FORMAT,
+            "release": release,
+            "out_dir": str(out_dir),
+            "labels": labels,
+            "inputs_hash": inputs_hash,
+        }
         self._append(entry | ({"key_check": key_check} if key_check else {}))
 
     def record_shard(self, release: str, shard: int, sources: list[str], hashes: list[str]) -> None:
@@ -153,7 +166,9 @@ class Ledger:
         latest: dict[tuple[str, int], list[str]] = {}
         format_of = {e["release"]: e.get("format", 1) for e in self.entries if e["kind"] == "release"}
         for entry in self.entries:
-            counts = entry["kind"] == "released" or (entry["kind"] == "shard" and format_of.get(entry["release"], 1) == 1)
+            counts = entry["kind"] == "released" or (
+                entry["kind"] == "shard" and format_of.get(entry["release"], 1) == 1
+            )
             if counts:
                 latest[(entry["release"], entry["shard"])] = entry["hashes"]
         found: dict[str, set[str]] = {}

@@ -62,7 +62,9 @@ def list_inputs(in_dir: Path, face_list: Path | None) -> list[tuple[str, str]]:
     """(relative path, identity) of every input face, from a split CSV or the ImageFolder tree."""
     if face_list is not None:
         return read_face_list(face_list)
-    return [(p.relative_to(in_dir).as_posix(), name) for name, files in list_identity_folders(in_dir).items() for p in files]
+    return [
+        (p.relative_to(in_dir).as_posix(), name) for name, files in list_identity_folders(in_dir).items() for p in files
+    ]
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,10 @@ def protect_folder(
         raise ValueError(f"output folder {out_dir} must not be inside the input folder {in_dir}")
     writer = ReleaseWriter(out_root, dtype)
     if params.mix and not params.anonymize:
-        warnings.warn("kept names of mixed samples name the faces in them: the release then says which faces were mixed (use --anonymize)", stacklevel=2)
+        warnings.warn(
+            "kept names of mixed samples name the faces in them: the release then says which faces were mixed (use --anonymize)",
+            stacklevel=2,
+        )
     _check_output_folder(out_root)
     ledger_path = Path(release.ledger).expanduser().resolve() if release.ledger else default_ledger_path()
     check_ledger_location(ledger_path, in_root, out_root)
@@ -183,7 +188,10 @@ def protect_folder(
     items, duplicates = _drop_duplicates([item for item in listed if item[0] in hashes], hashes)
     if duplicates:
         named = "; ".join(f"{dup} = {kept}" for dup, kept in duplicates[:5]) + ("; ..." if len(duplicates) > 5 else "")
-        warnings.warn(f"{len(duplicates)} input faces are the same image as another input and are released once: {named}", stacklevel=2)
+        warnings.warn(
+            f"{len(duplicates)} input faces are the same image as another input and are released once: {named}",
+            stacklevel=2,
+        )
     if not items:
         raise ValueError(f"no readable input face in {in_dir}")
     identities = sorted({identity for _, identity in items})
@@ -215,14 +223,18 @@ def protect_folder(
             "a face in two releases links their samples; use other faces, or pass --allow-rerelease if that release never left you"
         )
     if elsewhere:
-        warnings.warn(f"{len(elsewhere)} faces were released before (ledger {ledger_path}); releasing them again", stacklevel=2)
+        warnings.warn(
+            f"{len(elsewhere)} faces were released before (ledger {ledger_path}); releasing them again", stacklevel=2
+        )
     if release_id is None:
         release_id = secrets.token_hex(8)
         ledger.start(release_id, out_root, randomness.label_numbers(identities), inputs_hash, key_check)
         writer.write_run({**run, "release": release_id})
     header = ledger.header(release_id)
     if header is None:
-        raise ValueError(f"{out_root} was made with another ledger than {ledger_path} (pass the ledger of that release with --ledger)")
+        raise ValueError(
+            f"{out_root} was made with another ledger than {ledger_path} (pass the ledger of that release with --ledger)"
+        )
     batches = _plan_shards(ledger.shards(release_id), items, params.batch_size, randomness)
     aligner = None
     if align is not None:
@@ -243,7 +255,15 @@ def protect_folder(
     not_used = [(rel, status, message) for rel, (status, message) in unreadable.items()]
     not_used += [(dup, "duplicate", f"the same image as {kept}: released once, as {kept}") for dup, kept in duplicates]
     pre_skipped = [_skipped_row(rel, status, message, key) for rel, status, message in not_used]
-    summary = _finish(writer, len(batches), masker, params, header["labels"] if release.publish_label_names else None, listed, pre_skipped)
+    summary = _finish(
+        writer,
+        len(batches),
+        masker,
+        params,
+        header["labels"] if release.publish_label_names else None,
+        listed,
+        pre_skipped,
+    )
     summary |= {"randomness": randomness.source, "one_use_per_face": one_use, "released_before": len(elsewhere)}
     if not one_use:  # one sample per face: every face is an anchor (and a partner of others)
         summary["faces_used"] = summary["protected"]
@@ -256,7 +276,9 @@ def _check_output_folder(out_root: Path) -> None:
     if out_root.exists() and not out_root.is_dir():
         raise ValueError(f"output folder {out_root} is an existing file, not a folder")
     if out_root.is_dir() and not (out_root / "run.json").is_file() and any(out_root.iterdir()):
-        raise ValueError(f"output folder {out_root} holds files but no run.json of `fmix mask`: use an empty or new folder")
+        raise ValueError(
+            f"output folder {out_root} holds files but no run.json of `fmix mask`: use an empty or new folder"
+        )
 
 
 def _hash_inputs(in_root: Path, items: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
@@ -272,7 +294,9 @@ def _hash_inputs(in_root: Path, items: list[tuple[str, str]]) -> tuple[dict[str,
     return hashes, unreadable
 
 
-def _drop_duplicates(items: list[tuple[str, str]], hashes: dict[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def _drop_duplicates(
+    items: list[tuple[str, str]], hashes: dict[str, str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The items with one name per content hash (the first in path order), and (duplicate, kept) pairs."""
     kept: dict[str, str] = {}
     unique, duplicates = [], []
@@ -286,11 +310,15 @@ def _drop_duplicates(items: list[tuple[str, str]], hashes: dict[str, str]) -> tu
     return unique, duplicates
 
 
-def _plan_shards(assigned: dict[int, list[str]], items: list[tuple[str, str]], batch_size: int, randomness: ReleaseRandomness) -> list[list[tuple[str, str]]]:
+def _plan_shards(
+    assigned: dict[int, list[str]], items: list[tuple[str, str]], batch_size: int, randomness: ReleaseRandomness
+) -> list[list[tuple[str, str]]]:
     """The shards of a release: those the ledger already holds, then the other faces shuffled."""
     identity = dict(items)
     batches = [[(rel, identity[rel]) for rel in assigned[shard]] for shard in sorted(assigned)]
-    if sorted(assigned) != list(range(len(assigned))) or any(rel not in identity for rels in assigned.values() for rel in rels):
+    if sorted(assigned) != list(range(len(assigned))) or any(
+        rel not in identity for rels in assigned.values() for rel in rels
+    ):
         raise ValueError("the ledger's shards of this release do not match its inputs; use another output folder")
     done = {rel for rels in assigned.values() for rel in rels}
     remaining = [item for item in items if item[0] not in done]
@@ -312,14 +340,20 @@ def _check_resumable(out_root: Path, run: dict) -> str | None:
     return before["release"]
 
 
-def _check_same_release(header: dict | None, inputs_hash: str, key_check: str | None, ledger_path: Path, out_root: Path) -> None:
+def _check_same_release(
+    header: dict | None, inputs_hash: str, key_check: str | None, ledger_path: Path, out_root: Path
+) -> None:
     """Refuse to resume a release with other inputs or another secret key than its ledger header records."""
     if header is None:
         return  # reported by the caller: another ledger
     if header.get("inputs_hash", inputs_hash) != inputs_hash:
-        raise ValueError(f"{out_root} was made from other input faces than these (ledger {ledger_path}); use another output folder")
+        raise ValueError(
+            f"{out_root} was made from other input faces than these (ledger {ledger_path}); use another output folder"
+        )
     if "format" in header and header.get("key_check") != key_check:
-        raise ValueError(f"{out_root} was made with another --secret-key-file (or none): resume it with the same key, or use another output folder")
+        raise ValueError(
+            f"{out_root} was made with another --secret-key-file (or none): resume it with the same key, or use another output folder"
+        )
 
 
 def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch.Generator) -> ShardResult:
@@ -332,13 +366,21 @@ def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch
         images = faces_to_tensor(faces)
         if job.one_use:
             protected = protection.protect_groups(images, labels, generator)
-            members = [[loaded[m] for m in group[:size]] for group, size in zip(protected.members.tolist(), protected.k.tolist())]
-            skipped += [(loaded[i], "left_over", "no face left in its batch to mix it with: not released") for i in protected.leftover.tolist()]
+            members = [
+                [loaded[m] for m in group[:size]]
+                for group, size in zip(protected.members.tolist(), protected.k.tolist())
+            ]
+            skipped += [
+                (loaded[i], "left_over", "no face left in its batch to mix it with: not released")
+                for i in protected.leftover.tolist()
+            ]
         else:
             protected = protection.protect(images, labels, generator, job.mix)
             members = [[index] for index in loaded]
         if job.mix and bool((protected.k < 2).any()):
-            raise ValueError(f"the masker drew k {sorted(set(protected.k.tolist()))}: a mixed release needs k >= 2 in every sample; nothing of this shard is written")
+            raise ValueError(
+                f"the masker drew k {sorted(set(protected.k.tolist()))}: a mixed release needs k >= 2 in every sample; nothing of this shard is written"
+            )
         samples = protected.x.numpy()
         decimals = WEIGHT_DECIMALS if job.one_use or not job.mix else INSECURE_WEIGHT_DECIMALS
         for row, sources in enumerate(members):
@@ -346,7 +388,9 @@ def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch
             released += sources
             rows.append(
                 {
-                    "name": sample_name([batch[i][0] for i in sources] if job.one_use else batch[sources[0]][0], job.name_key),
+                    "name": sample_name(
+                        [batch[i][0] for i in sources] if job.one_use else batch[sources[0]][0], job.name_key
+                    ),
                     "row": row,
                     "same_identity_partner": bool(protected.fallback[row]),
                     "labels": protected.labels[row, :size].tolist(),
@@ -354,21 +398,40 @@ def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch
                 }
             )
     elif loaded:
-        skipped += [(i, "too_few_to_mix", "the only readable face of its batch: nothing to mix it with") for i in loaded]
+        skipped += [
+            (i, "too_few_to_mix", "the only readable face of its batch: nothing to mix it with") for i in loaded
+        ]
     return ShardResult(samples, rows, skipped, sorted(set(released)))
 
 
 def _skipped_row(source: str, status: str, message: str, key: bytes | None) -> dict:
     """A skipped file as the release records it (anonymised names hide the path and the message)."""
-    return {"source": source if key is None else sample_name(source, key), "status": status, "message": message if key is None else status}
+    return {
+        "source": source if key is None else sample_name(source, key),
+        "status": status,
+        "message": message if key is None else status,
+    }
 
 
-def _skipped_rows(skipped: list[tuple[int, str, str]], batch: list[tuple[str, str]], in_root: Path, key: bytes | None) -> list[dict]:
+def _skipped_rows(
+    skipped: list[tuple[int, str, str]], batch: list[tuple[str, str]], in_root: Path, key: bytes | None
+) -> list[dict]:
     # Messages name files relative to IN_DIR, like "source": the summary holds no machine paths.
-    return [_skipped_row(batch[i][0], status, message.replace(str(in_root / batch[i][0]), batch[i][0]), key) for i, status, message in skipped]
+    return [
+        _skipped_row(batch[i][0], status, message.replace(str(in_root / batch[i][0]), batch[i][0]), key)
+        for i, status, message in skipped
+    ]
 
 
-def _finish(writer: ReleaseWriter, shards: int, masker: OnnxMasker, params: MaskParams, label_names: dict[str, int] | None, items, pre_skipped: list[dict]) -> dict:
+def _finish(
+    writer: ReleaseWriter,
+    shards: int,
+    masker: OnnxMasker,
+    params: MaskParams,
+    label_names: dict[str, int] | None,
+    items,
+    pre_skipped: list[dict],
+) -> dict:
     rows, skipped = writer.read_records(shards)
     skipped = pre_skipped + skipped
     writer.write_index(rows)
@@ -391,7 +454,9 @@ def _finish(writer: ReleaseWriter, shards: int, masker: OnnxMasker, params: Mask
     }
     if params.mix:  # what was released, from the samples and the checked masker: not what was asked
         summary["released_mixing"] = {"k_min": min(sizes, default=0), "k_max": max(sizes, default=0)} | {
-            key: value for key, value in masker.mixing.to_dict().items() if key in ("weight_law", "cap", "sign_flip", "noise")
+            key: value
+            for key, value in masker.mixing.to_dict().items()
+            if key in ("weight_law", "cap", "sign_flip", "noise")
         }
     return summary
 

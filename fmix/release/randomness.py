@@ -42,10 +42,14 @@ def read_secret_key(path: str | Path, out_dir: str | Path | None = None) -> byte
     if out_dir is not None:
         out_root = Path(out_dir).resolve()
         if out_root == path.resolve().parent or out_root in path.resolve().parents:
-            raise ValueError(f"the secret key {path} must not be inside the output folder {out_dir}: keep it where the release never goes")
+            raise ValueError(
+                f"the secret key {path} must not be inside the output folder {out_dir}: keep it where the release never goes"
+            )
     key = path.read_bytes()
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"secret key {path} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > {path.name})")
+        raise ValueError(
+            f"secret key {path} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > {path.name})"
+        )
     return key
 
 
@@ -60,7 +64,9 @@ def check_name_key(key: bytes, source: str) -> bytes:
         The key.
     """
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"name key {source} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. export {source.lstrip('$')}=$(head -c 24 /dev/urandom | base64))")
+        raise ValueError(
+            f"name key {source} has {len(key)} bytes, need at least {MIN_KEY_BYTES} (e.g. export {source.lstrip('$')}=$(head -c 24 /dev/urandom | base64))"
+        )
     return key
 
 

@@ -26,4 +26,3 @@ def batch_indices(order: Tensor, batch_size: int, rank: int = 0, world: int = 1)
     per_rank = len(order) // world
     share = order[rank * per_rank : (rank + 1) * per_rank]
     return [share[start : start + batch_size] for start in range(0, per_rank - batch_size + 1, batch_size)]
-

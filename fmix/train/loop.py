@@ -33,7 +33,9 @@ from fmix.train.trainer import Trainer
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(encoder: nn.Module, backbone: nn.Module, faces: FaceSet, device: torch.device, batch_size: int = 128) -> bool:
+def recalibrate_batchnorm(
+    encoder: nn.Module, backbone: nn.Module, faces: FaceSet, device: torch.device, batch_size: int = 128
+) -> bool:
     """Re-estimate batch-norm statistics on un-mixed faces (training saw mixed ones).
 
     Returns:
@@ -124,13 +126,17 @@ def build_trainer(
     splits = Path(splits)
     train_set = load_face_set(aligned, splits / "private_train.csv")
     val_set = load_face_set(aligned, splits / "private_val.csv")
-    encoder = method.build_encoder(TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)).to(device)
+    encoder = method.build_encoder(
+        TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)
+    ).to(device)
     num_classes = int(train_set.labels.max()) + 1
     mixing = mixing or MixingParams()
     net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing)))
     if params.init_backbone is not None:
         init_backbone(net.backbone, encoder, params)
-    trainer = Trainer(params, method, mixing, encoder, method.prepare_net(net).to(device), train_set, device, rank, world)
+    trainer = Trainer(
+        params, method, mixing, encoder, method.prepare_net(net).to(device), train_set, device, rank, world
+    )
     return trainer, val_set
 
 
@@ -175,7 +181,13 @@ def train(
         trainer.restore(load_checkpoint(checkpoint_path, device), checkpoint_path)
     state = trainer.state
     net.train()
-    bar = tqdm(total=trainer.total_steps, initial=state.step, desc=f"train {params.method}", unit="step", disable=not progress or rank > 0)
+    bar = tqdm(
+        total=trainer.total_steps,
+        initial=state.step,
+        desc=f"train {params.method}",
+        unit="step",
+        disable=not progress or rank > 0,
+    )
     for epoch in range(state.epoch, params.epochs):
         batches = trainer.batches(epoch)
         for number in range(trainer.state.batch, len(batches)):
@@ -201,14 +213,24 @@ def train(
         trainer.network_changed()  # e.g. the adaptive policy's confidence signal moved with the batch norm: it prices k again
     final_val = closed_set_accuracy(encoder, net, val_set, device)
     record = trainer.model_record(num_classes)
-    summary = _summary(params, trainer.state.history, final_val, recalibrated, num_classes, len(train_set), record.privacy)
+    summary = _summary(
+        params, trainer.state.history, final_val, recalibrated, num_classes, len(train_set), record.privacy
+    )
     if rank == 0:
         record.save(out_dir / "model.pt")
         write_json_atomic(out_dir / "train_summary.json", summary)
     return summary
 
 
-def _summary(params: TrainParams, history: list[dict], final_val: float, recalibrated: bool, num_classes: int, faces: int, privacy: dict) -> dict:
+def _summary(
+    params: TrainParams,
+    history: list[dict],
+    final_val: float,
+    recalibrated: bool,
+    num_classes: int,
+    faces: int,
+    privacy: dict,
+) -> dict:
     fr_times = [row["seconds_per_fr_step"] for row in history if row["fr_steps"]]
     policy_times = [row["seconds_per_policy_step"] for row in history if row.get("seconds_per_policy_step")]
     ks = [row["mean_k"] for row in history if "mean_k" in row]

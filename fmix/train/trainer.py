@@ -63,7 +63,11 @@ class EpochStats:
         self.reward += step["reward"]
         self.entropy += step["entropy"]
         table = step["k_by_difficulty"]
-        self.k_by_difficulty = table if self.k_by_difficulty is None else [[a + b for a, b in zip(x, y)] for x, y in zip(self.k_by_difficulty, table)]
+        self.k_by_difficulty = (
+            table
+            if self.k_by_difficulty is None
+            else [[a + b for a, b in zip(x, y)] for x, y in zip(self.k_by_difficulty, table)]
+        )
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,7 +80,14 @@ class EpochStats:
         """The epoch's line of ``train_log.jsonl`` (``k_values``: the histogram's columns; ``turns``: the
         fields of a method that takes turns, :meth:`fmix.methods.base.Method.end_epoch`, or None)."""
         fr, pi = max(1, self.fr_steps), self.policy_steps
-        row = {"epoch": epoch, "loss": self.loss / fr, "val_accuracy": val_accuracy, "lr": lr, "fr_steps": self.fr_steps, "seconds_per_fr_step": self.fr_seconds / fr}
+        row = {
+            "epoch": epoch,
+            "loss": self.loss / fr,
+            "val_accuracy": val_accuracy,
+            "lr": lr,
+            "fr_steps": self.fr_steps,
+            "seconds_per_fr_step": self.fr_seconds / fr,
+        }
         if self.k:
             row["k_histogram"] = k_histogram(self.k, k_values)
             row["mean_k"] = sum(k * n for k, n in self.k.items()) / sum(self.k.values())
@@ -107,11 +118,19 @@ class TrainState:
     stats: EpochStats = field(default_factory=EpochStats)
 
     def to_state(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "history": self.history, "epoch_stats": self.stats.to_state()}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "history": self.history,
+            "epoch_stats": self.stats.to_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> "TrainState":
-        return cls(state["epoch"], state["batch"], state["step"], state["history"], EpochStats.from_state(state["epoch_stats"]))
+        return cls(
+            state["epoch"], state["batch"], state["step"], state["history"], EpochStats.from_state(state["epoch_stats"])
+        )
 
 
 def _random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -154,22 +173,44 @@ class Trainer:
         if self.protection is not None and method.sign_invariant(self.mixing):
             # The network reads |x|, which the sign mask leaves bit for bit (with mixing.noise n drawn after it,
             # |s x + n| = |x + s n| has the law of |x + n|, n being symmetric): drawing it costs time only.
-            self.protection = Protection(self.protection.graph, dataclasses.replace(self.protection.mixing, sign_flip=False), self.protection.k_values)
+            self.protection = Protection(
+                self.protection.graph,
+                dataclasses.replace(self.protection.mixing, sign_flip=False),
+                self.protection.k_values,
+            )
         self.train_set, self.device, self.rank, self.world = train_set, device, rank, world
         model: nn.Module = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
         trained = list(net.parameters()) + (list(encoder.parameters()) if method.trainable_encoder else [])
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            trained, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+        )
         self.steps_per_epoch = len(self.batches(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train_set)} training faces make no full batch of {params.batch_size} per process")
         self.total_steps = params.epochs * self.steps_per_epoch
         warmup = int(params.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, self.total_steps, warmup, params.schedule)
+        )
         self.generator = torch.Generator().manual_seed(params.seed * 7919 + rank)
         self.amp = params.amp and device.type == "cuda"
         self.state = TrainState()
         self.game_on = False  # whether the method's turn was on in the last FR step
-        self.ctx = RunContext(params, self.mixing, self.protection, encoder, net, model, optimizer, train_set, self.generator, device, world, 0, self.total_steps)
+        self.ctx = RunContext(
+            params,
+            self.mixing,
+            self.protection,
+            encoder,
+            net,
+            model,
+            optimizer,
+            train_set,
+            self.generator,
+            device,
+            world,
+            0,
+            self.total_steps,
+        )
         method.setup(self.ctx)
         self.model, self.optimizer = self.ctx.model, self.ctx.optimizer  # the method may have wrapped them
 
@@ -182,7 +223,9 @@ class Trainer:
     # ------------------------------------------------------------------ schedule
     def batches(self, epoch: int) -> list[Tensor]:
         """This rank's full batches of ``epoch`` (a function of the seed and the epoch only)."""
-        return batch_indices(epoch_order(len(self.train_set), epoch, self.params.seed), self.params.batch_size, self.rank, self.world)
+        return batch_indices(
+            epoch_order(len(self.train_set), epoch, self.params.seed), self.params.batch_size, self.rank, self.world
+        )
 
     @property
     def progress(self) -> float:
@@ -240,7 +283,9 @@ class Trainer:
             loss = self.fr_loss(shown, labels, None).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], params.clip_grad)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in self.optimizer.param_groups for p in group["params"]], params.clip_grad
+        )
         self.optimizer.step()
         self.scheduler.step()
         stats.fr_steps += 1

@@ -15,7 +15,9 @@ IDENTITIES = 5  # the first 5 identities of the aligned sample: 30 faces
 def gallery(aligned_faces):
     faces, labels = aligned_faces
     keep = labels < IDENTITIES
-    face_set = FaceSet(faces[keep].permute(0, 2, 3, 1).contiguous(), labels[keep], [f"{i}.png" for i in range(int(keep.sum()))])
+    face_set = FaceSet(
+        faces[keep].permute(0, 2, 3, 1).contiguous(), labels[keep], [f"{i}.png" for i in range(int(keep.sum()))]
+    )
     return face_set, DlibGallery(face_set)
 
 
@@ -95,5 +97,8 @@ def test_bad_inputs_say_what_is_wrong(gallery):
         DlibGallery(FaceSet(faces.images[:1], torch.tensor([-1]), ["a.png"]))
     with pytest.raises(ValueError, match="num_identities > the largest gallery label 4, got 3"):
         DlibGallery(faces, num_identities=3, judge=judged.judge)
-    with pytest.raises(ValueError, match=r"judge in \('dlib', 'evaluator'\) or the path of an ONNX face embedder ending in \.onnx, got 'arcface'"):
+    with pytest.raises(
+        ValueError,
+        match=r"judge in \('dlib', 'evaluator'\) or the path of an ONNX face embedder ending in \.onnx, got 'arcface'",
+    ):
         IdentityScorer("arcface", None, faces)

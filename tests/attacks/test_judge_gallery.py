@@ -8,8 +8,8 @@ import torch
 
 from fmix.attacks.identity import DlibGallery
 from fmix.attacks.judge_gallery import load_gallery, write_gallery
-from fmix.models.dlib_judge import DlibJudge
 from fmix.data.faces import load_face_set
+from fmix.models.dlib_judge import DlibJudge
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,15 @@ def test_cli_writes_the_gallery_and_fails_in_one_line(pipeline_sample, gallery_f
     from fmix.cli import app
 
     out = tmp_path / "judge" / "gallery.npz"
-    result = CliRunner().invoke(app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(out)])
+    result = CliRunner().invoke(
+        app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "judge gallery:" in result.output and out.is_file()
     with np.load(out) as new, np.load(gallery_file[0]) as old:
         assert np.array_equal(new["descriptors"], old["descriptors"]) and list(new["paths"]) == list(old["paths"])
-    missing = CliRunner().invoke(app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(tmp_path / "nosplits"), str(tmp_path / "g.npz")])
+    missing = CliRunner().invoke(
+        app, ["attack", "gallery", str(pipeline_sample["aligned"]), str(tmp_path / "nosplits"), str(tmp_path / "g.npz")]
+    )
     assert missing.exit_code == 1 and "error: split file not found" in missing.output
     assert not (tmp_path / "g.npz").exists()

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from fmix.attacks import AttackConfig, ReconstructionAttack
-from fmix.attacks.protectors import NoisyFrequencyProtector, PixelMixProtector, ProtectedPairs, pixel_mix_to_image, sign_blind
+from fmix.attacks.protectors import (
+    NoisyFrequencyProtector,
+    PixelMixProtector,
+    ProtectedPairs,
+    pixel_mix_to_image,
+    sign_blind,
+)
 from fmix.freq import DC_CHANNELS, RunningChannelStats, block_dct
 from fmix.masker.build import build_masker
 from fmix.masker.protection import MixingConfig
@@ -31,12 +37,16 @@ def test_pixel_protector_mixes_four_faces_with_capped_weights_and_a_sign_mask(al
     assert all(len(set(row)) == 4 for row in pairs.partners.tolist())
     # The reported partners and weights reproduce x up to a sign per pixel (the rescaled mix of the RGB encoding).
     encoded = RgbEncoder()(images)
-    plain = (pairs.weights[:, :, None, None, None] * encoded[pairs.partners]).sum(dim=1) / pairs.weights.norm(dim=1)[:, None, None, None]
+    plain = (pairs.weights[:, :, None, None, None] * encoded[pairs.partners]).sum(dim=1) / pairs.weights.norm(dim=1)[
+        :, None, None, None
+    ]
     torch.testing.assert_close(pairs.x.abs(), plain.abs())
     sign = pairs.x / plain
     assert set(sign.round().unique().tolist()) == {-1.0, 1.0} and 0.45 < (sign < 0).float().mean().item() < 0.55
     # The attacker's draws follow the owner's protection in training: same generator, same samples.
-    owner = build_method(TrainParams(method="instahide")).build_protection(MixingParams(k_values=(4,), weight_law="instahide", sign_flip=True, noise=0.0))
+    owner = build_method(TrainParams(method="instahide")).build_protection(
+        MixingParams(k_values=(4,), weight_law="instahide", sign_flip=True, noise=0.0)
+    )
     reference = owner.protect_encoded(encoded, labels, 4, torch.Generator().manual_seed(7))
     torch.testing.assert_close(pairs.x, reference.x)
     assert torch.equal(pairs.partners, reference.partners)
@@ -91,12 +101,20 @@ def test_noisy_protector_adds_laplace_noise_at_the_encoders_scales(aligned_faces
     torch.testing.assert_close(protector.scales, noisy_encoder.noise.scales().detach())
     assert protector.clip == 3.0 and protector.scales.max() / protector.scales.min() > 10
     pairs = protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(1))
-    assert pairs.x.shape == (48, 189, 14, 14) and pairs.partners[:, 0].tolist() == list(range(48)) and pairs.weights.eq(1).all()
+    assert (
+        pairs.x.shape == (48, 189, 14, 14)
+        and pairs.partners[:, 0].tolist() == list(range(48))
+        and pairs.weights.eq(1).all()
+    )
     # E|Laplace(0, b)| = b: the empirical scale of each channel's noise (48 x 14 x 14 draws) within 6 %.
     noise = pairs.x - noisy_encoder.transform(images).clamp(-3.0, 3.0)
     torch.testing.assert_close(noise.abs().mean(dim=(0, 2, 3)), protector.scales, rtol=0.06, atol=0)
     # Its own draws: the generator decides the noise.
     again = protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(1))
-    assert torch.equal(pairs.x, again.x) and not torch.equal(pairs.x, protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(2)).x)
-    with pytest.raises(ValueError, match=r"Expected 189 non-negative scales \(one per kept channel\), got shape \(3,\)"):
+    assert torch.equal(pairs.x, again.x) and not torch.equal(
+        pairs.x, protector(images, torch.zeros(48, dtype=torch.long), torch.Generator().manual_seed(2)).x
+    )
+    with pytest.raises(
+        ValueError, match=r"Expected 189 non-negative scales \(one per kept channel\), got shape \(3,\)"
+    ):
         NoisyFrequencyProtector(noisy_encoder.transform, torch.ones(3))

@@ -6,7 +6,6 @@ import torch
 from fmix.attacks import (
     AttackConfig,
     MaskerProtector,
-    ProtectedPairs,
     ReconstructionAttack,
     constituents_of,
     evaluate_reconstruction,
@@ -18,7 +17,18 @@ from fmix.masker.build import build_masker
 from fmix.masker.protection import MixingConfig, Protection
 from fmix.params import ExportParams, MixingParams
 
-TINY = AttackConfig(width=8, skip_channels=4, head_min=4, batch_size=8, lr=2e-3, adv_weight=0.05, adv_warmup=10, disc_width=4, disc_layers=2, seed=3)
+TINY = AttackConfig(
+    width=8,
+    skip_channels=4,
+    head_min=4,
+    batch_size=8,
+    lr=2e-3,
+    adv_weight=0.05,
+    adv_warmup=10,
+    disc_width=4,
+    disc_layers=2,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +75,19 @@ def test_the_black_box_guess_matches_the_released_channel_count(aligned_faces, s
     images = aligned_faces[0][:4].float()
     guess = surrogate_protector(stats, k=None, channels=36)  # e.g. PPFR-FD's 36 lowest-energy channels
     kept = guess.masker.mask.kept
-    assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (4, 36, 28, 28)  # export.upsample 2
+    assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (
+        4,
+        36,
+        28,
+        28,
+    )  # export.upsample 2
     default = build_masker(ExportParams(), stats).mask.kept.tolist()
     energy = stats.energy
     assert sorted(kept.tolist()) == sorted(sorted(default, key=lambda c: energy[c].item())[:36])
     assert surrogate_protector(stats, k=None, channels=174).masker.mask.num_kept == 174
-    with pytest.raises(ValueError, match=r"Expected keep_lowest_energy in \[1, 174\] \(the channels not otherwise dropped\), got 180"):
+    with pytest.raises(
+        ValueError, match=r"Expected keep_lowest_energy in \[1, 174\] \(the channels not otherwise dropped\), got 180"
+    ):
         surrogate_protector(stats, k=None, channels=180)
 
 
@@ -107,7 +124,9 @@ def test_mixed_training_targets_the_heaviest_constituent(aligned_faces, stats):
     assert len(targets) == 2 and attack.discriminator is None
     for (images, pairs), target in zip(seen, targets):
         assert torch.equal(target, images[pairs.heaviest()])
-    assert any(not torch.equal(pairs.heaviest(), torch.arange(8)) for _, pairs in seen)  # some partner outweighs its anchor
+    assert any(
+        not torch.equal(pairs.heaviest(), torch.arange(8)) for _, pairs in seen
+    )  # some partner outweighs its anchor
 
 
 def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_faces, masker):
@@ -117,7 +136,11 @@ def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_face
     attack, snapshots, steps = ReconstructionAttack(config), [], []
     build = attack._optimisers
     attack._optimisers = lambda: snapshots.append(flat(attack.generator.parameters()).detach().clone()) or build()  # w0
-    record = lambda step, fitted: steps.append(step) or snapshots.append(flat(fitted.generator.parameters()).detach().clone())  # noqa: E731
+
+    def record(step, fitted):
+        steps.append(step)
+        snapshots.append(flat(fitted.generator.parameters()).detach().clone())
+
     attack.fit(faces, MaskerProtector(masker), steps=3, on_step=record)
     assert steps == [0, 1, 2] and len(snapshots) == 4
     average = snapshots[0]
@@ -126,7 +149,9 @@ def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_face
         average = decay * average + (1 - decay) * weights
     torch.testing.assert_close(flat(attack.averaged.parameters()), average)
     assert not torch.allclose(average, snapshots[-1])
-    plain = ReconstructionAttack(dataclasses.replace(config, ema_decay=0.0)).fit(faces, MaskerProtector(masker), steps=3)
+    plain = ReconstructionAttack(dataclasses.replace(config, ema_decay=0.0)).fit(
+        faces, MaskerProtector(masker), steps=3
+    )
     assert plain.averaged is plain.generator
     torch.testing.assert_close(flat(plain.generator.parameters()), snapshots[-1])  # same seed, same training
     with pytest.raises(ValueError, match=r"Expected ema_decay in \[0, 1\), got 1.0"):
@@ -136,7 +161,9 @@ def test_the_moving_average_of_the_generator_follows_the_decay_ramp(aligned_face
 def test_time_budget_and_errors(aligned_faces, masker):
     faces = aligned_faces[0][:16]
     protector = MaskerProtector(masker)
-    attack = ReconstructionAttack(dataclasses.replace(TINY, clock="wall")).fit(faces, protector, steps=1000, seconds=0.3)
+    attack = ReconstructionAttack(dataclasses.replace(TINY, clock="wall")).fit(
+        faces, protector, steps=1000, seconds=0.3
+    )
     assert 1 <= len(attack.history) < 1000
     with pytest.raises(ValueError, match="Give a budget"):
         ReconstructionAttack(TINY).fit(faces, protector)
@@ -152,7 +179,9 @@ def test_time_budget_and_errors(aligned_faces, masker):
 
 def test_invert_and_evaluate(aligned_faces, masker):
     faces = aligned_faces[0][:16]
-    attack = ReconstructionAttack(dataclasses.replace(TINY, adv_weight=0.0)).fit(faces, MaskerProtector(masker), steps=2)
+    attack = ReconstructionAttack(dataclasses.replace(TINY, adv_weight=0.0)).fit(
+        faces, MaskerProtector(masker), steps=2
+    )
     originals = faces[:5].float()
     protected = masker.masked(originals)
     recon = attack.invert(protected, batch_size=2)

@@ -4,7 +4,6 @@ import shutil
 import numpy as np
 import pytest
 
-from fmix_testing import LFW_IMAGES, copy_sample, make_bad_input_zoo
 from fmix.data.align import (
     ARCFACE_TEMPLATE,
     align_folder,
@@ -18,6 +17,7 @@ from fmix.data.align import (
 from fmix.data.detect import Detection, RetinaFaceDetector, pick_central_face
 from fmix.data.images import read_rgb
 from fmix.params import AlignParams
+from fmix_testing import LFW_IMAGES, copy_sample, make_bad_input_zoo
 
 
 def _redetect_on_padded(face: np.ndarray, detector: RetinaFaceDetector, pad: int = 56) -> np.ndarray:
@@ -69,7 +69,11 @@ def test_pick_central_face_prefers_centre_and_ignores_small_faces():
 def test_real_faces_land_on_the_template():
     """A few dozen real LFW photos: after warping, the detector finds the eyes within a few pixels of the template."""
     detector = RetinaFaceDetector()
-    photos = [sorted((LFW_IMAGES / name).iterdir())[i] for name in ("George_W_Bush", "Colin_Powell", "Tony_Blair") for i in range(12)]
+    photos = [
+        sorted((LFW_IMAGES / name).iterdir())[i]
+        for name in ("George_W_Bush", "Colin_Powell", "Tony_Blair")
+        for i in range(12)
+    ]
     errors = []
     for photo in photos:
         rgb = read_rgb(photo)
@@ -84,7 +88,11 @@ def test_real_faces_land_on_the_template():
 
 def test_select_sources_filters_identities(lfw_sample):
     tasks = select_sources(lfw_sample, AlignParams(min_images=6, max_identities=3))
-    assert len(tasks) == 18 and sorted({name for _, name in tasks}) == ["Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo"]
+    assert len(tasks) == 18 and sorted({name for _, name in tasks}) == [
+        "Alejandro_Toledo",
+        "Alvaro_Uribe",
+        "Amelie_Mauresmo",
+    ]
     with pytest.raises(ValueError, match="no identity in .* has at least align.min_images=7 files"):
         select_sources(lfw_sample, AlignParams(min_images=7))
 
@@ -95,7 +103,14 @@ def test_align_folder_statuses_for_the_bad_input_zoo(tmp_path):
     summary = align_folder(src, tmp_path / "out", AlignParams(min_images=1, workers=1), progress=False)
     rows = {row.source: row for row in read_manifest(tmp_path / "out")}
     assert {name: rows[f"Zoo_Person/{name}"].status for name in expected} == expected
-    assert summary["status_counts"] == {"corrupt": 1, "empty_file": 1, "no_face": 1, "not_an_image": 2, "ok": 9, "too_large": 1}
+    assert summary["status_counts"] == {
+        "corrupt": 1,
+        "empty_file": 1,
+        "no_face": 1,
+        "not_an_image": 2,
+        "ok": 9,
+        "too_large": 1,
+    }
     assert all(row.message for row in rows.values() if row.status != "ok")
     # The EXIF-rotated copy is aligned upright: its landmarks match the upright photo's.
     upright, rotated = rows["Ariel_Sharon/Ariel_Sharon_0001.jpg"], rows["Zoo_Person/exif_rotated.jpg"]

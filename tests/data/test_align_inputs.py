@@ -24,7 +24,10 @@ def test_sources_that_share_an_output_name_are_refused_not_overwritten(tmp_path)
     summary = align_folder(src, tmp_path / "out", ONE_WORKER, progress=False)
     assert summary["status_counts"] == {"name_clash": 2, "ok": 1}
     rows = {row.source: row for row in read_manifest(tmp_path / "out")}
-    assert rows["Ariel_Sharon/collide.jpg"].message == "COLLIDE.png, collide.jpg would all be aligned to Ariel_Sharon/collide.png: rename them"
+    assert (
+        rows["Ariel_Sharon/collide.jpg"].message
+        == "COLLIDE.png, collide.jpg would all be aligned to Ariel_Sharon/collide.png: rename them"
+    )
     assert rows["Ariel_Sharon/COLLIDE.png"].output == ""
     assert sorted(p.name for p in (tmp_path / "out" / "Ariel_Sharon").iterdir()) == ["Ariel_Sharon_0001.png"]
 
@@ -53,7 +56,11 @@ def test_symbolic_links_loops_broken_and_leaving_src(tmp_path):
     os.symlink("loop_a.jpg", folder / "loop_b.jpg")
     os.symlink("loop_b.jpg", folder / "loop_a.jpg")
     os.symlink("missing.jpg", folder / "broken.jpg")
-    outside = copy_sample(tmp_path / "elsewhere", identities=("Bill_Clinton",), per_identity=1) / "Bill_Clinton" / "Bill_Clinton_0001.jpg"
+    outside = (
+        copy_sample(tmp_path / "elsewhere", identities=("Bill_Clinton",), per_identity=1)
+        / "Bill_Clinton"
+        / "Bill_Clinton_0001.jpg"
+    )
     os.symlink(outside, folder / "outside.jpg")
     os.symlink("Ariel_Sharon_0001.jpg", folder / "inside.jpg")
 
@@ -63,7 +70,9 @@ def test_symbolic_links_loops_broken_and_leaving_src(tmp_path):
     assert rows["Ariel_Sharon/loop_a.jpg"].message.endswith("loop_a.jpg is a symbolic link loop")
     assert rows["Ariel_Sharon/broken.jpg"].message.endswith("broken.jpg is a symbolic link to a missing file")
 
-    result = CliRunner().invoke(app, ["align", str(src), str(tmp_path / "inside"), "--min-images", "1", "--workers", "1", "--inside-only", "-q"])
+    result = CliRunner().invoke(
+        app, ["align", str(src), str(tmp_path / "inside"), "--min-images", "1", "--workers", "1", "--inside-only", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert '"outside_source": 1' in result.output and "aligned 2 of 6 photos" in result.output
     row = {row.source: row for row in read_manifest(tmp_path / "inside")}["Ariel_Sharon/outside.jpg"]
@@ -85,7 +94,10 @@ def test_an_existing_file_as_output_is_a_one_line_error(tmp_path):
     src = copy_sample(tmp_path / "src", identities=("Ariel_Sharon",), per_identity=1)
     (tmp_path / "taken").write_text("mine")
     result = CliRunner().invoke(app, ["align", str(src), str(tmp_path / "taken"), "--min-images", "1", "-q"])
-    assert (result.exit_code, result.output) == (1, f"error: output folder {tmp_path / 'taken'} is an existing file, not a folder\n")
+    assert (result.exit_code, result.output) == (
+        1,
+        f"error: output folder {tmp_path / 'taken'} is an existing file, not a folder\n",
+    )
     assert (tmp_path / "taken").read_text() == "mine"
 
 
@@ -95,10 +107,16 @@ def test_a_250_character_file_name_aligns_and_nested_photos_get_a_row(tmp_path):
     long_name = "a" * 246 + ".jpg"
     shutil.copy(LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0002.jpg", src / "Ariel_Sharon" / long_name)
     (src / "Ariel_Sharon" / "2019" / "deeper").mkdir(parents=True)
-    shutil.copy(LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0003.jpg", src / "Ariel_Sharon" / "2019" / "deeper" / "Ariel_Sharon_0001.jpg")
+    shutil.copy(
+        LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0003.jpg",
+        src / "Ariel_Sharon" / "2019" / "deeper" / "Ariel_Sharon_0001.jpg",
+    )
     summary = align_folder(src, tmp_path / "out", ONE_WORKER, progress=False)
     assert summary["status_counts"] == {"nested_folder": 1, "ok": 2}  # the nested twin of _0001 clashes with nothing
     rows = {row.source: row for row in read_manifest(tmp_path / "out")}
     assert rows[f"Ariel_Sharon/{long_name}"].output == f"Ariel_Sharon/{'a' * 246}.png"
     nested = rows["Ariel_Sharon/2019/deeper/Ariel_Sharon_0001.jpg"]
-    assert nested.message == "Ariel_Sharon/2019/deeper/Ariel_Sharon_0001.jpg is in a sub-folder of its identity folder: move it into Ariel_Sharon/ to align it"
+    assert (
+        nested.message
+        == "Ariel_Sharon/2019/deeper/Ariel_Sharon_0001.jpg is in a sub-folder of its identity folder: move it into Ariel_Sharon/ to align it"
+    )

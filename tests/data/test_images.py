@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmix_testing import LFW_IMAGES, make_bad_input_zoo
 from fmix.data.images import ImageReadError, list_identity_folders, read_rgb, write_png_atomic
+from fmix_testing import LFW_IMAGES, make_bad_input_zoo
 
 PHOTO = LFW_IMAGES / "Ariel_Sharon" / "Ariel_Sharon_0001.jpg"
 

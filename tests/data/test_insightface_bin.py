@@ -71,7 +71,9 @@ def test_checks_sizes_and_counts(tmp_path, face_jpegs):
     path.write_bytes(pickle.dumps(([face_jpegs[0], small], [True])))
     with pytest.raises(ValueError, match="image 1 is 100x100, expected 112x112"):
         read_insightface_bin(path)
-    with pytest.raises(ValueError, match=r"Expected images of one size in .*, got shapes \[\(100, 100, 3\), \(112, 112, 3\)\]"):
+    with pytest.raises(
+        ValueError, match=r"Expected images of one size in .*, got shapes \[\(100, 100, 3\), \(112, 112, 3\)\]"
+    ):
         read_insightface_bin(path, image_size=None)
     path.write_bytes(pickle.dumps(([small, small], [True])))
     assert read_insightface_bin(path, image_size=(100, 100)).images.shape == (2, 100, 100, 3)
@@ -117,7 +119,9 @@ def test_malicious_pickles_are_refused_without_running(tmp_path):
     for name, payload in payloads.items():
         path = tmp_path / f"{name}.bin"
         path.write_bytes(payload)
-        with pytest.raises(pickle.UnpicklingError, match=r"refusing to load the global \S+: an InsightFace .bin may only hold"):
+        with pytest.raises(
+            pickle.UnpicklingError, match=r"refusing to load the global \S+: an InsightFace .bin may only hold"
+        ):
             read_insightface_bin(path)
     assert not marker.exists()
 
@@ -133,10 +137,19 @@ def test_empty_truncated_and_lying_files_are_value_errors(tmp_path, face_jpegs):
     good = pickle.dumps((face_jpegs[:2], [True]), protocol=4)
     cases = {
         "empty": (b"", r"empty\.bin is not an InsightFace \.bin: the file is empty: no pickle in it"),
-        "truncated": (good[: len(good) // 2], r"truncated\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected \d+ bytes in a bytes4, but only \d+ remain"),
-        "no_stop": (good[:-1], r"no_stop\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: pickle exhausted before seeing STOP"),
+        "truncated": (
+            good[: len(good) // 2],
+            r"truncated\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected \d+ bytes in a bytes4, but only \d+ remain",
+        ),
+        "no_stop": (
+            good[:-1],
+            r"no_stop\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: pickle exhausted before seeing STOP",
+        ),
         # BINBYTES8 claiming 2**60 bytes: the unpickler itself would try to allocate them.
-        "huge_claim": (b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"abc", r"huge_claim\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected 1152921504606846976 bytes in a bytes8, but only 3 remain"),
+        "huge_claim": (
+            b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"abc",
+            r"huge_claim\.bin is not an InsightFace \.bin: not a complete, well-formed pickle: expected 1152921504606846976 bytes in a bytes8, but only 3 remain",
+        ),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / f"{name}.bin"
@@ -172,12 +185,27 @@ def test_protocol2_allows_only_latin1_encode(tmp_path):
     marker = tmp_path / "pwned"
     assert restricted_load(io.BytesIO(_codecs_call(_unicode("abc"), _unicode("latin1")))) == b"abc"
     refused = {
-        "system": (pickle.dumps(([_Exploit(f"touch {marker}")], [True]), protocol=2), r"refusing to load the global (os|posix)\.system"),
-        "decode": (b"\x80\x02c_codecs\ndecode\n(" + _unicode("abc") + _unicode("latin1") + b"tR.", r"refusing to load the global _codecs\.decode"),
+        "system": (
+            pickle.dumps(([_Exploit(f"touch {marker}")], [True]), protocol=2),
+            r"refusing to load the global (os|posix)\.system",
+        ),
+        "decode": (
+            b"\x80\x02c_codecs\ndecode\n(" + _unicode("abc") + _unicode("latin1") + b"tR.",
+            r"refusing to load the global _codecs\.decode",
+        ),
         "builtins_bytes": (pickle.dumps(b"", protocol=2), r"refusing to load the global __builtin__\.bytes"),
-        "rot13": (_codecs_call(_unicode("abc"), _unicode("rot13")), r"refusing the call _codecs\.encode\('abc', 'rot13'\): a protocol-2 \.bin may only encode bytes as \(str, 'latin1'\)"),
-        "not_str": (_codecs_call(b"C\x03abc", _unicode("latin1")), r"refusing the call _codecs\.encode\(bytes, 'latin1'\)"),
-        "three_args": (_codecs_call(_unicode("abc"), _unicode("latin1"), _unicode("strict")), r"refusing the call _codecs\.encode\('abc', 'latin1', 'strict'\)"),
+        "rot13": (
+            _codecs_call(_unicode("abc"), _unicode("rot13")),
+            r"refusing the call _codecs\.encode\('abc', 'rot13'\): a protocol-2 \.bin may only encode bytes as \(str, 'latin1'\)",
+        ),
+        "not_str": (
+            _codecs_call(b"C\x03abc", _unicode("latin1")),
+            r"refusing the call _codecs\.encode\(bytes, 'latin1'\)",
+        ),
+        "three_args": (
+            _codecs_call(_unicode("abc"), _unicode("latin1"), _unicode("strict")),
+            r"refusing the call _codecs\.encode\('abc', 'latin1', 'strict'\)",
+        ),
     }
     for name, (payload, message) in refused.items():
         path = tmp_path / f"{name}.bin"

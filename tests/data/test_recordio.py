@@ -57,8 +57,8 @@ def _faces(n: int, side: int = 8) -> list[np.ndarray]:
 
 
 def test_single_part_records_fixed_bytes(tmp_path):
-    assert frame_record(b"hello") == bytes.fromhex("0a23d7ce05000000" "68656c6c6f000000")
-    assert frame_record(b"abcd") == bytes.fromhex("0a23d7ce04000000" "61626364")  # no padding needed
+    assert frame_record(b"hello") == bytes.fromhex("0a23d7ce0500000068656c6c6f000000")
+    assert frame_record(b"abcd") == bytes.fromhex("0a23d7ce0400000061626364")  # no padding needed
     assert frame_record(b"") == bytes.fromhex("0a23d7ce00000000")
     # The magic at an unaligned position does not cut the record.
     unaligned = b"ab" + MAGIC_BYTES + b"cd"
@@ -95,7 +95,9 @@ def test_image_header_with_a_label_vector():
     assert pack_image_record(4, b"jpeg", id=9) == _image_record(0, 4.0, 9, (), b"jpeg")
     with pytest.raises(ValueError, match="an image record has a 24-byte header, got a record of 10 bytes"):
         unpack_image_record(b"x" * 10)
-    with pytest.raises(ValueError, match=r"flag 3 announces 3 labels \(12 bytes\), the record has 8 bytes after its header"):
+    with pytest.raises(
+        ValueError, match=r"flag 3 announces 3 labels \(12 bytes\), the record has 8 bytes after its header"
+    ):
         unpack_image_record(_image_record(3, 0.0, 1, (1.0, 2.0)))
 
 
@@ -103,7 +105,10 @@ def _hand_pack(tmp_path, faces: list[np.ndarray], labels: list[int]) -> None:
     """An InsightFace pack as its files describe it: header record 0 [n+1, n+1+C], images 1..n."""
     n, classes = len(faces), len(set(labels))
     records = [_part(0, _image_record(2, 0.0, 0, (n + 1.0, n + 1.0 + classes)))]
-    records += [_part(0, _image_record(0, float(label), key, (), _png(face))) for key, (face, label) in enumerate(zip(faces, labels), 1)]
+    records += [
+        _part(0, _image_record(0, float(label), key, (), _png(face)))
+        for key, (face, label) in enumerate(zip(faces, labels), 1)
+    ]
     rec, idx = _write(tmp_path, records, name="train")
     (tmp_path / "property").write_text(f"{classes},8,8\n")
 
@@ -113,14 +118,25 @@ def test_face_pack_reads_a_hand_built_pack(tmp_path):
     _hand_pack(tmp_path, faces, labels)
     pack = FacePack(tmp_path)
     assert list(pack.image_keys) == [1, 2, 3, 4] and len(pack) == 4 and pack.labels() == labels
-    assert pack.summary() == {"pack": str(tmp_path), "records": 5, "images": 4, "classes": 2, "height": 8, "width": 8, "header_record": True, "indexed": True}
+    assert pack.summary() == {
+        "pack": str(tmp_path),
+        "records": 5,
+        "images": 4,
+        "classes": 2,
+        "height": 8,
+        "width": 8,
+        "header_record": True,
+        "indexed": True,
+    }
     np.testing.assert_array_equal(pack.face(3), faces[2])
     dataset = FacePackDataset(pack)
     image, label = dataset[2]
     assert image.dtype == torch.float32 and image.shape == (3, 8, 8) and label == 1
     torch.testing.assert_close(image, torch.from_numpy(faces[2]).permute(2, 0, 1).float())
     # Without a header record (flag 0 in record 0) every key is an image.
-    (tmp_path / "train.idx").write_text("".join(line + "\n" for line in (tmp_path / "train.idx").read_text().splitlines()[1:]))
+    (tmp_path / "train.idx").write_text(
+        "".join(line + "\n" for line in (tmp_path / "train.idx").read_text().splitlines()[1:])
+    )
     assert list(FacePack(tmp_path).image_keys) == [1, 2, 3, 4] and FacePack(tmp_path).header is None
 
 
@@ -129,7 +145,10 @@ def test_truncated_file_and_bad_magic_are_clear_errors(tmp_path):
     assert len(good) == 44
     rec, idx = _write(tmp_path, [good[:20], good[20:]])
     rec.write_bytes(good[:40])  # the last part's data is cut
-    with pytest.raises(ValueError, match=r"a\.rec: the part at offset 32 claims 2 bytes, beyond the end of the file \(40 bytes\): truncated file\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"a\.rec: the part at offset 32 claims 2 bytes, beyond the end of the file \(40 bytes\): truncated file\?",
+    ):
         RecordIOReader(rec, idx).read(1)
     assert RecordIOReader(rec, idx).read(0) == b"0123456789"  # the records before the cut still read
     for cut in (36, 32):  # the last part's header is cut, or missing
@@ -140,10 +159,16 @@ def test_truncated_file_and_bad_magic_are_clear_errors(tmp_path):
         with pytest.raises(ValueError, match=message):
             RecordIOReader(rec)  # the scan meets it too
     rec.write_bytes(good + b"\0\0\0\0")  # trailing bytes too short for a record
-    with pytest.raises(ValueError, match=r"a\.rec is truncated: a record needs an 8-byte part header at offset 44, the file has 48 bytes"):
+    with pytest.raises(
+        ValueError,
+        match=r"a\.rec is truncated: a record needs an 8-byte part header at offset 44, the file has 48 bytes",
+    ):
         RecordIOReader(rec)
     rec.write_bytes(b"\x0b" + good[1:])
-    with pytest.raises(ValueError, match=r"a\.rec: bad magic 0xced7230b at offset 0, expected 0xced7230a \(not a RecordIO file, or a wrong \.idx offset\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"a\.rec: bad magic 0xced7230b at offset 0, expected 0xced7230a \(not a RecordIO file, or a wrong \.idx offset\)",
+    ):
         RecordIOReader(rec, idx).read(0)
     rec.write_bytes(good)
     reader = RecordIOReader(rec, idx)
@@ -153,7 +178,9 @@ def test_truncated_file_and_bad_magic_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"a\.rec: bad magic 0x\w+ at offset 8"):
         RecordIOReader(rec, idx).read(1)
     idx.write_text("0\t0\n1\t400\n")
-    with pytest.raises(ValueError, match=r"a\.idx line 2: key 1 has offset 400, beyond the end of .*a\.rec \(44 bytes\)"):
+    with pytest.raises(
+        ValueError, match=r"a\.idx line 2: key 1 has offset 400, beyond the end of .*a\.rec \(44 bytes\)"
+    ):
         RecordIOReader(rec, idx)
     idx.write_text("0\t0\nzero\t20\n")
     with pytest.raises(ValueError, match=r"a\.idx line 2: expected 'key<TAB>offset' \(two integers\), got 'zero\\t20'"):
@@ -170,10 +197,14 @@ def test_face_pack_checks_index_and_property(tmp_path):
     _hand_pack(tmp_path, _faces(3), [0, 1, 1])
     lines = (tmp_path / "train.idx").read_text().splitlines()
     (tmp_path / "train.idx").write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # drop key 2
-    with pytest.raises(ValueError, match=r"train\.idx lacks key 2 of the image keys \[1, 4\) announced by header record 0"):
+    with pytest.raises(
+        ValueError, match=r"train\.idx lacks key 2 of the image keys \[1, 4\) announced by header record 0"
+    ):
         FacePack(tmp_path)
     (tmp_path / "property").write_text("two,8,8\n")
-    with pytest.raises(ValueError, match=r"property: expected one line 'num_classes,height,width' of positive integers, got 'two,8,8'"):
+    with pytest.raises(
+        ValueError, match=r"property: expected one line 'num_classes,height,width' of positive integers, got 'two,8,8'"
+    ):
         read_property(tmp_path / "property")
     with pytest.raises(FileNotFoundError, match="pack property file not found"):
         read_property(tmp_path / "none")

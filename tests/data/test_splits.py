@@ -3,10 +3,18 @@ import filecmp
 
 import pytest
 
-from fmix_testing import LFW
-from fmix.data.align import AlignResult, MANIFEST
-from fmix.data.splits import heldout_pairs, lfw_pairs, make_split, read_lfw_pairs, read_pairs, split_identities, write_split
+from fmix.data.align import MANIFEST, AlignResult
+from fmix.data.splits import (
+    heldout_pairs,
+    lfw_pairs,
+    make_split,
+    read_lfw_pairs,
+    read_pairs,
+    split_identities,
+    write_split,
+)
 from fmix.params import SplitParams
+from fmix_testing import LFW
 
 SMALL = SplitParams(folds=2, pairs_per_fold=4, min_images=5, private_extra_min_images=None)
 
@@ -16,7 +24,11 @@ def _fake_aligned(folder, counts: dict[str, int]):
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [AlignResult(f"{n}/{n}_{i:04d}.jpg", n, "ok", f"{n}/{n}_{i:04d}.png") for n, c in counts.items() for i in range(1, c + 1)]
+    rows = [
+        AlignResult(f"{n}/{n}_{i:04d}.jpg", n, "ok", f"{n}/{n}_{i:04d}.png")
+        for n, c in counts.items()
+        for i in range(1, c + 1)
+    ]
     rows.append(AlignResult("Bad/x.jpg", "Bad", "corrupt", message="corrupt"))
     (folder / MANIFEST).write_text("".join(json.dumps(r.__dict__) + "\n" for r in rows))
     return folder
@@ -27,7 +39,12 @@ def _roles(out):
         with open(out / name, newline="") as handle:
             return {row["identity"] for row in csv.DictReader(handle)}
 
-    return identities("private_train.csv"), identities("public.csv"), identities("verification.csv"), identities("private_val.csv")
+    return (
+        identities("private_train.csv"),
+        identities("public.csv"),
+        identities("verification.csv"),
+        identities("private_val.csv"),
+    )
 
 
 def test_split_on_real_aligned_faces_is_disjoint_and_complete(aligned_sample, tmp_path):
@@ -66,7 +83,9 @@ def test_private_val_takes_a_fraction_of_each_identity(tmp_path):
 
 def test_min_images_excludes_small_identities(tmp_path):
     aligned = _fake_aligned(tmp_path / "a", {**{f"P{i:02d}": 6 for i in range(20)}, "Few": 4})
-    roles = split_identities({n: ["x"] * c for n, c in {**{f"P{i:02d}": 6 for i in range(20)}, "Few": 4}.items()}, SMALL)
+    roles = split_identities(
+        {n: ["x"] * c for n, c in {**{f"P{i:02d}": 6 for i in range(20)}, "Few": 4}.items()}, SMALL
+    )
     assert "Few" not in sum(roles.values(), [])
     assert sum(len(v) for v in roles.values()) == 20
     assert "Bad" not in {n for _, n in make_split(aligned, SMALL).verification}
@@ -75,7 +94,10 @@ def test_min_images_excludes_small_identities(tmp_path):
 def test_heldout_pairs_are_identity_disjoint_across_folds():
     faces = {f"P{i:02d}": [f"P{i:02d}/{j}.png" for j in range(4)] for i in range(12)}
     pairs = heldout_pairs(faces, sorted(faces), SplitParams(folds=3, pairs_per_fold=10))
-    fold_ids = [{p.path_a.split("/")[0] for p in pairs if p.fold == f} | {p.path_b.split("/")[0] for p in pairs if p.fold == f} for f in range(3)]
+    fold_ids = [
+        {p.path_a.split("/")[0] for p in pairs if p.fold == f} | {p.path_b.split("/")[0] for p in pairs if p.fold == f}
+        for f in range(3)
+    ]
     assert not (fold_ids[0] & fold_ids[1]) and not (fold_ids[1] & fold_ids[2])
     assert [sum(p.same for p in pairs if p.fold == f) for f in range(3)] == [5, 5, 5]
     assert [sum(not p.same for p in pairs if p.fold == f) for f in range(3)] == [5, 5, 5]
@@ -112,7 +134,9 @@ def test_lfw_mode_keeps_pair_identities_out_of_private_and_public(tmp_path):
     aligned = _fake_aligned(tmp_path / "a", counts)
     params = SplitParams(pairs="lfw", lfw_pairs_file=str(LFW / "pairs.txt"))
     split = make_split(aligned, params)
-    assert [(p.path_a, p.path_b, p.same) for p in split.pairs] == [("Abel_Pacheco/Abel_Pacheco_0001.png", "Abel_Pacheco/Abel_Pacheco_0004.png", True)]
+    assert [(p.path_a, p.path_b, p.same) for p in split.pairs] == [
+        ("Abel_Pacheco/Abel_Pacheco_0001.png", "Abel_Pacheco/Abel_Pacheco_0004.png", True)
+    ]
     assert split.notes["lfw_pairs_dropped_unaligned"] == 5999
     assert "Abel_Pacheco" not in {n for _, n in split.private_train + split.public}
     assert {n for _, n in split.verification} == {"Abel_Pacheco"}

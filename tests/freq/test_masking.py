@@ -188,7 +188,11 @@ def test_mask_rejects_dc_unless_allowed():
         (lambda m: FrequencyMask(torch.tensor([1, 2]), std=torch.tensor([1.0, 0.0])), ValueError, "std > 0"),
         (lambda m: FrequencyMask(torch.tensor([1, 2]), mean=torch.zeros(3)), ValueError, r"mean of shape"),
         (lambda m: m(torch.zeros(2, 191, 3, 3)), ValueError, r"shape \(B, 192, H, W\)"),
-        (lambda m: m(torch.zeros(2, 192, 3, 3), torch.zeros(2, 5).long()), ValueError, r"permutation of shape \(2, 3\)"),
+        (
+            lambda m: m(torch.zeros(2, 192, 3, 3), torch.zeros(2, 5).long()),
+            ValueError,
+            r"permutation of shape \(2, 3\)",
+        ),
         (lambda m: m.inverse(torch.zeros(2, 3, 1, 1), torch.zeros(2, 3).long()), ValueError, "permutation of 0..2"),
     ],
 )

@@ -7,23 +7,35 @@ import pytest
 import torch
 from PIL import Image
 
-from fmix_testing import LFW_IMAGES, copy_sample
 from fmix.data.faces import load_faces
 from fmix.data.images import read_rgb
 from fmix.freq import apply_mixing, sample_mixing
-from fmix.masker.onnx_masker import OnnxMasker
-from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
-from fmix.masker.metadata import bind_metadata
-from fmix.masker.build import build_masker, faces_to_tensor, mask_from_metadata, masker_from_metadata, masker_metadata, params_hash, public_channel_stats
+from fmix.masker.build import (
+    build_masker,
+    faces_to_tensor,
+    mask_from_metadata,
+    masker_from_metadata,
+    masker_metadata,
+    params_hash,
+    public_channel_stats,
+)
 from fmix.masker.export import export_masker, export_onnx
+from fmix.masker.metadata import bind_metadata
 from fmix.masker.module import FixedKPolicy, sample_k
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.protection import MixingConfig, Protection, mix_noise
-from fmix.release.randomness import ReleaseRandomness
 from fmix.params import AlignParams, ExportParams, MaskParams
+from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
+from fmix.release.randomness import ReleaseRandomness
+from fmix_testing import LFW_IMAGES, copy_sample
 
 
 def _public_csv(aligned, path, identities=("Alejandro_Toledo", "Alvaro_Uribe", "Amelie_Mauresmo")):
-    lines = ["path,identity"] + [f"{p.relative_to(aligned).as_posix()},{name}" for name in identities for p in sorted((aligned / name).glob("*.png"))]
+    lines = ["path,identity"] + [
+        f"{p.relative_to(aligned).as_posix()},{name}"
+        for name in identities
+        for p in sorted((aligned / name).glob("*.png"))
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -36,7 +48,9 @@ def _faces(aligned, count=5):
 @pytest.fixture(scope="module")
 def masker_file(aligned_sample, tmp_path_factory):
     folder = tmp_path_factory.mktemp("masker")
-    export_masker(aligned_sample, _public_csv(aligned_sample, folder / "public.csv"), folder / "masker.onnx", ExportParams())
+    export_masker(
+        aligned_sample, _public_csv(aligned_sample, folder / "public.csv"), folder / "masker.onnx", ExportParams()
+    )
     return folder / "masker.onnx"
 
 
@@ -55,7 +69,9 @@ def test_fused_convolution_equals_mask_of_block_dct(upsample):
 
     kept = select_channels(low_freq_threshold=1)
     generator = torch.Generator().manual_seed(0)
-    mask = FrequencyMask(kept, torch.randn(kept.numel(), generator=generator), torch.rand(kept.numel(), generator=generator) + 0.5)
+    mask = FrequencyMask(
+        kept, torch.randn(kept.numel(), generator=generator), torch.rand(kept.numel(), generator=generator) + 0.5
+    )
     masker = Masker(mask, upsample, FixedKPolicy(2, (2, 3)), (2, 3)).double()
     images = torch.rand(2, 3, 32, 24, generator=generator, dtype=torch.float64) * 255
     expected = mask.double()(block_dct(images, upsample))
@@ -129,7 +145,9 @@ def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sa
 @pytest.mark.parametrize("k", [2, torch.tensor([2, 3] * 6)])
 def test_mixes_skip_the_columns_no_sample_uses_and_stay_the_same(k):
     x = torch.randn(12, 4, 3, 3, generator=torch.Generator().manual_seed(0))
-    batch = Protection(None, MixingConfig(6)).protect_encoded(x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1))
+    batch = Protection(None, MixingConfig(6)).protect_encoded(
+        x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1)
+    )
     assert batch.weights.shape == (12, 6) and (batch.weights[:, 3:] == 0).all()
     assert torch.equal(batch.x, apply_mixing(x, batch.partners, batch.weights, rescale=True))  # every column
 
@@ -159,9 +177,15 @@ def test_replay_draws_gives_the_draws_of_protect_without_faces(masker_file, alig
     images, labels = faces_to_tensor(faces), torch.arange(12) % 5
     mixing = dataclasses.replace(masker.mixing, permute_channels=True)
     protected = Protection(masker, mixing).protect(images, labels, torch.Generator().manual_seed(7))
-    draws = Protection(None, mixing).replay_draws(labels, protected.k, tuple(protected.x.shape[1:]), torch.Generator().manual_seed(7))
+    draws = Protection(None, mixing).replay_draws(
+        labels, protected.k, tuple(protected.x.shape[1:]), torch.Generator().manual_seed(7)
+    )
     assert torch.equal(draws.partners, protected.partners) and torch.equal(draws.weights, protected.weights)
-    assert draws.permutation.shape == (12, protected.x.shape[1]) and draws.sign is not None and draws.noise.std().item() == pytest.approx(mixing.noise, rel=0.05)
+    assert (
+        draws.permutation.shape == (12, protected.x.shape[1])
+        and draws.sign is not None
+        and draws.noise.std().item() == pytest.approx(mixing.noise, rel=0.05)
+    )
     with pytest.raises(ValueError, match="this protection does not mix"):
         Protection(None, None).replay_draws(labels, protected.k, (1, 2, 2), torch.Generator())
 
@@ -211,12 +235,23 @@ def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, 
     before = _snapshot(mask_input)
     out = tmp_path / "out"
     key = ReleaseOptions(secret_key=b"a secret research key")
-    summary = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3, anonymize=False), progress=False, release=key)
+    summary = protect_folder(
+        mask_input,
+        out,
+        masker_file,
+        MaskParams(batch_size=11, previews=3, anonymize=False),
+        progress=False,
+        release=key,
+    )
     assert _snapshot(mask_input) == before
     # One use per face: 30 readable faces in groups of k = 2 (odd batches leave a face over).
     assert summary["inputs"] == 33 and summary["faces_used"] + summary["skipped_by_status"].get("left_over", 0) == 30
     assert summary["protected"] == summary["faces_used"] // 2 and summary["k_histogram"] == {"2": summary["protected"]}
-    assert {k: v for k, v in summary["skipped_by_status"].items() if k != "left_over"} == {"corrupt": 1, "not_an_image": 1, "wrong_size": 1}
+    assert {k: v for k, v in summary["skipped_by_status"].items() if k != "left_over"} == {
+        "corrupt": 1,
+        "not_an_image": 1,
+        "wrong_size": 1,
+    }
     assert summary["shards"] == 3 and summary["randomness"] == "key" and summary["one_use_per_face"] is True
     index = (out / "index.csv").read_text().splitlines()
     assert index[0] == "name,shard,row,labels,weights" and len(index) == 1 + summary["protected"]
@@ -229,15 +264,28 @@ def test_mask_folder_protects_reports_and_keeps_inputs(mask_input, masker_file, 
     assert not (out / "labels.json").exists()  # label numbering is a secret permutation unless asked
     assert (tmp_path / "fmix-ledger.jsonl").is_file() and not list(out.glob("*ledger*"))
     previews = sorted((out / "previews").glob("*.png"))
-    assert [p.name for p in previews] == ["shard-00000-row-00000.png", "shard-00000-row-00001.png", "shard-00000-row-00002.png"]
+    assert [p.name for p in previews] == [
+        "shard-00000-row-00000.png",
+        "shard-00000-row-00001.png",
+        "shard-00000-row-00002.png",
+    ]
     assert all(not Image.open(p).getexif() and Image.open(p).size == (112, 112) for p in previews)
     # Resume with the key: a lost shard is redone from the ledger, identically; the others are kept.
     first = np.load(out / "shard-00002.npy")
     (out / "shard-00002.json").unlink()
-    again = protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=3, anonymize=False), progress=False, release=key)
+    again = protect_folder(
+        mask_input,
+        out,
+        masker_file,
+        MaskParams(batch_size=11, previews=3, anonymize=False),
+        progress=False,
+        release=key,
+    )
     assert again["protected"] == summary["protected"]
     np.testing.assert_array_equal(np.load(out / "shard-00002.npy"), first)
-    with pytest.raises(ValueError, match=r"holds another run \(randomness: \{'source': 'key'\} -> \{'source': 'os'\}\)"):
+    with pytest.raises(
+        ValueError, match=r"holds another run \(randomness: \{'source': 'key'\} -> \{'source': 'os'\}\)"
+    ):
         protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=False), progress=False)
 
 
@@ -246,11 +294,15 @@ def test_mask_resume_refuses_another_anonymize_or_masker(mask_input, masker_file
     protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, previews=0, anonymize=False), progress=False)
     (out / "shard-00002.json").unlink()
     with pytest.raises(ValueError, match=r"holds another run \(anonymize: False -> True\)"):
-        protect_folder(mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=True), name_key=b"k", progress=False)
+        protect_folder(
+            mask_input, out, masker_file, MaskParams(batch_size=11, anonymize=True), name_key=b"k", progress=False
+        )
     other = tmp_path / "other.onnx"
     meta = OnnxMasker(masker_file).metadata
     masker = build_masker(ExportParams(), _stats_like(meta))
-    meta = bind_metadata({**meta, "channel_mean": json.dumps((torch.tensor(json.loads(meta["channel_mean"])) + 0.5).tolist())})
+    meta = bind_metadata(
+        {**meta, "channel_mean": json.dumps((torch.tensor(json.loads(meta["channel_mean"])) + 0.5).tolist())}
+    )
     masker = masker_from_metadata(meta)
     export_onnx(masker, other, meta)
     with pytest.raises(ValueError, match=r"holds another run \(masker_sha256: "):
@@ -261,14 +313,31 @@ def test_mask_ledger_refuses_faces_released_before(mask_input, masker_file, tmp_
     first = protect_folder(mask_input, tmp_path / "first", masker_file, MaskParams(previews=0), progress=False)
     released = first["faces_used"]  # leftovers of a batch are not released, and not recorded as released
     assert released == 33 - first["skipped"], first
-    with pytest.raises(ValueError, match=rf"{released} of the 33 faces were released before \(release [0-9a-f]{{16}}, ledger .*fmix-ledger.jsonl\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{released} of the 33 faces were released before \(release [0-9a-f]{{16}}, ledger .*fmix-ledger.jsonl\)",
+    ):
         protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False)
     assert not (tmp_path / "second").exists()  # refused before writing anything
     with pytest.warns(UserWarning, match=f"{released} faces were released before"):
-        summary = protect_folder(mask_input, tmp_path / "second", masker_file, MaskParams(previews=0), progress=False, release=ReleaseOptions(allow_rerelease=True))
+        summary = protect_folder(
+            mask_input,
+            tmp_path / "second",
+            masker_file,
+            MaskParams(previews=0),
+            progress=False,
+            release=ReleaseOptions(allow_rerelease=True),
+        )
     assert summary["released_before"] == released
     with pytest.raises(ValueError, match="the ledger .* must not be inside the output folder"):
-        protect_folder(mask_input, tmp_path / "third", masker_file, MaskParams(), progress=False, release=ReleaseOptions(ledger=tmp_path / "third" / "l.jsonl"))
+        protect_folder(
+            mask_input,
+            tmp_path / "third",
+            masker_file,
+            MaskParams(),
+            progress=False,
+            release=ReleaseOptions(ledger=tmp_path / "third" / "l.jsonl"),
+        )
 
 
 def _tampered(masker_file, tmp_path, name, change):
@@ -292,10 +361,19 @@ def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_inpu
         from onnx import TensorProto, helper
 
         graph = helper.make_graph(
-            [helper.make_node("Identity", ["images"], ["masked"]), helper.make_node("Cast", ["policy_noise"], ["k"], to=TensorProto.INT64)],
+            [
+                helper.make_node("Identity", ["images"], ["masked"]),
+                helper.make_node("Cast", ["policy_noise"], ["k"], to=TensorProto.INT64),
+            ],
             "pass",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 112, 112]), helper.make_tensor_value_info("policy_noise", TensorProto.FLOAT, ["b"])],
-            [helper.make_tensor_value_info("masked", TensorProto.FLOAT, None), helper.make_tensor_value_info("k", TensorProto.INT64, None)],
+            [
+                helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 112, 112]),
+                helper.make_tensor_value_info("policy_noise", TensorProto.FLOAT, ["b"]),
+            ],
+            [
+                helper.make_tensor_value_info("masked", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("k", TensorProto.INT64, None),
+            ],
         )
         meta = list(model.metadata_props)
         opset = model.opset_import[0].version
@@ -303,10 +381,16 @@ def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_inpu
         model.metadata_props.extend(meta)
 
     zeroed = _tampered(masker_file, tmp_path, "zeroed.onnx", zero_weights)
-    with pytest.raises(ValueError, match=r"zeroed.onnx: its graph does not compute the masking its metadata describes \(relative error 1 on a probe batch\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"zeroed.onnx: its graph does not compute the masking its metadata describes \(relative error 1 on a probe batch\)",
+    ):
         protect_folder(mask_input, tmp_path / "o1", zeroed, MaskParams(), progress=False)
     passing = _tampered(masker_file, tmp_path, "pass.onnx", pass_through)
-    with pytest.raises(ValueError, match=r"pass.onnx: its graph outputs \(4, 3, 112, 112\) where its metadata describes \(4, 174, 28, 28\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"pass.onnx: its graph outputs \(4, 3, 112, 112\) where its metadata describes \(4, 174, 28, 28\)",
+    ):
         protect_folder(mask_input, tmp_path / "o2", passing, MaskParams(), progress=False)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -314,7 +398,14 @@ def test_mask_refuses_a_masker_whose_graph_does_not_match_its_metadata(mask_inpu
 def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_path):
     src = copy_sample(tmp_path / "in", identities=("Andre_Agassi",), per_identity=0)
     shutil.copytree(aligned_sample / "Andre_Agassi", src / "Andre_Agassi", dirs_exist_ok=True)
-    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(mix=False, previews=0, anonymize=False), dtype="float32", progress=False)
+    summary = protect_folder(
+        src,
+        tmp_path / "out",
+        masker_file,
+        MaskParams(mix=False, previews=0, anonymize=False),
+        dtype="float32",
+        progress=False,
+    )
     assert summary["k_histogram"] == {"1": 6}
     rows = (tmp_path / "out" / "index.csv").read_text().splitlines()[1:]
     names = [row.split(",")[0] for row in rows]
@@ -326,24 +417,53 @@ def test_mask_without_mixing_equals_the_masker(aligned_sample, masker_file, tmp_
 
 def test_mask_anonymized_names(mask_input, masker_file, tmp_path):
     # The default: keyed-hash names without any key given (a random key that nobody keeps).
-    protect_folder(mask_input, tmp_path / "o1", masker_file, MaskParams(), progress=False, release=ReleaseOptions(ledger=tmp_path / "o1.ledger"))
+    protect_folder(
+        mask_input,
+        tmp_path / "o1",
+        masker_file,
+        MaskParams(),
+        progress=False,
+        release=ReleaseOptions(ledger=tmp_path / "o1.ledger"),
+    )
     names = [line.split(",")[0] for line in (tmp_path / "o1" / "index.csv").read_text().splitlines()[1:]]
     assert names and all(len(name) == 20 and int(name, 16) >= 0 for name in names)
     assert MaskParams().anonymize and ReleaseRandomness().name_key() != ReleaseRandomness().name_key()
-    assert ReleaseRandomness(b"k" * 16, context="c").name_key() == ReleaseRandomness(b"k" * 16, context="c").name_key() != ReleaseRandomness(b"j" * 16, context="c").name_key()
+    assert (
+        ReleaseRandomness(b"k" * 16, context="c").name_key()
+        == ReleaseRandomness(b"k" * 16, context="c").name_key()
+        != ReleaseRandomness(b"j" * 16, context="c").name_key()
+    )
     with pytest.warns(UserWarning, match="kept names of mixed samples name the faces in them"):
-        protect_folder(mask_input, tmp_path / "o3", masker_file, MaskParams(anonymize=False, previews=0), progress=False, release=ReleaseOptions(ledger=tmp_path / "o3.ledger"))
-    protect_folder(mask_input, tmp_path / "o2", masker_file, MaskParams(anonymize=True, previews=2), name_key=b"secret", progress=False)
+        protect_folder(
+            mask_input,
+            tmp_path / "o3",
+            masker_file,
+            MaskParams(anonymize=False, previews=0),
+            progress=False,
+            release=ReleaseOptions(ledger=tmp_path / "o3.ledger"),
+        )
+    protect_folder(
+        mask_input,
+        tmp_path / "o2",
+        masker_file,
+        MaskParams(anonymize=True, previews=2),
+        name_key=b"secret",
+        progress=False,
+    )
     text = (tmp_path / "o2" / "index.csv").read_text() + (tmp_path / "o2" / "summary.json").read_text()
     assert "Alvaro" not in text and "Bad_Person" not in text
     assert not (tmp_path / "o2" / "labels.json").exists()
-    assert sample_name("Alvaro_Uribe/Alvaro_Uribe_0001.png", b"secret") != sample_name("Alvaro_Uribe/Alvaro_Uribe_0001.png", b"other")
+    assert sample_name("Alvaro_Uribe/Alvaro_Uribe_0001.png", b"secret") != sample_name(
+        "Alvaro_Uribe/Alvaro_Uribe_0001.png", b"other"
+    )
     assert len(sample_name("a/b.png", b"k")) == 20
 
 
 def test_mask_aligns_raw_photos_in_memory(masker_file, tmp_path):
     src = copy_sample(tmp_path / "photos", identities=("Ariel_Sharon", "Bill_Clinton"), per_identity=3)
-    summary = protect_folder(src, tmp_path / "out", masker_file, MaskParams(previews=0), align=AlignParams(), progress=False)
+    summary = protect_folder(
+        src, tmp_path / "out", masker_file, MaskParams(previews=0), align=AlignParams(), progress=False
+    )
     assert summary["faces_used"] == 6 and summary["protected"] == 3 and summary["skipped"] == 0
 
 

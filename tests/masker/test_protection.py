@@ -13,7 +13,9 @@ def seeded(seed: int) -> torch.Generator:
 
 def _mix(x, labels, k, k_max, generator, sign_flip=False):
     """Plain weighted sums (no rescaling, no noise), as the DESIGN's MixUp writes them."""
-    return Protection(None, MixingConfig(k_max, sign_flip=sign_flip, rescale=False)).protect_encoded(x, labels, k, generator)
+    return Protection(None, MixingConfig(k_max, sign_flip=sign_flip, rescale=False)).protect_encoded(
+        x, labels, k, generator
+    )
 
 
 def test_a_mix_is_the_weighted_sum_of_its_partners():
@@ -21,7 +23,9 @@ def test_a_mix_is_the_weighted_sum_of_its_partners():
     labels, k = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.tensor([1, 2, 3, 4, 4, 3, 2, 1])
     batch = _mix(x, labels, k, 4, seeded(1))
     assert batch.x.shape == x.shape and torch.equal(batch.k, k)
-    expected = torch.stack([sum(w * x[p] for p, w in zip(partners, weights)) for partners, weights in zip(batch.partners, batch.weights)])
+    expected = torch.stack(
+        [sum(w * x[p] for p, w in zip(partners, weights)) for partners, weights in zip(batch.partners, batch.weights)]
+    )
     torch.testing.assert_close(batch.x, expected)
     assert torch.equal(batch.x[k == 1], x[k == 1])  # k = 1: the face itself
     assert torch.equal(batch.labels[:, 0], labels) and (batch.labels[k == 1][:, 1:] == -1).all()

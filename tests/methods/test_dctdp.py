@@ -35,8 +35,23 @@ def test_noise_scales_spend_the_budget_whatever_the_learned_split():
 
 def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample, tmp_path):
     # The pipeline sample's masker is at the default u = 2: 28x28 maps.
-    params = TrainParams(method="dctdp", width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, dctdp=DctdpParams(epsilon=5.0e4, clip=2.0))
-    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    params = TrainParams(
+        method="dctdp",
+        width=0.125,
+        embedding_size=32,
+        batch_size=8,
+        epochs=1,
+        threads=1,
+        dctdp=DctdpParams(epsilon=5.0e4, clip=2.0),
+    )
+    summary = train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path,
+        pipeline_sample["masker"],
+        progress=False,
+    )
     privacy = summary["privacy"]
     assert summary["epsilon"] == privacy["epsilon"] == pytest.approx(5.0e4, rel=1e-6)
     assert privacy["coefficients_per_face"] == 189 * 28 * 28 and privacy["sensitivity_per_coefficient"] == 4.0
@@ -51,4 +66,6 @@ def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample
     scales = model.encoder.noise.scales().detach().double()
     assert float((2.0 * 2.0 * 28 * 28 / scales).sum()) == pytest.approx(5.0e4, rel=1e-6)
     assert math.isclose(ModelRecord.load(tmp_path / "model.pt").privacy["epsilon_budget"], 5.0e4)
-    assert method_class("dctdp").attack_surface == "noisy" and build_method(params).build_protection(record.mixing) is None  # the noise is the encoder's
+    assert (
+        method_class("dctdp").attack_surface == "noisy" and build_method(params).build_protection(record.mixing) is None
+    )  # the noise is the encoder's

@@ -11,7 +11,15 @@ from fmix.models.heads import MarginHead
 from fmix.params import DpsgdParams, MixingParams, TrainParams
 from fmix.train.loop import train
 
-TINY = TrainParams(method="dpsgd", width=0.125, embedding_size=32, batch_size=8, epochs=2, threads=1, dpsgd=DpsgdParams(noise_multiplier=1.1, delta=1e-4))
+TINY = TrainParams(
+    method="dpsgd",
+    width=0.125,
+    embedding_size=32,
+    batch_size=8,
+    epochs=2,
+    threads=1,
+    dpsgd=DpsgdParams(noise_multiplier=1.1, delta=1e-4),
+)
 
 
 def test_the_head_grad_sampler_gives_each_samples_own_gradient():
@@ -39,10 +47,17 @@ def test_batch_norm_is_replaced_and_distributed_training_refused():
 
 
 def test_dpsgd_trains_and_reports_epsilon_at_the_configured_delta(pipeline_sample, tmp_path):
-    summary = train(TINY, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False)
+    summary = train(
+        TINY, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path, pipeline_sample["masker"], progress=False
+    )
     privacy = summary["privacy"]
     # 16 training faces in batches of 8: sampling rate 1/2, 2 steps per epoch, 2 epochs.
-    assert (privacy["sample_rate"], privacy["steps"], privacy["delta"], privacy["noise_multiplier"]) == (0.5, 4, 1e-4, 1.1)
+    assert (privacy["sample_rate"], privacy["steps"], privacy["delta"], privacy["noise_multiplier"]) == (
+        0.5,
+        4,
+        1e-4,
+        1.1,
+    )
     reference = RDPAccountant()
     reference.history = [(1.1, 0.5, 4)]
     assert summary["epsilon"] == privacy["epsilon"] == pytest.approx(reference.get_epsilon(1e-4))
@@ -55,6 +70,8 @@ def test_dpsgd_trains_and_reports_epsilon_at_the_configured_delta(pipeline_sampl
 
 def test_a_resumed_dpsgd_run_keeps_its_privacy_ledger(pipeline_sample, tmp_path):
     paths = pipeline_sample["aligned"], pipeline_sample["splits"]
-    assert train(TINY, *paths, tmp_path, pipeline_sample["masker"], max_steps=3, progress=False) == {"stopped_at_step": 3}
+    assert train(TINY, *paths, tmp_path, pipeline_sample["masker"], max_steps=3, progress=False) == {
+        "stopped_at_step": 3
+    }
     resumed = train(TINY, *paths, tmp_path, pipeline_sample["masker"], resume=True, progress=False)
     assert resumed["privacy"]["steps"] == 4

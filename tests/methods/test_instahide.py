@@ -8,11 +8,18 @@ from fmix.params import MixingParams, TrainParams
 
 
 def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnitudes(make_trainer):
-    trainer = make_trainer("instahide", MixingParams(k_values=(2,), sign_flip=False, noise=1.0))  # its own mixing overrides the section
-    assert trainer.mixing == MixingParams(k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False, noise=0.0)
+    trainer = make_trainer(
+        "instahide", MixingParams(k_values=(2,), sign_flip=False, noise=1.0)
+    )  # its own mixing overrides the section
+    assert trainer.mixing == MixingParams(
+        k_values=(4,), weight_law="instahide", cap=0.65, sign_flip=True, permute_channels=False, noise=0.0
+    )
     seen = []
     original = trainer.fr_loss
-    trainer.fr_loss = lambda x, labels, weights: (seen.append((x.detach(), labels, weights)), original(x, labels, weights))[1]
+    trainer.fr_loss = lambda x, labels, weights: (
+        seen.append((x.detach(), labels, weights)),
+        original(x, labels, weights),
+    )[1]
     index = trainer.batches(0)[0]
     state = trainer.generator.get_state()
     x, labels = trainer.fr_step(index, 0, 0)
@@ -28,7 +35,9 @@ def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnit
     from fmix.freq import sample_mixing
 
     draw = sample_mixing(labels, 4, 4, "instahide", 0.65, (3, 112, 112), generator)
-    plain = (draw.weights[:, :, None, None, None] * x[draw.partners]).sum(dim=1) / draw.weights.norm(dim=1)[:, None, None, None]
+    plain = (draw.weights[:, :, None, None, None] * x[draw.partners]).sum(dim=1) / draw.weights.norm(dim=1)[
+        :, None, None, None
+    ]
     torch.testing.assert_close(mixed, plain)
     assert torch.equal(constituents, labels[draw.partners])
     assert trainer.net.backbone.sign_invariant and not trainer.protection.mixing.sign_flip

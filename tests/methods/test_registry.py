@@ -18,7 +18,15 @@ from fmix.params import AdaptiveParams, MixingParams, MixupParams, ParamsError, 
 from fmix.train.loop import train
 from fmix_testing import REPO
 
-TINY = TrainParams(width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, mix_warmup_fraction=0.0, adaptive=AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1))
+TINY = TrainParams(
+    width=0.125,
+    embedding_size=32,
+    batch_size=8,
+    epochs=1,
+    threads=1,
+    mix_warmup_fraction=0.0,
+    adaptive=AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1),
+)
 
 
 def test_the_registry_is_the_one_list_of_methods():
@@ -66,14 +74,39 @@ def test_the_name_check_finds_a_branch(tmp_path):
 
 def test_mixup_honours_k_and_refuses_one_beyond_the_mixing_k_values(pipeline_sample, tmp_path):
     params = dataclasses.replace(TINY, method="mixup", mixup=MixupParams(k=3))
-    summary = train(params, pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False)
-    assert summary["final_mean_k"] == 3.0 and summary["final_k_histogram"] == {"2": 0.0, "3": 1.0, "4": 0.0, "5": 0.0, "6": 0.0}
-    with pytest.raises(ValueError, match=r"method 'mixup' mixes at most max\(mixing.k_values\)=4 faces, got train.mixup.k=5"):
-        train(dataclasses.replace(params, mixup=MixupParams(k=5)), pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "bad", pipeline_sample["masker"], progress=False, mixing=MixingParams(k_values=(2, 4)))
+    summary = train(
+        params,
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path / "run",
+        pipeline_sample["masker"],
+        progress=False,
+    )
+    assert summary["final_mean_k"] == 3.0 and summary["final_k_histogram"] == {
+        "2": 0.0,
+        "3": 1.0,
+        "4": 0.0,
+        "5": 0.0,
+        "6": 0.0,
+    }
+    with pytest.raises(
+        ValueError, match=r"method 'mixup' mixes at most max\(mixing.k_values\)=4 faces, got train.mixup.k=5"
+    ):
+        train(
+            dataclasses.replace(params, mixup=MixupParams(k=5)),
+            pipeline_sample["aligned"],
+            pipeline_sample["splits"],
+            tmp_path / "bad",
+            pipeline_sample["masker"],
+            progress=False,
+            mixing=MixingParams(k_values=(2, 4)),
+        )
 
 
 def test_training_under_the_sign_mask_skips_drawing_it_and_the_network_cannot_tell(make_trainer):
-    trainer = make_trainer("mixup", MixingParams(sign_flip=True, noise=0.0), mixup=MixupParams(k=2))  # noise, drawn after the mask, would shift the draws
+    trainer = make_trainer(
+        "mixup", MixingParams(sign_flip=True, noise=0.0), mixup=MixupParams(k=2)
+    )  # noise, drawn after the mask, would shift the draws
     assert trainer.mixing.sign_flip and trainer.net.backbone.sign_invariant
     assert not trainer.protection.mixing.sign_flip  # the network reads |x|: a sign mask changes nothing it sees
     seen = []
@@ -81,7 +114,9 @@ def test_training_under_the_sign_mask_skips_drawing_it_and_the_network_cannot_te
     trainer.fr_loss = lambda x, *rest: (seen.append(x.detach().clone()), original(x, *rest))[1]
     state = trainer.generator.get_state()
     x, labels = trainer.fr_step(trainer.batches(0)[0], 0, 0)
-    signed = Protection(None, MixingConfig(6, sign_flip=True)).protect_encoded(x, labels, 2, torch.Generator().set_state(state))
+    signed = Protection(None, MixingConfig(6, sign_flip=True)).protect_encoded(
+        x, labels, 2, torch.Generator().set_state(state)
+    )
     ratio = signed.x / seen[0]  # the same draws, then a sign mask (drawn last)
     assert set(ratio.round().unique().tolist()) == {-1.0, 1.0}
     trainer.net.eval()
@@ -94,14 +129,37 @@ def test_without_a_masker_nothing_is_permuted(make_trainer):
 
 
 def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp_path):
-    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.masker.export import export_masker
+    from fmix.masker.onnx_masker import OnnxMasker
     from fmix.params import ExportParams
 
     mixing = MixingParams(k_values=(2, 3), cap=0.6, sign_flip=True)
-    train(dataclasses.replace(TINY, adaptive=dataclasses.replace(TINY.adaptive, target_mean_k=2.5)), pipeline_sample["aligned"], pipeline_sample["splits"], tmp_path / "run", pipeline_sample["masker"], progress=False, mixing=mixing)
+    train(
+        dataclasses.replace(TINY, adaptive=dataclasses.replace(TINY.adaptive, target_mean_k=2.5)),
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"],
+        tmp_path / "run",
+        pipeline_sample["masker"],
+        progress=False,
+        mixing=mixing,
+    )
     record = ModelRecord.load(tmp_path / "run" / "model.pt")
     assert record.mixing == mixing and record.policy["k_table"].tolist() == [2, 3]
-    export_masker(None, None, tmp_path / "adaptive.onnx", ExportParams(), policy_model=tmp_path / "run" / "model.pt", mixing=MixingParams())
+    export_masker(
+        None,
+        None,
+        tmp_path / "adaptive.onnx",
+        ExportParams(),
+        policy_model=tmp_path / "run" / "model.pt",
+        mixing=MixingParams(),
+    )
     metadata = OnnxMasker(tmp_path / "adaptive.onnx").metadata
-    assert json.loads(metadata["mixing"]) == {"k_max": 3, "weight_law": "dirichlet", "cap": 0.6, "sign_flip": True, "permute_channels": False, "rescale": True, "noise": 0.75}
+    assert json.loads(metadata["mixing"]) == {
+        "k_max": 3,
+        "weight_law": "dirichlet",
+        "cap": 0.6,
+        "sign_flip": True,
+        "permute_channels": False,
+        "rescale": True,
+        "noise": 0.75,
+    }

@@ -25,7 +25,10 @@ def test_psnr_of_a_constant_offset(faces, offset):
 
 
 def test_ssim_is_per_image_and_drops_with_noise(faces):
-    noise = torch.randn(faces.shape, generator=torch.Generator().manual_seed(1)) * torch.tensor([5.0, 20.0, 40.0, 80.0])[:, None, None, None]
+    noise = (
+        torch.randn(faces.shape, generator=torch.Generator().manual_seed(1))
+        * torch.tensor([5.0, 20.0, 40.0, 80.0])[:, None, None, None]
+    )
     noisy = (faces + noise).clamp(0, 255)
     scores = ssim(noisy, faces)
     assert scores.shape == (4,) and (scores[:-1] > scores[1:]).all() and scores[0] < 1

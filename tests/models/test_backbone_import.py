@@ -44,7 +44,9 @@ def arcface_layout(layers, widths=FULL, embedding=512, device="cpu", seed=0) -> 
             f"{prefix}.bias": tensor(channels),
             f"{prefix}.running_mean": tensor(channels),
             f"{prefix}.running_var": tensor(channels, positive=True),
-            f"{prefix}.num_batches_tracked": torch.tensor(7) if real else torch.empty((), dtype=torch.long, device="meta"),
+            f"{prefix}.num_batches_tracked": torch.tensor(7)
+            if real
+            else torch.empty((), dtype=torch.long, device="meta"),
         }
 
     state = {"conv1.weight": tensor(widths[0], 3, 3, 3), **bn("bn1", widths[0]), "prelu.weight": tensor(widths[0])}
@@ -72,7 +74,16 @@ def arcface_forward(state: dict, x: torch.Tensor, layers) -> torch.Tensor:
     """arcface_torch's IResNet forward (eval mode), computed from the state dict alone."""
 
     def bn(t, prefix):
-        return F.batch_norm(t, state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"], state[f"{prefix}.weight"], state[f"{prefix}.bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            t,
+            state[f"{prefix}.running_mean"],
+            state[f"{prefix}.running_var"],
+            state[f"{prefix}.weight"],
+            state[f"{prefix}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
 
     x = F.prelu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"), state["prelu.weight"])
     for stage, blocks in enumerate(layers, start=1):
@@ -81,7 +92,9 @@ def arcface_forward(state: dict, x: torch.Tensor, layers) -> torch.Tensor:
             out = F.conv2d(bn(x, f"{p}.bn1"), state[f"{p}.conv1.weight"], padding=1)
             out = F.prelu(bn(out, f"{p}.bn2"), state[f"{p}.prelu.weight"])
             out = bn(F.conv2d(out, state[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn3")
-            shortcut = bn(F.conv2d(x, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1") if i == 0 else x
+            shortcut = (
+                bn(F.conv2d(x, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1") if i == 0 else x
+            )
             x = out + shortcut
     x = bn(x, "bn2").flatten(1)  # dropout: identity in eval mode
     return bn(F.linear(x, state["fc.weight"], state["fc.bias"]), "features")
@@ -98,7 +111,9 @@ def test_keys_map_one_to_one_reference_values():
     assert arcface_to_fmix_key("features.num_batches_tracked") == "features.num_batches_tracked"
     assert fmix_to_arcface_key("layer4.0.downsample.0.weight") == "layer4.0.downsample.0.weight"
     net = tiny_net()
-    assert sorted(to_arcface_state_dict(net)) == sorted(arcface_layout(R18, TINY, 32, device="meta"))  # the same key set
+    assert sorted(to_arcface_state_dict(net)) == sorted(
+        arcface_layout(R18, TINY, 32, device="meta")
+    )  # the same key set
     with pytest.raises(ValueError, match=r"unexpected key 'head.weight': not a key of arcface_torch's IResNet"):
         arcface_to_fmix_key("head.weight")
     with pytest.raises(ValueError, match=r"unexpected key 'layer5.0.bn1.weight'"):
@@ -135,22 +150,42 @@ def test_a_saved_file_loads_with_ddp_prefix_or_inside_a_training_checkpoint(tmp_
 def test_architecture_is_read_from_real_sized_layouts():
     for layers, name in ((R18, "iresnet18"), (R34, "iresnet34"), (R50, "iresnet50"), (R100, "iresnet100")):
         arch = arcface_architecture(arcface_layout(layers, device="meta"))
-        assert (arch.name, arch.layers, arch.in_channels, arch.stem_width, arch.embedding_size, arch.fc_in_features) == (name, layers, 3, 64, 512, 25088)
-    assert arcface_architecture(arcface_layout((1, 1, 1, 1), device="meta")).describe() == "custom (1, 1, 1, 1), 3 input channels, stem width 64, 512-d embedding"
+        assert (
+            arch.name,
+            arch.layers,
+            arch.in_channels,
+            arch.stem_width,
+            arch.embedding_size,
+            arch.fc_in_features,
+        ) == (name, layers, 3, 64, 512, 25088)
+    assert (
+        arcface_architecture(arcface_layout((1, 1, 1, 1), device="meta")).describe()
+        == "custom (1, 1, 1, 1), 3 input channels, stem width 64, 512-d embedding"
+    )
     with pytest.raises(ValueError, match=r"missing key 'fc.weight': not an arcface_torch IResNet state dict"):
         arcface_architecture({k: v for k, v in arcface_layout(R18, device="meta").items() if not k.startswith("fc.")})
 
 
 def test_a_mismatched_architecture_is_refused_naming_the_first_key():
     r18 = arcface_layout(R18, TINY, 32)
-    with pytest.raises(ValueError, match=r"does not fit the network: missing key 'layer1\.2\.bn1\.weight' \(it holds iresnet18 \(2, 2, 2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit the network: missing key 'layer1\.2\.bn1\.weight' \(it holds iresnet18 \(2, 2, 2, 2\)",
+    ):
         load_arcface_state_dict(tiny_net("iresnet34"), r18)  # deeper network than the file
-    with pytest.raises(ValueError, match=r"unexpected key 'layer1\.2\.bn1\.weight' \(it holds iresnet34 \(3, 4, 6, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"unexpected key 'layer1\.2\.bn1\.weight' \(it holds iresnet34 \(3, 4, 6, 3\)"
+    ):
         load_arcface_state_dict(tiny_net("iresnet18"), arcface_layout(R34, TINY, 32))  # shallower
     with pytest.raises(ValueError, match=r"key 'fc\.weight' has shape \(32, 3136\), the network's is \(16, 3136\)"):
         load_arcface_state_dict(tiny_net(embedding=16), r18)
-    with pytest.raises(ValueError, match=r"key 'conv1\.weight' has shape \(64, 3, 3, 3\), the network's is \(8, 3, 3, 3\) \(it holds iresnet50 \(3, 4, 14, 3\), 3 input channels, stem width 64, 512-d embedding\)"):
-        load_arcface_state_dict(tiny_net(embedding=512), arcface_layout(R50, device="meta"))  # full width into 1/8 width
+    with pytest.raises(
+        ValueError,
+        match=r"key 'conv1\.weight' has shape \(64, 3, 3, 3\), the network's is \(8, 3, 3, 3\) \(it holds iresnet50 \(3, 4, 14, 3\), 3 input channels, stem width 64, 512-d embedding\)",
+    ):
+        load_arcface_state_dict(
+            tiny_net(embedding=512), arcface_layout(R50, device="meta")
+        )  # full width into 1/8 width
     with pytest.raises(ValueError, match=r"unexpected key 'bn1\.running_mean'"):
         load_arcface_state_dict(tiny_net(norm="group"), r18)  # group norm has no running statistics
     with pytest.raises(TypeError, match="Expected net to be an fmix IResNet, got Linear"):
@@ -169,13 +204,18 @@ def test_bad_files_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"garbage\.pth is not a readable backbone\.pth"):
         read_backbone_file(tmp_path / "garbage.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    with pytest.raises(ValueError, match=r"list\.pth is not a non-empty state dict of an arcface_torch backbone, got list"):
+    with pytest.raises(
+        ValueError, match=r"list\.pth is not a non-empty state dict of an arcface_torch backbone, got list"
+    ):
         read_backbone_file(tmp_path / "list.pth")
     torch.save({"conv1.weight": torch.zeros(1), "epoch": 3}, tmp_path / "mixed.pth")
     with pytest.raises(ValueError, match=r"holds 'epoch', which is not a named tensor"):
         read_backbone_file(tmp_path / "mixed.pth")
     torch.save(arcface_layout(R18, TINY, 32), tmp_path / "tiny.pth")
-    with pytest.raises(ValueError, match=r"holds iresnet18 \(2, 2, 2, 2\), 3 input channels, stem width 8, 32-d embedding: not an arcface_torch IResNet-18/34/50/100 of RGB faces"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds iresnet18 \(2, 2, 2, 2\), 3 input channels, stem width 8, 32-d embedding: not an arcface_torch IResNet-18/34/50/100 of RGB faces",
+    ):
         backbone_from_arcface(tmp_path / "tiny.pth")
 
 
@@ -185,7 +225,13 @@ def test_train_init_backbone_starts_an_rgb_method_and_refuses_other_inputs(make_
     trainer = make_trainer("none", init_backbone=str(tmp_path / "backbone.pth"))
     loaded = to_arcface_state_dict(trainer.net.backbone)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    with pytest.raises(ValueError, match=r"train\.init_backbone needs a method whose network reads RGB faces of 3x112x112; method 'ppfrfd' feeds it \d+x28x28 FrequencyEncoder inputs, so its input does not allow a pretrained RGB backbone"):
+    with pytest.raises(
+        ValueError,
+        match=r"train\.init_backbone needs a method whose network reads RGB faces of 3x112x112; method 'ppfrfd' feeds it \d+x28x28 FrequencyEncoder inputs, so its input does not allow a pretrained RGB backbone",
+    ):
         make_trainer("ppfrfd", init_backbone=str(tmp_path / "backbone.pth"))
-    with pytest.raises(ValueError, match=r"backbone\.pth does not fit the network: key 'fc\.weight' has shape \(32, 3136\), the network's is \(16, 3136\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"backbone\.pth does not fit the network: key 'fc\.weight' has shape \(32, 3136\), the network's is \(16, 3136\)",
+    ):
         make_trainer("none", init_backbone=str(tmp_path / "backbone.pth"), embedding_size=16)

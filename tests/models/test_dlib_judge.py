@@ -67,7 +67,9 @@ def test_face_box_is_where_dlibs_detector_finds_aligned_faces(sample):
     detector = dlib.get_frontal_face_detector()
     boxes = []
     for face in sample[0]:
-        padded = cv2.resize(np.pad(face, ((56, 56), (56, 56), (0, 0)), mode="edge"), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+        padded = cv2.resize(
+            np.pad(face, ((56, 56), (56, 56), (0, 0)), mode="edge"), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC
+        )
         found = detector(padded, 0)
         if len(found) == 1:
             r = found[0]
@@ -113,4 +115,3 @@ def test_bad_inputs_say_what_is_wrong(judge):
         DlibJudge(pad=-1)
     with pytest.raises(ValueError, match="upscale to be an int >= 1"):
         DlibJudge(upscale=0)
-

@@ -76,7 +76,9 @@ def test_shortcut_only_where_the_shape_changes():
     # Stage 1 keeps 8 channels at stride 1 after the stem: identity shortcut; every other stage widens.
     assert net.layer1[0].downsample is None
     assert all(stage[0].downsample is not None for stage in (net.layer2, net.layer3, net.layer4))
-    assert all(block.downsample is None for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for block in stage[1:])
+    assert all(
+        block.downsample is None for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for block in stage[1:]
+    )
 
 
 def test_group_norm_uses_no_batch_statistics():
@@ -107,11 +109,16 @@ def test_gradient_reaches_every_trainable_parameter(norm):
 
 
 def test_bad_arguments_raise_with_messages():
-    with pytest.raises(ValueError, match=r"Unknown backbone 'resnet18'; expected one of \['iresnet100', 'iresnet18', 'iresnet34', 'iresnet50'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown backbone 'resnet18'; expected one of \['iresnet100', 'iresnet18', 'iresnet34', 'iresnet50'\]",
+    ):
         build_backbone("resnet18", 3, 112)
     with pytest.raises(ValueError, match="Unknown stride preset 'freq7'"):
         build_backbone("iresnet18", 3, 112, strides="freq7")
-    with pytest.raises(ValueError, match=r"Expected strides to be four values in \{1, 2\} \(one per stage\), got \(1, 3, 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected strides to be four values in \{1, 2\} \(one per stage\), got \(1, 3, 2, 2\)"
+    ):
         build_backbone("iresnet18", 3, 112, strides=(1, 3, 2, 2))
     with pytest.raises(ValueError, match=r"four values .* got \(2, 2, 2\)"):
         build_backbone("iresnet18", 3, 112, strides=(2, 2, 2))
@@ -143,7 +150,9 @@ def test_wrong_input_raises_with_message():
 
 def test_channels_last_from_16_channels_with_the_same_output():
     torch.manual_seed(0)
-    net = IResNet((1, 1, 1, 1), in_channels=3, input_size=112, embedding_size=32, width=0.25).eval()  # 16 channels first
+    net = IResNet(
+        (1, 1, 1, 1), in_channels=3, input_size=112, embedding_size=32, width=0.25
+    ).eval()  # 16 channels first
     assert net.channels_last and net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 3, 112, 112) * 255
     nhwc = net(x)

@@ -54,7 +54,9 @@ def _reference_margin_ce(head: MarginHead, embeddings, labels):
     target = cos.gather(1, labels[:, None])
     if head.kind == "arcface":
         theta = torch.acos(target)
-        phi = torch.where(theta + head.m < math.pi, torch.cos(theta + head.m), target - head.m * math.sin(math.pi - head.m))
+        phi = torch.where(
+            theta + head.m < math.pi, torch.cos(theta + head.m), target - head.m * math.sin(math.pi - head.m)
+        )
     else:
         phi = target - head.m
     logits = head.s * cos.scatter(1, labels[:, None], phi)
@@ -131,7 +133,9 @@ def test_embedding_on_a_class_centre_gives_finite_gradients(kind):
 
 def test_logits_and_centres():
     head = _head(s=4.0)
-    torch.testing.assert_close(head.logits(torch.tensor([[3.0, 4.0], [0.0, -2.0]])), torch.tensor([[2.4, 3.2], [0.0, -4.0]]))
+    torch.testing.assert_close(
+        head.logits(torch.tensor([[3.0, 4.0], [0.0, -2.0]])), torch.tensor([[2.4, 3.2], [0.0, -4.0]])
+    )
     torch.testing.assert_close(head.cosines(torch.tensor([[3.0, 4.0]])), torch.tensor([[0.6, 0.8]]))
     centres = head.centres()
     torch.testing.assert_close(centres, torch.eye(2))
@@ -155,7 +159,9 @@ def test_bad_arguments_raise_with_messages():
         head.logits(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"Expected labels of shape \(2,\) when weights is None, got \(2, 2\)"):
         head(embeddings, torch.tensor([[0, 1], [1, 2]]))
-    with pytest.raises(ValueError, match=r"Expected labels and weights of one shape \(2, K\), got \(2, 2\) and \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected labels and weights of one shape \(2, K\), got \(2, 2\) and \(2, 3\)"
+    ):
         head(embeddings, torch.tensor([[0, 1], [1, 2]]), torch.full((2, 3), 1 / 3))
     with pytest.raises(ValueError, match="Expected weights on the simplex"):
         head(embeddings, torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.5, 0.6], [1.0, 0.0]]))

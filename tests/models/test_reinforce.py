@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from fmix.models import DualVariable, EmaBaseline, budget_price, effective_reward, expected_mean_k, policy_loss, reinforce_loss
+from fmix.models import (
+    DualVariable,
+    EmaBaseline,
+    budget_price,
+    effective_reward,
+    expected_mean_k,
+    policy_loss,
+    reinforce_loss,
+)
 
 
 def test_reinforce_loss_reference_value_and_gradient():
@@ -105,7 +113,10 @@ def test_budget_price_bad_arguments_raise_with_messages():
     k = torch.tensor([2, 3, 4])
     with pytest.raises(ValueError, match=r"Expected target strictly between 2 and 4, got 4.0"):
         budget_price(torch.zeros(2, 3), k, 4.0)
-    with pytest.raises(ValueError, match=r"Expected logits of shape \(N >= 1, 3\) and k_values of shape \(n_k,\), got \(2, 2\) and \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected logits of shape \(N >= 1, 3\) and k_values of shape \(n_k,\), got \(2, 2\) and \(3,\)",
+    ):
         budget_price(torch.zeros(2, 2), k, 3.0)
     with pytest.raises(ValueError, match=r"got \(0, 3\)"):
         budget_price(torch.zeros(0, 3), k, 3.0)
@@ -119,7 +130,15 @@ def test_bad_arguments_raise_with_messages():
     with pytest.raises(ValueError, match=r"Expected baseline of shape \(\) or \(2,\), got \(3,\)"):
         reinforce_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="Expected a finite price, got inf"):
-        policy_loss(torch.zeros(2), torch.zeros(2), 0.0, torch.zeros(2), torch.tensor([2, 3]), price=float("inf"), entropy_weight=0.0)
+        policy_loss(
+            torch.zeros(2),
+            torch.zeros(2),
+            0.0,
+            torch.zeros(2),
+            torch.tensor([2, 3]),
+            price=float("inf"),
+            entropy_weight=0.0,
+        )
     with pytest.raises(ValueError, match=r"Expected momentum in \[0, 1\), got 1.0"):
         EmaBaseline(momentum=1.0)
     with pytest.raises(ValueError, match="Expected a non-empty rewards tensor"):
@@ -130,7 +149,9 @@ def test_bad_arguments_raise_with_messages():
         DualVariable(lr=0.1, floor=90)
     with pytest.raises(ValueError, match=r"Expected val_accuracy in \[0, 1\], got 97.0"):
         DualVariable(lr=0.1, floor=0.9).update(97.0)
-    with pytest.raises(ValueError, match=r"Expected a state for DualVariable with keys \['count', 'value'\], got \['nu'\]"):
+    with pytest.raises(
+        ValueError, match=r"Expected a state for DualVariable with keys \['count', 'value'\], got \['nu'\]"
+    ):
         DualVariable(lr=0.1, floor=0.9).load_state_dict({"nu": 1.0})
     with pytest.raises(ValueError, match="Expected a state for DualVariable with value >= 0, got -1.0"):
         DualVariable(lr=0.1, floor=0.9).load_state_dict({"value": -1.0, "count": 1})

@@ -130,7 +130,9 @@ def test_sample_with_a_generator_on_another_device_returns_on_the_input_device(a
 def test_cost_is_small_next_to_the_input():
     policy = StrategyNetwork(192)
     # 1x1 reduction to 32 channels, two 3x3 convolutions, the 32 -> 1 difficulty head and a 34 -> 32 -> 5 MLP.
-    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (32 + 1) + (34 * 32 + 32) + (32 * 5 + 5)
+    assert sum(p.numel() for p in policy.parameters()) == (192 * 32 + 32) + 2 * (32 * 32 * 9 + 32) + (32 + 1) + (
+        34 * 32 + 32
+    ) + (32 * 5 + 5)
 
 
 def test_bad_arguments_raise_with_messages(anchors):
@@ -153,7 +155,9 @@ def test_bad_arguments_raise_with_messages(anchors):
         StrategyNetwork(8, k_values=(0, 2))
     with pytest.raises(ValueError, match="Expected signals 0 or 1, got 2"):
         StrategyNetwork(8, signals=2)
-    with pytest.raises(ValueError, match=r"Expected a signal of shape \(64,\) exactly when the network has signals \(it has 0\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected a signal of shape \(64,\) exactly when the network has signals \(it has 0\)"
+    ):
         policy(anchors, 0.5, torch.zeros(64))
     informed = StrategyNetwork(8, hidden=8, signals=1)
     with pytest.raises(ValueError, match=r"exactly when the network has signals \(it has 1\)"):

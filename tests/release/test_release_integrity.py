@@ -72,7 +72,10 @@ def test_one_face_under_two_names_is_released_once(faces, tmp_path, owner_ledger
     first = faces / "Andre_Agassi" / sorted(p.name for p in (faces / "Andre_Agassi").iterdir())[0]
     shutil.copy(first, faces / "Andre_Agassi" / "copy_of_first.png")  # two names in one folder
     shutil.copy(first, faces / "Angelina_Jolie" / "not_her.png")  # and under another identity
-    with pytest.warns(UserWarning, match=r"2 input faces are the same image as another input and are released once: .*copy_of_first.png = .*"):
+    with pytest.warns(
+        UserWarning,
+        match=r"2 input faces are the same image as another input and are released once: .*copy_of_first.png = .*",
+    ):
         summary = protect_folder(faces, tmp_path / "out", _masker(faces), MaskParams(previews=0), progress=False)
     assert summary["skipped_by_status"].get("duplicate") == 2
     released = [h for entry in Ledger(owner_ledger).entries if entry["kind"] == "released" for h in entry["hashes"]]
@@ -86,9 +89,17 @@ def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, p
     from fmix.masker.export import export_masker
 
     k1 = tmp_path / "k1.onnx"
-    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", k1, ExportParams(k=1), mixing=MixingParams(k_values=(1,), cap=None))
+    export_masker(
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"] / "public.csv",
+        k1,
+        ExportParams(k=1),
+        mixing=MixingParams(k_values=(1,), cap=None),
+    )
     output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(k1), "-q"]))
-    assert "a mixed release needs k >= 2 in every sample, but this masker's policy draws k [1] (mixing.k_max 1)" in output
+    assert (
+        "a mixed release needs k >= 2 in every sample, but this masker's policy draws k [1] (mixing.k_max 1)" in output
+    )
     assert not (tmp_path / "out").exists()
     plain = runner.invoke(app, ["mask", str(faces), str(tmp_path / "plain"), "-m", str(k1), "--no-mix", "-q"])
     assert plain.exit_code == 0 and "masked only, not mixed" in plain.output
@@ -100,7 +111,10 @@ def test_the_summary_states_what_was_released(faces, tmp_path):
     mixing = _mixing(_masker(faces))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == mixing["noise"] == 0.75
-    assert f"k {summary['released_mixing']['k_min']}-{summary['released_mixing']['k_max']}" in result.output and "noise 0.75" in result.output
+    assert (
+        f"k {summary['released_mixing']['k_min']}-{summary['released_mixing']['k_max']}" in result.output
+        and "noise 0.75" in result.output
+    )
 
 
 # ------------------------------------------------------------------ 3. the mixing settings are bound
@@ -121,7 +135,9 @@ def test_run_json_records_the_recomputed_binding_and_the_params_hash_once(faces,
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     metadata = read_masker_metadata(_masker(faces))
     assert run["masker_binding"] == binding_digest(metadata) and len(run["masker_binding"]) == 16
-    assert run["masker_params_hash"] == json.loads(metadata["params_hash"]) and not run["masker_params_hash"].startswith('"')
+    assert run["masker_params_hash"] == json.loads(metadata["params_hash"]) and not run[
+        "masker_params_hash"
+    ].startswith('"')
 
 
 # ------------------------------------------------------------------ 4. nothing non-finite
@@ -132,8 +148,12 @@ def test_non_finite_numbers_are_refused_in_params_metadata_and_shards(faces, tmp
     params.write_text("mixing:\n  noise: .inf\n")
     with pytest.raises(ParamsError, match=r"mixing.noise must be a finite number, got inf"):
         load_section(MixingParams, params, "mixing")
-    nan = _edited(_masker(faces), tmp_path / "nan.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "noise": float("nan")})
-    assert "its metadata field 'mixing' is invalid: Expected noise a finite number >= 0, got nan" in _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(nan), "-q"]))
+    nan = _edited(
+        _masker(faces), tmp_path / "nan.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "noise": float("nan")}
+    )
+    assert "its metadata field 'mixing' is invalid: Expected noise a finite number >= 0, got nan" in _error(
+        runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(nan), "-q"])
+    )
     writer = ReleaseWriter(tmp_path / "w", "float16")
     with pytest.raises(ValueError, match=r"shard 3: 1 protected values are not finite in float16"):
         writer.write_samples(3, np.array([[[[1e6]]]], dtype=np.float32))  # past float16's range
@@ -176,9 +196,17 @@ def test_the_default_ledger_is_one_per_owner_and_never_inside_the_input(faces, t
     assert runner.invoke(app, ["mask", str(faces), str(tmp_path / "a" / "out"), "-m", masker, "-q"]).exit_code == 0
     output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "b" / "out"), "-m", masker, "-q"]))
     assert "faces were released before" in output  # another output parent, the same owner's ledger
-    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "c"), "-m", masker, "--ledger", str(faces / "ledger.jsonl"), "-q"]))
+    output = _error(
+        runner.invoke(
+            app, ["mask", str(faces), str(tmp_path / "c"), "-m", masker, "--ledger", str(faces / "ledger.jsonl"), "-q"]
+        )
+    )
     assert f"the ledger {faces / 'ledger.jsonl'} must not be inside the input folder" in output
-    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "d"), "-m", masker, "--ledger", f"{masker}/ledger.jsonl", "-q"]))
+    output = _error(
+        runner.invoke(
+            app, ["mask", str(faces), str(tmp_path / "d"), "-m", masker, "--ledger", f"{masker}/ledger.jsonl", "-q"]
+        )
+    )
     assert f"cannot be written: {masker} is a file, not a folder" in output
 
 
@@ -194,7 +222,9 @@ def test_the_default_ledger_is_one_per_owner_and_never_inside_the_input(faces, t
 def test_a_damaged_ledger_line_is_named_with_its_file_and_line(tmp_path, line, message):
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text('{"kind": "release", "release": "r", "out_dir": "/o", "labels": {}}\n' + line + "\n")
-    with pytest.raises(ValueError, match=f"ledger {ledger}, " + message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+    with pytest.raises(
+        ValueError, match=f"ledger {ledger}, " + message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+    ):
         Ledger(ledger)
 
 
@@ -216,11 +246,22 @@ def test_a_damaged_masker_metadata_is_a_one_line_error(faces, tmp_path, changes,
 
 
 def test_mixing_with_an_extra_key_is_refused(faces, tmp_path):
-    extra = _edited(_masker(faces), tmp_path / "extra.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "strength": 2})
-    assert "its metadata field 'mixing' has unknown keys ['strength']" in _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(extra), "-q"]))
+    extra = _edited(
+        _masker(faces), tmp_path / "extra.onnx", rebind=True, mixing={**_mixing(_masker(faces)), "strength": 2}
+    )
+    assert "its metadata field 'mixing' has unknown keys ['strength']" in _error(
+        runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(extra), "-q"])
+    )
 
 
-@pytest.mark.parametrize("content, message", [("[]", "must hold a JSON object, got a JSON array"), ('{"mix": true}', "lacks its release id"), ("{bad", "is not valid JSON")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "must hold a JSON object, got a JSON array"),
+        ('{"mix": true}', "lacks its release id"),
+        ("{bad", "is not valid JSON"),
+    ],
+)
 def test_a_damaged_run_json_is_refused_on_resume(faces, tmp_path, content, message):
     out = tmp_path / "out"
     out.mkdir()
@@ -239,8 +280,14 @@ def _release(faces: Path, tmp_path: Path) -> Path:
     "damage, message",
     [
         (lambda r: (r / "index.csv").write_text("name,shard,row,weights\nx,0,0,1.0\n"), "lacks the column(s) labels"),
-        (lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\n"), "lists no sample: nothing was released"),
-        (lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\nx,0,0,1 2,nan 0.5\n"), "line 2: weights 'nan 0.5' must be finite numbers in [0, 1]"),
+        (
+            lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\n"),
+            "lists no sample: nothing was released",
+        ),
+        (
+            lambda r: (r / "index.csv").write_text("name,shard,row,labels,weights\nx,0,0,1 2,nan 0.5\n"),
+            "line 2: weights 'nan 0.5' must be finite numbers in [0, 1]",
+        ),
         (lambda r: (r / "run.json").write_text("[1]"), "must hold a JSON object, got a JSON array"),
     ],
 )
@@ -255,12 +302,26 @@ def test_a_damaged_release_is_refused_by_its_reader(faces, tmp_path, damage, mes
 def test_attack_unmix_validates_the_release_before_training(faces, pipeline_sample, tmp_path):
     release = _release(faces, tmp_path)
     (release / "index.csv").write_text("name,shard,row,labels,weights\nx,0,0,1 2,nan 0.5\n")
-    args = [str(release), str(_masker(faces)), str(pipeline_sample["aligned"]), str(pipeline_sample["splits"]), str(tmp_path / "evaluator.pt"), str(tmp_path / "o")]
+    args = [
+        str(release),
+        str(_masker(faces)),
+        str(pipeline_sample["aligned"]),
+        str(pipeline_sample["splits"]),
+        str(tmp_path / "evaluator.pt"),
+        str(tmp_path / "o"),
+    ]
     output = _error(runner.invoke(app, ["attack", "unmix", *args]))
     assert "weights 'nan 0.5' must be finite numbers" in output and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("content, message", [("[]", "must hold a JSON object, got a JSON array"), ("{}", "is not a verification.json of `fmix evaluate`"), ("{", "is not valid JSON")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "must hold a JSON object, got a JSON array"),
+        ("{}", "is not a verification.json of `fmix evaluate`"),
+        ("{", "is not valid JSON"),
+    ],
+)
 def test_report_refuses_a_damaged_verification_json(tmp_path, content, message):
     import yaml
 
@@ -268,7 +329,11 @@ def test_report_refuses_a_damaged_verification_json(tmp_path, content, message):
     (tmp_path / "r" / "none" / "verification.json").write_text(content)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"sweep": {"none": {"method": "none"}}}))
-    output = _error(runner.invoke(app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)]))
+    output = _error(
+        runner.invoke(
+            app, ["report", str(tmp_path / "r"), str(tmp_path / "m"), str(tmp_path / "o"), "--params", str(params)]
+        )
+    )
     assert str(tmp_path / "r" / "none" / "verification.json") in output and message in output
 
 
@@ -277,7 +342,21 @@ def test_report_refuses_a_damaged_verification_json(tmp_path, content, message):
 
 def test_a_secret_key_that_is_a_folder_is_named_as_such(faces, tmp_path):
     (tmp_path / "keydir").mkdir()
-    output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "o"), "-m", str(_masker(faces)), "--secret-key-file", str(tmp_path / "keydir"), "-q"]))
+    output = _error(
+        runner.invoke(
+            app,
+            [
+                "mask",
+                str(faces),
+                str(tmp_path / "o"),
+                "-m",
+                str(_masker(faces)),
+                "--secret-key-file",
+                str(tmp_path / "keydir"),
+                "-q",
+            ],
+        )
+    )
     assert "is a folder, not a key file" in output
 
 

@@ -33,7 +33,16 @@ from fmix.attacks.unmix.release_view import Release, ReleasedShard, read_release
 from fmix.attacks.unmix.structure import match_structure
 from fmix.masker.protection import MixingConfig
 
-__all__ = ["ATTACKS", "Release", "ReleasedShard", "match_structure", "read_release", "regenerate_secrets", "resolve_labels", "run_unmix_attacks"]
+__all__ = [
+    "ATTACKS",
+    "Release",
+    "ReleasedShard",
+    "match_structure",
+    "read_release",
+    "regenerate_secrets",
+    "resolve_labels",
+    "run_unmix_attacks",
+]
 
 ATTACKS = {"regenerate": "a", "labels": "b", "structure": "c"}
 

@@ -7,14 +7,15 @@ import itertools
 import numpy as np
 from torch import Tensor
 
-
 SHARING_THRESHOLD = 0.05  # cosine above which two samples share a face (different people: |cos| < 0.05)
 
 
 MEAN_FACE_SAMPLES = 128  # shards this large centre on a least-squares mean face
 
 
-def sharing_graph(samples: Tensor, weights: list[list[float]], rescale: bool = True, threshold: float = SHARING_THRESHOLD) -> tuple[np.ndarray, float, np.ndarray]:
+def sharing_graph(
+    samples: Tensor, weights: list[list[float]], rescale: bool = True, threshold: float = SHARING_THRESHOLD
+) -> tuple[np.ndarray, float, np.ndarray]:
     """Which samples share a face: cosines of the samples less the mean face, thresholded.
 
     A sample is ``x_b = sum_j w_bj f_j / ||w_b||``; with faces ``f = m + g`` (``m`` the mean
@@ -110,7 +111,9 @@ def even_triangles(adjacency: list[set[int]]) -> list[frozenset[int]]:
     return triangles
 
 
-def face_cliques(adjacency: list[set[int]], sizes: list[int], cycles: frozenset[frozenset[int]] = frozenset()) -> list[frozenset[int]]:
+def face_cliques(
+    adjacency: list[set[int]], sizes: list[int], cycles: frozenset[frozenset[int]] = frozenset()
+) -> list[frozenset[int]]:
     """The faces of a shard as cliques of samples, from each sample's neighbourhood.
 
     Sample ``b`` sees its neighbours grouped by the face they share with it: two neighbours
@@ -131,13 +134,21 @@ def face_cliques(adjacency: list[set[int]], sizes: list[int], cycles: frozenset[
     faces: dict[frozenset[int], None] = {}
     for b, around in enumerate(adjacency):
         if cycles:
-            local = [adjacency[v] - {u for u in adjacency[v] if frozenset((b, u, v)) in cycles} for v in range(len(adjacency))]
+            local = [
+                adjacency[v] - {u for u in adjacency[v] if frozenset((b, u, v)) in cycles}
+                for v in range(len(adjacency))
+            ]
         else:
             local = adjacency
         groups = _maximal_cliques(around, local)
         want = max(sizes[b], 1)
         if len(groups) > want:
-            groups = list(min(itertools.combinations(groups, want), key=lambda c: (len(around - frozenset().union(*c)), sum(map(len, c)))))
+            groups = list(
+                min(
+                    itertools.combinations(groups, want),
+                    key=lambda c: (len(around - frozenset().union(*c)), sum(map(len, c))),
+                )
+            )
         for group in groups:
             faces.setdefault(group | {b}, None)
         if len(groups) < want:
@@ -201,4 +212,7 @@ def _peel(faces, holding, anchor: dict[int, int], owner: dict[int, int]) -> tupl
 
 
 def _partners(holding, anchor, owner) -> list[list[int]]:
-    return [list(dict.fromkeys(anchor[f] for f in held if f in anchor and f != owner.get(b) and anchor[f] != b)) for b, held in enumerate(holding)]
+    return [
+        list(dict.fromkeys(anchor[f] for f in held if f in anchor and f != owner.get(b) and anchor[f] != b))
+        for b, held in enumerate(holding)
+    ]

@@ -23,7 +23,14 @@ def _gram_factor(rows: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.maximum(values, 0.0))
 
 
-def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[list[list[int]]], rescale: bool, rounds: int, restarts: int = 8) -> tuple[Tensor, int]:
+def _alternate(
+    samples: Tensor,
+    weights: list[list[float]],
+    candidates: list[list[list[int]]],
+    rescale: bool,
+    rounds: int,
+    restarts: int = 8,
+) -> tuple[Tensor, int]:
     """Pick each row's partners among candidates so that the solved faces are least correlated.
 
     Any invertible ``W`` explains the samples (``x = W m``), so partners are picked by a prior:
@@ -61,7 +68,12 @@ def _alternate(samples: Tensor, weights: list[list[float]], candidates: list[lis
     restarts = restarts if batch <= 64 else 0  # large shards: one search (each sweep costs O(B^3))
     for start in range(restarts + 1):
         if start:  # random restarts: the local search has local minima
-            partners = [list(rng.choice(candidates[row][0], size=len(w) - 1, replace=False)) if len(candidates[row][0]) >= len(w) - 1 else partners[row] for row, w in enumerate(weights)]
+            partners = [
+                list(rng.choice(candidates[row][0], size=len(w) - 1, replace=False))
+                if len(candidates[row][0]) >= len(w) - 1
+                else partners[row]
+                for row, w in enumerate(weights)
+            ]
             partners = [[int(c) for c in p] for p in partners]
         partners = _gram_search(centred, weights, partners, candidates, norms, rounds)
         score, partners, changed = _local_search(centred, weights, partners, candidates, norms, rounds)
@@ -93,7 +105,9 @@ def _gram_search(centred, weights, partners, candidates, norms, rounds) -> list[
                 options = [c for c in candidates[row][j - 1] if c != current and c not in partners[row]]
                 if not options:
                     continue
-                steps = energy * a * (system[:, options] - system[:, [current]]) * off[row][:, None]  # one column per option
+                steps = (
+                    energy * a * (system[:, options] - system[:, [current]]) * off[row][:, None]
+                )  # one column per option
                 gains = np.square(residual).sum() - np.square(residual[:, None] - steps).sum(axis=0)
                 best = options[int(gains.argmax())] if gains.max() > 1e-9 else None
                 if best is not None:
@@ -121,7 +135,12 @@ def _updated_gram(gram: np.ndarray, faces: np.ndarray, u: np.ndarray, v: np.ndar
         - Output: :math:`(C, B, B)`.
     """
     mv = v @ faces.T
-    return gram - u[None, :, None] * mv[:, None, :] - mv[:, :, None] * u[None, None, :] + np.square(v).sum(axis=1)[:, None, None] * np.outer(u, u)
+    return (
+        gram
+        - u[None, :, None] * mv[:, None, :]
+        - mv[:, :, None] * u[None, None, :]
+        + np.square(v).sum(axis=1)[:, None, None] * np.outer(u, u)
+    )
 
 
 def _local_search(centred, weights, partners, candidates, norms, rounds) -> tuple[float, list[list[int]], int]:
@@ -138,7 +157,9 @@ def _local_search(centred, weights, partners, candidates, norms, rounds) -> tupl
             for j in range(1, len(row_weights)):
                 current = partners[row][j - 1]
                 weight = row_weights[j] / norms[row]
-                options = np.array([c for c in candidates[row][j - 1] if c != current and c not in partners[row]], dtype=np.int64)
+                options = np.array(
+                    [c for c in candidates[row][j - 1] if c != current and c not in partners[row]], dtype=np.int64
+                )
                 u = inverse[:, row]
                 denominators = 1.0 + weight * (u[options] - u[current])
                 invertible = np.abs(denominators) >= 1e-6
@@ -147,9 +168,21 @@ def _local_search(centred, weights, partners, candidates, norms, rounds) -> tupl
                     continue
                 # All options at once: the row's change of W times m, then the rank-one updates of the Gram matrix.
                 v = weight * (faces[options] - faces[current]) / denominators[:, None]
-                trial_scores = np.concatenate([decorrelation(_updated_gram(gram, faces, u, v[i : i + chunk])) for i in range(0, len(v), chunk)])
+                trial_scores = np.concatenate(
+                    [decorrelation(_updated_gram(gram, faces, u, v[i : i + chunk])) for i in range(0, len(v), chunk)]
+                )
                 pick = int(trial_scores.argmin())
-                best = (float(trial_scores[pick]), int(options[pick]), u.copy(), v[pick], _updated_gram(gram, faces, u, v[pick : pick + 1])[0]) if trial_scores[pick] < score - 1e-9 else None
+                best = (
+                    (
+                        float(trial_scores[pick]),
+                        int(options[pick]),
+                        u.copy(),
+                        v[pick],
+                        _updated_gram(gram, faces, u, v[pick : pick + 1])[0],
+                    )
+                    if trial_scores[pick] < score - 1e-9
+                    else None
+                )
                 if best is not None:
                     score, c, u, v, gram = best
                     delta = np.zeros(batch)

@@ -8,10 +8,8 @@ from torch import Tensor
 
 from fmix.attacks.unmix.linear import solve
 from fmix.attacks.unmix.release_view import Release, ReleasedShard
-from fmix.masker.protection import MixingConfig
-from fmix.masker.protection import Protection
+from fmix.masker.protection import MixingConfig, Protection
 from fmix.release.randomness import ReleaseRandomness
-
 
 SEED_GUESSES = 16  # seeds an attacker tries when the release records none: 0 .. 15
 
@@ -19,7 +17,9 @@ SEED_GUESSES = 16  # seeds an attacker tries when the release records none: 0 ..
 WEIGHT_TOLERANCE = 0.0051  # published weights have 2 decimals (6 in an --insecure-reuse release)
 
 
-def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SEED_GUESSES) -> tuple[dict[int, Tensor], dict]:
+def regenerate_secrets(
+    release: Release, mixing: MixingConfig, guesses: int = SEED_GUESSES
+) -> tuple[dict[int, Tensor], dict]:
     """Attack (a): replay the draws of a recorded or guessed seed, then solve each shard exactly.
 
     For every seed tried (the recorded one, else ``0 .. guesses - 1``) and shard, the shard's
@@ -56,12 +56,19 @@ def regenerate_secrets(release: Release, mixing: MixingConfig, guesses: int = SE
                 samples = samples - draw.noise.to(samples.dtype)
             samples = samples if draw.sign is None else samples * draw.sign
             system = torch.zeros(batch, batch, dtype=torch.float64)
-            weights = draw.weights.double() / (draw.weights.double().norm(dim=1, keepdim=True) if mixing.rescale else 1.0)
+            weights = draw.weights.double() / (
+                draw.weights.double().norm(dim=1, keepdim=True) if mixing.rescale else 1.0
+            )
             system.scatter_add_(1, draw.partners, weights)
             estimates[shard] = solve(system, samples)
             matched[shard] = seed
             break
-    return estimates, {"seeds_tried": len(seeds), "recorded_seed": release.recorded_seed, "shards_matched": len(matched), "shards": len(release.shards)}
+    return estimates, {
+        "seeds_tried": len(seeds),
+        "recorded_seed": release.recorded_seed,
+        "shards_matched": len(matched),
+        "shards": len(release.shards),
+    }
 
 
 def _draw_matches(partners: Tensor, weights: Tensor, anchors: Tensor, part: ReleasedShard) -> bool:

@@ -14,7 +14,9 @@ from fmix.attacks.unmix.linear import decorrelation, link_system, solve_linked
 from fmix.attacks.unmix.release_view import Release
 
 
-def match_structure(release: Release, rescale: bool = True, threshold: float = SHARING_THRESHOLD) -> tuple[dict[int, Tensor], dict]:
+def match_structure(
+    release: Release, rescale: bool = True, threshold: float = SHARING_THRESHOLD
+) -> tuple[dict[int, Tensor], dict]:
     """Attack (c): without labels, the faces the samples share, then least squares (after Carlini et al.).
 
     Per shard: two samples share a face when their centred cosine exceeds ``threshold`` (the
@@ -91,11 +93,18 @@ def _unmix_shard(samples: Tensor, weights: list[list[float]], rescale: bool, thr
     partners = _settle_triangles(partners, triangles, sizes, score)
     flat = samples.reshape(batch, -1).double().numpy()
     solution = solve_linked(link_system(weights, partners, norms), flat)
-    info = {"faces": found, "rows_linked": sum(bool(p) for p in partners), "cycles_oriented": oriented, "triangles_tried": len(triangles)}
+    info = {
+        "faces": found,
+        "rows_linked": sum(bool(p) for p in partners),
+        "cycles_oriented": oriented,
+        "triangles_tried": len(triangles),
+    }
     return torch.from_numpy(solution).float().reshape(samples.shape), info
 
 
-def _settle_triangles(partners: list[list[int]], triangles: list[frozenset[int]], sizes: list[int], score) -> list[list[int]]:
+def _settle_triangles(
+    partners: list[list[int]], triangles: list[frozenset[int]], sizes: list[int], score
+) -> list[list[int]]:
     """Try every partner of a triangle's three rows among the other two (and its own): the best by ``score``.
 
     Around a triangle of samples the cliques do not say which faces are shared (one face of

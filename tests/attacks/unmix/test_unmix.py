@@ -12,8 +12,8 @@ import torch
 from fmix.attacks.release import _shard_truth, nearest_faces
 from fmix.attacks.unmix import match_structure, read_release, regenerate_secrets, resolve_labels
 from fmix.masker.onnx_masker import OnnxMasker
-from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
 from fmix.params import MaskParams
+from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
 
 WEAK = ReleaseOptions(insecure_seed=0, insecure_reuse=True)
 # The default release's secrets come from the OS CSPRNG; a fixed key the attacker lacks gives the
@@ -25,13 +25,26 @@ ATTACKS = {"regenerate": regenerate_secrets, "labels": resolve_labels, "structur
 def _release(aligned, masker, folder, options, anonymize=False, faces=None):
     params = MaskParams(batch_size=64, previews=0, anonymize=anonymize)
     options = ReleaseOptions(**{**options.__dict__, "ledger": folder.parent / f"{folder.name}.ledger"})
-    protect_folder(aligned, folder, masker, params, faces, name_key=b"name key" if anonymize else None, progress=False, release=options)
+    protect_folder(
+        aligned,
+        folder,
+        masker,
+        params,
+        faces,
+        name_key=b"name key" if anonymize else None,
+        progress=False,
+        release=options,
+    )
     return folder
 
 
 def _one_face_per_identity(aligned, path):
     """A split CSV of the first face of each identity: every partner's label names one row."""
-    rows = [f"{sorted(d.glob('*.png'))[0].relative_to(aligned).as_posix()},{d.name}" for d in sorted(aligned.iterdir()) if d.is_dir()]
+    rows = [
+        f"{sorted(d.glob('*.png'))[0].relative_to(aligned).as_posix()},{d.name}"
+        for d in sorted(aligned.iterdir())
+        if d.is_dir()
+    ]
     path.write_text("path,identity\n" + "\n".join(rows) + "\n")
     return path
 
@@ -51,7 +64,13 @@ def unsigned_masker(pipeline_sample, tmp_path_factory):
     from fmix.params import ExportParams, MixingParams
 
     path = tmp_path_factory.mktemp("unsigned") / "masker.onnx"
-    export_masker(pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", path, ExportParams(), mixing=MixingParams(sign_flip=False, noise=0.0))
+    export_masker(
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"] / "public.csv",
+        path,
+        ExportParams(),
+        mixing=MixingParams(sign_flip=False, noise=0.0),
+    )
     return path
 
 
@@ -73,7 +92,12 @@ def releases(pipeline_sample, unsigned_masker, tmp_path_factory):
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_each_attack_recovers_faces_from_a_weak_release(releases, pipeline_sample, unsigned_masker, name):
     errors, _ = _errors(releases["weak"], pipeline_sample["aligned"], unsigned_masker, ATTACKS[name])
-    mixes, _ = _errors(releases["weak"], pipeline_sample["aligned"], unsigned_masker, lambda r, *_: ({s: p.samples for s, p in r.shards.items()}, {}))
+    mixes, _ = _errors(
+        releases["weak"],
+        pipeline_sample["aligned"],
+        unsigned_masker,
+        lambda r, *_: ({s: p.samples for s, p in r.shards.items()}, {}),
+    )
     assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
     assert mixes.median() > 0.5  # the mixes themselves are far from every face
 
@@ -85,7 +109,9 @@ def test_the_sign_mask_leaves_a_weak_release_to_its_recorded_seed_alone(releases
     if recovers:
         assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
     else:
-        assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
+        assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, (
+            f"{name}: median relative error {errors.median():.3f}"
+        )
 
 
 def _weak_release_with(pipeline_sample, root, mixing):
@@ -95,7 +121,9 @@ def _weak_release_with(pipeline_sample, root, mixing):
 
     aligned, masker = pipeline_sample["aligned"], root / "masker.onnx"
     export_masker(aligned, pipeline_sample["splits"] / "public.csv", masker, ExportParams(), mixing=mixing)
-    return masker, _release(aligned, masker, root / "weak", WEAK, faces=_one_face_per_identity(aligned, root / "faces.csv"))
+    return masker, _release(
+        aligned, masker, root / "weak", WEAK, faces=_one_face_per_identity(aligned, root / "faces.csv")
+    )
 
 
 def test_replaying_a_recorded_seed_takes_the_mixes_noise_off_too(pipeline_sample, tmp_path):
@@ -107,7 +135,9 @@ def test_replaying_a_recorded_seed_takes_the_mixes_noise_off_too(pipeline_sample
     errors, info = _errors(folder, aligned, masker, regenerate_secrets)
     assert info["shards_matched"] == 1 and errors.median() < 0.05, f"median relative error {errors.median():.3f}"
     errors, info = _errors(folder, aligned, masker, regenerate_secrets, noise=0.0)
-    assert info["shards_matched"] == 1 and errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"median relative error {errors.median():.3f}"
+    assert info["shards_matched"] == 1 and errors.median() >= 0.5 and (errors < 0.05).sum() == 0, (
+        f"median relative error {errors.median():.3f}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +145,26 @@ def default_noise_release(pipeline_sample, tmp_path_factory):
     """A weak release without the sign mask, its mixes carrying the default noise (0.75)."""
     from fmix.params import MixingParams
 
-    masker, folder = _weak_release_with(pipeline_sample, tmp_path_factory.mktemp("default_noise"), MixingParams(sign_flip=False))
+    masker, folder = _weak_release_with(
+        pipeline_sample, tmp_path_factory.mktemp("default_noise"), MixingParams(sign_flip=False)
+    )
     assert OnnxMasker(masker).mixing.noise == 0.75
     return masker, folder
 
 
 @pytest.mark.parametrize(("name", "recovers"), [("regenerate", True), ("labels", False), ("structure", False)])
-def test_the_default_noise_alone_leaves_a_weak_release_to_its_recorded_seed(default_noise_release, pipeline_sample, name, recovers):
+def test_the_default_noise_alone_leaves_a_weak_release_to_its_recorded_seed(
+    default_noise_release, pipeline_sample, name, recovers
+):
     """Without a sign mask but with mixing.noise at its default, solving the linear mixing recovers no face; replaying the seed still does."""
     masker, folder = default_noise_release
     errors, _ = _errors(folder, pipeline_sample["aligned"], masker, ATTACKS[name])
     if recovers:
         assert errors.median() < 0.05, f"{name}: median relative error {errors.median():.3f}"
     else:
-        assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, f"{name}: median relative error {errors.median():.3f}"
+        assert errors.median() >= 0.5 and (errors < 0.05).sum() == 0, (
+            f"{name}: median relative error {errors.median():.3f}"
+        )
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -139,7 +175,9 @@ def test_each_attack_fails_on_the_default_release(releases, pipeline_sample, nam
 
 
 def test_secret_regeneration_finds_the_recorded_seed_only_in_the_weak_release(releases, pipeline_sample):
-    _, weak = _errors(releases["weak_signed"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
+    _, weak = _errors(
+        releases["weak_signed"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets
+    )
     _, default = _errors(releases["default"], pipeline_sample["aligned"], pipeline_sample["masker"], regenerate_secrets)
     assert weak == {"seeds_tried": 1, "recorded_seed": 0, "shards_matched": 1, "shards": 1}
     assert default == {"seeds_tried": 16, "recorded_seed": None, "shards_matched": 0, "shards": 1}
@@ -149,13 +187,21 @@ def test_no_release_file_holds_a_seed_or_key(releases, pipeline_sample, tmp_path
     key = tmp_path / "secret.key"
     key.write_bytes(b"k" * 32)
     os_random = _release(pipeline_sample["aligned"], pipeline_sample["masker"], tmp_path / "os", ReleaseOptions())
-    keyed = _release(pipeline_sample["aligned"], pipeline_sample["masker"], tmp_path / "keyed", ReleaseOptions(secret_key=key.read_bytes()))
+    keyed = _release(
+        pipeline_sample["aligned"],
+        pipeline_sample["masker"],
+        tmp_path / "keyed",
+        ReleaseOptions(secret_key=key.read_bytes()),
+    )
     for folder in (os_random, keyed):
         run = json.loads((folder / "run.json").read_text())
         assert run["randomness"] == {"source": "os" if folder != keyed else "key"} and run["one_use_per_face"] is True
         text = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
         assert key.read_bytes() not in text and not (folder / "labels.json").exists()
-    assert json.loads((releases["weak"] / "run.json").read_text())["randomness"] == {"source": "insecure_seed", "seed": 0}
+    assert json.loads((releases["weak"] / "run.json").read_text())["randomness"] == {
+        "source": "insecure_seed",
+        "seed": 0,
+    }
 
 
 def _name_mapping_accuracy(folder, aligned, items, key):
@@ -170,7 +216,12 @@ def _name_mapping_accuracy(folder, aligned, items, key):
     for name, shard, row, *_ in rows:
         guess = order[int(shard) * run["batch_size"] + int(row)][0]
         shard_sources = [rel for rel, _ in order[int(shard) * run["batch_size"] : (int(shard) + 1) * run["batch_size"]]]
-        constituents = [set(c) for size in (1, 2) for c in itertools.combinations(shard_sources, size) if sample_name(list(c) if size > 1 else c[0], key) == name]
+        constituents = [
+            set(c)
+            for size in (1, 2)
+            for c in itertools.combinations(shard_sources, size)
+            if sample_name(list(c) if size > 1 else c[0], key) == name
+        ]
         hits += any(guess in c for c in constituents)
     return hits / len(rows)
 
@@ -204,7 +255,9 @@ def test_secret_streams_and_key_file(tmp_path):
     assert ReleaseRandomness().generator(3).initial_seed() != ReleaseRandomness().generator(3).initial_seed()
     assert ReleaseRandomness(insecure_seed=2).generator(3).initial_seed() == 2 * 1_000_003 + 3
     assert ReleaseRandomness(insecure_seed=0).label_numbers(["b", "a", "c"]) == {"b": 0, "a": 1, "c": 2}
-    assert ReleaseRandomness(key=b"k" * 16).record() == {"source": "key"} and ReleaseRandomness().record() == {"source": "os"}
+    assert ReleaseRandomness(key=b"k" * 16).record() == {"source": "key"} and ReleaseRandomness().record() == {
+        "source": "os"
+    }
     (tmp_path / "short").write_bytes(b"abc")
     with pytest.raises(ValueError, match="has 3 bytes, need at least 16"):
         read_secret_key(tmp_path / "short")
@@ -232,7 +285,21 @@ def test_structure_attack_solves_cycles_and_trees_exactly():
 
     # 0 -> 1 -> 2 -> 0 (3-cycle) with 3 -> 0, 4 -> 0; 5 <-> 6 (2-cycle) with 7 -> 6; 8 -> 9 -> 10 -> 11 -> 8 (4-cycle) with 12 -> 9
     partners = [1, 2, 0, 0, 0, 6, 5, 6, 9, 10, 11, 8, 9]
-    weights = [[0.6, 0.4], [0.45, 0.55], [0.5, 0.5], [0.62, 0.38], [0.4, 0.6], [0.55, 0.45], [0.35, 0.65], [0.6, 0.4], [0.52, 0.48], [0.47, 0.53], [0.64, 0.36], [0.58, 0.42], [0.41, 0.59]]
+    weights = [
+        [0.6, 0.4],
+        [0.45, 0.55],
+        [0.5, 0.5],
+        [0.62, 0.38],
+        [0.4, 0.6],
+        [0.55, 0.45],
+        [0.35, 0.65],
+        [0.6, 0.4],
+        [0.52, 0.48],
+        [0.47, 0.53],
+        [0.64, 0.36],
+        [0.58, 0.42],
+        [0.41, 0.59],
+    ]
     samples, faces = _synthetic_shard(partners, weights)
     release = Release(folder=None, run={}, shards={0: ReleasedShard(samples, [[0, 1]] * len(partners), weights)})
     estimates, info = match_structure(release)
