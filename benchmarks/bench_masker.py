@@ -7,7 +7,9 @@ Variants, for u = 1 and u = 8:
 - reference per-image scipy: YCbCr, (zoom,) scipy.fft.dctn per 8x8 block, one face at a time.
 Also prints the memory-write bound: the output bytes per face against the measured copy bandwidth,
 and the end-to-end figure of ``fmix mask`` (decode, ledger hashes, mask, group, mix, write shards,
-index and previews) at u = 1 beside the graph-only one.
+index and previews) at u = 1 beside the graph-only one. ``benchmarks/bench_mask_end_to_end.py``
+measures ``fmix mask`` end to end at the default u = 2, fixed-k and adaptive maskers, before and
+after issue 32, with a profile of its stages.
 
 Usage: python benchmarks/bench_masker.py [--faces 64] [--aligned data/aligned] [--threads 2] [--e2e-faces 2781]
 """

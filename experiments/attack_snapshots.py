@@ -1,6 +1,7 @@
 """How much does the inversion network's last snapshot swing? S4 of the snapshot and of its moving average.
 
-Makes: README, "The attackers' budget" (S4 of the snapshot against its moving average, by step).
+Makes: docs/attacks.md, "The attackers' budget" and "The moving average of the inversion networks"
+(S4 of the snapshot against its moving average, by step).
 
 Trains one white-box attacker (as ``fmix attack``, with the run's ``attack`` section: network,
 seed, judge) on a pipeline run's protection and scores, every ``--every`` steps from ``--from-step``, the generator's current

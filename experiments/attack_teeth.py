@@ -1,6 +1,6 @@
 """Does the reconstruction attack have teeth? White-box inversion of u=1 masking on real aligned LFW faces.
 
-Makes: the table it prints (white-box inversion of u = 1 masking); no README table.
+Makes: the table it prints (white-box inversion of u = 1 masking); no table in docs/results/.
 
 Trains the inversion network on public faces (``data/splits/public.csv``) protected on the fly
 with the real masker, then inverts held-out private faces (``private_train.csv``) and scores

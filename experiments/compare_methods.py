@@ -1,6 +1,7 @@
 """Train and evaluate several protection methods with the same recipe; print one table.
 
-Makes: README, Results ("Runs outside the pipeline", the allocation ceiling, the cooperative policy).
+Makes: docs/results/ (2026-11-29-issue-12-without-sign-mask.md, "Runs outside the pipeline";
+2026-12-03-cooperative-policy.md, the allocation ceiling and the cooperative policy).
 
 Usage: python experiments/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
        [--seeds 0 1 2] [--params params.yaml] [--out runs/compare] [--set train.epochs=8 train.adaptive.n_fr=1 ...]

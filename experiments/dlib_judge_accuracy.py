@@ -1,6 +1,6 @@
 """How well does the dlib judge recognise our aligned 112x112 crops? (issue 12, item 3)
 
-Makes: README, "The identity judge" (the judge's top-1 and pair rates on aligned LFW).
+Makes: docs/judge.md (the judge's top-1 and pair rates on aligned LFW).
 
 Picks ``--people`` random identities with at least ``--per-person`` aligned faces, takes the
 first ``--per-person`` faces of each, embeds them with :class:`fmix.models.dlib_judge.DlibJudge`

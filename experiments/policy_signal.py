@@ -1,6 +1,7 @@
 """What a per-sample k policy could read: which signals predict how much a larger k costs a sample.
 
-Makes: README, Results ("The game, per sample": which signals predict what a larger k costs).
+Makes: docs/results/2026-11-29-issue-12-without-sign-mask.md ("The game, per sample": which signals
+predict what a larger k costs).
 
 Usage: python experiments/policy_signal.py models/sweep/adaptive/model.pt [--aligned data/aligned]
        [--splits data/splits] [--faces 640] [--repeats 4]

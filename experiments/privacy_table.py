@@ -1,6 +1,6 @@
 """Privacy table: the same attacks against several protection methods, side by side in one run.
 
-Makes: the table it prints (the same attacks against several methods); no README table.
+Makes: the table it prints (the same attacks against several methods); no table in docs/results/.
 
 For each method (masking alone, fixed k = 2 and 6, adaptive) it exports the method's masker,
 runs the white-box and black-box reconstruction attacks and the model inversion of that

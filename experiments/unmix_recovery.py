@@ -1,6 +1,7 @@
 """Un-mixing attacks (a)-(c) on full-size releases: recovery error of the weak and the default release.
 
-Makes: README, "Un-mixing a release" (recovery error of attacks (a)-(c) on full-size releases).
+Makes: docs/results/2026-11-29-unmixing-a-release.md (recovery error of attacks (a)-(c) on full-size
+releases).
 
 Releases the private training faces twice with ``fmix mask``'s library call, into OUT:
 

@@ -133,7 +133,7 @@ class MixingParams:
     )  # the k a mix may have (the adaptive policy's actions); k_max = the largest
     weight_law: str = "dirichlet"  # or "instahide" (|N(0, 1)| normalised)
     cap: float | None = (
-        0.65  # largest mixing weight; 0.5 costs adaptive 1.8 points and lowers S4 only 0.14 -> 0.12 (README)
+        0.65  # largest mixing weight; 0.5 costs adaptive 1.8 points and lowers S4 only 0.14 -> 0.12 (docs/results/2026-11-29-mean-k-3.md)
     )
     sign_flip: bool = (
         True  # random +-1 per coefficient after mixing (InstaHide): the network and the attackers read |x|
@@ -204,7 +204,7 @@ class MixupParams:
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveParams:
-    """The ``adaptive`` method's settings (``train.adaptive``): the game of the strategy network that picks k (DESIGN 3)."""
+    """The ``adaptive`` method's settings (``train.adaptive``): the game of the strategy network that picks k (docs/design.md §3)."""
 
     policy_lr: float = 0.01
     policy_warmup_epochs: float = 1.0  # FR-only epochs before the game starts (it also waits for mixing to start)
@@ -212,15 +212,15 @@ class AdaptiveParams:
     policy_reward: str = (
         "mixed"  # "mixed": the mix's loss with its constituents' labels; "anchor": the anchor's own label under its mix
     )
-    policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (DESIGN 3)
+    policy_objective: str = "cooperative"  # [ours] the policy minimises that loss at the mean-k budget; "adversarial": maximises it (docs/design.md §3)
     policy_shuffle: bool = (
         False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
     )
     policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
-    policy_gradient: str = (
-        "expected"  # every k scored, exact expectation over the policy ("sampled": REINFORCE on one drawn k)
-    )
-    n_fr: int = 2  # the policy plays after every n_fr FR steps...
+    # "sampled": REINFORCE on one k per sample (see sampled_from); "expected": every k scored, exact expectation
+    # over the policy (the default before issue 34, with policy_batch null and n_fr 2: 1.68x mixup4's training time)
+    policy_gradient: str = "sampled"
+    n_fr: int = 1  # the policy plays after every n_fr FR steps...
     n_pi: int = 1  # ...n_pi REINFORCE steps on the same batch (FR frozen)
     entropy_weight: float = 0.1
     baseline_momentum: float = 0.9
@@ -232,6 +232,16 @@ class AdaptiveParams:
     difficulty_weight: float = (
         1.0  # the policy's difficulty head regresses the FR's un-mixed loss (its per-sample signal)
     )
+    # Where a sampled step's k and reward come from (issue 34): "fr_step": the FR step just taken, its k draws
+    # and per-sample loss of each mix (no FR forward of the policy's own); "own": drawn, mixed and scored again
+    # with the frozen FR network. Not used by policy_gradient: expected (it scores every k itself).
+    sampled_from: str = "fr_step"
+    policy_batch: int | None = 16  # anchors a policy step plays on: the first of the (shuffled) batch; null: all
+
+    @property
+    def replays_fr_step(self) -> bool:
+        """Whether the policy's steps replay the FR step just taken (``policy_gradient: sampled``, ``sampled_from: fr_step``)."""
+        return self.policy_gradient == "sampled" and self.sampled_from == "fr_step"
 
     def __post_init__(self) -> None:
         _require(self.policy_lr > 0, "train.adaptive.policy_lr must be > 0")
@@ -263,14 +273,40 @@ class AdaptiveParams:
             f"train.adaptive.target_mean_k must be null or > 1, got {self.target_mean_k}",
         )
         _require(self.difficulty_weight >= 0, "train.adaptive.difficulty_weight must be >= 0")
+        _require(
+            self.sampled_from in ("fr_step", "own"),
+            f"train.adaptive.sampled_from must be 'fr_step' or 'own', got {self.sampled_from!r}",
+        )
+        _require(
+            self.policy_batch is None or self.policy_batch >= 2,
+            f"train.adaptive.policy_batch must be null or >= 2, got {self.policy_batch}",
+        )
+        if self.replays_fr_step:
+            # The FR step drew k from the policy and scored each mix with its constituents' labels: nothing else.
+            _require(
+                self.policy_reward == "mixed",
+                "train.adaptive.policy_reward: anchor needs sampled_from: own (the FR step scored each mix with its "
+                "constituents' labels only) or policy_gradient: expected",
+            )
+            _require(
+                not self.policy_shuffle,
+                "train.adaptive.policy_shuffle needs sampled_from: own or policy_gradient: expected (the FR step's "
+                "shuffled k are not the policy's draws)",
+            )
 
     def check_mixing(self, mixing: "MixingParams") -> None:
-        """The mean-k budget lies strictly between the smallest and the largest of ``mixing.k_values`` (the policy's actions)."""
+        """The mean-k budget lies strictly between the smallest and the largest of ``mixing.k_values`` (the policy's actions);
+        a policy step that mixes its own sub-batch (``policy_batch``) holds enough faces for the largest k."""
         k_values = mixing.k_values
         _require(
             self.target_mean_k is None or min(k_values) < self.target_mean_k < max(k_values),
             f"train.adaptive.target_mean_k={self.target_mean_k} must be null or lie strictly between the smallest and the largest "
             f"of mixing.k_values={list(k_values)}",
+        )
+        _require(
+            self.replays_fr_step or self.policy_batch is None or self.policy_batch >= max(k_values),
+            f"train.adaptive.policy_batch={self.policy_batch} must be null or at least the largest of "
+            f"mixing.k_values={list(k_values)}: the policy step mixes each anchor with partners from its sub-batch",
         )
 
 
@@ -329,6 +365,8 @@ class TrainParams:
                 "dual_lr",
                 "target_mean_k",
                 "difficulty_weight",
+                "sampled_from",  # never flat (issue 34): refused there like the others, named by its section
+                "policy_batch",
             )
         },
         "dctdp_epsilon": "dctdp.epsilon",
@@ -364,6 +402,8 @@ class TrainParams:
     amp: bool = True  # bf16 autocast on CUDA
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N (fmix.device)
     init_backbone: str | None = None  # an arcface_torch backbone.pth to start the RGB backbone from (null: random init)
+    source: str = "memory"  # memory: every training face decoded once, up front | folder: streamed, decoded per batch
+    workers: int = 0  # loader processes that decode the streamed faces (source: folder; 0: in the training process)
     mixup: MixupParams = dataclasses.field(default_factory=MixupParams)
     adaptive: AdaptiveParams = dataclasses.field(default_factory=AdaptiveParams)
     dctdp: DctdpParams = dataclasses.field(default_factory=DctdpParams)
@@ -377,6 +417,8 @@ class TrainParams:
             "train.init_backbone must be null or the path of a backbone.pth",
         )
         _require(self.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _require(self.source in ("memory", "folder"), f"train.source must be 'memory' or 'folder', got {self.source!r}")
+        _require(self.workers >= 0, f"train.workers must be >= 0, got {self.workers}")
         _require(self.norm in ("batch", "group"), f"train.norm must be 'batch' or 'group', got {self.norm!r}")
         _require(self.head in ("arcface", "cosface"), f"train.head must be 'arcface' or 'cosface', got {self.head!r}")
         _require(
@@ -509,7 +551,8 @@ DEFAULT_SWEEP: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "width": 0.25},  # quick: the RGB reference at a quarter width
     "ppfrfd": {"method": "ppfrfd"},
     "mixup4": {"method": "mixup", "mixup": {"k": 4}},  # fixed k at adaptive's mean k (train.adaptive.target_mean_k)
-    "adaptive": {"method": "adaptive"},
+    "adaptive": {"method": "adaptive"},  # ours: the cooperative policy
+    "adaptive_paper": {"method": "adaptive", "adaptive": {"policy_objective": "adversarial"}},  # the paper's game
 }
 SWEEP_NAME = re.compile(r"[a-z][a-z0-9_]*")
 

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "fmix.io": 0,
     "fmix._optional": 0,
     "fmix.device": 0,
+    "fmix.progress": 0,
     "fmix.params": 0,
     "fmix.methods.registry": 0,
     "fmix.data": 1,

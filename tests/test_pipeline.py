@@ -194,7 +194,7 @@ def _snakemake_commands(root: Path) -> dict[str, str]:
 def test_dvc_and_snakemake_run_the_same_commands():
     dvc = _dvc_commands(REPO)
     entries = list(yaml.safe_load((REPO / "params.yaml").read_text())["sweep"])
-    assert entries == ["none", "ppfrfd", "mixup4", "adaptive"]
+    assert entries == ["none", "ppfrfd", "mixup4", "adaptive", "adaptive_paper"]
     assert {name.split("@")[0] for name in dvc} == set(load_table(REPO / "workflow" / "stages.yaml").names())
     assert "train@mixup4" in dvc and "--sweep mixup4" in dvc["train@mixup4"]
     assert _snakemake_commands(REPO) == dvc
@@ -285,7 +285,7 @@ def test_profile_merges_an_overlay_and_rejects_unknown_names(tmp_path):
     )
     assert (
         bad.exit_code == 1
-        and "error: unknown profile 'huge'; profiles: quick, ci, cpu, methods, paper, privacy" in bad.output
+        and "error: unknown profile 'huge'; profiles: quick, ci, cpu, frontier, methods, paper, privacy" in bad.output
     )
 
 
@@ -295,7 +295,7 @@ def test_every_profile_merges_into_valid_params():
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     names = profile_names(REPO)
-    assert names == ["quick", "ci", "cpu", "methods", "paper", "privacy"]
+    assert names == ["quick", "ci", "cpu", "frontier", "methods", "paper", "privacy"]
     for name in names[1:]:
         overlay = yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text())
         validate_params(merge(base, overlay), f"profile {name}")
@@ -305,10 +305,45 @@ def test_every_profile_merges_into_valid_params():
         and privacy["train"] == base["train"]
         and privacy["attack"]["seconds"] == 300.0
     )  # quick models, strong attackers
-    for name in ("privacy", "cpu", "paper"):  # time budgets: the quick profile's 40 steps must not cut them short
+    for name in (
+        "privacy",
+        "cpu",
+        "paper",
+        "frontier",
+    ):  # time budgets: the quick profile's 40 steps must not cut them short
         assert (
             merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))["attack"]["steps"] is None
         )
+
+
+def _adaptive_budgets(params: dict) -> dict[str, tuple[str, float]]:
+    """Sweep entry -> (policy objective, mean-k budget) of every adaptive entry."""
+    from fmix.params import TrainParams, merge_sections, section_from_mapping
+
+    out = {}
+    for name, overrides in params["sweep"].items():
+        train = section_from_mapping(TrainParams, merge_sections(params["train"], overrides), name)
+        if train.method == "adaptive":
+            out[name] = (train.adaptive.policy_objective, train.adaptive.target_mean_k)
+    return out
+
+
+def test_the_papers_game_runs_beside_ours_in_every_results_profile():
+    from fmix.pipeline.profiles import PROFILES_DIR, merge
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name in ("quick", "ci", "cpu", "methods", "paper"):
+        params = (
+            base if name == "quick" else merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))
+        )
+        budgets = _adaptive_budgets(params)
+        assert budgets["adaptive"][0] == "cooperative" and budgets["adaptive_paper"][0] == "adversarial", name
+        assert budgets["adaptive"][1] == budgets["adaptive_paper"][1] == 4.0, name  # the same mean-k budget
+        assert params["sweep"]["mixup4"] == {"method": "mixup", "mixup": {"k": 4}}, name  # fixed k at that budget
+    frontier = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "frontier.yaml").read_text()))
+    points = sorted(_adaptive_budgets(frontier).values())
+    assert points == [(objective, k) for objective in ("adversarial", "cooperative") for k in (3.0, 4.0, 5.0)]
+    assert {f"mixup{k}" for k in range(2, 7)} | {"none", "ppfrfd"} <= set(frontier["sweep"])
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):
@@ -441,9 +476,15 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     results = tiny_pipeline / "metrics" / "sweep"
     methods = {
         name: json.loads((results / name / "verification.json").read_text())["method"]
-        for name in ("none", "ppfrfd", "mixup4", "adaptive")
+        for name in ("none", "ppfrfd", "mixup4", "adaptive", "adaptive_paper")
     }
-    assert methods == {"none": "none", "ppfrfd": "ppfrfd", "mixup4": "mixup", "adaptive": "adaptive"}
+    assert methods == {
+        "none": "none",
+        "ppfrfd": "ppfrfd",
+        "mixup4": "mixup",
+        "adaptive": "adaptive",
+        "adaptive_paper": "adaptive",
+    }
     privacy = {name: json.loads((results / name / "privacy.json").read_text()) for name in methods}
     assert privacy["none"]["row"] is None and "nothing to reconstruct" in privacy["none"]["reason"]
     assert privacy["ppfrfd"]["mixed"] is False and privacy["mixup4"]["mixed"] is True

@@ -89,10 +89,10 @@ def test_report_tables_figures_and_page(tmp_path):
         "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.125 | no |"
         in markdown
     )
-    assert (
-        "found the attackers too weak at this budget for: mixup5 (check S4 0.125 < 0.25). Their S3, S4 and Score_pp credit no privacy"
-        in markdown
-    )
+    # Uncredited privacy is said in the headline, before the table.
+    headline = markdown.index("Headline: privacy NOT credited for mixup5 (check S4 0.125 < 0.25).")
+    assert headline < markdown.index("## Methods") and "for them this run measured utility only" in markdown
+    assert "Strategy networks" not in markdown  # no adaptive entry
     assert "Not attacked: none: nothing to reconstruct." in markdown
     assert (
         "S2/S4 top-1 among the private identities by dlib's pretrained face descriptor (trained by no run)" in markdown
@@ -121,10 +121,21 @@ def test_report_shows_the_learned_k_against_difficulty(tmp_path):
     table = [[0, 0, 4], [2, 0, 2], [2, 0, 2], [4, 0, 0]]
     _entry(results, models, "adaptive", "adaptive", 0.7, row, {"2": 0.5, "3": 0.0, "4": 0.5}, table)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": {}, "sweep": {"adaptive": {"method": "adaptive"}}}, sort_keys=False))
+    _entry(results, models, "adaptive_paper", "adaptive", 0.68, row, {"2": 0.5, "3": 0.0, "4": 0.5}, table)
+    sweep = {
+        "adaptive": {"method": "adaptive"},
+        "adaptive_paper": {"method": "adaptive", "adaptive": {"policy_objective": "adversarial"}},
+    }
+    params.write_text(yaml.safe_dump({"train": {}, "sweep": sweep}, sort_keys=False))
     result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
     markdown = (out / "report.md").read_text()
+    assert (
+        "Strategy networks: adaptive_paper: the paper's adversarial game (the strategy network maximises the FR loss, docs/design.md §3); "
+        "adaptive: ours, the cooperative variant (the strategy network minimises it at the same mean-k budget)."
+        in markdown
+    )
+    assert "Headline: privacy NOT credited" not in markdown  # every check passed
     assert (
         "| entry | mean k, quartile 1 | mean k, quartile 2 | mean k, quartile 3 | mean k, quartile 4 | MI (bits) | samples |"
         in markdown
@@ -145,3 +156,29 @@ def test_report_errors(tmp_path):
     )
     assert result.exit_code == 1 and "error: section 'sweep' must be a non-empty mapping" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_report_draws_the_frontier_of_fixed_k_and_both_policies(tmp_path):
+    results, models, out = tmp_path / "results", tmp_path / "models", tmp_path / "report"
+    row = {"S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "floor": 0.5, "Score_pp": 0.7}
+    sweep = {}
+    for k in (3, 4):
+        _entry(results, models, f"mixup{k}", "mixup", 0.7 - 0.02 * k, row, {str(k): 1.0})
+        _entry(results, models, f"ours{k}", "adaptive", 0.71 - 0.02 * k, row, {str(k): 1.0})
+        sweep[f"mixup{k}"] = {"method": "mixup", "mixup": {"k": k}}
+        sweep[f"ours{k}"] = {"method": "adaptive", "adaptive": {"target_mean_k": float(k)}}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {}, "sweep": sweep}, sort_keys=False))
+    result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    markdown = (out / "report.md").read_text()
+    assert "## The trade-off frontier" in markdown and "![trade-off frontier](frontier.png)" in markdown
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from fmix.pipeline.report import frontier_curves
+
+    rows = json.loads((out / "methods.json").read_text())
+    curves = frontier_curves(rows, {"ours3": "cooperative", "ours4": "cooperative"})
+    assert {curve: [name for name, _ in points] for curve, points in curves.items()} == {
+        "fixed k": ["mixup3", "mixup4"],
+        "ours (cooperative)": ["ours3", "ours4"],
+    }

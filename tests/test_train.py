@@ -485,3 +485,33 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
     record = ModelRecord.load(tmp_path / "oldest.pt")
     assert record.mixing.cap == 0.6 and record.mixing.sign_flip is False and record.sign_invariant is False
     assert load_trained_model(tmp_path / "oldest.pt")[0].backbone.sign_invariant is False
+
+
+def test_streamed_faces_train_as_the_in_memory_ones(pipeline_sample, tmp_path):
+    """train.source folder (decoded per batch, in a loader process) gives the in-memory run's weights; a run
+    killed while reading from memory resumes streamed (how faces are read is no training parameter)."""
+    paths = pipeline_sample["aligned"], pipeline_sample["splits"]
+    params = _tiny(method="mixup", epochs=1)
+    memory = train(params, *paths, tmp_path / "memory", pipeline_sample["masker"], progress=False)
+    streamed = dataclasses.replace(params, source="folder", workers=1)
+    assert train(params, *paths, tmp_path / "folder", pipeline_sample["masker"], max_steps=1, progress=False) == {
+        "stopped_at_step": 1
+    }
+    folder = train(streamed, *paths, tmp_path / "folder", pipeline_sample["masker"], resume=True, progress=False)
+    assert folder["val_accuracy"] == memory["val_accuracy"] and folder["training_faces"] == memory["training_faces"]
+    reference = _weights(tmp_path / "memory" / "model.pt")
+    for name, tensor in _weights(tmp_path / "folder" / "model.pt").items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
+    assert _untimed(_log(tmp_path / "folder")) == _untimed(_log(tmp_path / "memory"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"source": "lmdb"}, "train.source must be 'memory' or 'folder', got 'lmdb'"),
+        ({"workers": -1}, "train.workers must be >= 0, got -1"),
+    ],
+)
+def test_how_faces_are_read_is_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny(**overrides)

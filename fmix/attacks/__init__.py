@@ -1,4 +1,4 @@
-"""Attacks on protected faces: reconstruction (white-box and black-box inversion networks) (DESIGN 5)."""
+"""Attacks on protected faces: reconstruction (white-box and black-box inversion networks) (docs/design.md §5)."""
 
 from fmix.attacks.grids import image_grid, one_per_identity, write_attack_grid
 from fmix.attacks.patchgan import PatchDiscriminator

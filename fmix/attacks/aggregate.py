@@ -4,7 +4,7 @@ A release's ``index.csv`` publishes every sample's labels and weights, so an att
 published label ``L``, the samples in which ``L`` is the heaviest constituent, and every sample that
 holds ``L`` at all. A person appears in as many samples as they have photos: the attacker picks the
 labels that are the heaviest constituent of the most samples (the most photographed people) and
-attacks them one by one (DESIGN 1: privacy is judged per person, for the people most at risk):
+attacks them one by one (docs/design.md §1: privacy is judged per person, for the people most at risk):
 
 - ``single``: the sample where ``L`` weighs most, inverted;
 - ``heaviest``: the mean over the samples where ``L`` is heaviest, inverted: the other faces, the

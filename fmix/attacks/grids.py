@@ -1,4 +1,4 @@
-"""Image grids for the report (DESIGN 6): original / protected visualisation / reconstruction."""
+"""Image grids for the report (docs/design.md §6): original / protected visualisation / reconstruction."""
 
 from __future__ import annotations
 

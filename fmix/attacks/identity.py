@@ -1,4 +1,4 @@
-"""Who does an attacked image show? The identity scores S2 and S4 of DESIGN 6, by two judges.
+"""Who does an attacked image show? The identity scores S2 and S4 of docs/design.md §6, by two judges.
 
 - ``dlib`` (the default judge): dlib's pretrained ResNet face descriptor
   (:class:`~fmix.models.dlib_judge.DlibJudge`), which no fmix run trains. Its gallery is the

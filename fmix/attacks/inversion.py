@@ -1,4 +1,4 @@
-"""Model inversion of a trained FR model (DESIGN 5): recover private identities from the model alone.
+"""Model inversion of a trained FR model (docs/design.md §5): recover private identities from the model alone.
 
 (a) :class:`EmbeddingDecoder`: the attacker trains a decoder on *public* faces from the
 target's embeddings back to images, then decodes each private identity's template (its
@@ -16,6 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fmix.progress import Heartbeat
 
 
 class EmbeddingDecoder(nn.Module):
@@ -89,13 +91,15 @@ def train_decoder(
     decoder = EmbeddingDecoder(embedding_size).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     losses, start = [], time.perf_counter()
-    for _ in range(steps):
+    beat = Heartbeat("invert decoder", total=steps, budget_s=seconds)
+    for step in range(steps):
         index = torch.randint(len(public_faces), (batch_size,), generator=generator)
         loss = F.l1_loss(decoder(embeddings[index.to(device)]), public_faces[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        beat(step + 1, l1=losses[-1])
         if seconds is not None and time.perf_counter() - start > seconds:
             break
     return decoder.eval(), losses
@@ -135,9 +139,11 @@ def optimise_identity_images(
     images = start.detach().expand(len(identities), -1, -1, -1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([images], lr=lr)
     begin = time.perf_counter()
-    for _ in range(steps):
+    beat = Heartbeat("invert optimise", total=steps, budget_s=seconds)
+    for step in range(steps):
         if seconds is not None and time.perf_counter() - begin > seconds:
             break
+        beat(step)
         logits = logits_fn(images.clamp(0, 255))
         target = logits.gather(1, identities[:, None]).squeeze(1)
         loss = (-target + tv_weight * total_variation(images)).mean()

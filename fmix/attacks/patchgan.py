@@ -1,4 +1,4 @@
-"""Conditional PatchGAN discriminator (pix2pix, DESIGN 5), scaled down for small faces.
+"""Conditional PatchGAN discriminator (pix2pix, docs/design.md §5), scaled down for small faces.
 
 The condition (protected channels at ``h x w``) is projected by a 1x1 convolution to a few
 channels, resized to the image size (nearest) and concatenated with the image. The body is

@@ -1,4 +1,4 @@
-"""How the attacker makes (protected, original) training pairs from public faces (DESIGN 5).
+"""How the attacker makes (protected, original) training pairs from public faces (docs/design.md §5).
 
 A *protector* is a callable ``(images, labels, generator) -> ProtectedPairs``: it protects a
 batch of public faces and says which faces of the batch each sample was made of, so the

@@ -1,4 +1,4 @@
-"""Reconstruction attack: train an inversion network on public faces, invert protected samples (DESIGN 5).
+"""Reconstruction attack: train an inversion network on public faces, invert protected samples (docs/design.md §5).
 
 The attacker protects public faces on the fly with a *protector* (white-box: the real masker
 and mixing; black-box: a surrogate; see :mod:`fmix.attacks.protectors`) and trains a U-Net
@@ -36,6 +36,7 @@ from fmix.checks import check_float, check_integer, check_tensor
 from fmix.device import budget_clock, check_device_spec, resolve_device
 from fmix.metrics.image import best_constituent_ssim, mix_floor, psnr, ssim_separable
 from fmix.params import AttackParams
+from fmix.progress import Heartbeat
 
 GAN_LOSSES = ("lsgan", "bce")
 CLOCKS = ("auto", "process", "wall")
@@ -77,8 +78,8 @@ class AttackConfig:
     :meth:`from_params` takes a section's values.
     """
 
-    # Measured: the moving average against the last snapshot is in README, "Command line" (the
-    # inversion networks' bullet); the SSIM term raised S3 by about 0.09 at equal steps on aligned LFW.
+    # Measured: the moving average against the last snapshot is in docs/attacks.md ("The moving average of
+    # the inversion networks"); the SSIM term raised S3 by about 0.09 at equal steps on aligned LFW.
 
     width: int = 48
     levels: int | None = None
@@ -253,6 +254,7 @@ class ReconstructionAttack:
             batches = self._batches(count, rng)
             start = self._clock()
             step = 0
+            beat = Heartbeat("attack reconstruction", total=steps, budget_s=seconds, clock=self._clock)
             while (steps is None or step < steps) and (seconds is None or self._clock() - start < seconds):
                 index = next(batches)
                 images = data[index].float()
@@ -266,6 +268,7 @@ class ReconstructionAttack:
                 target = images[pairs.heaviest()].to(self.device)
                 pairs = pairs._replace(x=pairs.x.to(self.device))
                 self.history.append(self._step(step, pairs, target) | {"seconds": self._clock() - start})
+                beat(step + 1, l1=self.history[-1]["l1"])
                 self._average(step)
                 if on_step is not None:
                     paused = self._clock()
@@ -378,7 +381,7 @@ def constituents_of(images: Tensor, pairs: ProtectedPairs) -> tuple[Tensor, Tens
 
 @dataclass
 class ReconstructionScores:
-    """Per-sample attack scores (DESIGN 6): S3 and PSNR against the best constituent, and the floor.
+    """Per-sample attack scores (docs/design.md §6): S3 and PSNR against the best constituent, and the floor.
 
     Attributes:
         ssim: best-constituent SSIM (S3 per sample), :math:`(B,)`.

@@ -1,4 +1,4 @@
-"""``fmix attack``: the privacy measurement of one protection method (DESIGN 5 and 6).
+"""``fmix attack``: the privacy measurement of one protection method (docs/design.md §5 and §6).
 
 For private training faces protected exactly as the data owner protects them:
 - S1, S2: SSIM and identity accuracy of the protected samples' visualisation;

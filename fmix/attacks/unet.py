@@ -1,4 +1,4 @@
-"""U-Net generator inverting protected frequency channels back to RGB faces (DESIGN 5).
+"""U-Net generator inverting protected frequency channels back to RGB faces (docs/design.md §5).
 
 The input is ``C`` frequency channels on the block grid: ``14 x 14`` for ``u = 1`` (one
 position per 8x8 pixel block), ``112 x 112`` for ``u = 8`` (one position per pixel). The

@@ -45,8 +45,19 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Log progress (step, loss, elapsed, budget left) to stderr every 30 s: `fmix -v train ...`.",
+        ),
+    ] = False,
 ) -> None:
     """fmix: train face recognition on masked, mixed faces; measure privacy with attacks."""
+    from fmix.progress import configure_logging
+
+    guarded(lambda: configure_logging(verbose))
 
 
 def _fmt(value: float | None) -> str:
@@ -296,9 +307,12 @@ def train(
         ),
     ] = None,
     workers: Annotated[
-        int,
-        typer.Option(help="Data-loader worker processes per rank that read the release's samples (--release).", min=0),
-    ] = 0,
+        Optional[int],
+        typer.Option(
+            help="Data-loader processes per rank that decode streamed faces or read a release's samples (overrides train.workers).",
+            min=0,
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train the FR network on protected faces (and the strategy network, for the adaptive method), or on a release. torchrun-ready."""
@@ -311,7 +325,9 @@ def train(
     entry = _sweep_entry(params, sweep) if sweep else {}
     options = {
         key: value
-        for key, value in dict(method=method, mixup=None if k is None else {"k": k}, epochs=epochs, seed=seed).items()
+        for key, value in dict(
+            method=method, mixup=None if k is None else {"k": k}, epochs=epochs, seed=seed, workers=workers
+        ).items()
         if value is not None
     }
     from fmix import params as params_module
@@ -341,7 +357,7 @@ def _train_on_release(
     sweep,
     method,
     k,
-    workers: int,
+    workers: int | None,
     quiet: bool,
 ) -> None:
     if len(given) != 1:
@@ -351,14 +367,16 @@ def _train_on_release(
     if method is not None or k is not None:
         fail("--method and --k do not apply to --release: the release is masked and mixed already")
     entry = _sweep_entry(params, sweep) if sweep else {}
-    options = {key: value for key, value in dict(epochs=epochs, seed=seed).items() if value is not None}
+    options = {
+        key: value for key, value in dict(epochs=epochs, seed=seed, workers=workers).items() if value is not None
+    }
     from fmix import params as params_module
 
     cfg = _load("TrainParams", params, "train", **params_module.merge_sections(entry, options))
     from fmix.train.release import train_on_release
 
     summary = guarded(
-        lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=workers)
+        lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=cfg.workers)
     )
     typer.echo(
         f"trained on release {summary['release']}: {summary['samples']} samples of {summary['faces']} faces, {summary['labels']} labels, "

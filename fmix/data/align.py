@@ -31,6 +31,7 @@ from fmix.data.detect import FaceDetector, pick_central_face
 from fmix.data.images import ImageReadError, list_identity_folders, list_nested_files, read_rgb, write_png_atomic
 from fmix.io import remove_stale_temporaries, write_json_atomic
 from fmix.params import AlignParams
+from fmix.progress import Heartbeat
 
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -338,10 +339,12 @@ def align_folder(
         bar = tqdm(total=len(todo), desc="align", unit="img", disable=not progress)
         rows = [refused[task[0]] for task in todo if task[0] in refused]
         work = [task for task in todo if task[0] not in refused]
-        for row in itertools.chain(rows, _run_tasks(work, src_root, dst_root, params)):
+        beat = Heartbeat("align", total=len(todo))
+        for number, row in enumerate(itertools.chain(rows, _run_tasks(work, src_root, dst_root, params)), start=1):
             manifest.write(json.dumps(asdict(row)) + "\n")
             manifest.flush()
             bar.update()
+            beat(number)
         bar.close()
     selected = {task[0].relative_to(src_root).as_posix() for task in tasks}
     counts = Counter(row.status for row in read_manifest(dst_root) if row.source in selected)

@@ -49,7 +49,10 @@ def read_face_list(csv_path: str | Path) -> list[tuple[str, str]]:
 
 
 def load_faces(
-    paths: list[Path], size: int | None = None, aligner: Callable[[np.ndarray], np.ndarray | None] | None = None
+    paths: list[Path],
+    size: int | None = None,
+    aligner: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    reader: Callable[[Path], np.ndarray] = read_rgb,
 ) -> tuple[np.ndarray, list[int], list[tuple[int, str, str]]]:
     """Decode aligned faces into one uint8 batch, reporting the files that cannot be used.
 
@@ -58,6 +61,8 @@ def load_faces(
         size: required side of the square faces (None: the first good face's size).
         aligner: for raw photos, photo -> aligned face or None when no face is found
             (e.g. :class:`fmix.data.align.PhotoAligner`).
+        reader: path -> RGB array, raising :class:`~fmix.data.images.ImageReadError`
+            (:func:`~fmix.data.images.read_rgb`, or :func:`~fmix.data.images.read_rgb_fast`: the same arrays).
 
     Returns:
         (batch of shape (N, H, W, 3) uint8, indices into ``paths`` of the loaded faces,
@@ -66,7 +71,7 @@ def load_faces(
     faces, loaded, skipped = [], [], []
     for index, path in enumerate(paths):
         try:
-            rgb = read_rgb(path)
+            rgb = reader(path)
         except ImageReadError as err:
             skipped.append((index, err.status, str(err)))
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import stat
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,71 @@ def list_nested_files(root: str | Path) -> dict[str, list[Path]]:
             if files:
                 nested.setdefault(folder.name, []).extend(files)
     return nested
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that change no pixel in either decoder (text, time, physical size); any other makes
+# read_rgb_fast hand the file to read_rgb (palettes, transparency, gamma, colour profiles, EXIF...).
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"})
+_PLAIN_PNG_MAX_BYTES = 16 * 2**20
+
+
+def _plain_png_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) of a plain PNG: 8-bit RGB, not interlaced, only :data:`_PLAIN_PNG_CHUNKS`, every CRC right, one IEND last; else None."""
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[24:29] != b"\x08\x02\x00\x00\x00" or not 0 < width * height <= max_pixels:
+        return None  # bit depth 8, colour type 2 (RGB), compression, filter and interlace 0
+    position = len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        end = position + 12 + length
+        kind = data[position + 4 : position + 8]
+        if end > len(data) or kind not in _PLAIN_PNG_CHUNKS:
+            return None
+        if zlib.crc32(data[position + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return None
+        if kind == b"IEND":
+            return (height, width) if end == len(data) else None
+        position = end
+    return None
+
+
+def read_rgb_fast(path: str | Path, max_pixels: int = 40_000_000) -> np.ndarray:
+    """:func:`read_rgb`, with OpenCV's PNG decoder for plain PNGs (what ``fmix align`` writes).
+
+    A plain PNG (8-bit RGB, not interlaced, no chunk but image data, text, time and physical
+    size, every CRC right) decodes to the same pixels in both libraries, about a third faster in
+    OpenCV; any other file, and any file OpenCV does not decode, goes to :func:`read_rgb` (its
+    statuses and messages included).
+
+    Args:
+        path: the image file.
+        max_pixels: largest accepted ``width * height``.
+
+    Returns:
+        Array of shape (H, W, 3), dtype uint8.
+
+    Raises:
+        ImageReadError: as :func:`read_rgb`.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return read_rgb(path, max_pixels)
+    try:
+        info = Path(path).stat()
+        if not stat.S_ISREG(info.st_mode) or not 0 < info.st_size <= _PLAIN_PNG_MAX_BYTES:
+            return read_rgb(path, max_pixels)
+        data = Path(path).read_bytes()
+        size = _plain_png_size(data, max_pixels)
+        if size is None:
+            return read_rgb(path, max_pixels)
+        flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10; BGR before
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if flag is None else flag)
+    except (OSError, cv2.error):
+        return read_rgb(path, max_pixels)
+    if decoded is None or decoded.dtype != np.uint8 or decoded.shape != (*size, 3):
+        return read_rgb(path, max_pixels)
+    return decoded if flag is not None else np.ascontiguousarray(decoded[..., ::-1])

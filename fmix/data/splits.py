@@ -1,6 +1,6 @@
 """Deterministic identity-disjoint splits of aligned faces, and verification pairs.
 
-Roles (DESIGN 1): the data owner's *private* identities (train/val images of the same
+Roles (docs/design.md §1): the data owner's *private* identities (train/val images of the same
 people), the attacker's *public* identities, and *verification* identities whose pairs
 measure utility. The three identity sets are disjoint; everything follows from the seed.
 

@@ -1,4 +1,4 @@
-"""Evaluation: verification metrics (DESIGN 6); InsightFace .bin sets are read by :mod:`fmix.data.insightface_bin`."""
+"""Evaluation: verification metrics (docs/design.md §6); InsightFace .bin sets are read by :mod:`fmix.data.insightface_bin`."""
 
 from fmix.evaluate.verification import (
     FARS,

@@ -1,4 +1,4 @@
-"""Face verification metrics (DESIGN 6): k-fold accuracy, TAR at fixed FAR, ROC AUC.
+"""Face verification metrics (docs/design.md §6): k-fold accuracy, TAR at fixed FAR, ROC AUC.
 
 A pair is predicted "same identity" when its score is *strictly above* the threshold. Candidate
 thresholds are the midpoints between consecutive distinct scores, the smallest score minus 1

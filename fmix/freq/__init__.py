@@ -1,4 +1,4 @@
-"""Frequency-domain masking: block DCT, channel masking and Frequency MixUp (DESIGN 2.2-2.4)."""
+"""Frequency-domain masking: block DCT, channel masking and Frequency MixUp (docs/design.md §2.2-2.4)."""
 
 from fmix.freq.dct import (
     ALLOWED_UPSAMPLE,

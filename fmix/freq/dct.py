@@ -1,4 +1,4 @@
-"""Block DCT of RGB faces into 192 frequency channels, and its inverse (DESIGN 2.2).
+"""Block DCT of RGB faces into 192 frequency channels, and its inverse (docs/design.md §2.2).
 
 The forward transform is: RGB in [0, 255] -> optional bilinear upsample by ``u`` ->
 YCbCr (JPEG / BT.601 full range) -> minus 128 -> orthonormal 8x8 DCT-II per block.
@@ -327,7 +327,7 @@ def ycbcr_to_rgb(image: Tensor) -> Tensor:
 
 
 def block_dct(image: Tensor, upsample: int = 1, check_range: bool = True) -> Tensor:
-    """Block DCT of RGB faces into 192 frequency channels (DESIGN 2.2).
+    """Block DCT of RGB faces into 192 frequency channels (docs/design.md §2.2).
 
     Computes, for every colour plane of ``YCbCr(upsample_u(image)) - 128``, the orthonormal
     8x8 DCT-II of each block; coefficient ``(p, q)`` of plane ``c`` becomes channel

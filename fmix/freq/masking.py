@@ -1,4 +1,4 @@
-"""Frequency masking: channel selection, normalisation and channel permutation (DESIGN 2.3).
+"""Frequency masking: channel selection, normalisation and channel permutation (docs/design.md §2.3).
 
 A masker keeps a subset of the 192 block-DCT channels (always dropping the DC channels),
 normalises each kept channel with statistics computed on public data, and may shuffle the kept
@@ -71,7 +71,7 @@ def select_channels(
     1. start from all 192 channels;
     2. remove the channels listed in ``drop``;
     3. remove the channels with ``p + q <= low_freq_threshold`` in every colour plane
-       (DESIGN default: 2, i.e. 18 channels);
+       (the default of docs/design.md §2.3: 2, i.e. 18 channels);
     4. if ``keep_lowest_energy=N``, keep only the ``N`` remaining channels of lowest
        ``energy`` (PPFR-FD style: about 36 channels, discarding the high-energy low
        frequencies that carry most of the visual content).

@@ -1,4 +1,4 @@
-"""Frequency MixUp (DESIGN 2.4): mix each masked anchor with ``k - 1`` partners of the batch.
+"""Frequency MixUp (docs/design.md §2.4): mix each masked anchor with ``k - 1`` partners of the batch.
 
 A protected training sample is ``x = sum_i w_i * m(a_i)`` over its anchor ``a_1`` and partners
 ``a_2..a_k``; the label weights are the same ``w``. The number of constituents ``k`` may differ

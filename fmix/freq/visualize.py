@@ -1,4 +1,4 @@
-"""Turn protected frequency samples back into viewable images (DESIGN 6, S1 / S2)."""
+"""Turn protected frequency samples back into viewable images (docs/design.md §6, S1 / S2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The adaptive method's game (DESIGN 3): the strategy network picks k to maximise the FR loss (REINFORCE),
+"""The adaptive method's game (docs/design.md §3): the strategy network picks k to maximise the FR loss (REINFORCE),
 under a Lagrange penalty that keeps un-mixed validation accuracy above a floor (dual ascent).
 
 [ours] ``train.adaptive.policy_gradient: expected`` scores every k on the batch and follows the
@@ -8,10 +8,16 @@ confidence in each anchor, the per-sample signal the masked face alone does not 
 ``train.adaptive.target_mean_k`` the mean k is a budget: after each policy step, the price of k
 that makes the batch's expected mean k the target is solved for (:func:`fmix.models.budget_price`),
 shifts the policy's logits and enters the reward as ``- price * k``; it is solved rather than
-learned by a dual step because a dual step lagged the policy (README, "Results": the mean k swung
+learned by a dual step because a dual step lagged the policy (docs/results/2026-11-29-sign-mask.md: the mean k swung
 between epochs). ``train.adaptive.policy_objective: cooperative`` (the default, ours) turns the
 reward's sign: the policy then spends the budget where a larger k costs the FR loss least (utility
 at a fixed mean k) instead of where it hurts most (``adversarial``, the paper's game).
+
+What a policy step costs (issue 34): ``train.adaptive.policy_batch`` plays it on the first anchors of
+the (shuffled) FR batch only, and a sampled step with ``train.adaptive.sampled_from: fr_step`` (the
+default) replays the FR step just taken (:meth:`AdaptiveGame.replay_step`: its k draws are the actions,
+its per-sample loss the reward) instead of drawing, mixing and scoring again with the frozen FR network
+(:meth:`AdaptiveGame.policy_step`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from fmix.params import AdaptiveParams
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 # masked anchors -> a per-sample signal of the frozen FR network (its confidence)
 SignalFn = Callable[[Tensor], Tensor]
+# (masked anchors, labels) -> (own-label loss, the policy's signal or None), from one forward of the frozen FR network
+ProbeFn = Callable[[Tensor, Tensor], tuple[Tensor, "Tensor | None"]]
 DIFFICULTY_BINS = 4  # quartiles of the un-mixed loss within a batch
 
 
@@ -76,10 +84,14 @@ class AdaptiveGame:
         return self
 
     @torch.no_grad()
-    def choose_k(self, anchors: Tensor, progress: float, generator: torch.Generator) -> Tensor:
+    def choose_k(
+        self, anchors: Tensor, progress: float, generator: torch.Generator, signal: Tensor | None = None
+    ) -> Tensor:
         """k for each anchor of an FR step (the policy is not updated); with ``train.adaptive.policy_shuffle``
-        (an ablation) the batch's k are shuffled: the same histogram, no per-sample choice."""
-        k = self.policy.sample(anchors, progress, generator, self._signal(anchors))[0]
+        (an ablation) the batch's k are shuffled: the same histogram, no per-sample choice.
+
+        ``signal``: the policy's signal of ``anchors`` when the caller has it (default: from :attr:`signal`)."""
+        k = self.policy.sample(anchors, progress, generator, self._signal(anchors) if signal is None else signal)[0]
         if self.params.policy_shuffle:
             k = k[torch.randperm(len(k), generator=generator, device=generator.device).to(k.device)]
         return k
@@ -102,6 +114,7 @@ class AdaptiveGame:
         generator: torch.Generator,
         loss_fn: LossFn,
         reduce_gradients: Callable[[], None] | None = None,
+        probe: ProbeFn | None = None,
     ) -> dict:
         """One policy step: reward = per-sample FR loss of the mixed batch (FR frozen), minus nu * k.
 
@@ -113,6 +126,8 @@ class AdaptiveGame:
         scored on the batch, then the exact expectation over the policy: the same gradient without
         the sampling noise of k). ``train.adaptive.policy_reward`` says whose loss: ``mixed`` (the mix with
         its constituents' labels and weights) or ``anchor`` (the anchor's own label under its mix).
+        With ``train.adaptive.policy_batch`` the step plays on the first ``policy_batch`` anchors only
+        (their mixes draw their partners among them).
 
         Args:
             anchors: masked, un-mixed faces of the batch.
@@ -122,15 +137,20 @@ class AdaptiveGame:
             loss_fn: the frozen FR loss (no gradient flows into the FR network).
             reduce_gradients: called between the backward pass and the optimizer step (DDP: the
                 ranks' policy gradients averaged, so every rank takes the same step).
+            probe: the anchors' own-label loss and the policy's signal from one forward of the frozen FR
+                network (the same values as ``loss_fn`` and :attr:`signal` give, for one forward less);
+                default: through ``loss_fn`` and :attr:`signal`.
 
         Returns:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
-        unmixed_loss = _own_label_loss(loss_fn, anchors, labels)
-        reference = (
-            self._sign * unmixed_loss if self.params.policy_reference == "unmixed" else torch.zeros_like(unmixed_loss)
-        )
-        nu, signal = self.penalty, self._signal(anchors)
+        anchors, labels = self._sub_batch(anchors, labels)
+        if probe is None:
+            unmixed_loss, signal = _own_label_loss(loss_fn, anchors, labels), self._signal(anchors)
+        else:
+            unmixed_loss, signal = probe(anchors, labels)
+        reference = self._reference(unmixed_loss)
+        nu = self.penalty
         if self.params.policy_gradient == "expected":
             loss, k, reward, entropy, mean_k = self._expected_step(
                 anchors, labels, progress, generator, loss_fn, reference, nu, signal
@@ -141,6 +161,68 @@ class AdaptiveGame:
             reward = self._reward(anchors, labels, k, generator, loss_fn) - reference
             loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
             mean_k = k.float().mean().item()
+        return self._step(
+            loss, anchors, progress, signal, unmixed_loss, reward, k, entropy, mean_k, nu, reduce_gradients
+        )
+
+    def replay_step(
+        self,
+        anchors: Tensor,
+        labels: Tensor,
+        k: Tensor,
+        mixed_loss: Tensor,
+        unmixed_loss: Tensor,
+        signal: Tensor | None,
+        progress: float,
+        reduce_gradients: Callable[[], None] | None = None,
+    ) -> dict:
+        """One REINFORCE step on the FR step just taken (``train.adaptive.sampled_from: fr_step``).
+
+        The FR step drew ``k`` from the policy (:meth:`choose_k`, the policy unchanged since) and
+        computed each mix's loss with its constituents' labels: those are the actions and the reward of
+        ``policy_gradient: sampled``, with no forward of the FR network here. The reward is that loss
+        (negated for a cooperative policy) minus the reference (``train.adaptive.policy_reference``);
+        with ``train.adaptive.policy_batch`` only the first ``policy_batch`` anchors play.
+
+        Args:
+            anchors: masked, un-mixed faces of the FR step.
+            labels: their identity labels.
+            k: the k the FR step drew for each anchor.
+            mixed_loss: the FR step's per-sample loss of each anchor's mix (detached).
+            unmixed_loss: each anchor's own-label loss, un-mixed (the reference and the difficulty target).
+            signal: the policy's signal of the anchors, as :meth:`choose_k` read it (None without one).
+            progress: training progress in [0, 1], as :meth:`choose_k` read it.
+            reduce_gradients: as in :meth:`policy_step`.
+
+        Returns:
+            Statistics of the step, as :meth:`policy_step`'s.
+        """
+        anchors, labels, k, mixed_loss, unmixed_loss = self._sub_batch(anchors, labels, k, mixed_loss, unmixed_loss)
+        if signal is not None:
+            signal = self._sub_batch(signal)[0]
+        unmixed_loss = unmixed_loss.float()
+        nu = self.penalty
+        log_prob, entropy = self.policy.evaluate_actions(anchors, progress, k, signal)
+        reward = self._sign * mixed_loss.detach().float() - self._reference(unmixed_loss)
+        loss = policy_loss(log_prob, reward, self.baseline.value, entropy, k, nu, self.params.entropy_weight)
+        mean_k = k.float().mean().item()
+        return self._step(
+            loss, anchors, progress, signal, unmixed_loss, reward, k, entropy, mean_k, nu, reduce_gradients
+        )
+
+    def _sub_batch(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The first ``train.adaptive.policy_batch`` rows of each tensor (all rows without one)."""
+        size = self.params.policy_batch
+        return tensors if size is None else tuple(t[:size] for t in tensors)
+
+    def _reference(self, unmixed_loss: Tensor) -> Tensor:
+        """What the reward is measured against, per sample (``train.adaptive.policy_reference``), signed as the reward."""
+        if self.params.policy_reference == "unmixed":
+            return self._sign * unmixed_loss
+        return torch.zeros_like(unmixed_loss)
+
+    def _step(self, loss, anchors, progress, signal, unmixed_loss, reward, k, entropy, mean_k, nu, reduce_gradients):
+        """The difficulty head's loss added, the optimizer step, the baseline and the budget's price; the statistics."""
         loss = loss + self.params.difficulty_weight * self.policy.difficulty_loss(anchors, unmixed_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,7 +254,7 @@ class AdaptiveGame:
 
     @property
     def _sign(self) -> float:
-        """+1: the policy maximises the FR loss (DESIGN 3); -1: it minimises it (cooperative)."""
+        """+1: the policy maximises the FR loss (docs/design.md §3); -1: it minimises it (cooperative)."""
         return 1.0 if self.params.policy_objective == "adversarial" else -1.0
 
     def _expected_step(self, anchors, labels, progress, generator, loss_fn, reference, nu, signal):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fmix.data.faces import FaceSet
+from fmix.data.sources import FaceSource
 from fmix.masker.build import masker_from_metadata, read_masker_metadata
 from fmix.masker.protection import MixingConfig, ProtectedBatch, Protection
 from fmix.models.encoders import FrequencyEncoder, RgbEncoder
@@ -61,7 +61,7 @@ class RunContext:
         net: the FR network itself (backbone and head; never wrapped).
         model: what the FR loss runs through (``net``, or a wrapper: DDP, a privacy engine's); replaceable in setup.
         optimizer: the FR optimiser; replaceable in setup.
-        faces: the private training faces (read only).
+        faces: the private training faces (read only; a face source: :func:`fmix.data.sources.read_faces` reads a batch).
         generator: the run's CPU generator (k draws, mixing).
         device: where training runs.
         world: number of training processes.
@@ -76,7 +76,7 @@ class RunContext:
     net: nn.Module
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    faces: FaceSet
+    faces: FaceSource
     generator: torch.Generator
     device: torch.device
     world: int = 1
@@ -97,7 +97,7 @@ class Method:
 
     Attributes:
         name: the registry name (``train.method``).
-        summary: one line for the README and ``--help``.
+        summary: one line for docs/methods.md and ``--help``.
         mixes: trains on mixed samples (after ``train.mix_warmup_fraction`` of training).
         attack_surface: what ``fmix attack protection`` attacks (:data:`ATTACK_SURFACES`):
             ``"masked"`` (the exported masker alone), ``"mixed"`` (masker + mixing), ``"pixels"``

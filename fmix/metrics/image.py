@@ -1,4 +1,4 @@
-"""Image similarity on RGB faces in [0, 255]: SSIM, PSNR, best-constituent scores and free floors (DESIGN 6).
+"""Image similarity on RGB faces in [0, 255]: SSIM, PSNR, best-constituent scores and free floors (docs/design.md §6).
 
 Every function scores each image separately and returns one value per image. SSIM and PSNR
 are torchmetrics' (Gaussian window of side 11, sigma 1.5; ``data_range = 255``), computed in
@@ -139,7 +139,7 @@ def _check_constituents(constituents: object, valid: object, batch: int | None) 
 
 
 def best_constituent_ssim(recon: Tensor, constituents: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """SSIM of each reconstruction to its best-matching constituent (DESIGN 5: score a mix against each).
+    """SSIM of each reconstruction to its best-matching constituent (docs/design.md §5: score a mix against each).
 
     Args:
         recon: reconstructions (or any images) to score.

@@ -1,4 +1,4 @@
-"""The privacy score of DESIGN 6 and one row of the privacy table."""
+"""The privacy score of docs/design.md §6 and one row of the privacy table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Networks: IResNet backbones, margin heads and the strategy (policy) network (DESIGN 3)."""
+"""Networks: IResNet backbones, margin heads and the strategy (policy) network (docs/design.md §3)."""
 
 from fmix.models.heads import DEFAULT_MARGINS, KINDS, MarginHead
 from fmix.models.iresnet import (

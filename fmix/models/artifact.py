@@ -145,6 +145,8 @@ LEGACY_GAME = {
     "policy_gradient": "sampled",
     "policy_reward": "mixed",
     "policy_objective": "adversarial",
+    "sampled_from": "own",  # before a policy step could replay the FR step's draws
+    "policy_batch": None,  # before it could play on a sub-batch
 }
 # The mixing as it was before the section existed: no sign mask (the default since).
 LEGACY_MIXING = {"sign_flip": False}

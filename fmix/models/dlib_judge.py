@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fmix.progress import Heartbeat
+
 DESCRIPTOR_SIZE = 128
 THRESHOLD = 0.6  # dlib's own same-person distance
 CHIP_SIZE = 150  # dlib's descriptor input
@@ -184,7 +186,9 @@ class DlibJudge:
         """
         faces = as_hwc_uint8(images)
         out = np.empty((len(faces), DESCRIPTOR_SIZE), dtype=np.float32)
+        beat = Heartbeat("judge descriptors", total=len(faces))
         for start in range(0, len(faces), self.batch_size):
+            beat(start)
             chips = list(self.chips(faces[start : start + self.batch_size]))
             out[start : start + len(chips)] = np.asarray(self.descriptor.compute_face_descriptor(chips, self.jitters))
         return torch.from_numpy(out)

@@ -1,4 +1,4 @@
-"""Margin heads (ArcFace, CosFace) with mixed labels (DESIGN 3, ``L0``).
+"""Margin heads (ArcFace, CosFace) with mixed labels (docs/design.md §3, ``L0``).
 
 A mixed sample ``x = sum_i w_i * m(a_i)`` carries ``K`` labels ``y_i`` with weights ``w_i`` on
 the simplex. Its loss is ``sum_i w_i * CE(margin_logits(f(x), y_i), y_i)``: each term applies

@@ -1,6 +1,6 @@
 """REINFORCE for the strategy network: the policy loss, its baseline and the Lagrange multiplier.
 
-DESIGN 3: the policy maximises the FR network's per-sample loss (reward ``r``) with REINFORCE
+docs/design.md §3: the policy maximises the FR network's per-sample loss (reward ``r``) with REINFORCE
 (``L1``), regularised by an entropy bonus and a Lagrange penalty ``nu * k`` (``L2``) whose
 multiplier ``nu >= 0`` rises by dual ascent while validation accuracy is below a floor.
 

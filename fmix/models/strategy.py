@@ -1,4 +1,4 @@
-"""The strategy (policy) network: how many faces to mix, per sample (DESIGN 2.5, 3).
+"""The strategy (policy) network: how many faces to mix, per sample (docs/design.md §2.5, §3).
 
 A small CNN reads the masked anchor and the training progress and outputs a categorical
 distribution over ``k`` in ``k_values`` (default {2, ..., 6}). It is trained with REINFORCE
@@ -30,7 +30,7 @@ exported masker carries it.
 The last layer starts at zero, so the initial policy is uniform over ``k_values``.
 """
 
-# Measured with experiments/policy_signal.py (README, "Results"): the difficulty head's held-out correlation with the
+# Measured with experiments/policy_signal.py (docs/results/2026-11-29-issue-12-without-sign-mask.md): the difficulty head's held-out correlation with the
 # un-mixed loss stays below 0.1; the confidence's is -0.93.
 
 from __future__ import annotations

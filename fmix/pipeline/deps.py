@@ -36,6 +36,7 @@ PACKAGE = "fmix"
 CONSOLE_SCRIPT = "fmix.cli"  # pyproject.toml: fmix = "fmix.cli:app"
 ROOT_APP = ("fmix.cli.app", "app")  # the module and variable of the root Typer app
 MODULE_ENTRY = "fmix.__main__"  # `python -m fmix`, what `fmix launch` starts
+ROOT_FLAGS = ("-v", "--verbose")  # options of `fmix` itself, before the command (fmix/cli/app.py's callback)
 LAUNCH_SEPARATOR = "--"  # `fmix launch [options] -- <command>`: the command after it runs too
 # Loader module -> the registry whose "module:Class" paths it resolves (tests/test_layers.py DYNAMIC_LOADERS).
 LOADERS: dict[str, str] = {"fmix.methods": "fmix.methods.registry"}
@@ -267,6 +268,8 @@ def command_words(cmd: str) -> list[list[str]]:
     if not tokens or tokens[0] != PACKAGE:
         raise DepsError(f"not an fmix command: {cmd!r}")
     tokens = tokens[1:]
+    while tokens and tokens[0] in ROOT_FLAGS:
+        tokens = tokens[1:]
     if LAUNCH_SEPARATOR in tokens:
         at = tokens.index(LAUNCH_SEPARATOR)
         return [tokens[:at], tokens[at + 1 :]]

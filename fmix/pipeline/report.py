@@ -27,7 +27,7 @@ import yaml
 
 from fmix.io import atomic_write, read_json, write_json_atomic
 from fmix.metrics.policy import mutual_information
-from fmix.params import read_params_file, sweep_entries
+from fmix.params import TrainParams, merge_sections, read_params_file, section_from_mapping, sweep_entries
 
 ATTACK_FILES = (
     "attack"  # <results>/<entry>/attack/: the grid (and masker) of `fmix attack protection --artifacts` in the pipeline
@@ -197,7 +197,12 @@ def tradeoff_figure(rows: dict[str, dict], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4.2))
     for name, row in rows.items():
         x = row["Score_pp"] if row["Score_pp"] is not None else 0.0  # no masking: the faces themselves are shared
-        axis.scatter([x], [row["accuracy"]], s=40, marker="o" if row["Score_pp"] is not None else "x")
+        if row["Score_pp"] is None:
+            axis.scatter([x], [row["accuracy"]], s=40, marker="x")
+        elif row["attack_works"] is False:  # attackers too weak to credit privacy: a hollow point
+            axis.scatter([x], [row["accuracy"]], s=40, marker="o", facecolors="none", edgecolors="grey")
+        else:
+            axis.scatter([x], [row["accuracy"]], s=40, marker="o")
         axis.annotate(name, (x, row["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     for floor in sorted({round(row["floor_accuracy"], 3) for row in rows.values()}):
         axis.axhline(floor, linestyle="--", linewidth=0.8, color="grey")
@@ -208,7 +213,9 @@ def tradeoff_figure(rows: dict[str, dict], path: Path) -> Path:
         ylabel="utility: verification accuracy",
         xlim=(-0.05, 1.05),
     )
-    axis.set_title("privacy / utility trade-off (dashed: floors, dotted: chance)", fontsize=9)
+    axis.set_title(
+        "privacy / utility trade-off (dashed: floors, dotted: chance; hollow: privacy not credited)", fontsize=9
+    )
     return _write_png(path, figure)
 
 
@@ -253,6 +260,59 @@ def k_figure(logs: dict[str, list[dict]], path: Path) -> Path:
             bottom = [b + s for b, s in zip(bottom, shares)]
         axis.set(title=name, xlabel="epoch", ylabel="share of samples", ylim=(0, 1))
         axis.legend(fontsize=7)
+    return _write_png(path, figure)
+
+
+def frontier_curves(rows: dict[str, dict], objectives: dict[str, str]) -> dict[str, list[tuple[str, dict]]]:
+    """The sweep's points by curve: fixed k (``mixup``), ours (cooperative ``adaptive``) and the paper's game.
+
+    Args:
+        rows: entry -> its table row (``mean_k``, ``accuracy``, ``S4``, ``attack_works``).
+        objectives: entry -> policy objective of the adaptive entries (:func:`policy_objectives`).
+
+    Returns:
+        Curve name -> its (entry, row) points ordered by mean k; only points with a mean k.
+    """
+    curves: dict[str, list[tuple[str, dict]]] = {}
+    for name, row in rows.items():
+        if row["mean_k"] is None:
+            continue
+        if row["method"] == "mixup":
+            curve = "fixed k"
+        elif name in objectives:
+            curve = "paper's game (adversarial)" if objectives[name] == "adversarial" else "ours (cooperative)"
+        else:
+            continue
+        curves.setdefault(curve, []).append((name, row))
+    return {curve: sorted(points, key=lambda point: point[1]["mean_k"]) for curve, points in curves.items()}
+
+
+def frontier_figure(curves: dict[str, list[tuple[str, dict]]], path: Path) -> Path:
+    """Accuracy against mean k and against S4, one line per curve (hollow points: privacy not credited)."""
+    import matplotlib.pyplot as plt
+
+    figure, (k_axis, s4_axis) = plt.subplots(1, 2, figsize=(9, 3.6))
+    if not any(len(points) >= 2 for points in curves.values()):
+        k_axis.text(0.5, 0.5, "no curve of two mean-k points in this sweep\n(profile frontier draws one)", ha="center")
+    for curve, points in curves.items():
+        rows = [row for _, row in points]
+        accuracy = [row["accuracy"] for row in rows]
+        errors = [row["accuracy_std"] or 0.0 for row in rows]
+        k_axis.errorbar([row["mean_k"] for row in rows], accuracy, yerr=errors, marker="o", capsize=3, label=curve)
+        credited = [row for row in rows if row["S4"] is not None]
+        line = s4_axis.plot([row["S4"] for row in credited], [row["accuracy"] for row in credited], label=curve)[0]
+        for row in credited:
+            hollow = row["attack_works"] is False
+            s4_axis.scatter(
+                [row["S4"]],
+                [row["accuracy"]],
+                color=line.get_color(),
+                facecolors="none" if hollow else line.get_color(),
+            )
+    k_axis.set(xlabel="mean k (faces per mix)", ylabel="verification accuracy (± fold std)")
+    s4_axis.set(xlabel="white-box S4 (top-1 identified; lower is more private)", ylabel="verification accuracy")
+    s4_axis.set_title("hollow: privacy not credited (attack check failed)", fontsize=8)
+    k_axis.legend(fontsize=7)
     return _write_png(path, figure)
 
 
@@ -390,22 +450,76 @@ def aggregate_blocks(record: dict) -> list[Block]:
     ]
 
 
+def game_line(objectives: dict[str, str]) -> str | None:
+    """One line naming which ``adaptive`` entries play the paper's game and which ours.
+
+    Args:
+        objectives: entry name -> its ``train.adaptive.policy_objective`` (entries of the adaptive method only).
+
+    Returns:
+        The line, or None without adaptive entries.
+    """
+    if not objectives:
+        return None
+    paper = sorted(name for name, objective in objectives.items() if objective == "adversarial")
+    ours = sorted(name for name, objective in objectives.items() if objective != "adversarial")
+    parts = []
+    if paper:
+        parts.append(
+            f"{', '.join(paper)}: the paper's adversarial game (the strategy network maximises the FR loss, docs/design.md §3)"
+        )
+    if ours:
+        parts.append(
+            f"{', '.join(ours)}: ours, the cooperative variant (the strategy network minimises it at the same mean-k budget)"
+        )
+    return "Strategy networks: " + "; ".join(parts) + "."
+
+
+def policy_objectives(entries: dict[str, dict], train: dict | None) -> dict[str, str]:
+    """Entry -> ``policy_objective`` of every sweep entry that trains the adaptive method (its overrides on ``train``)."""
+    out = {}
+    for name, overrides in entries.items():
+        params = section_from_mapping(TrainParams, merge_sections(train or {}, overrides), f"train (with sweep.{name})")
+        if params.method == "adaptive":
+            out[name] = params.adaptive.policy_objective
+    return out
+
+
 def build_blocks(
     collected: dict[str, dict],
     figures: dict[str, Path],
     grids: list[tuple[str, Path]],
     params_text: str,
     aggregate: dict | None = None,
+    objectives: dict[str, str] | None = None,
 ) -> list[Block]:
-    """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`)."""
+    """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`;
+    ``objectives``: the adaptive entries' policy objectives, :func:`policy_objectives`)."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
     judges = sorted(
         {JUDGE_WORDS.get(item.get("judge"), str(item.get("judge"))) for item in collected.values() if item.get("judge")}
     ) or ["no judge"]
-    blocks = [
-        Block("h1", "fmix report"),
+    weak = [
+        f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})"
+        for name, item in collected.items()
+        if item["row"]["attack_works"] is False
+    ]
+    blocks = [Block("h1", "fmix report")]
+    if weak:
+        blocks.append(
+            Block(
+                "p",
+                "Headline: privacy NOT credited for "
+                + "; ".join(weak)
+                + ". The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget, "
+                "so these entries' S3, S4 and Score_pp credit no privacy: for them this run measured utility only "
+                "(give the attackers more steps: attack.steps, attack.seconds).",
+            )
+        )
+    line = game_line(objectives or {})
+    blocks += [
         Block(
             "p",
             "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
@@ -416,27 +530,28 @@ def build_blocks(
         Block("h2", "Methods"),
         Block("table", rows=table),
     ]
+    if line:
+        blocks.append(Block("p", line))
     if notes:
         blocks.append(Block("p", "Not attacked: " + "; ".join(notes) + "."))
-    weak = [
-        f"{name} (check S4 {_fmt(item['row']['check_S4'])} < {item['check_min_s4']})"
-        for name, item in collected.items()
-        if item["row"]["attack_works"] is False
-    ]
-    if weak:
-        blocks.append(
-            Block(
-                "p",
-                "The attack check (the same white-box attack on the same masking, un-mixed) found the attackers too weak at this budget for: "
-                + "; ".join(weak)
-                + ". Their S3, S4 and Score_pp credit no privacy; give the attackers more steps (attack.steps, attack.seconds).",
-            )
-        )
     if aggregate is not None:
         blocks += aggregate_blocks(aggregate)
     blocks += [
         Block("h2", "Privacy against utility"),
         Block("img", "privacy/utility scatter", path=figures["tradeoff"]),
+    ]
+    if "frontier" in figures:
+        blocks += [
+            Block("h2", "The trade-off frontier"),
+            Block(
+                "p",
+                "Fixed k, our cooperative policy and the paper's adversarial game at each mean-k budget: accuracy against mean k "
+                "and against white-box S4. Where one curve lies above another at the same mean k (or S4) it dominates there; "
+                "read differences against the fold std.",
+            ),
+            Block("img", "trade-off frontier", path=figures["frontier"]),
+        ]
+    blocks += [
         Block("h2", "Training curves"),
         Block("img", "training curves", path=figures["curves"]),
         Block("h2", "Learned k over epochs"),
@@ -592,7 +707,12 @@ def write_report(
                 Path(aggregate).parent / "aggregate_grid.png",
             )
         )
-    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst)
+    objectives = policy_objectives(entries, params.get("train"))
+    curves = frontier_curves(rows, objectives)
+    frontier = frontier_figure(curves, out_dir / "frontier.png")  # always written: a declared output
+    if sum(len(points) >= 2 for points in curves.values()) >= 2:  # shown with two curves of two points or more
+        figures["frontier"] = frontier
+    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives)
     write_json_atomic(out_dir / "methods.json", rows)
     _write_csv(
         out_dir / "tradeoff.csv",

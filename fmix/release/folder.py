@@ -17,7 +17,6 @@ release read it through :func:`read_release_folder`.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -205,19 +204,21 @@ class ReleaseWriter:
     def write_samples(self, shard: int, samples: np.ndarray) -> None:
         """Write a shard's samples, after checking that every value is finite in the storage dtype.
 
+        Args:
+            shard: the shard's number.
+            samples: its samples, in any floating dtype (rounded to the storage dtype here) or in it.
+
         Raises:
             ValueError: a value is NaN or infinite (nothing is written).
         """
-        stored = samples.astype(self.dtype)
+        stored = samples.astype(self.dtype, copy=False)  # samples already in the storage dtype are not copied
         if not np.isfinite(stored).all():
             raise ValueError(
                 f"shard {shard}: {int((~np.isfinite(stored)).sum())} protected values are not finite in {self.dtype} "
                 "(check the masker's mixing noise and statistics): refusing to write them"
             )
-        buffer = io.BytesIO()
-        np.save(buffer, stored)
-        with atomic_write(shard_path(self.folder, shard, "npy"), "wb") as out:
-            out.write(buffer.getvalue())
+        with atomic_write(shard_path(self.folder, shard, "npy"), "wb") as out:  # a kill leaves no half shard
+            np.save(out, stored, allow_pickle=False)
 
     def write_record(self, shard: int, rows: list[dict], skipped: list[dict]) -> None:
         """Write the shard's JSON: its completion marker."""

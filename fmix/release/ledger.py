@@ -107,6 +107,7 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.entries: list[dict] = []
+        self._lines: list[str] | None = None
         if self.path.exists():
             if self.path.is_dir():
                 raise ValueError(f"the ledger {self.path} is a folder, not a file")
@@ -127,9 +128,14 @@ class Ledger:
                 self.entries.append(_check_entry(entry, where))
 
     def _append(self, entry: dict) -> None:
+        # The whole file is rewritten (atomically: a kill never leaves half a line); each entry is
+        # serialised once, not again at every append (a release appends two entries per shard).
+        if self._lines is None or len(self._lines) != len(self.entries):
+            self._lines = [json.dumps(e, sort_keys=True) + "\n" for e in self.entries]
         self.entries.append(entry)
+        self._lines.append(json.dumps(entry, sort_keys=True) + "\n")
         with atomic_write(self.path) as out:
-            out.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
+            out.writelines(self._lines)
 
     def header(self, release: str) -> dict | None:
         """The header entry of a release, or None."""

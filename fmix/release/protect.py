@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import os
 import secrets
+import threading
 import warnings
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +33,17 @@ import numpy as np
 import torch
 
 from fmix.data.faces import load_faces, read_face_list
-from fmix.data.images import list_identity_folders, write_png_atomic
+from fmix.data.images import list_identity_folders, read_rgb_fast, write_png_atomic
 from fmix.freq import protected_to_image, to_uint8_hwc
 from fmix.io import read_json, write_json_atomic
 from fmix.masker.build import faces_to_tensor, mask_from_metadata
 from fmix.masker.metadata import binding_digest
 from fmix.masker.onnx_masker import OnnxMasker
 from fmix.params import AlignParams, MaskParams
+from fmix.progress import Heartbeat
 from fmix.release.folder import ReleaseWriter, shard_path
 from fmix.release.ledger import Ledger, check_ledger_location, default_ledger_path, file_hash
+from fmix.release.mixing import release_groups
 from fmix.release.randomness import ReleaseRandomness, key_check_value
 
 NAME_KEY_ENV = "FMIX_NAME_KEY"
@@ -101,6 +107,7 @@ class ShardJob:
     label_of: dict[str, int]
     aligner: object | None
     name_key: bytes | None
+    dtype: str = "float32"  # of the samples a one-use release computes (the shard's storage dtype)
 
 
 @dataclass
@@ -178,7 +185,9 @@ def protect_folder(
     _check_output_folder(out_root)
     ledger_path = Path(release.ledger).expanduser().resolve() if release.ledger else default_ledger_path()
     check_ledger_location(ledger_path, in_root, out_root)
-    masker = OnnxMasker(masker_path)
+    workers, threads = _shard_workers()
+    masker = OnnxMasker(masker_path, threads=threads)
+    masker.split_graph()  # a shard a few faces at a time, and a strategy network's k for the faces that need it
     if params.mix:
         check_mixing_masker(masker)
     listed = list_inputs(in_root, Path(face_list) if face_list else None)
@@ -240,18 +249,38 @@ def protect_folder(
     if align is not None:
         from fmix.data.align import PhotoAligner
 
-        aligner = PhotoAligner(align)
-    job = ShardJob(in_root, masker, params.mix, one_use, header["labels"], aligner, key)
+        aligner = _Serialized(PhotoAligner(align))
+    job = ShardJob(in_root, masker, params.mix, one_use, header["labels"], aligner, key, dtype)
     assigned = ledger.shards(release_id)
-    for shard, batch in enumerate(tqdm(batches, desc="mask", unit="shard", disable=not progress)):
-        if writer.shard_done(shard):
-            continue
+    beat = Heartbeat("mask", total=len(batches))
+    done = [writer.shard_done(shard) for shard in range(len(batches))]
+
+    def start(shard: int) -> Future:
+        batch = batches[shard]
         if shard not in assigned:  # the ledger learns of the planned faces before any file shows them
             ledger.record_shard(release_id, shard, [rel for rel, _ in batch], [hashes[rel] for rel, _ in batch])
-        result = _protect_shard(job, batch, randomness.generator(shard))
-        writer.write_samples(shard, result.samples)
-        ledger.record_released(release_id, shard, [hashes[batch[i][0]] for i in result.released])
-        writer.write_record(shard, result.rows, _skipped_rows(result.skipped, batch, in_root, key))
+        return pool.submit(_protect_shard, job, batch, randomness.generator(shard))
+
+    # Shards are computed `workers` at a time (decode, masker, mixing: each shard on its own thread,
+    # its numbers independent of the others) and written here, in order, as one shard was before.
+    todo = iter(shard for shard in range(len(batches)) if not done[shard])
+    with ThreadPoolExecutor(workers, thread_name_prefix="fmix-mask") as pool:
+        running = {shard: start(shard) for shard in itertools.islice(todo, workers)}
+        try:
+            for shard, batch in enumerate(tqdm(batches, desc="mask", unit="shard", disable=not progress)):
+                beat(shard)
+                if done[shard]:
+                    continue
+                result = running.pop(shard).result()
+                following = next(todo, None)
+                if following is not None:
+                    running[following] = start(following)
+                writer.write_samples(shard, result.samples)
+                ledger.record_released(release_id, shard, [hashes[batch[i][0]] for i in result.released])
+                writer.write_record(shard, result.rows, _skipped_rows(result.skipped, batch, in_root, key))
+        finally:
+            for future in running.values():
+                future.cancel()
     not_used = [(rel, status, message) for rel, (status, message) in unreadable.items()]
     not_used += [(dup, "duplicate", f"the same image as {kept}: released once, as {kept}") for dup, kept in duplicates]
     pre_skipped = [_skipped_row(rel, status, message, key) for rel, status, message in not_used]
@@ -356,16 +385,43 @@ def _check_same_release(
         )
 
 
+def _shard_workers() -> tuple[int, int]:
+    """(shards computed at once, ONNX Runtime threads of each): two shards on one thread each on two cores.
+
+    Two single-threaded masker runs side by side keep both cores busy through the whole graph,
+    and one shard's decoding, mixing and writing overlaps the other's masker; more cores go to
+    each run's intra-op threads.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(2, cores)
+    return workers, max(1, cores // workers)
+
+
+class _Serialized:
+    """An aligner called by one shard's thread at a time."""
+
+    def __init__(self, aligner) -> None:
+        self.aligner, self.lock = aligner, threading.Lock()
+
+    def __call__(self, photo: np.ndarray) -> np.ndarray | None:
+        with self.lock:
+            return self.aligner(photo)
+
+
 def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch.Generator) -> ShardResult:
-    """Load, mask and mix one shard's faces; every mixed sample holds k >= 2 faces."""
-    faces, loaded, skipped = load_faces([job.in_root / rel for rel, _ in batch], job.masker.input_size, job.aligner)
+    """Load, mask and mix one shard's faces; every mixed sample holds k >= 2 faces.
+
+    A one-use release goes through :func:`fmix.release.mixing.release_groups`, straight into
+    ``job.dtype``: the numbers of :meth:`~fmix.masker.protection.Protection.protect_groups`.
+    """
+    paths = [job.in_root / rel for rel, _ in batch]
+    faces, loaded, skipped = load_faces(paths, job.masker.input_size, job.aligner, read_rgb_fast)
     rows, released, samples = [], [], np.zeros((0,), np.float32)
     protection = job.masker.protection
     if len(loaded) >= 2 or (loaded and not job.mix):
         labels = torch.tensor([job.label_of[batch[i][1]] for i in loaded])
-        images = faces_to_tensor(faces)
         if job.one_use:
-            protected = protection.protect_groups(images, labels, generator)
+            protected = release_groups(job.masker, faces, labels, generator, job.dtype)
             members = [
                 [loaded[m] for m in group[:size]]
                 for group, size in zip(protected.members.tolist(), protected.k.tolist())
@@ -375,7 +431,7 @@ def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch
                 for i in protected.leftover.tolist()
             ]
         else:
-            protected = protection.protect(images, labels, generator, job.mix)
+            protected = protection.protect(faces_to_tensor(faces), labels, generator, job.mix)
             members = [[index] for index in loaded]
         if job.mix and bool((protected.k < 2).any()):
             raise ValueError(
@@ -469,10 +525,11 @@ def _write_previews(out_root: Path, rows: list[dict], masker: OnnxMasker) -> Non
     if not rows:
         return
     mask = mask_from_metadata(masker.metadata)
-    shards: dict[int, np.ndarray] = {}
+    by_shard: dict[int, list[int]] = {}
     for row in rows:
-        if row["shard"] not in shards:
-            shards[row["shard"]] = np.load(shard_path(out_root, row["shard"], "npy"))
-        sample = torch.from_numpy(shards[row["shard"]][row["row"] : row["row"] + 1].astype(np.float32))
-        image = to_uint8_hwc(protected_to_image(sample, mask, masker.upsample))[0].numpy()
-        write_png_atomic(image, out_root / "previews" / f"shard-{row['shard']:05d}-row-{row['row']:05d}.png")
+        by_shard.setdefault(row["shard"], []).append(row["row"])
+    for shard, numbers in by_shard.items():  # one inverse transform per shard: the same numbers as one per sample
+        samples = np.load(shard_path(out_root, shard, "npy"), mmap_mode="r")[numbers]
+        images = to_uint8_hwc(protected_to_image(torch.from_numpy(samples.astype(np.float32)), mask, masker.upsample))
+        for number, image in zip(numbers, images.numpy()):
+            write_png_atomic(image, out_root / "previews" / f"shard-{shard:05d}-row-{number:05d}.png")

@@ -1,1 +1,1 @@
-"""FR training on protected faces, with the adversarial strategy-network game (DESIGN 3)."""
+"""FR training on protected faces, with the adversarial strategy-network game (docs/design.md §3)."""

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fmix.data.faces import FaceSet, load_face_set
+from fmix.data.sources import FaceSource, open_source, read_faces
 from fmix.device import rank_device, resolve_device
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.io import atomic_write, write_json_atomic
@@ -28,15 +29,23 @@ from fmix.methods.base import TrainInputs
 from fmix.models.encoders import RgbEncoder
 from fmix.models.frnet import build_net
 from fmix.params import MixingParams, TrainParams
+from fmix.progress import Heartbeat
 from fmix.train.checkpoint import load_checkpoint
 from fmix.train.trainer import Trainer
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    encoder: nn.Module, backbone: nn.Module, faces: FaceSet, device: torch.device, batch_size: int = 128
+    encoder: nn.Module, backbone: nn.Module, faces: FaceSource, device: torch.device, batch_size: int = 128
 ) -> bool:
     """Re-estimate batch-norm statistics on un-mixed faces (training saw mixed ones).
+
+    Args:
+        encoder: images -> network inputs.
+        backbone: the FR backbone.
+        faces: the training faces (in memory or streamed).
+        device: where the network runs.
+        batch_size: faces per forward pass.
 
     Returns:
         False when the backbone has no batch norm (nothing to do).
@@ -50,9 +59,9 @@ def recalibrate_batchnorm(
         m.momentum = None  # cumulative average over all batches
     backbone.train()
     for start in range(0, len(faces) - 1, batch_size):
-        index = torch.arange(start, min(start + batch_size, len(faces)))
+        index = range(start, min(start + batch_size, len(faces)))
         if len(index) > 1:
-            backbone(encoder(faces.float_images(index).to(device)))
+            backbone(encoder(read_faces(faces, index).float_images().to(device)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return True
@@ -116,7 +125,8 @@ def build_trainer(
         world: number of processes.
 
     Returns:
-        (the trainer, the validation faces).
+        (the trainer, the validation faces). The training faces are read as ``train.source`` says: decoded
+        into memory up front, or streamed from the folder batch by batch; the validation faces are held in memory.
 
     Raises:
         ValueError: parameters the method refuses.
@@ -124,12 +134,12 @@ def build_trainer(
     method = build_method(params)
     device = device or torch.device("cpu")
     splits = Path(splits)
-    train_set = load_face_set(aligned, splits / "private_train.csv")
+    train_set = open_source(params.source, aligned, splits / "private_train.csv")
     val_set = load_face_set(aligned, splits / "private_val.csv")
     encoder = method.build_encoder(
         TrainInputs(params, Path(aligned), splits, Path(masker_path) if masker_path else None)
     ).to(device)
-    num_classes = int(train_set.labels.max()) + 1
+    num_classes = train_set.num_classes
     mixing = mixing or MixingParams()
     net = build_net(params, encoder.channels, encoder.size, num_classes, method.sign_invariant(method.mixing(mixing)))
     if params.init_backbone is not None:
@@ -188,10 +198,11 @@ def train(
         unit="step",
         disable=not progress or rank > 0,
     )
+    beat = Heartbeat(f"train {params.method}", total=trainer.total_steps)
     for epoch in range(state.epoch, params.epochs):
-        batches = trainer.batches(epoch)
-        for number in range(trainer.state.batch, len(batches)):
-            x, labels = trainer.fr_step(batches[number], epoch, number)
+        for number, batch in enumerate(trainer.loader(epoch, trainer.state.batch), start=trainer.state.batch):
+            x, labels = trainer.fr_step(batch, epoch, number)
+            beat(trainer.state.step + 1, epoch=epoch + 1, loss=trainer.state.stats.loss / trainer.state.stats.fr_steps)
             if trainer.policy_due():
                 trainer.policy_turn(x, labels)
             trainer.state.step += 1

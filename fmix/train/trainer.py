@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from fmix.data.faces import FaceSet
+from fmix.data.sources import WORKER_CONTEXT, FaceBatch, FaceSource, collate_faces
 from fmix.evaluate.closed_set import closed_set_accuracy
 from fmix.masker.protection import Protection
 from fmix.methods.base import Method, RunContext
@@ -133,6 +135,10 @@ class TrainState:
         )
 
 
+# train keys that change how the faces are read, not which faces a step sees: a run may resume under others.
+HOW_FACES_ARE_READ = ("source", "workers")
+
+
 def _random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
     return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
@@ -147,7 +153,7 @@ class Trainer:
         mixing: the ``mixing`` section (the method may change it: :meth:`~fmix.methods.base.Method.mixing`).
         encoder: images -> network inputs (the method's).
         net: the FR network.
-        train_set: the private training faces.
+        train_set: the private training faces (a face source: in memory or streamed, ``train.source``).
         device: where training runs.
         rank: this process's rank.
         world: number of processes (DDP when more than one).
@@ -160,7 +166,7 @@ class Trainer:
         mixing: MixingParams,
         encoder: nn.Module,
         net: FRNet,
-        train_set: FaceSet,
+        train_set: FaceSource,
         device: torch.device,
         rank: int = 0,
         world: int = 1,
@@ -227,6 +233,21 @@ class Trainer:
             epoch_order(len(self.train_set), epoch, self.params.seed), self.params.batch_size, self.rank, self.world
         )
 
+    def loader(self, epoch: int, start: int = 0) -> DataLoader:
+        """The faces of ``epoch``'s batches from batch ``start`` on (:meth:`batches`' order), read by ``train.workers``
+        loader processes for a streamed source (the in-memory one batches by one indexing in this process)."""
+        order = [batch.tolist() for batch in self.batches(epoch)[start:]]
+        workers = self.params.workers if self.train_set.kind != "memory" else 0
+        return DataLoader(
+            self.train_set,
+            batch_sampler=order,
+            num_workers=workers,
+            collate_fn=collate_faces,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            multiprocessing_context=WORKER_CONTEXT if workers else None,
+        )
+
     @property
     def progress(self) -> float:
         """Training progress in [0, 1): steps done over all steps."""
@@ -250,11 +271,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.model(x, labels, weights)
 
-    def fr_step(self, index: Tensor, epoch: int, number: int) -> tuple[Tensor, Tensor]:
-        """One FR step on the faces ``index``: encode, maybe mix, one optimiser step.
+    def fr_step(self, batch: FaceBatch, epoch: int, number: int) -> tuple[Tensor, Tensor]:
+        """One FR step on a batch of faces: encode, maybe mix, one optimiser step.
 
         Args:
-            index: the batch's face indices.
+            batch: the batch's faces and labels (:meth:`loader`).
             epoch: the current epoch.
             number: the batch's number within the epoch.
 
@@ -263,10 +284,10 @@ class Trainer:
         """
         params, stats = self.params, self.state.stats
         start = time.perf_counter()
-        images = self.train_set.float_images(index).to(self.device)
+        images = batch.float_images().to(self.device, non_blocking=True)
         if params.flip:
             images = _random_flip(images, self.generator)
-        labels = self.train_set.labels[index].to(self.device)
+        labels = batch.labels.to(self.device, non_blocking=True)
         with torch.set_grad_enabled(self.method.trainable_encoder):
             x = self.encoder(images)
         position = self.position(epoch, number)
@@ -326,8 +347,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def settings(self) -> dict:
-        """The parameters a resumed run must share: the ``train`` section and the method's mixing."""
-        return {**plain_dict(dataclasses.asdict(self.params)), "mixing": plain_dict(dataclasses.asdict(self.mixing))}
+        """The parameters a resumed run must share: the ``train`` section (but how faces are read) and the method's mixing."""
+        train = {key: value for key, value in dataclasses.asdict(self.params).items() if key not in HOW_FACES_ARE_READ}
+        return {**plain_dict(train), "mixing": plain_dict(dataclasses.asdict(self.mixing))}
 
     def checkpoint_state(self) -> dict:
         """Everything needed to resume (tensors and plain containers)."""

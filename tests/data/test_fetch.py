@@ -207,7 +207,7 @@ def test_fmix_data_reaches_the_split_and_the_snakemake_pipeline(monkeypatch, tmp
     assert (len(pairs), dropped) == (1, 1)
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("Snakefile", "workflow", "params.yaml", "environment.yml"):
+    for name in ("Snakefile", "workflow", "params.yaml", "environment.yml", "fmix"):  # fmix/: each rule's code inputs
         (root / name).symlink_to(REPO / name)
     env = {
         **os.environ,

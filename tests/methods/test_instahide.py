@@ -21,10 +21,11 @@ def test_instahide_trains_on_four_pixel_faces_with_capped_weights_read_as_magnit
         original(x, labels, weights),
     )[1]
     index = trainer.batches(0)[0]
+    batch = next(iter(trainer.loader(0)))
     state = trainer.generator.get_state()
-    x, labels = trainer.fr_step(index, 0, 0)
+    x, labels = trainer.fr_step(batch, 0, 0)
     assert x.shape == (8, 3, 112, 112)  # pixels, no frequency transform
-    torch.testing.assert_close(x, (trainer.train_set.float_images(index) - 127.5) / 128.0)
+    torch.testing.assert_close(x, (trainer.train_set.faces.float_images(index) - 127.5) / 128.0)
     mixed, constituents, weights = seen[0]
     assert trainer.state.stats.k == {4: 8}
     assert ((weights > 0).sum(dim=1) == 4).all() and (weights.max(dim=1).values <= 0.65 + 1e-6).all()

@@ -21,7 +21,7 @@ def test_keeps_the_lowest_energy_channels_and_shuffles_each_sample(make_trainer,
     seen = []
     original = trainer.fr_loss
     trainer.fr_loss = lambda x, *rest: (seen.append(x.detach()), original(x, *rest))[1]
-    x, _ = trainer.fr_step(trainer.batches(0)[0], 0, 0)
+    x, _ = trainer.fr_step(next(iter(trainer.loader(0))), 0, 0)
     shown = seen[0]
     assert shown.shape == x.shape == (8, 36, 28, 28) and not torch.equal(shown, x)
     orders = []

@@ -113,7 +113,7 @@ def test_training_under_the_sign_mask_skips_drawing_it_and_the_network_cannot_te
     original = trainer.fr_loss
     trainer.fr_loss = lambda x, *rest: (seen.append(x.detach().clone()), original(x, *rest))[1]
     state = trainer.generator.get_state()
-    x, labels = trainer.fr_step(trainer.batches(0)[0], 0, 0)
+    x, labels = trainer.fr_step(next(iter(trainer.loader(0))), 0, 0)
     signed = Protection(None, MixingConfig(6, sign_flip=True)).protect_encoded(
         x, labels, 2, torch.Generator().set_state(state)
     )

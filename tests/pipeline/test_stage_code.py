@@ -192,6 +192,6 @@ def test_a_command_that_is_not_there_is_an_error(fake):
 def test_a_stage_naming_no_command_fails_the_check(tmp_path):
     root = _copy_pipeline(tmp_path / "p")
     table = root / "workflow" / "stages.yaml"
-    table.write_text(table.read_text().replace("cmd: fmix split {aligned}", "cmd: fmix splitt {aligned}"))
+    table.write_text(table.read_text().replace("cmd: fmix -v split {aligned}", "cmd: fmix -v splitt {aligned}"))
     result = runner.invoke(app, ["pipeline", "generate", "--check", "--root", str(root)])
     assert result.exit_code == 1 and result.output == "error: stage split: no fmix command 'splitt' in fmix.cli.app\n"

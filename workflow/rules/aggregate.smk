@@ -60,6 +60,7 @@ rule aggregate:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
             "fmix/release/__init__.py",
             "fmix/release/folder.py",
             "fmix/release/ledger.py",
@@ -81,4 +82,4 @@ rule aggregate:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix attack aggregate {input.protected} {input.masker} {input.aligned} {input.splits} {params.folder} --ledger {input.ledger} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack aggregate {input.protected} {input.masker} {input.aligned} {input.splits} {params.folder} --ledger {input.ledger} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

@@ -21,6 +21,7 @@ rule align:
             "fmix/methods/__init__.py",
             "fmix/methods/registry.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         aligned=directory(config["data"]["aligned"]),
@@ -35,4 +36,4 @@ rule align:
         "logs/benchmarks/align.tsv",
     threads: config["align"]["workers"]
     shell:
-        "OMP_NUM_THREADS={threads} fmix align {input.images} {output.aligned} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v align {input.images} {output.aligned} --params {params.params_file} --quiet > {log} 2>&1"

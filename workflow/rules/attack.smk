@@ -28,9 +28,17 @@ rule attack:
             "fmix/cli/errors.py",
             "fmix/cli/rec.py",
             "fmix/data/__init__.py",
+            "fmix/data/align.py",
+            "fmix/data/detect.py",
             "fmix/data/faces.py",
             "fmix/data/fetch.py",
             "fmix/data/images.py",
+            "fmix/data/insightface_bin.py",
+            "fmix/data/recordio.py",
+            "fmix/data/root.py",
+            "fmix/data/sampling.py",
+            "fmix/data/sources.py",
+            "fmix/data/splits.py",
             "fmix/device.py",
             "fmix/freq/__init__.py",
             "fmix/freq/dct.py",
@@ -76,6 +84,7 @@ rule attack:
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
             "fmix/pipeline/model_attack.py",
+            "fmix/progress.py",
         ],
     output:
         privacy=os.path.join(config["data"]["results"], "{method}", "privacy.json"),
@@ -94,4 +103,4 @@ rule attack:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --artifacts {output.artifacts} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --artifacts {output.artifacts} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

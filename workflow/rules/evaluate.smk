@@ -52,6 +52,7 @@ rule evaluate:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         verification=os.path.join(config["data"]["results"], "{method}", "verification.json"),
@@ -67,4 +68,4 @@ rule evaluate:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v evaluate {input.model}/model.pt {input.aligned} {input.splits} {output.verification} --params {params.params_file} > {log} 2>&1"

@@ -14,9 +14,17 @@ rule evaluator:
             "fmix/cli/errors.py",
             "fmix/cli/rec.py",
             "fmix/data/__init__.py",
+            "fmix/data/align.py",
+            "fmix/data/detect.py",
             "fmix/data/faces.py",
             "fmix/data/fetch.py",
             "fmix/data/images.py",
+            "fmix/data/insightface_bin.py",
+            "fmix/data/recordio.py",
+            "fmix/data/root.py",
+            "fmix/data/sampling.py",
+            "fmix/data/sources.py",
+            "fmix/data/splits.py",
             "fmix/device.py",
             "fmix/evaluate/__init__.py",
             "fmix/evaluate/closed_set.py",
@@ -62,6 +70,7 @@ rule evaluator:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
             "fmix/train/__init__.py",
             "fmix/train/checkpoint.py",
             "fmix/train/data.py",
@@ -84,4 +93,4 @@ rule evaluator:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix evaluator {input.aligned} {input.splits} {output.evaluator} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v evaluator {input.aligned} {input.splits} {output.evaluator} --params {params.params_file} --quiet > {log} 2>&1"

@@ -43,6 +43,7 @@ rule export:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         masker=config["data"]["masker"],
@@ -57,4 +58,4 @@ rule export:
     benchmark:
         "logs/benchmarks/export.tsv",
     shell:
-        "OMP_NUM_THREADS={threads} fmix export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"

@@ -44,6 +44,7 @@ rule export_policy:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         masker=config["data"]["masker_adaptive"],
@@ -58,4 +59,4 @@ rule export_policy:
         "logs/benchmarks/export_policy.tsv",
     priority: 2
     shell:
-        "OMP_NUM_THREADS={threads} fmix export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v export {input.aligned} {input.splits}/public.csv {output.masker} --policy {input.model}/model.pt --params {params.params_file} > {log} 2>&1"

@@ -27,9 +27,17 @@ rule invert:
             "fmix/cli/errors.py",
             "fmix/cli/rec.py",
             "fmix/data/__init__.py",
+            "fmix/data/align.py",
+            "fmix/data/detect.py",
             "fmix/data/faces.py",
             "fmix/data/fetch.py",
             "fmix/data/images.py",
+            "fmix/data/insightface_bin.py",
+            "fmix/data/recordio.py",
+            "fmix/data/root.py",
+            "fmix/data/sampling.py",
+            "fmix/data/sources.py",
+            "fmix/data/splits.py",
             "fmix/device.py",
             "fmix/freq/__init__.py",
             "fmix/freq/dct.py",
@@ -73,6 +81,7 @@ rule invert:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         inversion=os.path.join(config["data"]["results"], "{method}", "inversion.json"),
@@ -90,4 +99,4 @@ rule invert:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack invert {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"

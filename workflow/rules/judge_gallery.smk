@@ -50,6 +50,7 @@ rule judge_gallery:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         gallery=config["data"]["judge_gallery"],
@@ -63,4 +64,4 @@ rule judge_gallery:
     benchmark:
         "logs/benchmarks/judge_gallery.tsv",
     shell:
-        "OMP_NUM_THREADS={threads} fmix attack gallery {input.aligned} {input.splits} {output.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack gallery {input.aligned} {input.splits} {output.gallery} --params {params.params_file} > {log} 2>&1"

@@ -37,9 +37,11 @@ rule mask:
             "fmix/methods/__init__.py",
             "fmix/methods/registry.py",
             "fmix/params.py",
+            "fmix/progress.py",
             "fmix/release/__init__.py",
             "fmix/release/folder.py",
             "fmix/release/ledger.py",
+            "fmix/release/mixing.py",
             "fmix/release/protect.py",
             "fmix/release/randomness.py",
         ],
@@ -57,4 +59,4 @@ rule mask:
         "logs/benchmarks/mask.tsv",
     priority: 2
     shell:
-        "OMP_NUM_THREADS={threads} fmix mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v mask {input.aligned} {output.protected} --masker {input.masker} --faces {input.splits}/private_train.csv --ledger {output.ledger} --params {params.params_file} --quiet > {log} 2>&1"

@@ -32,6 +32,7 @@ rule report:
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
             "fmix/pipeline/report.py",
+            "fmix/progress.py",
         ],
     output:
         markdown=os.path.join(config["data"]["report"], "report.md"),
@@ -42,6 +43,7 @@ rule report:
         tradeoff_png=os.path.join(config["data"]["report"], "tradeoff.png"),
         curves_png=os.path.join(config["data"]["report"], "curves.png"),
         k_png=os.path.join(config["data"]["report"], "k_distribution.png"),
+        frontier_png=os.path.join(config["data"]["report"], "frontier.png"),
     params:
         sweep=config["sweep"],
         results=lambda wildcards: expand(config["data"]["results"], **wildcards)[0],
@@ -55,4 +57,4 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv",
     shell:
-        "OMP_NUM_THREADS={threads} fmix report {params.results} {params.models} {params.folder} --aggregate {input.aggregate} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v report {params.results} {params.models} {params.folder} --aggregate {input.aggregate} --params {params.params_file} > {log} 2>&1"

@@ -23,6 +23,7 @@ rule split:
             "fmix/methods/__init__.py",
             "fmix/methods/registry.py",
             "fmix/params.py",
+            "fmix/progress.py",
         ],
     output:
         splits=directory(config["data"]["splits"]),
@@ -36,4 +37,4 @@ rule split:
     benchmark:
         "logs/benchmarks/split.tsv",
     shell:
-        "OMP_NUM_THREADS={threads} fmix split {input.aligned} {output.splits} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v split {input.aligned} {output.splits} --params {params.params_file} > {log} 2>&1"

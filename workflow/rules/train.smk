@@ -74,8 +74,10 @@ rule train:
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
             "fmix/pipeline/launch.py",
+            "fmix/progress.py",
             "fmix/release/__init__.py",
             "fmix/release/folder.py",
+            "fmix/release/source.py",
             "fmix/train/__init__.py",
             "fmix/train/checkpoint.py",
             "fmix/train/data.py",
@@ -103,4 +105,4 @@ rule train:
         gpu=max(1, config["launch"]["gpus_per_node"]),
         nodes=config["launch"]["nodes"],
     shell:
-        "OMP_NUM_THREADS={threads} fmix launch --params {params.params_file} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {params.params_file} --sweep {wildcards.method} --quiet > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v launch --params {params.params_file} -- train {input.aligned} {input.splits} {output.model} --masker {input.masker} --params {params.params_file} --sweep {wildcards.method} --quiet > {log} 2>&1"

@@ -68,6 +68,7 @@ rule unmix:
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
             "fmix/params.py",
+            "fmix/progress.py",
             "fmix/release/__init__.py",
             "fmix/release/folder.py",
             "fmix/release/ledger.py",
@@ -90,4 +91,4 @@ rule unmix:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix attack unmix {input.protected} {input.masker} {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --ledger {input.ledger} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack unmix {input.protected} {input.masker} {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --ledger {input.ledger} --params {params.params_file} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""Un-mixing attacks on a released folder of ``fmix mask`` (DESIGN 1 and 5).
+"""Un-mixing attacks on a released folder of ``fmix mask`` (docs/design.md §1 and §5).
 
 The attacker holds the released files (shards, ``index.csv``, ``run.json``) and this
 repository. Mixing is linear: a released sample is ``x_b = sum_j w_bj m(a_j) / ||w_b||``, so when
