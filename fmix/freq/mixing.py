@@ -17,7 +17,7 @@ gives the same draw on CPU and CUDA when the generator is a CPU one.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -410,25 +410,44 @@ def draw_groups(labels: Tensor, k: Tensor, k_max: int, generator: torch.Generato
     """
     labels = _check_labels(labels).cpu()
     k = _check_k(k, labels.numel(), _check_k_max(k_max), labels.device).cpu()
+    return draw_groups_on_demand(labels, k.tolist().__getitem__, k_max, generator)
+
+
+def draw_groups_on_demand(
+    labels: Tensor, k_of: Callable[[int], int], k_max: int, generator: torch.Generator | None = None
+) -> GroupDraw:
+    """:func:`draw_groups`, asking ``k_of(face)`` for the k of the faces that start a group only.
+
+    A face that joins a group never uses its own k, so a k that is costly to draw (a strategy
+    network's, in ``fmix mask``) is drawn about once per group; the draws and groups are those of
+    ``draw_groups(labels, k, k_max, generator)`` with ``k[face] = k_of(face)``.
+
+    Raises:
+        ValueError: ``k_of`` gives a k outside [1, k_max].
+    """
+    labels = labels.cpu()
     batch = labels.numel()
     order = torch.randperm(batch, generator=generator).tolist()
-    label_of, want = labels.tolist(), k.tolist()
+    label_of = labels.tolist()
     used = [False] * batch
     groups, fallback, leftover = [], [], []
     for position, anchor in enumerate(order):
         if used[anchor]:
             continue
+        want = k_of(anchor)
+        if not 1 <= want <= k_max:
+            raise ValueError(f"Expected k in [1, {k_max}], got {want}")
         used[anchor] = True
         group, seen = [anchor], {label_of[anchor]}
         rest = [i for i in order[position + 1 :] if not used[i]]
         for same_allowed in (False, True):
             for i in rest:
-                if len(group) == want[anchor]:
+                if len(group) == want:
                     break
                 if i not in group and (same_allowed or label_of[i] not in seen):
                     group.append(i)
                     seen.add(label_of[i])
-        if len(group) == 1 and want[anchor] > 1:
+        if len(group) == 1 and want > 1:
             leftover.append(anchor)
             continue
         for i in group:

@@ -14,7 +14,7 @@ into the shard's dtype.
 :func:`release_groups` masks a release's batch a few faces at a time into a buffer its thread
 keeps (:meth:`~fmix.masker.onnx_masker.OnnxMasker.run_into`); with a strategy network, whose k
 costs far more than the masking, only the faces that start a group have their k drawn
-(:func:`draw_groups_on_demand`: a face that joins a group never uses its own), one face per call
+(:func:`fmix.freq.mixing.draw_groups_on_demand`: a face that joins a group never uses its own), one face per call
 (:meth:`~fmix.masker.onnx_masker.OnnxMasker.policy_k`): about one face in mean k. ONNX Runtime
 on the CPU computes a face as it computes it in the whole batch (checked on a probe batch by
 :meth:`~fmix.masker.onnx_masker.OnnxMasker.split_graph`, else the whole graph runs on the whole
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from fmix.freq import draw_groups, mix_weights
-from fmix.freq.mixing import GroupDraw
+from fmix.freq.mixing import draw_groups_on_demand
 from fmix.masker.onnx_masker import OnnxMasker
 from fmix.masker.protection import GroupedBatch, Protection, mix_noise
 
@@ -103,55 +103,6 @@ class _MaskInto:
         return int(self.masker.policy_k(self.faces[one], self.masked[one], self.noise[one])[0])
 
 
-def draw_groups_on_demand(
-    labels: Tensor, k_of: Callable[[int], int], k_max: int, generator: torch.Generator | None = None
-) -> GroupDraw:
-    """:func:`fmix.freq.draw_groups`, asking ``k_of(face)`` for the k of the faces that start a group only.
-
-    The same draws and the same groups as ``draw_groups(labels, k, k_max, generator)`` with
-    ``k[face] = k_of(face)`` (a face that joins a group never uses its own k); its steps are
-    those of ``draw_groups``, line for line (``tests/release/test_release_reproducible.py``).
-
-    Raises:
-        ValueError: ``k_of`` gives a k outside [1, k_max].
-    """
-    labels = labels.cpu()
-    batch = labels.numel()
-    order = torch.randperm(batch, generator=generator).tolist()
-    label_of = labels.tolist()
-    used = [False] * batch
-    groups, fallback, leftover = [], [], []
-    for position, anchor in enumerate(order):
-        if used[anchor]:
-            continue
-        want = k_of(anchor)
-        if not 1 <= want <= k_max:
-            raise ValueError(f"Expected k in [1, {k_max}], got {want}")
-        used[anchor] = True
-        group, seen = [anchor], {label_of[anchor]}
-        rest = [i for i in order[position + 1 :] if not used[i]]
-        for same_allowed in (False, True):
-            for i in rest:
-                if len(group) == want:
-                    break
-                if i not in group and (same_allowed or label_of[i] not in seen):
-                    group.append(i)
-                    seen.add(label_of[i])
-        if len(group) == 1 and want > 1:
-            leftover.append(anchor)
-            continue
-        for i in group:
-            used[i] = True
-        fallback.append(len(seen) < len(group))
-        groups.append(group)
-    members = torch.zeros(len(groups), k_max, dtype=torch.long)
-    for row, group in enumerate(groups):
-        shuffled = [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
-        members[row] = torch.tensor(shuffled + [shuffled[0]] * (k_max - len(group)))
-    size = torch.tensor([len(g) for g in groups], dtype=torch.long)
-    return GroupDraw(members, size, torch.tensor(fallback, dtype=torch.bool), torch.tensor(leftover, dtype=torch.long))
-
-
 def sign_mask_bytes(samples: int, shape: tuple[int, ...], generator: torch.Generator) -> np.ndarray:
     """The random bytes :func:`fmix.freq.draw_sign_mask` draws for a sign mask, one call, same order.
 
@@ -177,7 +128,7 @@ def mix_groups(
         protection: the protection (its ``mixing`` configuration).
         masked: what :meth:`Protection.mask` returned for the batch (after its draws from ``generator``).
         k: the k the policy drew for every face, or the function that gives it for one face
-            (asked for the faces that start a group only: :func:`draw_groups_on_demand`).
+            (asked for the faces that start a group only: :func:`fmix.freq.mixing.draw_groups_on_demand`).
         labels: identity label of every face.
         generator: the batch's generator, as ``mask`` left it.
         dtype: dtype of the returned samples: ``float32`` (the numbers of ``protect_groups``) or

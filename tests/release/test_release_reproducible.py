@@ -34,6 +34,7 @@ from PIL.PngImagePlugin import PngInfo
 from fmix.data.faces import load_faces
 from fmix.data.images import ImageReadError, read_rgb, read_rgb_fast
 from fmix.freq import draw_groups
+from fmix.freq.mixing import draw_groups_on_demand
 from fmix.masker.build import faces_to_tensor, masker_from_metadata, masker_metadata, read_masker_metadata
 from fmix.masker.export import export_onnx
 from fmix.masker.module import Masker, StrategyPolicy
@@ -45,7 +46,7 @@ from fmix.params import ExportParams, MaskParams, TrainParams
 from fmix.release import protect
 from fmix.release.folder import shard_path
 from fmix.release.ledger import Ledger
-from fmix.release.mixing import draw_groups_on_demand, mix_groups, release_groups
+from fmix.release.mixing import mix_groups, release_groups
 from fmix.release.protect import ReleaseOptions, protect_folder, sample_name
 from fmix.release.randomness import ReleaseRandomness
 from fmix_testing import make_bad_input_zoo
