@@ -32,6 +32,12 @@ ParamsOption = Annotated[
     typer.Option("--params", "-p", help="params.yaml to read this step's section from (defaults when omitted)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AlignedArg = Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")]
+SplitsArg = Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")]
+GalleryOption = Annotated[
+    Optional[Path],
+    typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -118,7 +124,7 @@ def align(
 
 @app.command()
 def split(
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    aligned: AlignedArg,
     dst: Annotated[Path, typer.Argument(help="Folder for the split CSV files and split.json.")],
     params: ParamsOption = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides split.seed.")] = None,
@@ -134,7 +140,7 @@ def split(
 
 @app.command()
 def export(
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    aligned: AlignedArg,
     public: Annotated[
         Path, typer.Argument(help="public.csv of `fmix split`: channel statistics come from public faces only.")
     ],
@@ -388,7 +394,7 @@ def _train_on_release(
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="model.pt from `fmix train`.")],
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    aligned: AlignedArg,
     splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split` (pairs.csv, private_val.csv).")],
     out: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     params: ParamsOption = None,
@@ -427,8 +433,8 @@ def evaluate(
 
 @app.command()
 def evaluator(
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    aligned: AlignedArg,
+    splits: SplitsArg,
     out_dir: Annotated[Path, typer.Argument(help="Folder for the evaluator's model.pt.")],
     params: ParamsOption = None,
     quiet: QuietOption = False,
@@ -485,8 +491,8 @@ app.add_typer(data_app, name="data")
 @attack_app.command("reconstruct")
 def attack_reconstruct(
     masker: Annotated[Path, typer.Argument(help="The protection's masker.onnx.")],
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    aligned: AlignedArg,
+    splits: SplitsArg,
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for privacy.json and grid.png.")],
     params: ParamsOption = None,
@@ -505,10 +511,7 @@ def attack_reconstruct(
             help="Also run the un-mixing attacks on this released folder of `fmix mask` (as `fmix attack unmix`; unmix.json).",
         ),
     ] = None,
-    gallery: Annotated[
-        Optional[Path],
-        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
-    ] = None,
+    gallery: GalleryOption = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
@@ -541,7 +544,7 @@ def attack_unmix(
     release: Annotated[Path, typer.Argument(help="A released folder of `fmix mask` (what the attacker holds).")],
     masker: Annotated[Path, typer.Argument(help="The masker.onnx that made it (white-box).")],
     aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align` (the owner's faces, for scoring).")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    splits: SplitsArg,
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for unmix.json and unmix_grid.png.")],
     params: ParamsOption = None,
@@ -577,13 +580,10 @@ def attack_aggregate(
     release: Annotated[Path, typer.Argument(help="A released folder of `fmix mask` (what the attacker holds).")],
     masker: Annotated[Path, typer.Argument(help="The masker.onnx that made it (white-box).")],
     aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align` (the owner's faces, for scoring).")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    splits: SplitsArg,
     out_dir: Annotated[Path, typer.Argument(help="Folder for aggregate.json and aggregate_grid.png.")],
     params: ParamsOption = None,
-    gallery: Annotated[
-        Optional[Path],
-        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
-    ] = None,
+    gallery: GalleryOption = None,
     ledger: Annotated[
         Optional[Path],
         typer.Option(
@@ -630,7 +630,7 @@ def attack_aggregate(
 
 @attack_app.command("gallery")
 def attack_gallery(
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
+    aligned: AlignedArg,
     splits: Annotated[
         Path, typer.Argument(help="Output folder of `fmix split`: its private_train.csv is the gallery.")
     ],
@@ -652,15 +652,12 @@ def attack_gallery(
 @attack_app.command("invert")
 def attack_invert(
     model: Annotated[Path, typer.Argument(help="model.pt of `fmix train` (the target).")],
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    aligned: AlignedArg,
+    splits: SplitsArg,
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for inversion.json and inversion_grid.png.")],
     params: ParamsOption = None,
-    gallery: Annotated[
-        Optional[Path],
-        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
-    ] = None,
+    gallery: GalleryOption = None,
 ) -> None:
     """Model inversion of the FR model: decode identity templates, optimise inputs; scored by the evaluator."""
     cfg = _load("AttackParams", params, "attack")
@@ -680,17 +677,14 @@ def attack_protection(
     model: Annotated[
         Path, typer.Argument(help="model.pt of `fmix train`: its method says which protection to attack.")
     ],
-    aligned: Annotated[Path, typer.Argument(help="Output folder of `fmix align`.")],
-    splits: Annotated[Path, typer.Argument(help="Output folder of `fmix split`.")],
+    aligned: AlignedArg,
+    splits: SplitsArg,
     evaluator_model: Annotated[Path, typer.Argument(help="model.pt of `fmix evaluator`.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for masker.onnx, privacy.json and the grids.")],
     params: ParamsOption = None,
     metrics: Annotated[Optional[Path], typer.Option(help="The model's verification metrics JSON (Score_cls).")] = None,
     name: Annotated[str, typer.Option(help="Name of the sweep entry in the report.")] = "",
-    gallery: Annotated[
-        Optional[Path],
-        typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
-    ] = None,
+    gallery: GalleryOption = None,
     artifacts: Annotated[
         Optional[Path],
         typer.Option(
