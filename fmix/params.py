@@ -69,7 +69,7 @@ class SplitParams:
     pairs_per_fold: int = 100  # half matched, half mismatched
     # Identities with fewer than min_images (but at least this many) faces join the private role as
     # extra training identities (train only); the roles of the others (and so the pairs) do not change. None: off.
-    private_extra_min_images: int | None = 2
+    private_extra_min_images: int | None = None
 
     def __post_init__(self) -> None:
         _require_seed(self.seed, "split.seed")
@@ -385,7 +385,7 @@ class TrainParams:
     head: str = "cosface"  # or "arcface"
     scale: float = 32.0
     margin: float | None = None  # None: 0.35 for CosFace, 0.5 for ArcFace
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -488,11 +488,11 @@ class AttackParams:
     """Privacy attacks (``fmix attack reconstruct`` and ``fmix attack invert``)."""
 
     seconds: float = 120.0  # CPU seconds (wall-clock seconds on CUDA: attack.device) of inversion-network training per attacker (a cap beside steps)
-    steps: int | None = 40  # steps per attacker: it stops at whichever comes first (null: time only)
+    steps: int | None = 20  # steps per attacker: it stops at whichever comes first (null: time only)
     eval_faces: int = 64  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
-    invert_seconds: float = 15.0  # model inversion: the decoder's training, and again the identity optimisation
+    invert_seconds: float = 5.0  # model inversion: the decoder's training, and again the identity optimisation
     invert_identities: int = 32  # identities reconstructed by input optimisation
     seed: int = 0
     judge: str = "dlib"  # who names the identities for S2/S4: dlib (pretrained descriptor), evaluator (the RGB model) or the path of an ONNX face embedder (.onnx)

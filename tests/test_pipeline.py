@@ -316,6 +316,22 @@ def test_every_profile_merges_into_valid_params():
         )
 
 
+def test_a_params_mapping_names_the_profile_it_was_made_with():
+    from fmix.pipeline.profiles import PROFILES_DIR, merge, profile_names, profile_of
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert profile_of(base, REPO) == "quick"
+    for name in profile_names(REPO)[1:]:
+        merged = merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))
+        assert profile_of(merged, REPO) == name
+        assert profile_of(merge(merged, {"train": {"epochs": 99}}), REPO) in (
+            None,
+            name,
+        )  # kept only if it sets no epochs
+    assert profile_of(merge(base, {"train": {"epochs": 99}}), REPO) is None  # edited by hand
+    assert profile_of(merge(base, {"sweep": {"none": {"method": "none"}}}), REPO) is None
+
+
 def _adaptive_budgets(params: dict) -> dict[str, tuple[str, float]]:
     """Sweep entry -> (policy objective, mean-k budget) of every adaptive entry."""
     from fmix.params import TrainParams, merge_sections, section_from_mapping
@@ -499,6 +515,10 @@ def test_snakemake_runs_the_pipeline_on_real_faces(tiny_pipeline):
     assert (
         "| mixup4 |" in markdown and "![privacy/utility scatter](tradeoff.png)" in markdown and "snakemake" in markdown
     )
+    assert markdown.startswith(
+        "# fmix report\n\nProfile: ci (workflow/params/ci.yaml merged into params.yaml); 5 sweep entries"
+    )
+    assert (tiny_pipeline / "models" / "evaluator" / "templates.pt").is_file()  # embedded once, read by every inversion
     page = (tiny_pipeline / "report" / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 3 + 2 * 4 - 1 and all(

@@ -12,7 +12,16 @@ runner = CliRunner()
 
 
 def _entry(
-    results, models, name, method, accuracy, privacy_row=None, k_histogram=None, k_by_difficulty=None, check_s4=0.5
+    results,
+    models,
+    name,
+    method,
+    accuracy,
+    privacy_row=None,
+    k_histogram=None,
+    k_by_difficulty=None,
+    check_s4=0.5,
+    inversion_top1=0.25,
 ):
     folder = results / name
     folder.mkdir(parents=True)
@@ -27,7 +36,7 @@ def _entry(
         else {"row": None, "reason": "nothing to reconstruct"}
     )
     (folder / "privacy.json").write_text(json.dumps(privacy))
-    (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": 0.25}}))
+    (folder / "inversion.json").write_text(json.dumps({"decoder": {"top1": inversion_top1, "chance": 0.004}}))
     log = [
         {"epoch": e, "loss": 10.0 - e, "val_accuracy": 0.1 * e, **({"k_histogram": k_histogram} if k_histogram else {})}
         for e in range(3)
@@ -182,3 +191,56 @@ def test_report_draws_the_frontier_of_fixed_k_and_both_policies(tmp_path):
         "fixed k": ["mixup3", "mixup4"],
         "ours (cooperative)": ["ours3", "ours4"],
     }
+
+
+def _report(tmp_path, entries, attack=None):
+    results, models, out = tmp_path / "results", tmp_path / "models", tmp_path / "report"
+    sweep = {}
+    for name, method, accuracy, inversion_top1 in entries:
+        _entry(results, models, name, method, accuracy, inversion_top1=inversion_top1)
+        sweep[name] = {"method": method}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {}, "attack": attack or {}, "sweep": sweep}, sort_keys=False))
+    result = runner.invoke(app, ["report", str(results), str(models), str(out), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    return (out / "report.md").read_text()
+
+
+def test_model_inversion_is_a_smoke_test_until_it_names_people_from_the_undefended_model(tmp_path):
+    markdown = _report(tmp_path / "weak", [("none", "none", 0.84, 0.031), ("ppfrfd", "ppfrfd", 0.8, 0.0)])
+    headline = markdown.index(
+        "Headline: model inversion is a smoke test in this run: from the undefended none model it names 0.031 of the "
+        "identities (chance 0.004; its check asks 0.25), so its top-1 on the defences credits no privacy"
+    )
+    assert headline < markdown.index("## Methods")
+    passing = _report(tmp_path / "works", [("none", "none", 0.84, 0.4), ("ppfrfd", "ppfrfd", 0.8, 0.0)])
+    assert "model inversion is" not in passing
+    stricter = _report(tmp_path / "strict", [("none", "none", 0.84, 0.4)], attack={"check_min_s4": 0.5})
+    assert "it names 0.400 of the identities (chance 0.004; its check asks 0.5)" in stricter  # attack.check_min_s4
+    unchecked = _report(tmp_path / "alone", [("ppfrfd", "ppfrfd", 0.8, 0.0)])
+    assert (
+        "Headline: model inversion is unchecked in this run: the sweep has no undefended entry (method none)"
+        in unchecked
+    )
+
+
+def test_the_report_says_which_profile_made_it(tmp_path):
+    from fmix.pipeline.profiles import PROFILES_DIR, merge
+    from fmix.pipeline.report import profile_line
+    from fmix_testing import REPO
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    line = profile_line(base, REPO)
+    assert line.startswith("Profile: quick, the default run (params.yaml's defaults") and "5 sweep entries" in line
+    assert line.endswith(
+        "Full results come from the cpu profile (2 CPU cores) and the paper profile (GPUs): `fmix pipeline profile NAME`, docs/pipeline.md."
+    )
+    cpu = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "cpu.yaml").read_text()))
+    assert profile_line(cpu, REPO).startswith(
+        "Profile: cpu (workflow/params/cpu.yaml merged into params.yaml); 9 sweep entries, 6 epochs"
+    )
+    assert profile_line({"train": {"epochs": 1}, "sweep": {}}, REPO).startswith(
+        "Profile: none of the named ones (params edited by hand)"
+    )
+    markdown = _report(tmp_path, [("none", "none", 0.84, 0.4)])
+    assert markdown.index("Profile: none of the named ones") < markdown.index("## Methods")

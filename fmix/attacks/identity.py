@@ -25,6 +25,7 @@ headline, and the RGB evaluator's always beside them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -334,6 +335,69 @@ class OnnxGallery:
             "chance_top1": chance_hit_rate(labels, valid, identities, 1),
             "chance_top5": chance_hit_rate(labels, valid, identities, 5),
         }
+
+
+TEMPLATES_FILE = "templates.pt"  # beside the evaluator's model.pt: its templates of the clean private training faces
+
+
+def _templates_key(model_path: Path, faces: FaceSet, num_classes: int) -> str:
+    """What the templates depend on: the evaluator's weights, the faces (paths, pixels, labels) and the class count."""
+    digest = hashlib.sha256(Path(model_path).read_bytes())
+    digest.update("\n".join(faces.paths).encode())
+    digest.update(faces.images.numpy().tobytes())
+    digest.update(faces.labels.numpy().tobytes())
+    digest.update(str(num_classes).encode())
+    return digest.hexdigest()
+
+
+def clean_templates(evaluator: Evaluator, faces: FaceSet, num_classes: int) -> Tensor:
+    """Each identity's clean template: the normalised sum of the evaluator's embeddings of its faces.
+
+    Args:
+        evaluator: the RGB evaluator.
+        faces: the clean private training faces.
+        num_classes: identities (rows; an identity without faces gets a zero row).
+
+    Shape:
+        - Output: :math:`(num\\_classes, E)`.
+    """
+    clean = evaluator.embed(faces.float_images(torch.arange(len(faces))))
+    sums = torch.zeros(num_classes, clean.shape[1]).index_add_(0, faces.labels, clean)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def write_templates(evaluator_path: str | Path, faces: FaceSet, device: torch.device | str = "cpu") -> Path:
+    """Embed the clean private faces once with the evaluator, into :data:`TEMPLATES_FILE` beside its ``model.pt``.
+
+    Every model inversion reads them (:func:`load_templates`) instead of embedding the faces again.
+
+    Args:
+        evaluator_path: the evaluator's ``model.pt``.
+        faces: the clean private training faces.
+        device: where the evaluator runs.
+
+    Returns:
+        The templates file.
+    """
+    evaluator_path = Path(evaluator_path)
+    evaluator = Evaluator(evaluator_path, device)
+    templates = clean_templates(evaluator, faces, evaluator.num_classes)
+    out = evaluator_path.parent / TEMPLATES_FILE
+    tmp = out.with_suffix(".tmp")
+    torch.save({"key": _templates_key(evaluator_path, faces, evaluator.num_classes), "templates": templates}, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_templates(evaluator_path: str | Path, evaluator: Evaluator, faces: FaceSet, num_classes: int) -> Tensor:
+    """The evaluator's clean templates: from :data:`TEMPLATES_FILE` when it was made by this evaluator for these
+    faces and classes, else embedded here (:func:`clean_templates`)."""
+    cached = Path(evaluator_path).parent / TEMPLATES_FILE
+    if cached.is_file():
+        record = torch.load(cached, map_location="cpu", weights_only=True)
+        if record.get("key") == _templates_key(Path(evaluator_path), faces, num_classes):
+            return record["templates"]
+    return clean_templates(evaluator, faces, num_classes)
 
 
 class IdentityScorer:

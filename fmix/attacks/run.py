@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from fmix.attacks.grids import write_attack_grid
-from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge
+from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge, load_templates
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
 from fmix.attacks.protectors import (
     MaskerProtector,
@@ -446,10 +446,7 @@ def invert_model(
     with torch.no_grad():
         decoded = decoder(target.head.centres()).cpu()
     decoder_seconds = time.process_time() - start
-    clean = evaluator.embed(private.float_images(torch.arange(len(private))))
-    templates = torch.nn.functional.normalize(
-        torch.zeros(record.num_classes, clean.shape[1]).index_add_(0, private.labels, clean), dim=1
-    )
+    templates = load_templates(evaluator_path, evaluator, private, record.num_classes)
     scorer = IdentityScorer(judge, evaluator, private, record.num_classes, gallery_file=gallery_file, device=device)
 
     def judged(images, chosen):

@@ -449,8 +449,15 @@ def evaluator(
     # The evaluator is its own model: its section's settings (device included), never train's pretrained start.
     train_cfg = dataclasses.replace(train_cfg, method="none", init_backbone=None, **dataclasses.asdict(cfg))
     summary = guarded(lambda: run_training(train_cfg, aligned, splits, out_dir, progress=not quiet))
+    from fmix.attacks.identity import write_templates
+    from fmix.data.faces import load_face_set
+    from fmix.device import resolve_device
+
+    faces = guarded(lambda: load_face_set(aligned, splits / "private_train.csv"))
+    templates = guarded(lambda: write_templates(out_dir / "model.pt", faces, resolve_device(cfg.device)))
     typer.echo(
-        f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities"
+        f"evaluator: closed-set accuracy {summary['val_accuracy']:.3f} on {summary['identities']} private identities; "
+        f"clean templates -> {templates}"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from fmix.io import atomic_write
-from fmix.params import ParamsError, read_params_file
+from fmix.params import DEFAULT_SWEEP, SECTIONS, ParamsError, defaults_as_dict, read_params_file
 
 PROFILES_DIR = Path("workflow") / "params"
 
@@ -35,6 +35,48 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def profile_names(root: str | Path = ".") -> list[str]:
     """The profiles available: ``quick`` and one per overlay file."""
     return ["quick"] + sorted(path.stem for path in (Path(root) / PROFILES_DIR).glob("*.yaml"))
+
+
+def _holds(params: dict[str, Any], overlay: dict[str, Any]) -> bool:
+    """Whether ``params`` has every value of ``overlay`` (mappings recursively; ``sweep`` as a whole)."""
+    for key, value in overlay.items():
+        if key not in params:
+            return False
+        if isinstance(value, dict) and isinstance(params[key], dict) and key != "sweep":
+            if not _holds(params[key], value):
+                return False
+        elif params[key] != value:
+            return False
+    return True
+
+
+def _settings(overlay: dict[str, Any]) -> int:
+    return sum(_settings(value) if isinstance(value, dict) else 1 for value in overlay.values())
+
+
+def profile_of(params: dict[str, Any], root: str | Path = ".") -> str | None:
+    """The profile a params mapping was made with, read from its values.
+
+    A named profile when ``params`` holds all of its overlay (the one with most settings where
+    several do), ``quick`` when its stage sections and sweep are the code's defaults, else None
+    (params edited by hand).
+
+    Args:
+        params: a params mapping (``params.yaml``, or Snakemake's config copy).
+        root: the repository root holding ``workflow/params/``.
+
+    Returns:
+        The profile's name, or None.
+    """
+    held = []
+    for name in profile_names(root)[1:]:
+        overlay = read_params_file(Path(root) / PROFILES_DIR / f"{name}.yaml")
+        if _holds(params, overlay):
+            held.append((_settings(overlay), name))
+    if held:
+        return max(held)[1]
+    stages = {name: params.get(name) for name in SECTIONS}
+    return "quick" if stages == defaults_as_dict() and params.get("sweep") == DEFAULT_SWEEP else None
 
 
 def apply_profile(params_path: str | Path, name: str, root: str | Path = ".") -> dict[str, Any]:

@@ -27,7 +27,8 @@ import yaml
 
 from fmix.io import atomic_write, read_json, write_json_atomic
 from fmix.metrics.policy import mutual_information
-from fmix.params import TrainParams, merge_sections, read_params_file, section_from_mapping, sweep_entries
+from fmix.params import AttackParams, TrainParams, merge_sections, read_params_file, section_from_mapping, sweep_entries
+from fmix.pipeline.profiles import PROFILES_DIR, profile_of
 
 ATTACK_FILES = (
     "attack"  # <results>/<entry>/attack/: the grid (and masker) of `fmix attack protection --artifacts` in the pipeline
@@ -160,6 +161,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "note": privacy.get("reason"),
             "judge": privacy.get("judge") or inversion.get("judge"),
             "check_min_s4": privacy.get("check_min_s4"),
+            "inversion_chance": (inversion.get("decoder") or {}).get("chance"),
             "k_by_difficulty": summary.get("final_k_by_difficulty"),
             "k_values": list((summary.get("final_k_histogram") or {}).keys()),
         }
@@ -485,6 +487,60 @@ def policy_objectives(entries: dict[str, dict], train: dict | None) -> dict[str,
     return out
 
 
+def profile_line(params: dict, root: str | Path = ".") -> str:
+    """The report's first line: the profile the run used, its scale, and where the full results come from."""
+    name = profile_of(params, root)
+    train, attack = params.get("train") or {}, params.get("attack") or {}
+    scale = (
+        f"{len(params.get('sweep') or {})} sweep entries, {train.get('epochs')} epochs at width {train.get('width')}, "
+        f"attackers of {attack.get('steps')} steps or {attack.get('seconds')} s"
+    )
+    if name == "quick":
+        said = "quick, the default run (params.yaml's defaults: a check of every entry that fits a coffee break on 2 cores)"
+    elif name is None:
+        said = "none of the named ones (params edited by hand)"
+    else:
+        said = f"{name} ({PROFILES_DIR / (name + '.yaml')} merged into params.yaml)"
+    return (
+        f"Profile: {said}; {scale}. Full results come from the cpu profile (2 CPU cores) "
+        "and the paper profile (GPUs): `fmix pipeline profile NAME`, docs/pipeline.md."
+    )
+
+
+def inversion_check(collected: dict[str, dict], check_min: float) -> str | None:
+    """The headline on model inversion: None when it names ``check_min`` of the identities from an undefended model.
+
+    Model inversion only credits privacy to a defence when the same attack recovers people from a
+    model trained without one (method ``none``): that is its check, as the attack check is the
+    reconstruction attacks'.
+
+    Args:
+        collected: :func:`collect`'s entries.
+        check_min: the share of identities the inversion must name (``attack.check_min_s4``).
+
+    Returns:
+        The headline sentence, or None when the check passes or nothing was inverted.
+    """
+    inverted = {name: item for name, item in collected.items() if item["row"]["inversion_top1"] is not None}
+    if not inverted:
+        return None
+    undefended = {name: item for name, item in inverted.items() if item["row"]["method"] == "none"}
+    if not undefended:
+        return (
+            "Headline: model inversion is unchecked in this run: the sweep has no undefended entry (method none) "
+            "to show that it names anyone, so its top-1 on the defences credits no privacy."
+        )
+    name, item = max(undefended.items(), key=lambda pair: pair[1]["row"]["inversion_top1"])
+    top1 = item["row"]["inversion_top1"]
+    if top1 >= check_min:
+        return None
+    return (
+        f"Headline: model inversion is a smoke test in this run: from the undefended {name} model it names "
+        f"{_fmt(top1)} of the identities (chance {_fmt(item['inversion_chance'])}; its check asks {check_min}), so its "
+        "top-1 on the defences credits no privacy (give it more budget: attack.invert_seconds)."
+    )
+
+
 def build_blocks(
     collected: dict[str, dict],
     figures: dict[str, Path],
@@ -492,9 +548,11 @@ def build_blocks(
     params_text: str,
     aggregate: dict | None = None,
     objectives: dict[str, str] | None = None,
+    headlines: list[str] | None = None,
 ) -> list[Block]:
     """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`;
-    ``objectives``: the adaptive entries' policy objectives, :func:`policy_objectives`)."""
+    ``objectives``: the adaptive entries' policy objectives, :func:`policy_objectives`; ``headlines``: paragraphs
+    before everything else, the profile line and :func:`inversion_check`'s)."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
@@ -506,7 +564,7 @@ def build_blocks(
         for name, item in collected.items()
         if item["row"]["attack_works"] is False
     ]
-    blocks = [Block("h1", "fmix report")]
+    blocks = [Block("h1", "fmix report")] + [Block("p", line) for line in headlines or [] if line]
     if weak:
         blocks.append(
             Block(
@@ -657,6 +715,7 @@ def write_report(
     out_dir: str | Path,
     params_path: str | Path,
     aggregate: str | Path | None = None,
+    root: str | Path = ".",
 ) -> dict[str, dict]:
     """Collect every sweep entry's results and write the report files.
 
@@ -667,6 +726,7 @@ def write_report(
         params_path: the params file (its ``sweep`` section orders the entries; all of it is shown).
         aggregate: ``aggregate.json`` of ``fmix attack aggregate`` (the release's worst case; its
             ``aggregate_grid.png`` beside it is shown too), or None.
+        root: the repository root holding ``workflow/params/`` (the profiles the report names).
 
     Returns:
         Entry name -> its table row (as in ``methods.json``).
@@ -712,7 +772,11 @@ def write_report(
     frontier = frontier_figure(curves, out_dir / "frontier.png")  # always written: a declared output
     if sum(len(points) >= 2 for points in curves.values()) >= 2:  # shown with two curves of two points or more
         figures["frontier"] = frontier
-    blocks = build_blocks(collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives)
+    check_min = section_from_mapping(AttackParams, params.get("attack") or {}, "attack").check_min_s4
+    headlines = [profile_line(params, root), inversion_check(collected, check_min)]
+    blocks = build_blocks(
+        collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives, headlines
+    )
     write_json_atomic(out_dir / "methods.json", rows)
     _write_csv(
         out_dir / "tradeoff.csv",

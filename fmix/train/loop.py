@@ -208,10 +208,7 @@ def train(
             trainer.state.step += 1
             trainer.state.batch = number + 1
             bar.update()
-            if trainer.state.step % params.checkpoint_every == 0:
-                trainer.save_checkpoint(checkpoint_path)
-            if max_steps is not None and trainer.state.step >= max_steps:
-                trainer.save_checkpoint(checkpoint_path)
+            if _checkpoint_due(trainer, checkpoint_path, params.checkpoint_every, max_steps):
                 bar.close()
                 return {"stopped_at_step": trainer.state.step}
         trainer.end_epoch(epoch, val_set)
@@ -265,6 +262,14 @@ def _summary(
         summary["privacy"] = privacy
         summary["epsilon"] = privacy.get("epsilon")  # the report's column
     return summary
+
+
+def _checkpoint_due(trainer, checkpoint_path: Path, every: int, max_steps: int | None) -> bool:
+    """After a step: checkpoint every ``every`` steps, and once ``max_steps`` are done (then True: stop)."""
+    stop = max_steps is not None and trainer.state.step >= max_steps
+    if stop or trainer.state.step % every == 0:
+        trainer.save_checkpoint(checkpoint_path)
+    return stop
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

@@ -345,7 +345,7 @@ def train_on_release(
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
     """
-    from fmix.train.loop import _distributed, _write_log
+    from fmix.train.loop import _checkpoint_due, _distributed, _write_log
 
     rank, world = _distributed(params.device)
     device = rank_device(params.device, rank)
@@ -374,10 +374,7 @@ def train_on_release(
             beat(trainer.state.step, epoch=epoch + 1)
             trainer.state.batch += 1
             bar.update()
-            if trainer.state.step % params.checkpoint_every == 0:
-                trainer.save_checkpoint(checkpoint_path)
-            if max_steps is not None and trainer.state.step >= max_steps:
-                trainer.save_checkpoint(checkpoint_path)
+            if _checkpoint_due(trainer, checkpoint_path, params.checkpoint_every, max_steps):
                 bar.close()
                 return {"stopped_at_step": trainer.state.step}
         trainer.end_epoch(epoch)

@@ -428,3 +428,36 @@ def test_attack_protection_of_methods_without_a_masker(pipeline_sample, maskerle
             and record[mode]["n"] == 8
         )
     assert record["free_floor"] == record["white"]["floor"] and -1.0 <= row["S1"] <= 1.0
+
+
+def test_the_evaluators_clean_templates_are_embedded_once_and_only_reused_for_the_same_faces(
+    pipeline_sample, trained, tmp_path
+):
+    import shutil
+
+    import torch
+
+    from fmix.attacks.identity import TEMPLATES_FILE, clean_templates, load_templates, write_templates
+    from fmix.data.faces import FaceSet, load_face_set
+
+    model = tmp_path / "model.pt"
+    shutil.copy(trained / "evaluator" / "model.pt", model)
+    faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
+    evaluator = Evaluator(model)
+    embedded = clean_templates(evaluator, faces, evaluator.num_classes)
+    assert embedded.shape == (evaluator.num_classes, 32)
+    assert torch.allclose(embedded.norm(dim=1), torch.ones(evaluator.num_classes))
+    assert write_templates(model, faces) == tmp_path / TEMPLATES_FILE
+    assert torch.equal(load_templates(model, evaluator, faces, evaluator.num_classes), embedded)
+    # The file is what is read: doctored templates come back while the evaluator and the faces are the same ...
+    record = torch.load(tmp_path / TEMPLATES_FILE, weights_only=True)
+    torch.save({**record, "templates": torch.zeros_like(embedded)}, tmp_path / TEMPLATES_FILE)
+    assert not load_templates(model, evaluator, faces, evaluator.num_classes).any()
+    # ... and never for other faces (a pixel changed), another class count or another evaluator.
+    other = faces.images.clone()
+    other[0, 0, 0, 0] ^= 1
+    changed = FaceSet(other, faces.labels, faces.paths)
+    assert torch.allclose(load_templates(model, evaluator, changed, evaluator.num_classes), embedded, atol=1e-4)
+    assert load_templates(model, evaluator, faces, evaluator.num_classes + 1).shape[0] == evaluator.num_classes + 1
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert load_templates(model, evaluator, faces, evaluator.num_classes).any()

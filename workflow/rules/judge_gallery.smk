@@ -63,5 +63,6 @@ rule judge_gallery:
         "../../environment.yml",
     benchmark:
         "logs/benchmarks/judge_gallery.tsv",
+    priority: 3
     shell:
         "OMP_NUM_THREADS={threads} fmix -v attack gallery {input.aligned} {input.splits} {output.gallery} --params {params.params_file} > {log} 2>&1"

@@ -31,6 +31,7 @@ rule report:
             "fmix/metrics/privacy.py",
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
+            "fmix/pipeline/profiles.py",
             "fmix/pipeline/report.py",
             "fmix/progress.py",
         ],
