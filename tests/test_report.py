@@ -29,7 +29,12 @@ def _entry(
     (folder / "verification.json").write_text(
         json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}})
     )
-    check = {"check": {"S4": check_s4}, "check_min_s4": 0.25, "attack_works": check_s4 >= 0.25}
+    check = {
+        "check": {"S4": check_s4},
+        "check_min_s4": 0.25,
+        "attack_works": check_s4 >= 0.25,
+        "worst_stratum": {"attacker": "black", "stratum": "20+", "n": 12, "S4": 0.375},
+    }
     privacy = (
         {"row": privacy_row, "chance_top1": 0.004, "judge": "dlib", **check}
         if privacy_row
@@ -79,6 +84,8 @@ def test_report_tables_figures_and_page(tmp_path):
         "S2": 0.1,
         "S3": 0.55,
         "S4": 0.2,
+        "S4_worst": 0.375,
+        "worst_stratum": "20+ (black, n 12)",
         "ssim_floor": 0.5,
         "chance": 0.004,
         "check_S4": 0.5,
@@ -91,11 +98,11 @@ def test_report_tables_figures_and_page(tmp_path):
     }
     markdown = (out / "report.md").read_text()
     assert (
-        "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.500 | yes | 0.700 | 0.610 | 0.250 | 3.000 | — |"
+        "| mixup3 | 0.610 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.375 | 20+ (black, n 12) | 0.500 | 0.004 | 0.500 | yes | 0.700 | 0.610 | 0.250 | 3.000 | — |"
         in markdown
     )
     assert (
-        "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.500 | 0.004 | 0.125 | no |"
+        "| mixup5 | 0.550 | 0.050 | 0.900 | — | 0.600 | 0.400 | 0.100 | 0.550 | 0.200 | 0.375 | 20+ (black, n 12) | 0.500 | 0.004 | 0.125 | no |"
         in markdown
     )
     # Uncredited privacy is said in the headline, before the table.

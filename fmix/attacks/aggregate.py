@@ -43,6 +43,7 @@ from fmix.attacks.grids import image_grid
 from fmix.attacks.identity import DlibGallery, OnnxGallery, chance_hit_rate, is_onnx_judge
 from fmix.attacks.protectors import MaskerProtector, Protector, sign_blind
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack
+from fmix.attacks.strata import DEFAULT_STRATA, parse_strata, stratum_names, stratum_of
 from fmix.data.faces import FaceSet, load_face_set, read_face_list
 from fmix.data.images import write_png_atomic
 from fmix.io import read_json, write_json_atomic
@@ -54,7 +55,6 @@ from fmix.release.ledger import Ledger, default_ledger_path, file_hash
 
 ATTACKS = ("single", "heaviest", "weighted")  # the attacks the headline maximises over, in the order ties go
 DEFAULT_TARGETS = 100
-DEFAULT_STRATA = (2, 5, 20)  # photos per identity in the private training split: 2-4, 5-19, 20+
 
 
 @dataclass(frozen=True)
@@ -125,44 +125,6 @@ def select_targets(rows: list[IndexRow], count: int = DEFAULT_TARGETS) -> list[T
             )
         )
     return targets
-
-
-def parse_strata(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """Stratum bounds from ``"2,5,20"`` (or a sequence): increasing photo counts, each >= 1.
-
-    Raises:
-        ValueError: not increasing integers >= 1.
-    """
-    try:
-        bounds = tuple(int(part) for part in text.split(",")) if isinstance(text, str) else tuple(int(b) for b in text)
-    except ValueError as err:
-        raise ValueError(f"Expected strata as increasing photo counts such as 2,5,20, got {text!r}") from err
-    if not bounds or bounds[0] < 1 or any(b >= c for b, c in zip(bounds, bounds[1:])):
-        raise ValueError(f"Expected strata as increasing photo counts >= 1 such as 2,5,20, got {text!r}")
-    return bounds
-
-
-def stratum_names(bounds: tuple[int, ...]) -> list[str]:
-    """Names of the strata of :func:`stratum_of`: ``(2, 5, 20)`` -> ``["2-4", "5-19", "20+"]``."""
-    names = [f"{low}-{high - 1}" if high - 1 > low else str(low) for low, high in zip(bounds, bounds[1:])]
-    return names + [f"{bounds[-1]}+"]
-
-
-def stratum_of(photos: int, bounds: tuple[int, ...]) -> str:
-    """The stratum of an identity with ``photos`` photos in the private training split.
-
-    Args:
-        photos: the identity's photos.
-        bounds: stratum bounds (:func:`parse_strata`).
-
-    Returns:
-        One of :func:`stratum_names`, or for fewer photos than the first bound ``"1"`` /
-        ``"1-<bound - 1>"``.
-    """
-    if photos < bounds[0]:
-        return "1" if bounds[0] == 2 else f"1-{bounds[0] - 1}"
-    names = stratum_names(bounds)
-    return names[max(i for i, low in enumerate(bounds) if photos >= low)]
 
 
 def attacker_view(x: Tensor, sign_masked: bool) -> Tensor:

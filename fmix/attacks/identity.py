@@ -147,7 +147,7 @@ class Evaluator:
             valid: which constituents exist (B, k_max).
 
         Returns:
-            top1, top5 and their chance rates (:func:`chance_hit_rate`).
+            top1, top5 and their chance rates (:func:`chance_hit_rate`); ``top1_hits``: each sample's top-1 hit.
         """
         logits = self.logits(images)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -156,6 +156,7 @@ class Evaluator:
         return {
             "top1": top1_hit.float().mean().item(),
             "top5": top5_hit.float().mean().item(),
+            "top1_hits": top1_hit.tolist(),
             "chance_top1": chance_hit_rate(labels, valid, logits.shape[1], 1),
             "chance_top5": chance_hit_rate(labels, valid, logits.shape[1], 5),
         }
@@ -229,7 +230,7 @@ class DlibGallery:
             (mean distance to the nearest constituent's template), each chance
             (``chance_top1``, ``chance_top5``, ``chance_tar``: the same TAR against another
             sample's identities), the ``threshold`` and ``verified`` (samples with photos to
-            verify against). TARs are None when no sample has such photos.
+            verify against); ``top1_hits``: each sample's top-1 hit. TARs are None when no sample has such photos.
         """
         _check_constituents(images, labels, valid, sources)
         descriptors = self.judge.embed(images)
@@ -251,6 +252,7 @@ class DlibGallery:
         return {
             "top1": top1.float().mean().item(),
             "top5": top5.float().mean().item(),
+            "top1_hits": top1.tolist(),
             "tar": tar[verified].mean().item() if verified.any() else None,
             "template_distance": nearest[torch.isfinite(nearest)].mean().item()
             if torch.isfinite(nearest).any()
@@ -317,7 +319,7 @@ class OnnxGallery:
 
         Returns:
             ``top1``, ``top5``, ``template_cosine`` (mean cosine to the nearest valid
-            constituent's template), ``chance_top1`` and ``chance_top5``.
+            constituent's template), ``chance_top1`` and ``chance_top5``; ``top1_hits``: each sample's top-1 hit.
         """
         _check_constituents(images, labels, valid, sources)
         cosines = self.embedder.embed(images.float()) @ self.templates.T
@@ -331,6 +333,7 @@ class OnnxGallery:
         return {
             "top1": top1.float().mean().item(),
             "top5": top5.float().mean().item(),
+            "top1_hits": top1.tolist(),
             "template_cosine": nearest[finite].mean().item() if finite.any() else None,
             "chance_top1": chance_hit_rate(labels, valid, identities, 1),
             "chance_top5": chance_hit_rate(labels, valid, identities, 5),
@@ -429,7 +432,14 @@ class IdentityScorer:
         self.dlib = DlibGallery(gallery, identities, gallery_file=gallery_file) if judge == "dlib" else None
         self.onnx = OnnxGallery(judge, gallery, identities, device) if self.key == ONNX_JUDGE else None
 
-    def identified(self, images: Tensor, labels: Tensor, valid: Tensor, sources: Tensor | None = None) -> dict:
+    def identified(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        valid: Tensor,
+        sources: Tensor | None = None,
+        strata: list[str] | None = None,
+    ) -> dict:
         """Score images against the identities of their constituents.
 
         Args:
@@ -438,11 +448,14 @@ class IdentityScorer:
             valid: which constituents exist :math:`(B, K)`, bool.
             sources: gallery index of each constituent's own photo :math:`(B, K)` (see
                 :meth:`DlibGallery.identified`), or None.
+            strata: each sample's stratum of photos per identity (e.g. of its heaviest constituent,
+                :func:`fmix.attacks.aggregate.stratum_of`), or None.
 
         Returns:
             ``judge``, the headline ``top1``, ``top5``, ``chance_top1`` (and ``tar``,
-            ``chance_tar`` for dlib), and ``by_judge``: every judge's full scores (an ONNX
-            judge's under ``onnx``).
+            ``chance_tar`` for dlib), ``by_judge``: every judge's full scores (an ONNX
+            judge's under ``onnx``), and with ``strata`` ``by_stratum``: the headline judge's
+            ``n`` and ``top1`` per stratum.
         """
         _check_constituents(images, labels, valid, sources)
         by_judge = {"evaluator": self.evaluator.identified(images, labels, valid)}
@@ -452,4 +465,26 @@ class IdentityScorer:
             by_judge[ONNX_JUDGE] = self.onnx.identified(images, labels, valid, sources)
         headline = by_judge[self.key]
         keys = ("top1", "top5", "chance_top1", "tar", "chance_tar")
-        return {"judge": self.judge, **{key: headline[key] for key in keys if key in headline}, "by_judge": by_judge}
+        out = {"judge": self.judge, **{key: headline[key] for key in keys if key in headline}, "by_judge": by_judge}
+        if strata is not None:
+            if len(strata) != len(images):
+                raise ValueError(f"Expected one stratum per image ({len(images)}), got {len(strata)}")
+            out["by_stratum"] = top1_by_stratum(headline["top1_hits"], strata)
+        return out
+
+
+def top1_by_stratum(hits: list[bool], strata: list[str]) -> dict[str, dict]:
+    """Top-1 rate per stratum (in order of first appearance), with its number of samples.
+
+    Args:
+        hits: each sample's top-1 hit.
+        strata: each sample's stratum.
+
+    Returns:
+        Stratum -> ``{"n", "top1"}``.
+    """
+    out = {}
+    for name in dict.fromkeys(strata):
+        chosen = [hit for hit, stratum in zip(hits, strata) if stratum == name]
+        out[name] = {"n": len(chosen), "top1": sum(chosen) / len(chosen)}
+    return out

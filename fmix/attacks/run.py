@@ -45,6 +45,7 @@ from fmix.attacks.protectors import (
     surrogate_protector,
 )
 from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, constituents_of, evaluate_reconstruction
+from fmix.attacks.strata import DEFAULT_STRATA, stratum_of
 from fmix.data.faces import FaceSet, load_face_set
 from fmix.device import resolve_device
 from fmix.freq import protected_to_image
@@ -255,6 +256,24 @@ def attack_method(
     )
 
 
+def worst_stratum(attackers: dict[str, dict]) -> dict | None:
+    """The highest S4 over attackers and strata of photos per identity: the people most at risk.
+
+    Args:
+        attackers: attacker name -> its scores with ``S4_by_stratum`` (stratum -> ``{"n", "top1"}``).
+
+    Returns:
+        ``{"attacker", "stratum", "n", "S4"}`` of the highest top-1 (ties: the first attacker, the
+        first stratum), or None without strata.
+    """
+    best = None
+    for attacker, scores in attackers.items():
+        for stratum, rate in (scores.get("S4_by_stratum") or {}).items():
+            if rate["n"] and (best is None or rate["top1"] > best["S4"]):
+                best = {"attacker": attacker, "stratum": stratum, "n": rate["n"], "S4": rate["top1"]}
+    return best
+
+
 def attack_target(
     target: AttackTarget,
     aligned: str | Path,
@@ -290,6 +309,12 @@ def attack_target(
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     own_sources = gallery_sources(gallery, private)
     public_images = public.images.permute(0, 3, 1, 2).contiguous()
+    photos = torch.bincount(gallery.labels, minlength=int(gallery.labels.max()) + 1)
+    face_strata = [stratum_of(int(photos[label]), DEFAULT_STRATA) for label in private.labels.tolist()]
+
+    def strata_of(pairs: ProtectedPairs) -> list[str]:
+        """Each sample's stratum: its heaviest constituent's photos in the private training split."""
+        return [face_strata[index] for index in pairs.heaviest().tolist()]
 
     def attacker(
         protector: Protector, protected: ProtectedPairs, constituents: Tensor, valid: Tensor, floor: Tensor | None
@@ -303,12 +328,15 @@ def attack_target(
         recon = fitted.invert(protected.x)
         scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
         cpu_seconds = time.process_time() - start
-        hits = scorer.identified(recon, private.labels[protected.partners], valid, own_sources[protected.partners])
+        hits = scorer.identified(
+            recon, private.labels[protected.partners], valid, own_sources[protected.partners], strata_of(protected)
+        )
         scores = {
             **scored.summary(),
             "S4": hits["top1"],
             "top5": hits["top5"],
             "S4_by_judge": hits["by_judge"],
+            "S4_by_stratum": hits["by_stratum"],
             "steps": len(fitted.history),
             "cpu_seconds": cpu_seconds,
         }
@@ -318,7 +346,7 @@ def attack_target(
     constituents, valid = constituents_of(originals, pairs)
     visual = target.visualise(pairs.x)
     s1 = best_constituent_ssim(visual, constituents, valid)[0].mean().item()
-    s2 = scorer.identified(visual, private.labels[pairs.partners], valid, own_sources[pairs.partners])
+    s2 = scorer.identified(visual, private.labels[pairs.partners], valid, own_sources[pairs.partners], strata_of(pairs))
     record = {
         "method": method,
         **target.info,
@@ -344,6 +372,7 @@ def attack_target(
         }
     record["check_min_s4"] = params.check_min_s4
     record["attack_works"] = record["check"]["S4"] >= params.check_min_s4
+    record["worst_stratum"] = worst_stratum({name: record[name] for name in ("white", "black")})
     record["free_floor"] = record["white"]["floor"]
     record["chance_top1"] = s2["chance_top1"]
     row = PrivacyRow(

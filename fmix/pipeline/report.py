@@ -46,6 +46,8 @@ COLUMNS = (
     ("S2", "S2"),
     ("S3", "S3"),
     ("S4", "S4"),
+    ("S4_worst", "S4 worst stratum"),
+    ("worst_stratum", "stratum (attacker)"),
     ("ssim_floor", "SSIM floor"),
     ("chance", "chance"),
     ("check_S4", "check S4"),
@@ -134,6 +136,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
         log = _read_log(models / name / "train_log.jsonl")
         ver, floor = verification["verification"], verification["raw_feature_floor"]
         attack = privacy.get("row") or {}
+        worst = privacy.get("worst_stratum") or {}
         row = {
             "method": verification["method"],
             "accuracy": ver["accuracy_mean"],
@@ -145,6 +148,8 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "S2": attack.get("S2"),
             "S3": attack.get("S3"),
             "S4": attack.get("S4"),
+            "S4_worst": worst.get("S4"),
+            "worst_stratum": f"{worst['stratum']} ({worst['attacker']}, n {worst['n']})" if worst else None,
             "ssim_floor": attack.get("floor"),
             "chance": privacy.get("chance_top1"),
             "check_S4": (privacy.get("check") or {}).get("S4"),
@@ -582,7 +587,8 @@ def build_blocks(
             "p",
             "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
             "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
-            f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
+            f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance; S4 worst stratum: the highest "
+            "top-1 of the white-box and black-box attackers in a stratum of photos per identity (2-4, 5-19, 20+), the people most at risk), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
             "model inversion top-1 (decoder); ε where the method defines one.",
         ),
         Block("h2", "Methods"),

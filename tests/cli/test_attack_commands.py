@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fmix.attacks.run import Evaluator, load_protector
@@ -58,6 +59,16 @@ def test_attack_reconstruct_and_invert_commands(pipeline_sample, trained, tmp_pa
         dlib, rgb = record[mode]["S4_by_judge"]["dlib"], record[mode]["S4_by_judge"]["evaluator"]
         assert record[mode]["S4"] == dlib["top1"] and record[mode]["top5"] == dlib["top5"] and 0.0 <= rgb["top1"] <= 1.0
         assert dlib["verified"] == 8 and 0.0 <= dlib["tar"] <= 1.0 and dlib["chance_top1"] == pytest.approx(0.25)
+        # Per stratum of photos per identity (the heaviest constituent's), the headline judge's hits split exactly.
+        strata = record[mode]["S4_by_stratum"]
+        assert sum(rate["n"] for rate in strata.values()) == 8 and set(strata) <= {"1", "2-4", "5-19", "20+"}
+        assert sum(rate["n"] * rate["top1"] for rate in strata.values()) == pytest.approx(8 * record[mode]["S4"])
+        assert len(dlib["top1_hits"]) == 8 and sum(dlib["top1_hits"]) / 8 == dlib["top1"]
+    worst = record["worst_stratum"]
+    assert worst["S4"] == max(
+        rate["top1"] for mode in ("white", "black") for rate in record[mode]["S4_by_stratum"].values()
+    )
+    assert worst["S4"] == record[worst["attacker"]]["S4_by_stratum"][worst["stratum"]]["top1"]
     assert record["S2"] == record["S2_by_judge"]["dlib"]["top1"] and record["chance_top1"] == pytest.approx(0.25)
     row, rgb_row = record["row"], record["row_evaluator"]
     for r in (row, rgb_row):
@@ -461,3 +472,30 @@ def test_the_evaluators_clean_templates_are_embedded_once_and_only_reused_for_th
     assert load_templates(model, evaluator, faces, evaluator.num_classes + 1).shape[0] == evaluator.num_classes + 1
     model.write_bytes(model.read_bytes() + b"\0")
     assert load_templates(model, evaluator, faces, evaluator.num_classes).any()
+
+
+def test_top1_per_stratum_and_the_worst_stratum_over_attackers():
+    from fmix.attacks.identity import top1_by_stratum
+    from fmix.attacks.run import worst_stratum
+
+    rates = top1_by_stratum([True, False, True, True], ["20+", "2-4", "20+", "5-19"])
+    assert rates == {"20+": {"n": 2, "top1": 1.0}, "2-4": {"n": 1, "top1": 0.0}, "5-19": {"n": 1, "top1": 1.0}}
+    attackers = {
+        "white": {"S4_by_stratum": {"2-4": {"n": 4, "top1": 0.25}, "20+": {"n": 0, "top1": None}}},
+        "black": {"S4_by_stratum": {"5-19": {"n": 2, "top1": 0.5}, "2-4": {"n": 4, "top1": 0.5}}},
+    }
+    assert worst_stratum(attackers) == {"attacker": "black", "stratum": "5-19", "n": 2, "S4": 0.5}  # first of a tie
+    assert worst_stratum({"white": {}}) is None
+
+
+def test_the_scorer_wants_one_stratum_per_image(pipeline_sample, trained):
+    from fmix.attacks.identity import IdentityScorer
+    from fmix.data.faces import load_face_set
+
+    faces = load_face_set(pipeline_sample["aligned"], pipeline_sample["splits"] / "private_train.csv")
+    scorer = IdentityScorer("evaluator", Evaluator(trained / "evaluator" / "model.pt"), faces)
+    images, labels = faces.float_images(torch.arange(2)), faces.labels[:2, None]
+    with pytest.raises(ValueError, match=r"Expected one stratum per image \(2\), got 1"):
+        scorer.identified(images, labels, torch.ones(2, 1, dtype=torch.bool), strata=["2-4"])
+    scored = scorer.identified(images, labels, torch.ones(2, 1, dtype=torch.bool), strata=["2-4", "20+"])
+    assert set(scored["by_stratum"]) == {"2-4", "20+"} and all(rate["n"] == 1 for rate in scored["by_stratum"].values())

@@ -19,6 +19,7 @@ rule aggregate:
             "fmix/attacks/patchgan.py",
             "fmix/attacks/protectors.py",
             "fmix/attacks/reconstruction.py",
+            "fmix/attacks/strata.py",
             "fmix/attacks/unet.py",
             "fmix/checks.py",
             "fmix/cli/__init__.py",

@@ -20,6 +20,7 @@ rule attack:
             "fmix/attacks/protectors.py",
             "fmix/attacks/reconstruction.py",
             "fmix/attacks/run.py",
+            "fmix/attacks/strata.py",
             "fmix/attacks/unet.py",
             "fmix/checks.py",
             "fmix/cli/__init__.py",
