@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_pack import write_synthetic_pack  # noqa: E402
+from bench_stream_pack import mixed_step, write_synthetic_pack  # noqa: E402
 
 
 def _network(source, batch_size: int):
@@ -69,13 +69,7 @@ def _train_steps(loader, encoder, protection, model, params, steps: int, epoch: 
         if number == steps:
             break
         start = time.perf_counter()
-        with torch.no_grad():
-            mixed = protection.mix(encoder(batch.float_images()), batch.labels, 2, generator)
-        loss = model(mixed.x, batch.labels[mixed.partners], mixed.weights).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip_grad)
-        optimizer.step()
+        mixed_step(batch, encoder, protection, model, optimizer, generator, params.clip_grad)
         times.append(time.perf_counter() - start)
     return times
 

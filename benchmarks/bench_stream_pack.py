@@ -152,6 +152,18 @@ class MemoryWatch:
         self._sample()
 
 
+def mixed_step(batch, encoder, protection, net, optimizer, generator, clip_grad: float) -> float:
+    """One training step as the mixing methods take it: encode, mix k = 2, loss, clipped SGD step; the loss."""
+    with torch.no_grad():
+        mixed = protection.mix(encoder(batch.float_images()), batch.labels, 2, generator)
+    loss = net(mixed.x, batch.labels[mixed.partners], mixed.weights).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+    optimizer.step()
+    return loss.item()
+
+
 def trainer_epoch(source: PackSource, encoder, args) -> None:
     """One whole epoch of :class:`fmix.train.trainer.Trainer` (what ``fmix train`` runs per step) on the streamed pack."""
     from fmix.methods import build_method
@@ -272,14 +284,7 @@ def main() -> None:
                 if number == args.steps:
                     break
                 start = time.perf_counter()
-                with torch.no_grad():
-                    x = encoder(batch.float_images())
-                    mixed = protection.mix(x, batch.labels, 2, generator)
-                loss = net(mixed.x, batch.labels[mixed.partners], mixed.weights).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), params.clip_grad)
-                optimizer.step()
+                loss = mixed_step(batch, encoder, protection, net, optimizer, generator, params.clip_grad)
                 times.append(time.perf_counter() - start)
         steady = times[min(5, len(times) - 1) :]
         per_step = sum(steady) / len(steady)
@@ -287,7 +292,7 @@ def main() -> None:
         print(
             f"training step ({params.backbone} width {params.width}, {source.num_classes} classes, batch {args.batch_size}, {args.threads} torch thread(s)): "
             f"{per_step:.3f} s/step over {len(steady)} steps (first {len(times) - len(steady)} not counted) = {args.batch_size / per_step:.0f} faces/s; "
-            f"last loss {loss.item():.2f}"
+            f"last loss {loss:.2f}"
         )
         print(
             f"  one epoch of {len(source)} faces = {steps_per_epoch} steps would take {steps_per_epoch * per_step / 3600:.1f} h of training here; "

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from compare_methods import parse_set  # a sibling script: experiments/ is on sys.path when run
 
 from fmix.params import (
     ExportParams,
@@ -43,7 +43,6 @@ from fmix.params import (
     TrainParams,
     check_sections,
     load_section,
-    merge_sections,
 )
 from fmix.train.loop import train
 
@@ -87,19 +86,6 @@ def prepare(out: Path, identities: int, per_identity: int) -> dict[str, Path]:
     write_split(make_split(paths["aligned"], split), paths["splits"], split)
     export_masker(paths["aligned"], paths["splits"] / "public.csv", paths["masker"], ExportParams())
     return paths
-
-
-def parse_set(items: list[str]) -> dict:
-    """``train.KEY=VALUE`` (``train.SECTION.KEY=VALUE``) -> nested train overrides."""
-    overrides: dict = {}
-    for item in items:
-        path, text = item.split("=", 1)
-        *sections, key = path.removeprefix("train.").split(".")
-        override = {key: yaml.safe_load(text)}
-        for name in reversed(sections):
-            override = {name: override}
-        overrides = merge_sections(overrides, override)
-    return overrides
 
 
 def arm_params(base: TrainParams, arm: dict, seed: int) -> TrainParams:

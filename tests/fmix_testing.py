@@ -94,3 +94,35 @@ def make_bad_input_zoo(folder: Path, photo: Path) -> dict[str, str]:
         "exif_rotated.jpg": "ok",
         "no_face.png": "no_face",
     }
+
+
+def parity_game(**overrides):
+    """A strategy-network game (the adversarial one of docs/design.md §3 unless overridden) whose 16 anchors show
+    their label's parity: even labels +1 everywhere, odd ones -1. Returns ``(game, anchors, labels)``."""
+    import torch
+
+    from fmix.methods.adaptive_game import AdaptiveGame
+    from fmix.params import AdaptiveParams
+
+    labels = torch.arange(16)
+    sign = 1.0 - 2.0 * (labels % 2).float()
+    anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
+    torch.manual_seed(0)
+    # A budget of 4, halfway between 2 and 6: the best policy gives 6 to one half and 2 to the other.
+    params = AdaptiveParams(
+        **{
+            "policy_lr": 0.05,
+            "entropy_weight": 0.0,
+            "difficulty_weight": 0.0,
+            "policy_signal": "none",
+            "target_mean_k": 4.0,
+            "policy_objective": "adversarial",
+            **overrides,
+        }
+    )
+    return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
+
+
+def k_times_parity(x, constituents, weights):
+    """A stand-in FR loss for :func:`parity_game`: k for even anchors, -k for odd ones."""
+    return (weights > 0).sum(1).float() * (1.0 - 2.0 * (constituents[:, 0] % 2).float())

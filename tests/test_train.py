@@ -17,6 +17,7 @@ from fmix.train.checkpoint import load_checkpoint, save_checkpoint
 from fmix.train.data import batch_indices, epoch_order
 from fmix.train.loop import train
 from fmix.train.trainer import lr_factor
+from fmix_testing import k_times_parity, parity_game
 
 TINY = TrainParams(
     width=0.125,
@@ -294,42 +295,17 @@ def test_per_sample_advantage_subtracts_each_samples_unmixed_loss():
     assert rewards["none"] - rewards["unmixed"] == pytest.approx(1.5)
 
 
-def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
-    """A game (the adversarial one of DESIGN 3 unless overridden) whose anchors show their label's parity: even labels +1 everywhere, odd ones -1."""
-    labels = torch.arange(16)
-    sign = 1.0 - 2.0 * (labels % 2).float()
-    anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
-    torch.manual_seed(0)
-    # A budget of 4, halfway between 2 and 6: the best policy gives 6 to one half and 2 to the other.
-    params = AdaptiveParams(
-        **{
-            "policy_lr": 0.05,
-            "entropy_weight": 0.0,
-            "difficulty_weight": 0.0,
-            "policy_signal": "none",
-            "target_mean_k": 4.0,
-            "policy_objective": "adversarial",
-            **overrides,
-        }
-    )
-    return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
-
-
-def _k_times_parity(x, constituents, weights):  # a stand-in FR loss: k for even anchors, -k for odd ones
-    return (weights > 0).sum(1).float() * (1.0 - 2.0 * (constituents[:, 0] % 2).float())
-
-
 def _play(game: AdaptiveGame, anchors: Tensor, labels: Tensor, steps: int = 60) -> dict:
-    """``steps`` policy steps against :func:`_k_times_parity` from one seeded generator; the last step's statistics."""
+    """``steps`` policy steps against :func:`k_times_parity` from one seeded generator; the last step's statistics."""
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        step = game.policy_step(anchors, labels, 0.5, generator, _k_times_parity)
+        step = game.policy_step(anchors, labels, 0.5, generator, k_times_parity)
     return step
 
 
 def test_the_gradients_are_reduced_between_backward_and_the_step():
     """DDP averages the ranks' policy gradients there; averaged after the step, they would change nothing."""
-    game, anchors, labels = _parity_game()
+    game, anchors, labels = parity_game()
     before = [p.detach().clone() for p in game.policy.parameters()]
     seen = []
 
@@ -338,14 +314,14 @@ def test_the_gradients_are_reduced_between_backward_and_the_step():
         for p in game.policy.parameters():
             p.grad = torch.zeros_like(p) if p.grad is not None else None
 
-    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), _k_times_parity, zero_them)
+    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), k_times_parity, zero_them)
     assert seen == [True] and all(torch.equal(a, b) for a, b in zip(before, game.policy.parameters()))
-    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), _k_times_parity)
+    game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), k_times_parity)
     assert not all(torch.equal(a, b) for a, b in zip(before, game.policy.parameters()))
 
 
 def test_expected_policy_gradient_learns_a_per_sample_k():
-    game, anchors, labels = _parity_game(policy_gradient="expected")
+    game, anchors, labels = parity_game(policy_gradient="expected")
     step = _play(game, anchors, labels)
     greedy = game.policy.greedy(anchors, 0.5)
     assert greedy[0::2].tolist() == [6] * 8  # the loss grows with k for even anchors...
@@ -355,7 +331,7 @@ def test_expected_policy_gradient_learns_a_per_sample_k():
 
 
 def test_a_cooperative_policy_gives_more_faces_where_they_cost_the_loss_least():
-    game, anchors, labels = _parity_game(policy_gradient="expected", policy_objective="cooperative")
+    game, anchors, labels = parity_game(policy_gradient="expected", policy_objective="cooperative")
     step = _play(game, anchors, labels)
     greedy = game.policy.greedy(anchors, 0.5)
     assert greedy[0::2].tolist() == [2] * 8  # the loss grows with k for even anchors...
@@ -367,7 +343,7 @@ def test_a_cooperative_policy_gives_more_faces_where_they_cost_the_loss_least():
 def test_the_shuffle_ablation_keeps_the_k_histogram_and_drops_the_per_sample_choice():
     chosen = {}
     for shuffle in (False, True):
-        game, anchors, labels = _parity_game(policy_gradient="expected", policy_shuffle=shuffle)
+        game, anchors, labels = parity_game(policy_gradient="expected", policy_shuffle=shuffle)
         _play(game, anchors, labels)
         chosen[shuffle] = game.choose_k(anchors, 0.5, torch.Generator().manual_seed(3)).tolist()
     assert chosen[False] == [6, 2] * 8  # the policy's per-sample choice
@@ -375,7 +351,7 @@ def test_the_shuffle_ablation_keeps_the_k_histogram_and_drops_the_per_sample_cho
 
 
 def test_expected_policy_gradient_scores_every_k_with_the_anchor_reward():
-    game, anchors, labels = _parity_game(policy_gradient="expected", policy_reward="anchor", policy_reference="none")
+    game, anchors, labels = parity_game(policy_gradient="expected", policy_reward="anchor", policy_reference="none")
     calls = []
 
     def own_label_count(x, constituents, weights):  # the anchor reward passes only the anchor's label
@@ -388,7 +364,7 @@ def test_expected_policy_gradient_scores_every_k_with_the_anchor_reward():
 
 
 def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
-    game, anchors, labels = _parity_game(policy_gradient="expected", policy_signal="confidence")
+    game, anchors, labels = parity_game(policy_gradient="expected", policy_signal="confidence")
     anchors = torch.zeros_like(anchors)  # the faces alike: only the signal tells the samples apart
     game.signal = lambda x: 1.0 - 2.0 * (labels % 2).float()
     _play(game, anchors, labels)
@@ -400,7 +376,7 @@ def test_the_confidence_signal_carries_a_per_sample_k_the_faces_do_not_show():
 
 
 def test_calibration_prices_the_learned_policy_to_the_budget():
-    game, anchors, labels = _parity_game(policy_gradient="expected", target_mean_k=3.0)
+    game, anchors, labels = parity_game(policy_gradient="expected", target_mean_k=3.0)
     _play(game, anchors, labels, steps=30)
 
     def expected_k():
@@ -420,7 +396,7 @@ def test_calibration_prices_the_learned_policy_to_the_budget():
         and stats["budget_price"] == game.policy.k_price.item() != 0.0
     )
     assert after[0::2].min() > after[1::2].max()  # the even anchors, whose loss grows with k, still get more faces
-    free, *_ = _parity_game(target_mean_k=None)
+    free, *_ = parity_game(target_mean_k=None)
     assert free.calibrate(anchors.split(5), 0.5) == {} and free.policy.k_price.item() == 0.0
     with pytest.raises(
         ValueError,

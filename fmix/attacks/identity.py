@@ -35,6 +35,7 @@ from torch import Tensor
 from fmix.attacks.judge_gallery import load_gallery
 from fmix.data.faces import FaceSet
 from fmix.models.artifact import load_trained_model
+from fmix.models.checkpoint import load_checkpoint, save_checkpoint
 from fmix.models.dlib_judge import DlibJudge
 
 JUDGES = ("dlib", "evaluator")  # besides these names: the path of an ONNX face embedder (PATH.onnx)
@@ -386,9 +387,7 @@ def write_templates(evaluator_path: str | Path, faces: FaceSet, device: torch.de
     evaluator = Evaluator(evaluator_path, device)
     templates = clean_templates(evaluator, faces, evaluator.num_classes)
     out = evaluator_path.parent / TEMPLATES_FILE
-    tmp = out.with_suffix(".tmp")
-    torch.save({"key": _templates_key(evaluator_path, faces, evaluator.num_classes), "templates": templates}, tmp)
-    tmp.replace(out)
+    save_checkpoint({"key": _templates_key(evaluator_path, faces, evaluator.num_classes), "templates": templates}, out)
     return out
 
 
@@ -397,7 +396,7 @@ def load_templates(evaluator_path: str | Path, evaluator: Evaluator, faces: Face
     faces and classes, else embedded here (:func:`clean_templates`)."""
     cached = Path(evaluator_path).parent / TEMPLATES_FILE
     if cached.is_file():
-        record = torch.load(cached, map_location="cpu", weights_only=True)
+        record = load_checkpoint(cached)
         if record.get("key") == _templates_key(Path(evaluator_path), faces, num_classes):
             return record["templates"]
     return clean_templates(evaluator, faces, num_classes)

@@ -8,12 +8,12 @@ import dataclasses
 
 import pytest
 import torch
-from torch import Tensor
 
 from fmix.methods.adaptive import _probe
-from fmix.methods.adaptive_game import AdaptiveGame, _own_label_loss
+from fmix.methods.adaptive_game import _own_label_loss
 from fmix.models import ConfidenceSignal
 from fmix.params import AdaptiveParams, MixingParams, ParamsError, TrainParams, check_sections
+from fmix_testing import k_times_parity, parity_game
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,37 +93,13 @@ def test_the_default_game_replays_the_fr_step_on_16_anchors_every_fr_step():
 # ----------------------------------------------------------------------------- the game
 
 
-def _parity_game(**overrides) -> tuple[AdaptiveGame, Tensor, Tensor]:
-    """16 anchors that show their label's parity (even +1, odd -1), a budget of 4 (as tests/test_train.py's)."""
-    labels = torch.arange(16)
-    sign = 1.0 - 2.0 * (labels % 2).float()
-    anchors = sign[:, None, None, None].expand(16, 3, 8, 8).contiguous()
-    torch.manual_seed(0)
-    params = AdaptiveParams(
-        **{
-            "policy_lr": 0.05,
-            "entropy_weight": 0.0,
-            "difficulty_weight": 0.0,
-            "policy_signal": "none",
-            "target_mean_k": 4.0,
-            "policy_objective": "adversarial",
-            **overrides,
-        }
-    )
-    return AdaptiveGame(3, (2, 3, 4, 5, 6), params), anchors, labels
-
-
-def _k_times_parity(x, constituents, weights):  # a stand-in FR loss: k for even anchors, -k for odd ones
-    return (weights > 0).sum(1).float() * (1.0 - 2.0 * (constituents[:, 0] % 2).float())
-
-
 def test_a_sub_batch_scores_only_its_anchors():
-    game, anchors, labels = _parity_game(policy_gradient="expected", policy_batch=8)
+    game, anchors, labels = parity_game(policy_gradient="expected", policy_batch=8)
     rows = []
 
     def counted(x, constituents, weights):
         rows.append(x.shape[0])
-        return _k_times_parity(x, constituents, weights)
+        return k_times_parity(x, constituents, weights)
 
     step = game.policy_step(anchors, labels, 0.5, torch.Generator().manual_seed(1), counted)
     assert rows == [8] * 6  # the un-mixed reference, then one mix per k, each on the first 8 anchors
@@ -131,11 +107,11 @@ def test_a_sub_batch_scores_only_its_anchors():
 
 
 def test_a_sub_batch_still_learns_the_per_sample_k():
-    game, anchors, labels = _parity_game(policy_gradient="expected", policy_batch=8)
+    game, anchors, labels = parity_game(policy_gradient="expected", policy_batch=8)
     generator = torch.Generator().manual_seed(1)
     for _ in range(60):
         order = torch.randperm(16, generator=generator)  # the trainer's batches come shuffled
-        game.policy_step(anchors[order], labels[order], 0.5, generator, _k_times_parity)
+        game.policy_step(anchors[order], labels[order], 0.5, generator, k_times_parity)
     greedy = game.policy.greedy(anchors, 0.5)
     assert greedy[0::2].tolist() == [6] * 8 and greedy[1::2].tolist() == [2] * 8
 
@@ -144,13 +120,13 @@ def test_a_probe_gives_the_step_of_two_forwards_bit_for_bit():
     """The old settings reproduce the old step: one forward's loss and confidence are the two forwards' values."""
     states = []
     for probed in (False, True):
-        game, anchors, labels = _parity_game(policy_gradient="expected", policy_signal="confidence")
+        game, anchors, labels = parity_game(policy_gradient="expected", policy_signal="confidence")
         game.signal = lambda x: x.mean((1, 2, 3))
         calls = []
 
         def loss_fn(x, constituents, weights):
             calls.append(constituents.shape[1])
-            return _k_times_parity(x, constituents, weights)
+            return k_times_parity(x, constituents, weights)
 
         def probe(x, ls):
             return _own_label_loss(loss_fn, x, ls), x.mean((1, 2, 3))
@@ -167,7 +143,7 @@ def test_a_probe_gives_the_step_of_two_forwards_bit_for_bit():
 
 
 def test_a_replay_step_rewards_the_fr_steps_loss_minus_the_reference():
-    game, anchors, labels = _parity_game(**FR_STEP, policy_batch=None)
+    game, anchors, labels = parity_game(**FR_STEP, policy_batch=None)
     k = torch.tensor([2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 2])
     mixed_loss = torch.arange(16, dtype=torch.float32)
     unmixed_loss = torch.full((16,), 0.5)
@@ -175,11 +151,11 @@ def test_a_replay_step_rewards_the_fr_steps_loss_minus_the_reference():
     assert step["reward"] == pytest.approx(7.5 - 0.5)  # mean of 0..15, minus the un-mixed loss
     assert step["k"] == pytest.approx(3.875)  # the FR step's k, not a draw of the policy's
     assert sum(map(sum, step["k_by_difficulty"])) == 16
-    cooperative, *_ = _parity_game(**FR_STEP, policy_batch=None, policy_objective="cooperative")
+    cooperative, *_ = parity_game(**FR_STEP, policy_batch=None, policy_objective="cooperative")
     assert cooperative.replay_step(anchors, labels, k, mixed_loss, unmixed_loss, None, 0.5)["reward"] == pytest.approx(
         -7.0
     )
-    batch, *_ = _parity_game(**FR_STEP, policy_batch=4)
+    batch, *_ = parity_game(**FR_STEP, policy_batch=4)
     assert batch.replay_step(anchors, labels, k, mixed_loss, unmixed_loss, None, 0.5)["reward"] == pytest.approx(
         1.5 - 0.5
     )  # the first 4 anchors only
@@ -187,7 +163,7 @@ def test_a_replay_step_rewards_the_fr_steps_loss_minus_the_reference():
 
 def test_replaying_the_fr_steps_draws_learns_the_per_sample_k():
     """REINFORCE on the k the FR step drew (from the policy) and the loss it saw finds the parity game's best k."""
-    game, anchors, labels = _parity_game(**FR_STEP, policy_batch=None)
+    game, anchors, labels = parity_game(**FR_STEP, policy_batch=None)
     generator = torch.Generator().manual_seed(1)
     unmixed = torch.zeros(16)
     for _ in range(300):  # one draw per sample and step: more steps than the exact expectation needs
