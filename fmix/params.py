@@ -489,6 +489,10 @@ class AttackParams:
 
     seconds: float = 120.0  # CPU seconds (wall-clock seconds on CUDA: attack.device) of inversion-network training per attacker (a cap beside steps)
     steps: int | None = 20  # steps per attacker: it stops at whichever comes first (null: time only)
+    prior_steps: int | None = (
+        300  # the attackers' shared prior (fmix attack prior): the un-mixed inverter every mixed entry's attacks start from
+    )
+    prior_seconds: float = 600.0  # its cap, counted as `seconds`
     eval_faces: int = 64  # private faces attacked
     black_box_k: int = 2  # the black-box attacker's guess of k
     batch_size: int = 16  # public faces per step of the inversion network
@@ -505,6 +509,11 @@ class AttackParams:
         _require(0.0 < self.check_min_s4 <= 1.0, f"attack.check_min_s4 must be in (0, 1], got {self.check_min_s4}")
         _require(self.seconds > 0 and self.invert_seconds > 0, "attack.seconds and attack.invert_seconds must be > 0")
         _require(self.steps is None or self.steps >= 1, f"attack.steps must be null or >= 1, got {self.steps}")
+        _require(
+            self.prior_steps is None or self.prior_steps >= 1,
+            f"attack.prior_steps must be null or >= 1, got {self.prior_steps}",
+        )
+        _require(self.prior_seconds > 0, f"attack.prior_seconds must be > 0, got {self.prior_seconds}")
         _require(
             self.eval_faces >= 2 and self.invert_identities >= 1,
             "attack.eval_faces must be >= 2 and attack.invert_identities >= 1",

@@ -305,12 +305,7 @@ def test_every_profile_merges_into_valid_params():
         and privacy["train"] == base["train"]
         and privacy["attack"]["seconds"] == 300.0
     )  # quick models, strong attackers
-    for name in (
-        "privacy",
-        "cpu",
-        "paper",
-        "frontier",
-    ):  # time budgets: the quick profile's 40 steps must not cut them short
+    for name in ("privacy", "cpu", "paper"):  # time budgets: the quick profile's 20 steps must not cut them short
         assert (
             merge(base, yaml.safe_load((REPO / PROFILES_DIR / f"{name}.yaml").read_text()))["attack"]["steps"] is None
         )
@@ -360,6 +355,13 @@ def test_the_papers_game_runs_beside_ours_in_every_results_profile():
     points = sorted(_adaptive_budgets(frontier).values())
     assert points == [(objective, k) for objective in ("adversarial", "cooperative") for k in (3.0, 4.0, 5.0)]
     assert {f"mixup{k}" for k in range(2, 7)} | {"none", "ppfrfd"} <= set(frontier["sweep"])
+    cpu = merge(base, yaml.safe_load((REPO / PROFILES_DIR / "cpu.yaml").read_text()))
+    stacked = merge(cpu, yaml.safe_load((REPO / PROFILES_DIR / "frontier.yaml").read_text()))
+    assert {key: stacked[key] for key in ("split", "train", "attack")} == {
+        key: cpu[key] for key in ("split", "train", "attack")
+    }  # an axis: the recipe is the profile it is applied to
+    for params in (frontier, stacked):
+        assert params["data"]["release"] in params["sweep"]  # the release's entry is trained
 
 
 def test_params_file_for_snakemake_overrides(tmp_path):

@@ -108,6 +108,11 @@ def test_report_tables_figures_and_page(tmp_path):
     # Uncredited privacy is said in the headline, before the table.
     headline = markdown.index("Headline: privacy NOT credited for mixup5 (check S4 0.125 < 0.25).")
     assert headline < markdown.index("## Methods") and "for them this run measured utility only" in markdown
+    worst = (
+        "Worst case, the people most at risk: the highest reconstruction top-1 in any stratum of photos per identity, over the attackers: "
+        "mixup3 0.375 (20+ (black, n 12)); mixup5 0.375 (20+ (black, n 12), not credited: its check failed); chance 0.004."
+    )
+    assert worst in markdown and markdown.index(worst) < markdown.index("## Methods")
     assert "Strategy networks" not in markdown  # no adaptive entry
     assert "Not attacked: none: nothing to reconstruct." in markdown
     assert (

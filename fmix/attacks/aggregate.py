@@ -14,8 +14,9 @@ attacks them one by one (docs/design.md §1: privacy is judged per person, for t
 What is averaged and inverted is what the attackers read everywhere (:mod:`fmix.attacks.run`):
 ``|x|`` when the masker's mixing has a sign mask, else ``x``. The inverter is the attack check's
 network: a :class:`~fmix.attacks.reconstruction.ReconstructionAttack` trained on public faces
-masked *without* mixing (k = 1, ``|x|`` under a sign mask), with the ``attack`` section's budget.
-Training it on mixes instead would understate the attack.
+masked *without* mixing (k = 1, ``|x|`` under a sign mask): the attackers' shared prior of ``fmix
+attack prior`` (:mod:`fmix.attacks.prior`) when given, else one trained here with the ``attack``
+section's budget. Training it on mixes instead would understate the attack.
 
 Scoring is the owner's side: the ledger's header (``labels``: identity -> published label) names
 each target's identity, and the judge (dlib by default, with ``fmix attack gallery``'s file when
@@ -31,7 +32,6 @@ private training split; the headline is the maximum over the attacks run, and th
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -41,14 +41,12 @@ from torch import Tensor
 
 from fmix.attacks.grids import image_grid
 from fmix.attacks.identity import DlibGallery, OnnxGallery, chance_hit_rate, is_onnx_judge
-from fmix.attacks.protectors import MaskerProtector, Protector, sign_blind
-from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack
+from fmix.attacks.prior import load_prior, masking_key, unmixed_inverter, unmixed_protector
+from fmix.attacks.reconstruction import AttackConfig
 from fmix.attacks.strata import DEFAULT_STRATA, parse_strata, stratum_names, stratum_of
 from fmix.data.faces import FaceSet, load_face_set, read_face_list
 from fmix.data.images import write_png_atomic
 from fmix.io import read_json, write_json_atomic
-from fmix.masker.build import masker_from_metadata, read_masker_metadata
-from fmix.masker.protection import Protection
 from fmix.params import AttackParams
 from fmix.release.folder import IndexRow, ReleaseFolder, read_release_folder
 from fmix.release.ledger import Ledger, default_ledger_path, file_hash
@@ -225,32 +223,6 @@ def build_templates(release: ReleaseFolder, targets: list[Target], sign_masked: 
     return {name: (sums[name] / totals[name].clamp_min(1e-12)[:, None, None, None]).float() for name in ATTACKS}
 
 
-def unmixed_protector(masker_path: str | Path) -> tuple[Protector, bool, dict[str, str]]:
-    """The attack check's protection of a masker: its masking without mixing, read as the attackers read it.
-
-    The same construction as :func:`fmix.attacks.run.masker_target`'s ``unmixed`` protector seen
-    through :meth:`~fmix.attacks.run.AttackTarget.as_attackers_see`: the masker's transform, kept
-    channels and statistics (and its channel permutation, if its mixing has one), k = 1, and
-    ``|x|`` when the mixing has a sign mask. The k policy plays no part without mixing.
-
-    Args:
-        masker_path: the exported masker that made the release.
-
-    Returns:
-        ``(protector, sign_masked, metadata)``.
-
-    Raises:
-        FileNotFoundError: no such masker.
-        ValueError: not a masker of ``fmix export``.
-    """
-    metadata = read_masker_metadata(masker_path)
-    masker = masker_from_metadata(metadata)
-    mixing = Protection.from_metadata(metadata, masker).mixing
-    protector: Protector = MaskerProtector(masker, mixing, mix=False)
-    sign_masked = mixing is not None and mixing.sign_flip
-    return (sign_blind(protector) if sign_masked else protector), sign_masked, metadata
-
-
 def published_identities(release: ReleaseFolder, ledger: str | Path | None = None) -> dict[int, str]:
     """Published label -> identity, as only the owner knows it.
 
@@ -421,6 +393,7 @@ def attack_aggregate(
     gallery_file: str | Path | None = None,
     ledger: str | Path | None = None,
     network: AttackConfig | None = None,
+    prior: str | Path | None = None,
 ) -> dict:
     """Attack the most represented people of a release, single samples and aggregates; writes ``aggregate.json`` and ``aggregate_grid.png``.
 
@@ -439,6 +412,8 @@ def attack_aggregate(
         gallery_file: the dlib judge's ``gallery.npz`` of ``fmix attack gallery`` (None: embed the gallery here).
         ledger: the owner's ledger of the release (default: :func:`fmix.release.ledger.default_ledger_path`).
         network: inversion-network settings (default: :meth:`AttackConfig.from_params`).
+        prior: the attackers' prior of ``fmix attack prior`` (:mod:`fmix.attacks.prior`): the
+            inverter when it is of this masking (no training here), else one is trained here.
 
     Returns:
         The record written to ``aggregate.json``: ``attacks`` (``single``, ``heaviest``,
@@ -455,7 +430,7 @@ def attack_aggregate(
     bounds = parse_strata(strata)
     release = read_release_folder(release_dir)
     chosen = select_targets(release.rows, targets)
-    protector, sign_masked, _ = unmixed_protector(masker_path)
+    protector, sign_masked, metadata = unmixed_protector(masker_path)
     pinned = release.run.get("masker_sha256")
     if pinned is not None and pinned != file_hash(masker_path):
         raise ValueError(
@@ -498,15 +473,16 @@ def attack_aggregate(
         )
     judge = _gallery_judge(params.judge, gallery, gallery_file)
     public = load_face_set(aligned, splits / "public.csv")
-    start = time.process_time()
-    inverter = ReconstructionAttack(network or AttackConfig.from_params(params)).fit(
-        public.images.permute(0, 3, 1, 2).contiguous(),
+    network = network or AttackConfig.from_params(params)
+    inverter, trained = unmixed_inverter(
         protector,
-        labels=public.labels,
-        steps=params.steps,
-        seconds=params.seconds,
+        masking_key(metadata, sign_masked),
+        public.images.permute(0, 3, 1, 2).contiguous(),
+        public.labels,
+        params,
+        network,
+        None if prior is None else load_prior(prior, network),
     )
-    cpu_seconds = time.process_time() - start
     recon = {name: inverter.invert(templates[name]) for name in ATTACKS} | {"positive": inverter.invert(control)}
     count = int(judge.has_faces.sum())
     ranked = {name: ranked_identities(judge, images) for name, images in recon.items()}
@@ -535,8 +511,7 @@ def attack_aggregate(
         "strata": {"bounds": list(bounds), "names": names, "photos_of": "the identity's photos in private_train.csv"},
         "inverter": {
             "trained_on": "public faces masked without mixing (k = 1), as the attack check",
-            "steps": len(inverter.history),
-            "cpu_seconds": cpu_seconds,
+            **trained,
         },
         "attacks": attacks,
         "controls": {

@@ -181,6 +181,7 @@ class ReconstructionAttack:
         self.averaged: UNetGenerator | None = None
         self.discriminator: PatchDiscriminator | None = None
         self.history: list[dict] = []
+        self.shape: tuple[int, int, int] | None = None  # (input channels, input side, output side)
 
     def _clock(self) -> float:
         return time.process_time() if self.clock == "process" else time.perf_counter()
@@ -188,6 +189,7 @@ class ReconstructionAttack:
     def _build(self, probe: Tensor, out_size: int) -> None:
         c = self.config
         _, channels, side, _ = probe.shape
+        self.shape = (channels, side, out_size)
         self.generator = UNetGenerator(channels, side, out_size, c.width, c.levels, c.skip_channels, c.head_min).to(
             self.device
         )
@@ -323,6 +325,52 @@ class ReconstructionAttack:
             self._opt_d.step()
             log["disc"] = disc.item()
         return log
+
+    def state_dict(self) -> dict:
+        """The trained networks, their shape and settings, for :meth:`from_state` (e.g. a shared prior).
+
+        Raises:
+            RuntimeError: the attack is not trained.
+        """
+        if self.generator is None:
+            raise RuntimeError("The attack is not trained: call fit() first")
+        return {
+            "config": self.config.to_dict(),
+            "shape": list(self.shape),
+            "steps": len(self.history),
+            "generator": self.generator.state_dict(),
+            "averaged": self.averaged.state_dict(),
+            "discriminator": None if self.discriminator is None else self.discriminator.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, config: AttackConfig | None = None) -> "ReconstructionAttack":
+        """An attack with the networks of :meth:`state_dict`; :meth:`fit` trains them further (fresh optimisers).
+
+        Args:
+            state: :meth:`state_dict` of a trained attack.
+            config: the settings to continue with (default: the state's own). Only ``device`` and
+                ``clock`` may differ from the state's: the rest made the networks.
+
+        Raises:
+            ValueError: ``config`` differs from the state's in another field (the fields are named).
+        """
+        saved = AttackConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+        config = config or saved
+        differ = [k for k, v in saved.to_dict().items() if k not in ("device", "clock") and config.to_dict()[k] != v]
+        if differ:
+            raise ValueError(f"the attack's settings differ from the saved networks' in {differ}")
+        attack = cls(config)
+        channels, side, out_size = state["shape"]
+        attack._build(torch.zeros(1, channels, side, side), out_size)
+        attack.generator.load_state_dict(state["generator"])
+        if attack.averaged is not attack.generator:
+            attack.averaged.load_state_dict(state["averaged"])
+        if attack.discriminator is not None:
+            attack.discriminator.load_state_dict(state["discriminator"])
+        attack._optimisers()
+        attack.generator.eval()
+        return attack
 
     def invert(self, protected: Tensor, batch_size: int = 64) -> Tensor:
         """Reconstruct faces from protected samples with the averaged generator (:func:`invert`)."""

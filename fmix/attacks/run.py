@@ -22,6 +22,7 @@ when the judge names any of its constituents (the attacker wins by recognising a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -34,6 +35,7 @@ from torch import Tensor
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import JUDGES, Evaluator, IdentityScorer, is_onnx_judge, load_templates
 from fmix.attacks.inversion import identity_scores, optimise_identity_images, train_decoder
+from fmix.attacks.prior import ANOTHER_MASKING, load_prior, masking_key
 from fmix.attacks.protectors import (
     MaskerProtector,
     NoisyFrequencyProtector,
@@ -81,6 +83,8 @@ class AttackTarget(NamedTuple):
             ``|x|`` (:func:`~fmix.attacks.protectors.sign_blind`).
         unmixed: the white-box protection without its mixing (same masking, k = 1), the target of
             the attack check; None when the protection does not mix (its white-box attack is its check).
+        masking: :func:`~fmix.attacks.prior.masking_key` of the white-box masking, as the attackers
+            read it (None: not a masker's; no prior serves it).
     """
 
     white: Protector
@@ -89,6 +93,7 @@ class AttackTarget(NamedTuple):
     info: dict
     sign_masked: bool = False
     unmixed: Protector | None = None
+    masking: str | None = None
 
     def as_attackers_see(self, protector: Protector, pairs: ProtectedPairs) -> tuple[Protector, ProtectedPairs]:
         """A protector of this target and its samples as the attackers read them: ``|x|`` under a sign mask."""
@@ -139,7 +144,8 @@ def masker_target(
     sign_masked = protector.mixing is not None and protector.mixing.sign_flip
     unmixed = MaskerProtector(protector.masker, protector.mixing, mix=False) if mix else None
     visualise = lambda x: protected_to_image(x, protector.masker.mask, upsample)  # noqa: E731
-    return AttackTarget(protector, black, visualise, {"masker": str(masker_path), "mixed": mix}, sign_masked, unmixed)
+    info = {"masker": str(masker_path), "mixed": mix}
+    return AttackTarget(protector, black, visualise, info, sign_masked, unmixed, masking_key(metadata, sign_masked))
 
 
 def _pixel_target(record: ModelRecord, black_box_k: int) -> AttackTarget:
@@ -230,6 +236,7 @@ def attack_method(
     method: str = "",
     gallery_file: str | Path | None = None,
     network: AttackConfig | None = None,
+    prior: str | Path | None = None,
 ) -> dict:
     """Measure the privacy of one protection method's masker; writes ``privacy.json`` and PNG grids.
 
@@ -246,13 +253,15 @@ def attack_method(
         method: the method's name, for the report row.
         gallery_file: the dlib judge's gallery from ``fmix attack gallery`` (None: embed it here).
         network: inversion-network settings (default: :meth:`AttackConfig.from_params`).
+        prior: the attackers' prior of ``fmix attack prior`` (:mod:`fmix.attacks.prior`), used when
+            it inverts this masking.
 
     Returns:
         The privacy record.
     """
     target = masker_target(masker_path, policy_model, mix, params.black_box_k)
     return attack_target(
-        target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network
+        target, aligned, splits, evaluator_path, out_dir, params, score_cls, method, gallery_file, network, prior
     )
 
 
@@ -285,6 +294,7 @@ def attack_target(
     method: str = "",
     gallery_file: str | Path | None = None,
     network: AttackConfig | None = None,
+    prior: str | Path | None = None,
 ) -> dict:
     """The white-box and black-box reconstruction attacks on a protection; writes ``privacy.json`` and PNG grids.
 
@@ -292,6 +302,11 @@ def attack_target(
     attack on its masking un-mixed (``target.unmixed``). ``attack_works`` says whether the check
     named at least ``params.check_min_s4`` of the faces; where it did not, the attackers are too
     weak at this budget to credit the mixing with their low S3/S4.
+
+    With a prior of the target's masking (:mod:`fmix.attacks.prior`) the check is the prior itself,
+    the white-box attacker fine-tunes it on the mixes for the attack's budget, and a fourth attacker,
+    ``transfer``, is the prior applied to the mixes as they are. The row's S3/S4 are the white-box
+    attacker's that names the most (``row_attacker``: ``white`` or ``transfer``).
 
     Args: as :func:`attack_method`, with ``target`` (:class:`AttackTarget`) for the masker.
 
@@ -317,17 +332,25 @@ def attack_target(
         return [face_strata[index] for index in pairs.heaviest().tolist()]
 
     def attacker(
-        protector: Protector, protected: ProtectedPairs, constituents: Tensor, valid: Tensor, floor: Tensor | None
+        protector: Protector,
+        protected: ProtectedPairs,
+        constituents: Tensor,
+        valid: Tensor,
+        floor: Tensor | None,
+        start: ReconstructionAttack | None = None,
+        train: bool = True,
     ) -> tuple[dict, Tensor, Tensor]:
-        # Train one inversion network on public faces, invert the private samples, score them.
+        # Train one inversion network on public faces (from scratch, or on from `start`), invert the private samples, score them.
         protector, protected = target.as_attackers_see(protector, protected)
-        start = time.process_time()
-        fitted = ReconstructionAttack(attack).fit(
-            public_images, protector, labels=public.labels, steps=params.steps, seconds=params.seconds
-        )
+        began = time.process_time()
+        fitted, steps = start, 0
+        if train:
+            fitted = ReconstructionAttack(attack) if start is None else copy.deepcopy(start)
+            fitted.fit(public_images, protector, labels=public.labels, steps=params.steps, seconds=params.seconds)
+            steps = len(fitted.history)
         recon = fitted.invert(protected.x)
         scored = evaluate_reconstruction(recon, constituents, valid, mean_face, floor)
-        cpu_seconds = time.process_time() - start
+        cpu_seconds = time.process_time() - began
         hits = scorer.identified(
             recon, private.labels[protected.partners], valid, own_sources[protected.partners], strata_of(protected)
         )
@@ -337,7 +360,7 @@ def attack_target(
             "top5": hits["top5"],
             "S4_by_judge": hits["by_judge"],
             "S4_by_stratum": hits["by_stratum"],
-            "steps": len(fitted.history),
+            "steps": steps,
             "cpu_seconds": cpu_seconds,
         }
         return scores, recon, scored.floor
@@ -358,7 +381,11 @@ def attack_target(
         "S2_by_judge": s2["by_judge"],
     }
     record["attackers_read"] = "|x|" if target.sign_masked else "x"
-    record["white"], recon_white, floor = attacker(target.white, pairs, constituents, valid, None)
+    loaded = None if prior is None else load_prior(prior, attack)
+    shared = loaded.attack if loaded is not None and loaded.key == target.masking else None
+    if loaded is not None:
+        record["prior"] = loaded.info(shared is not None, "" if shared is not None else ANOTHER_MASKING)
+    record["white"], recon_white, floor = attacker(target.white, pairs, constituents, valid, None, shared)
     record["black"] = attacker(
         target.black(pairs.x, [Path(aligned) / p for p in public.paths]), pairs, constituents, valid, floor
     )[0]
@@ -367,35 +394,40 @@ def attack_target(
     else:  # the same attack on the same masking, un-mixed: does it invert the masking at this budget?
         unmixed = target.unmixed(originals, private.labels, torch.Generator().manual_seed(params.seed + 1))
         record["check"] = {
-            **attacker(target.unmixed, unmixed, *constituents_of(originals, unmixed), None)[0],
-            "protection": "un-mixed (k = 1)",
+            **attacker(target.unmixed, unmixed, *constituents_of(originals, unmixed), None, shared, shared is None)[0],
+            "protection": "un-mixed (k = 1)" + (", the prior" if shared is not None else ""),
         }
+        if shared is not None:  # the un-mixed inverter on the mixes as they are
+            record["transfer"] = attacker(target.white, pairs, constituents, valid, floor, shared, False)[0]
     record["check_min_s4"] = params.check_min_s4
     record["attack_works"] = record["check"]["S4"] >= params.check_min_s4
-    record["worst_stratum"] = worst_stratum({name: record[name] for name in ("white", "black")})
+    white_box = [name for name in ("white", "transfer") if name in record]
+    record["row_attacker"] = max(white_box, key=lambda name: record[name]["S4"])  # ties: the fine-tuned one
+    record["worst_stratum"] = worst_stratum({name: record[name] for name in (*white_box, "black")})
     record["free_floor"] = record["white"]["floor"]
     record["chance_top1"] = s2["chance_top1"]
+    strongest = record[record["row_attacker"]]
     row = PrivacyRow(
         method,
         s1,
         s2["top1"],
-        record["white"]["S3"],
-        record["white"]["S4"],
-        record["white"]["psnr"],
-        record["white"]["top5"],
+        strongest["S3"],
+        strongest["S4"],
+        strongest["psnr"],
+        strongest["top5"],
         record["free_floor"],
         score_cls,
     )
     record["row"] = row.to_dict()
     if params.judge != "evaluator":  # the same row judged by the RGB evaluator, for comparison with earlier runs
-        rgb_s2, rgb_s4 = s2["by_judge"]["evaluator"], record["white"]["S4_by_judge"]["evaluator"]
+        rgb_s2, rgb_s4 = s2["by_judge"]["evaluator"], strongest["S4_by_judge"]["evaluator"]
         record["row_evaluator"] = PrivacyRow(
             method,
             s1,
             rgb_s2["top1"],
-            record["white"]["S3"],
+            strongest["S3"],
             rgb_s4["top1"],
-            record["white"]["psnr"],
+            strongest["psnr"],
             rgb_s4["top5"],
             record["free_floor"],
             score_cls,

@@ -38,6 +38,12 @@ GalleryOption = Annotated[
     Optional[Path],
     typer.Option(help="The dlib judge's gallery.npz of `fmix attack gallery` (default: embed the gallery here)."),
 ]
+PriorOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="The attackers' prior of `fmix attack prior`: the un-mixed inverter the attacks of its masking start from (default: train every attacker here)."
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -519,6 +525,7 @@ def attack_reconstruct(
         ),
     ] = None,
     gallery: GalleryOption = None,
+    prior: PriorOption = None,
 ) -> None:
     """White-box and black-box reconstruction attacks; S1-S4, PSNR, floors, Score_pp."""
     cfg = _load("AttackParams", params, "attack")
@@ -527,7 +534,7 @@ def attack_reconstruct(
     score_cls = json.loads(metrics.read_text())["verification"]["accuracy_mean"] if metrics else None
     record = guarded(
         lambda: attack_method(
-            masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery
+            masker, aligned, splits, evaluator_model, out_dir, cfg, mix, policy, score_cls, method, gallery, prior=prior
         )
     )
     row, white, black = record["row"], record["white"], record["black"]
@@ -611,13 +618,16 @@ def attack_aggregate(
             help="Strata of photos per identity in private_train.csv, as increasing bounds (2,5,20: 2-4, 5-19, 20+).",
         ),
     ] = "2,5,20",
+    prior: PriorOption = None,
 ) -> None:
     """Attack the people a release holds most of: single samples and per-label means of |x|, inverted; top-1 per stratum."""
     cfg = _load("AttackParams", params, "attack")
     from fmix.attacks.aggregate import attack_aggregate as run_attack
 
     record = guarded(
-        lambda: run_attack(release, masker, aligned, splits, out_dir, cfg, targets, strata, gallery, ledger)
+        lambda: run_attack(
+            release, masker, aligned, splits, out_dir, cfg, targets, strata, gallery, ledger, prior=prior
+        )
     )
     attacks, head, control = record["attacks"], record["headline"], record["controls"]
     verdict = (
@@ -632,6 +642,26 @@ def attack_aggregate(
     )
     typer.echo(
         f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}"
+    )
+
+
+@attack_app.command("prior")
+def attack_prior(
+    masker: Annotated[
+        Path, typer.Argument(help="The masker.onnx whose masking (without its mixing) the prior inverts.")
+    ],
+    aligned: AlignedArg,
+    splits: SplitsArg,
+    out: Annotated[Path, typer.Argument(help="Destination prior file (a checkpoint).")],
+    params: ParamsOption = None,
+) -> None:
+    """Train the attackers' shared prior once: the inverter of a masking without mixing, on public faces (attack.prior_steps)."""
+    cfg = _load("AttackParams", params, "attack")
+    from fmix.attacks.prior import train_prior
+
+    summary = guarded(lambda: train_prior(masker, aligned, splits, out, cfg))
+    typer.echo(
+        f"attack prior: {summary['steps']} steps in {summary['cpu_seconds']:.0f} s, last L1 {summary['last_l1']:.4f}, masking {summary['key']} -> {out}"
     )
 
 
@@ -698,6 +728,7 @@ def attack_protection(
             help="Folder for masker.onnx and the grids instead of OUT_DIR (privacy.json stays there); always created, empty for a method with nothing to attack."
         ),
     ] = None,
+    prior: PriorOption = None,
 ) -> None:
     """Reconstruction attacks on the protection a model was trained with (its own k policy, k, or masking alone)."""
     export_cfg = _load("ExportParams", params, "export")
@@ -706,7 +737,7 @@ def attack_protection(
 
     record = guarded(
         lambda: run_attack(
-            model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery, artifacts
+            model, aligned, splits, evaluator_model, out_dir, export_cfg, cfg, metrics, name, gallery, artifacts, prior
         )
     )
     if record["row"] is None:
@@ -729,6 +760,11 @@ def _echo_check(record: dict) -> None:
     typer.echo(
         f"  attack check ({check['protection']}): S3 {check['S3']:.3f} (floor {check['floor']:.3f}) S4 {check['S4']:.3f}, at least {record['check_min_s4']} needed: {verdict}"
     )
+    if "transfer" in record:
+        transfer = record["transfer"]
+        typer.echo(
+            f"  transfer (the prior on the mixes as they are): S3 {transfer['S3']:.3f} S4 {transfer['S4']:.3f}; the row reports the {record['row_attacker']} attacker"
+        )
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

@@ -37,6 +37,7 @@ def attack_protection(
     name: str = "",
     gallery_file: str | Path | None = None,
     artifacts: str | Path | None = None,
+    prior: str | Path | None = None,
 ) -> dict:
     """Export the model's protection as a masker (or take the model's own), then run the white-box and black-box attacks.
 
@@ -55,6 +56,7 @@ def attack_protection(
         artifacts: the folder for ``masker.onnx`` and the grids (None: ``out_dir``). It is always
             created, and holds only what the method has (nothing for ``none``): a pipeline declares
             it as one output, while ``privacy.json`` stays in ``out_dir``.
+        prior: the attackers' prior of ``fmix attack prior``, used when it inverts this method's masking.
 
     Returns:
         The privacy record (``row`` None for methods without a masker).
@@ -88,6 +90,7 @@ def attack_protection(
             score_cls,
             name or method.name,
             gallery_file,
+            prior=prior,
         )
         return _record_beside(record, files, out_dir)
     masker = files / "masker.onnx"
@@ -118,6 +121,7 @@ def attack_protection(
         score_cls,
         name or method.name,
         gallery_file,
+        prior=prior,
     )
     return _record_beside(record, files, out_dir)
 

@@ -512,6 +512,32 @@ def profile_line(params: dict, root: str | Path = ".") -> str:
     )
 
 
+def worst_case_line(collected: dict[str, dict]) -> str | None:
+    """The headline on the people most at risk: each attacked entry's highest reconstruction top-1 in any stratum.
+
+    Args:
+        collected: entry -> its collected results (the rows' ``S4_worst``, ``worst_stratum``,
+            ``attack_works`` and ``chance``).
+
+    Returns:
+        One sentence naming every entry's worst stratum (uncredited ones marked), or None when no
+        entry was attacked per stratum.
+    """
+    attacked = {name: item["row"] for name, item in collected.items() if item["row"].get("S4_worst") is not None}
+    if not attacked:
+        return None
+    parts = [
+        f"{name} {_fmt(row['S4_worst'])} ({row['worst_stratum']}"
+        + (", not credited: its check failed)" if row["attack_works"] is False else ")")
+        for name, row in attacked.items()
+    ]
+    chance = next(iter(attacked.values()))["chance"]
+    return (
+        "Worst case, the people most at risk: the highest reconstruction top-1 in any stratum of photos per identity, "
+        f"over the attackers: {'; '.join(parts)}; chance {_fmt(chance)}."
+    )
+
+
 def inversion_check(collected: dict[str, dict], check_min: float) -> str | None:
     """The headline on model inversion: None when it names ``check_min`` of the identities from an undefended model.
 
@@ -587,7 +613,9 @@ def build_blocks(
             "p",
             "Verification on held-out identities (accuracy over folds ± fold std, AUC, TAR@FAR) beside the raw-feature floor; "
             "reconstruction attacks S1-S4 (S1/S3 SSIM against the best constituent, read against the SSIM floor of the mean public face; "
-            f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance; S4 worst stratum: the highest "
+            f"S2/S4 top-1 among the private identities by {' and '.join(judges)}, read against chance; S3/S4 of the white-box attacker that names "
+            "the most: trained on the mixes, or, where the attackers' shared prior serves the masking, the prior fine-tuned on them or applied to them as they are; "
+            "S4 worst stratum: the highest "
             "top-1 of the white-box and black-box attackers in a stratum of photos per identity (2-4, 5-19, 20+), the people most at risk), Score_pp = 0.4 (1 - (S1+S2)/2) + 0.6 (1 - (S3+S4)/2), Score_cls = verification accuracy; "
             "model inversion top-1 (decoder); ε where the method defines one.",
         ),
@@ -779,7 +807,7 @@ def write_report(
     if sum(len(points) >= 2 for points in curves.values()) >= 2:  # shown with two curves of two points or more
         figures["frontier"] = frontier
     check_min = section_from_mapping(AttackParams, params.get("attack") or {}, "attack").check_min_s4
-    headlines = [profile_line(params, root), inversion_check(collected, check_min)]
+    headlines = [profile_line(params, root), worst_case_line(collected), inversion_check(collected, check_min)]
     blocks = build_blocks(
         collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives, headlines
     )

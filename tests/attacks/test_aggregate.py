@@ -315,6 +315,17 @@ def test_aggregate_command_end_to_end(pipeline_sample, tmp_path):
         record
     )  # no names
     assert (out / "aggregate_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # With the attackers' prior of this masking, the prior is the inverter: nothing is trained here.
+    prior = tmp_path / "prior.pt"
+    params.write_text("attack:\n  steps: 3\n  prior_steps: 2\n  batch_size: 4\n")
+    assert (
+        runner.invoke(app, ["attack", "prior", masker, aligned, splits, str(prior), "-p", str(params)]).exit_code == 0
+    )
+    command = ["attack", "aggregate", str(release), masker, aligned, splits, str(out), "-p", str(params), *ledger]
+    result = runner.invoke(app, [*command, "--targets", "3", "--prior", str(prior)])
+    assert result.exit_code == 0, result.output
+    inverter = json.loads((out / "aggregate.json").read_text())["inverter"]
+    assert inverter["steps"] == 2 and inverter["prior"]["used"] is True and inverter["prior"]["path"] == str(prior)
     # Bad input: one line, no traceback, nothing written.
     result = runner.invoke(
         app,

@@ -499,3 +499,43 @@ def test_the_scorer_wants_one_stratum_per_image(pipeline_sample, trained):
         scorer.identified(images, labels, torch.ones(2, 1, dtype=torch.bool), strata=["2-4"])
     scored = scorer.identified(images, labels, torch.ones(2, 1, dtype=torch.bool), strata=["2-4", "20+"])
     assert set(scored["by_stratum"]) == {"2-4", "20+"} and all(rate["n"] == 1 for rate in scored["by_stratum"].values())
+
+
+def test_attacks_start_from_the_shared_prior_of_their_masking(pipeline_sample, trained, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("attack:\n  steps: 2\n  prior_steps: 3\n  eval_faces: 4\n  batch_size: 4\n  judge: evaluator\n")
+    data = [str(pipeline_sample["aligned"]), str(pipeline_sample["splits"])]
+    prior = tmp_path / "prior.pt"
+    result = runner.invoke(
+        app, ["attack", "prior", str(pipeline_sample["masker"]), *data, str(prior), "-p", str(params)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("attack prior: 3 steps in ") and str(prior) in result.output
+    common = [*data, str(trained / "evaluator" / "model.pt"), str(tmp_path / "out"), "-p", str(params)]
+    result = runner.invoke(
+        app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "--prior", str(prior)]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert record["prior"]["used"] is True and record["prior"]["steps"] == 3
+    # The check is the prior itself; the white-box attacker trains it on; transfer applies it to the mixes.
+    check, white, transfer = record["check"], record["white"], record["transfer"]
+    assert check["protection"] == "un-mixed (k = 1), the prior" and check["steps"] == 0 and check["n"] == 4
+    assert white["steps"] == 2 and transfer["steps"] == 0 and transfer["n"] == 4
+    strongest = record[record["row_attacker"]]
+    assert record["row_attacker"] in ("white", "transfer") and strongest["S4"] == max(white["S4"], transfer["S4"])
+    assert record["row"]["S4"] == strongest["S4"] and record["row"]["S3"] == strongest["S3"]
+    assert record["worst_stratum"]["S4"] >= max(white["S4"], transfer["S4"], record["black"]["S4"])
+    assert "transfer (the prior on the mixes as they are)" in result.output
+    # Masked only, the attackers read x, not |x|: another masking, so they train from scratch and say why.
+    result = runner.invoke(
+        app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "--no-mix", "--prior", str(prior)]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert record["prior"]["used"] is False and "another masking" in record["prior"]["reason"]
+    assert record["white"]["steps"] == 2 and "transfer" not in record and record["row_attacker"] == "white"
+    result = runner.invoke(
+        app, ["attack", "reconstruct", str(pipeline_sample["masker"]), *common, "--prior", str(params)]
+    )
+    assert result.exit_code == 1 and "is not a readable fmix checkpoint" in result.output

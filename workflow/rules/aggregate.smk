@@ -7,6 +7,7 @@ rule aggregate:
         aligned=config["data"]["aligned"],
         splits=config["data"]["splits"],
         gallery=config["data"]["judge_gallery"],
+        prior=config["data"]["attack_prior"],
         # code: the fmix modules `fmix attack aggregate` imports (fmix/pipeline/deps.py)
         code=[
             "fmix/__init__.py",
@@ -17,6 +18,7 @@ rule aggregate:
             "fmix/attacks/identity.py",
             "fmix/attacks/judge_gallery.py",
             "fmix/attacks/patchgan.py",
+            "fmix/attacks/prior.py",
             "fmix/attacks/protectors.py",
             "fmix/attacks/reconstruction.py",
             "fmix/attacks/strata.py",
@@ -83,4 +85,4 @@ rule aggregate:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix -v attack aggregate {input.protected} {input.masker} {input.aligned} {input.splits} {params.folder} --ledger {input.ledger} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack aggregate {input.protected} {input.masker} {input.aligned} {input.splits} {params.folder} --ledger {input.ledger} --gallery {input.gallery} --prior {input.prior} --params {params.params_file} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule attack:
         evaluator=config["data"]["evaluator"],
         verification=os.path.join(config["data"]["results"], "{method}", "verification.json"),
         gallery=config["data"]["judge_gallery"],
+        prior=config["data"]["attack_prior"],
         # code: the fmix modules `fmix attack protection` imports (fmix/pipeline/deps.py)
         code=[
             "fmix/__init__.py",
@@ -17,6 +18,7 @@ rule attack:
             "fmix/attacks/inversion.py",
             "fmix/attacks/judge_gallery.py",
             "fmix/attacks/patchgan.py",
+            "fmix/attacks/prior.py",
             "fmix/attacks/protectors.py",
             "fmix/attacks/reconstruction.py",
             "fmix/attacks/run.py",
@@ -104,4 +106,4 @@ rule attack:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} fmix -v attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --artifacts {output.artifacts} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --params {params.params_file} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fmix -v attack protection {input.model}/model.pt {input.aligned} {input.splits} {input.evaluator}/model.pt {params.folder} --artifacts {output.artifacts} --metrics {input.verification} --name {wildcards.method} --gallery {input.gallery} --prior {input.prior} --params {params.params_file} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule invert:
             "fmix/attacks/inversion.py",
             "fmix/attacks/judge_gallery.py",
             "fmix/attacks/patchgan.py",
+            "fmix/attacks/prior.py",
             "fmix/attacks/protectors.py",
             "fmix/attacks/reconstruction.py",
             "fmix/attacks/run.py",
