@@ -100,7 +100,8 @@ class ExportParams:
     upsample: int = 2  # bilinear factor before the block DCT: 1 -> 14x14 maps, 2 -> 28x28, 8 -> 112x112 (the family's)
     low_freq_threshold: int | None = 2  # drop channels with p + q <= t in every colour plane
     drop: tuple[int, ...] = ()  # further channels to drop
-    keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels (PPFR-FD: 36)
+    keep_lowest_energy: int | None = None  # keep only the N lowest-energy channels left
+    keep_highest_energy: int | None = None  # keep only the N highest-energy channels left (PPFR-FD: 36)
     k: int = 2  # fixed-k policy (until a trained strategy network is given); one of mixing.k_values
     stats_images: int = 2000  # public faces used for channel statistics
     opset: int = 18
@@ -114,6 +115,14 @@ class ExportParams:
         _require(
             self.keep_lowest_energy is None or self.keep_lowest_energy >= 1,
             "export.keep_lowest_energy must be >= 1 or null",
+        )
+        _require(
+            self.keep_highest_energy is None or self.keep_highest_energy >= 1,
+            "export.keep_highest_energy must be >= 1 or null",
+        )
+        _require(
+            self.keep_lowest_energy is None or self.keep_highest_energy is None,
+            "export.keep_lowest_energy and export.keep_highest_energy exclude each other (one must be null)",
         )
         _require(self.k >= 1, "export.k must be >= 1")
         _require(self.stats_images >= 1, "export.stats_images must be >= 1")

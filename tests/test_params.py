@@ -130,6 +130,8 @@ def test_validate_params_checks_every_section():
         validate_params({**on_disk, "attack": {"second": 1}})
     with pytest.raises(ParamsError, match=r"export.upsample must be 1, 2, 4 or 8, got 3"):
         validate_params({"export": {"upsample": 3}})
+    with pytest.raises(ParamsError, match=r"export.keep_lowest_energy and export.keep_highest_energy exclude"):
+        validate_params({"export": {"keep_lowest_energy": 36, "keep_highest_energy": 36}})
     with pytest.raises(ParamsError, match=r"attack.check_min_s4 must be in \(0, 1\], got 0.0"):
         validate_params({"attack": {"check_min_s4": 0.0}})
     with pytest.raises(ParamsError, match=r"attack.steps must be null or >= 1, got 0"):

@@ -207,7 +207,7 @@ def surrogate_protector(
             the ``upsample`` the released maps show.
         mixing: the guessed mixing (default: :class:`~fmix.params.MixingParams`).
         channels: the channels the released samples have: when the default masking keeps another
-            number, the guess keeps that many lowest-energy channels instead (PPFR-FD's choice).
+            number, the guess keeps that many highest-energy channels of it instead (``ppfrfd_faithful``'s choice).
 
     Returns:
         The protector.
@@ -221,5 +221,7 @@ def surrogate_protector(
         mixing = dataclasses.replace(mixing, k_values=tuple(sorted(set(mixing.k_values) | {k})))
     masker = build_masker(params, stats, mixing)
     if channels is not None and masker.mask.num_kept != channels:
-        masker = build_masker(dataclasses.replace(params, keep_lowest_energy=channels), stats, mixing)
+        masker = build_masker(
+            dataclasses.replace(params, keep_lowest_energy=None, keep_highest_energy=channels), stats, mixing
+        )
     return MaskerProtector(masker, MixingConfig.from_params(mixing) if k is not None and k > 1 else None)

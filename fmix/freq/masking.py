@@ -48,13 +48,11 @@ def _check_energy(energy: object) -> Tensor:
     return energy
 
 
-def _lowest_energy(candidates: list[int], count: int, energy: Tensor) -> list[int]:
+def _by_energy(candidates: list[int], count: int, energy: Tensor, highest: bool, name: str) -> list[int]:
     if not 1 <= count <= len(candidates):
-        raise ValueError(
-            f"Expected keep_lowest_energy in [1, {len(candidates)}] (the channels not otherwise dropped), got {count}"
-        )
+        raise ValueError(f"Expected {name} in [1, {len(candidates)}] (the channels not otherwise dropped), got {count}")
     # Stable sort: equal energies keep the lower channel index first.
-    order = torch.sort(energy.detach().cpu()[candidates], stable=True).indices[:count]
+    order = torch.sort(energy.detach().cpu()[candidates], stable=True, descending=highest).indices[:count]
     return [candidates[i] for i in order.tolist()]
 
 
@@ -63,6 +61,7 @@ def select_channels(
     low_freq_threshold: int | None = None,
     keep_lowest_energy: int | None = None,
     energy: Tensor | None = None,
+    keep_highest_energy: int | None = None,
 ) -> Tensor:
     """Indices of the kept frequency channels.
 
@@ -73,8 +72,8 @@ def select_channels(
     3. remove the channels with ``p + q <= low_freq_threshold`` in every colour plane
        (the default of docs/design.md §2.3: 2, i.e. 18 channels);
     4. if ``keep_lowest_energy=N``, keep only the ``N`` remaining channels of lowest
-       ``energy`` (PPFR-FD style: about 36 channels, discarding the high-energy low
-       frequencies that carry most of the visual content).
+       ``energy``; if ``keep_highest_energy=N``, the ``N`` of highest ``energy`` (PPFR-FD style:
+       36 channels, the most informative once the visually dominant low frequencies are gone).
 
     The DC channels (0, 64, 128) must end up dropped: a selection that keeps one raises.
 
@@ -84,7 +83,9 @@ def select_channels(
         keep_lowest_energy: number of channels to keep by lowest energy, >= 1.
         energy: per-channel energy, e.g. :func:`channel_energy` or
             :attr:`RunningChannelStats.energy` on public data; required with
-            ``keep_lowest_energy``.
+            ``keep_lowest_energy`` or ``keep_highest_energy``.
+        keep_highest_energy: number of channels to keep by highest energy, >= 1 (not with
+            ``keep_lowest_energy``).
 
     Shape:
         - energy: :math:`(192,)`.
@@ -94,20 +95,24 @@ def select_channels(
         Sorted int64 tensor of kept channel indices (on the CPU).
 
     Raises:
-        ValueError: invalid indices or counts, nothing kept, a DC channel kept, or
-            ``energy`` missing / given without ``keep_lowest_energy``.
+        ValueError: invalid indices or counts, nothing kept, a DC channel kept, both keep counts
+            given, or ``energy`` missing / given without a keep count.
     """
     dropped = _check_channel_list(drop or (), "drop")
     if low_freq_threshold is not None:
         dropped |= set(low_frequency_channels(low_freq_threshold))
     candidates = [c for c in range(NUM_CHANNELS) if c not in dropped]
-    if keep_lowest_energy is not None:
+    if keep_lowest_energy is not None and keep_highest_energy is not None:
+        raise ValueError("keep_lowest_energy and keep_highest_energy exclude each other")
+    highest = keep_highest_energy is not None
+    name = "keep_highest_energy" if highest else "keep_lowest_energy"
+    count = keep_highest_energy if highest else keep_lowest_energy
+    if count is not None:
         if energy is None:
-            raise ValueError("keep_lowest_energy needs the per-channel energy tensor")
-        count = check_int(keep_lowest_energy, "keep_lowest_energy")
-        candidates = _lowest_energy(candidates, count, _check_energy(energy))
+            raise ValueError(f"{name} needs the per-channel energy tensor")
+        candidates = _by_energy(candidates, check_int(count, name), _check_energy(energy), highest, name)
     elif energy is not None:
-        raise ValueError("energy is only used with keep_lowest_energy")
+        raise ValueError("energy is only used with keep_lowest_energy or keep_highest_energy")
     if not candidates:
         raise ValueError("The selection drops every channel")
     kept_dc = sorted(set(candidates) & set(DC_CHANNELS))

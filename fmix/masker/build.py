@@ -68,8 +68,14 @@ def build_masker(params: ExportParams, stats: RunningChannelStats, mixing: Mixin
         ValueError: ``export.k`` is not one of ``mixing.k_values``.
     """
     k_values = (mixing or MixingParams()).k_values
-    energy = stats.energy.float() if params.keep_lowest_energy is not None else None
-    kept = select_channels(params.drop, params.low_freq_threshold, params.keep_lowest_energy, energy)
+    by_energy = params.keep_lowest_energy is not None or params.keep_highest_energy is not None
+    kept = select_channels(
+        params.drop,
+        params.low_freq_threshold,
+        params.keep_lowest_energy,
+        stats.energy.float() if by_energy else None,
+        keep_highest_energy=params.keep_highest_energy,
+    )
     mean, std = stats.stats(kept)
     mask = FrequencyMask(kept, mean.float(), std.float())
     policy = FixedKPolicy(params.k, k_values)

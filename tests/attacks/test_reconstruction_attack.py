@@ -73,7 +73,7 @@ def test_unmixed_protector_and_surrogate(aligned_faces, masker, stats):
 
 def test_the_black_box_guess_matches_the_released_channel_count(aligned_faces, stats):
     images = aligned_faces[0][:4].float()
-    guess = surrogate_protector(stats, k=None, channels=36)  # e.g. PPFR-FD's 36 lowest-energy channels
+    guess = surrogate_protector(stats, k=None, channels=36)  # e.g. ppfrfd_faithful's 36 highest-energy channels
     kept = guess.masker.mask.kept
     assert guess(images, torch.arange(4), torch.Generator().manual_seed(0)).x.shape == (
         4,
@@ -83,10 +83,10 @@ def test_the_black_box_guess_matches_the_released_channel_count(aligned_faces, s
     )  # export.upsample 2
     default = build_masker(ExportParams(), stats).mask.kept.tolist()
     energy = stats.energy
-    assert sorted(kept.tolist()) == sorted(sorted(default, key=lambda c: energy[c].item())[:36])
+    assert sorted(kept.tolist()) == sorted(sorted(default, key=lambda c: -energy[c].item())[:36])
     assert surrogate_protector(stats, k=None, channels=174).masker.mask.num_kept == 174
     with pytest.raises(
-        ValueError, match=r"Expected keep_lowest_energy in \[1, 174\] \(the channels not otherwise dropped\), got 180"
+        ValueError, match=r"Expected keep_highest_energy in \[1, 174\] \(the channels not otherwise dropped\), got 180"
     ):
         surrogate_protector(stats, k=None, channels=180)
 

@@ -50,6 +50,14 @@ def test_keep_lowest_energy_picks_the_quietest_remaining_channels():
     assert kept.tolist() == [189, 190]
 
 
+def test_keep_highest_energy_picks_the_loudest_remaining_channels():
+    energy = torch.arange(192, 0, -1, dtype=torch.float64)  # channel 0 is the loudest
+    kept = select_channels(low_freq_threshold=2, keep_highest_energy=4, energy=energy)
+    assert kept.tolist() == [3, 4, 5, 6]  # 0, 1, 2, 8, 9 and 16 have p + q <= 2
+    kept = select_channels(drop=[3, 5], low_freq_threshold=2, keep_highest_energy=3, energy=energy)
+    assert kept.tolist() == [4, 6, 7]
+
+
 def test_keep_lowest_energy_on_real_faces_drops_dc(real_faces):
     energy = channel_energy(block_dct(real_faces))
     kept = select_channels(keep_lowest_energy=36, energy=energy)
@@ -72,6 +80,13 @@ def test_keep_lowest_energy_on_real_faces_drops_dc(real_faces):
         ({"low_freq_threshold": 2, "keep_lowest_energy": 175, "energy": torch.ones(192)}, ValueError, "174"),
         ({"keep_lowest_energy": 3, "energy": torch.ones(191)}, ValueError, r"energy of shape \(192,\)"),
         ({"keep_lowest_energy": 3, "energy": torch.full((192,), float("nan"))}, ValueError, "finite energy"),
+        ({"keep_highest_energy": 3}, ValueError, "keep_highest_energy needs the per-channel energy"),
+        ({"low_freq_threshold": 2, "keep_highest_energy": 175, "energy": torch.ones(192)}, ValueError, "174"),
+        (
+            {"keep_lowest_energy": 3, "keep_highest_energy": 3, "energy": torch.ones(192)},
+            ValueError,
+            "exclude each other",
+        ),
     ],
 )
 def test_select_channels_rejects_bad_selections(kwargs, error, message):
