@@ -60,6 +60,11 @@ ARMS = {
         "method": "adaptive",
         "adaptive": {**FR_STEP, "policy_batch": None, "n_fr": 2},
     },
+    # The default game without the FR network's confidence as the policy's input: no extra FR forward per step.
+    "fr_step_b16_no_signal": {
+        "method": "adaptive",
+        "adaptive": {**FR_STEP, "policy_batch": 16, "n_fr": 1, "policy_signal": "none"},
+    },
 }
 QUICK_MIXUP4_S, QUICK_ADAPTIVE_S = 685.0, 1151.0  # the default (quick) run, issue 34
 

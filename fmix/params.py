@@ -195,10 +195,17 @@ class MaskParams:
     anonymize: bool = (
         True  # keyed-hash sample names (key: FMIX_NAME_KEY, the secret key, or random); false: file names joined by +
     )
+    max_per_identity: int | None = (
+        None  # release at most N faces of one identity (the first in path order; the rest are recorded, not released): a person's samples average out their masked face (fmix attack aggregate)
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
         _require(self.previews >= 0, "mask.previews must be >= 0")
+        _require(
+            self.max_per_identity is None or self.max_per_identity >= 1,
+            f"mask.max_per_identity must be null or >= 1, got {self.max_per_identity}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +232,7 @@ class AdaptiveParams:
     policy_shuffle: bool = (
         False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
     )
-    policy_signal: str = "confidence"  # the policy also reads the frozen FR network's largest cosine to a class centre ("none": the masked face only)
+    policy_signal: str = "none"  # "none": the policy reads the masked face only; "confidence": also the frozen FR network's largest cosine to a class centre (one more FR forward per step)
     # "sampled": REINFORCE on one k per sample (see sampled_from); "expected": every k scored, exact expectation
     # over the policy (the default before issue 34, with policy_batch null and n_fr 2: 1.68x mixup4's training time)
     policy_gradient: str = "sampled"
@@ -324,10 +331,21 @@ class DctdpParams:
     """The ``dctdp`` method's settings (``train.dctdp``): the Laplace budget of its noisy channels."""
 
     epsilon: float = 200000.0  # Laplace budget per face (all its clipped coefficients; 189 x 28 x 28 at u = 2)
-    clip: float = 3.0  # coefficients clipped to [-C, C] (normalised units): sensitivity 2 C each
+    clip: float | None = 3.0  # coefficients clipped to [-C, C] (normalised units): sensitivity 2 C; null: unclipped
+    sensitivity: float | None = None  # null: 2 C; a number: nominal, per coefficient, raw DCT units (TFace: 1.0)
+    per_coefficient: bool = False  # one learned budget share per coefficient (TFace) instead of per channel
+    raw_units: bool = True  # the FR network gets raw DCT units / rms std (as DCTDP does) instead of normalised channels
 
     def __post_init__(self) -> None:
-        _require(self.epsilon > 0 and self.clip > 0, "train.dctdp.epsilon and train.dctdp.clip must be > 0")
+        _require(
+            self.epsilon > 0 and (self.clip is None or self.clip > 0),
+            "train.dctdp.epsilon and train.dctdp.clip must be > 0",
+        )
+        _require(self.sensitivity is None or self.sensitivity > 0, "train.dctdp.sensitivity must be null or > 0")
+        _require(
+            self.clip is not None or self.sensitivity is not None,
+            "train.dctdp.clip may be null only with a train.dctdp.sensitivity: nothing else bounds the coefficients",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

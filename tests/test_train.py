@@ -433,7 +433,9 @@ def test_a_model_from_before_the_game_keys_loads_with_the_game_it_was_trained_wi
         }
     )
     flat["k"] = flat.pop("mixup")["k"]
-    flat.update({f"dctdp_{key}": value for key, value in flat.pop("dctdp").items()})
+    flat.update(
+        {f"dctdp_{key}": value for key, value in flat.pop("dctdp").items() if key in ("epsilon", "clip")}
+    )  # the keys there were before train.dctdp
     flat.update({f"dpsgd_{key}": value for key, value in flat.pop("dpsgd").items()})
     del state["sign_invariant"], state["encoder"]["kind"], state["encoder"]["allow_dc"]
     del state["policy"]["k_price"]

@@ -158,12 +158,12 @@ class NoisyFrequencyProtector:
 
     Args:
         transform: the transform, channel masking and normalisation.
-        scales: the Laplace scale of every kept channel.
+        scales: the Laplace scale of every kept channel (or of every coefficient).
         clip: coefficients are clipped to [-clip, clip] before the noise (None: not clipped).
 
     Shape:
         - images: :math:`(B, 3, H, W)` RGB in [0, 255]; labels: :math:`(B,)` (unused).
-        - scales: :math:`(K,)`.
+        - scales: :math:`(K,)` or :math:`(K, h, w)`.
         - Output: x :math:`(B, K, h, w)`; partners, weights :math:`(B, 1)`.
 
     Raises:
@@ -171,7 +171,7 @@ class NoisyFrequencyProtector:
     """
 
     def __init__(self, transform: FrequencyTransform, scales: Tensor, clip: float | None = None) -> None:
-        if scales.shape != (transform.mask.num_kept,) or bool((scales < 0).any()):
+        if scales.dim() not in (1, 3) or scales.shape[0] != transform.mask.num_kept or bool((scales < 0).any()):
             raise ValueError(
                 f"Expected {transform.mask.num_kept} non-negative scales (one per kept channel), got shape {tuple(scales.shape)}"
             )

@@ -203,6 +203,7 @@ def protect_folder(
         )
     if not items:
         raise ValueError(f"no readable input face in {in_dir}")
+    items, over_budget = _identity_budget(items, params.max_per_identity)
     identities = sorted({identity for _, identity in items})
     inputs_hash = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]  # recorded in the ledger only
     randomness = ReleaseRandomness(release.secret_key, release.insecure_seed, inputs_hash)
@@ -219,6 +220,7 @@ def protect_folder(
         "anonymize": params.anonymize,
         "dtype": dtype,
         "aligned_in_memory": align is not None,
+        "max_per_identity": params.max_per_identity,
     }
     ledger = Ledger(ledger_path)
     key_check = key_check_value(release.secret_key) if release.secret_key is not None else None
@@ -283,6 +285,8 @@ def protect_folder(
                 future.cancel()
     not_used = [(rel, status, message) for rel, (status, message) in unreadable.items()]
     not_used += [(dup, "duplicate", f"the same image as {kept}: released once, as {kept}") for dup, kept in duplicates]
+    budget = f"over the release's budget of {params.max_per_identity} faces per identity: not released"
+    not_used += [(rel, "over_budget", budget) for rel in over_budget]
     pre_skipped = [_skipped_row(rel, status, message, key) for rel, status, message in not_used]
     summary = _finish(
         writer,
@@ -337,6 +341,29 @@ def _drop_duplicates(
             kept[digest] = rel
             unique.append((rel, identity))
     return unique, duplicates
+
+
+def _identity_budget(items: list[tuple[str, str]], budget: int | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """At most ``budget`` faces per identity, the first in path order (None: all); and the faces left out.
+
+    Args:
+        items: (relative path, identity) of the faces to release.
+        budget: ``mask.max_per_identity``.
+
+    Returns:
+        ``(kept items, relative paths over the budget)``, each in path order.
+    """
+    if budget is None:
+        return items, []
+    count: dict[str, int] = {}
+    kept, over = [], []
+    for rel, identity in sorted(items):
+        count[identity] = count.get(identity, 0) + 1
+        if count[identity] <= budget:
+            kept.append((rel, identity))
+        else:
+            over.append(rel)
+    return kept, over
 
 
 def _plan_shards(

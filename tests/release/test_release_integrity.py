@@ -364,3 +364,21 @@ def test_a_broken_link_in_the_input_is_skipped_with_a_status(faces, tmp_path):
     (faces / "Andre_Agassi" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     summary = protect_folder(faces, tmp_path / "out", _masker(faces), MaskParams(previews=0), progress=False)
     assert summary["skipped_by_status"].get("broken_link") == 1 and summary["faces_used"] > 0
+
+
+def test_a_budget_of_faces_per_identity_releases_the_first_and_records_the_rest(faces, tmp_path, owner_ledger):
+    photos = {name: sorted(p.name for p in (faces / name).iterdir()) for name in PEOPLE}
+    summary = protect_folder(
+        faces, tmp_path / "out", _masker(faces), MaskParams(previews=0, max_per_identity=2), progress=False
+    )
+    over = sum(len(names) - 2 for names in photos.values())
+    assert summary["skipped_by_status"].get("over_budget") == over and summary["inputs"] == over + 6
+    planned = {
+        source for entry in Ledger(owner_ledger).entries if entry["kind"] == "shard" for source in entry["sources"]
+    }
+    assert planned == {f"{name}/{photo}" for name, names in photos.items() for photo in names[:2]}  # the first two each
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["max_per_identity"] == 2
+    messages = {row["message"] for row in summary["skipped_files"] if row["status"] == "over_budget"}
+    assert messages == {"over_budget"}  # anonymised names: the message names no file and no identity
+    with pytest.raises(ParamsError, match="mask.max_per_identity must be null or >= 1, got 0"):
+        MaskParams(max_per_identity=0)
