@@ -22,10 +22,14 @@ def _entry(
     k_by_difficulty=None,
     check_s4=0.5,
     inversion_top1=0.25,
+    mean_k=3.0,
+    folds=None,
 ):
     folder = results / name
     folder.mkdir(parents=True)
     verification = {"accuracy_mean": accuracy, "accuracy_std": 0.05, "auc": 0.9, "tar_at_far_1e-3": None}
+    if folds is not None:
+        verification["fold_accuracies"] = folds
     (folder / "verification.json").write_text(
         json.dumps({"method": method, "verification": verification, "raw_feature_floor": {"accuracy_mean": 0.6}})
     )
@@ -49,7 +53,7 @@ def _entry(
     (models / name).mkdir(parents=True)
     (models / name / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
     summary = {
-        "final_mean_k": 3.0 if k_histogram else None,
+        "final_mean_k": mean_k if k_histogram else None,
         "final_k_histogram": k_histogram,
         "final_k_by_difficulty": k_by_difficulty,
     }
@@ -184,8 +188,12 @@ def test_report_draws_the_frontier_of_fixed_k_and_both_policies(tmp_path):
     row = {"S1": 0.4, "S2": 0.1, "S3": 0.55, "S4": 0.2, "floor": 0.5, "Score_pp": 0.7}
     sweep = {}
     for k in (3, 4):
-        _entry(results, models, f"mixup{k}", "mixup", 0.7 - 0.02 * k, row, {str(k): 1.0})
-        _entry(results, models, f"ours{k}", "adaptive", 0.71 - 0.02 * k, row, {str(k): 1.0})
+        fixed = [0.7 - 0.02 * k] * 4
+        ours = [0.71 - 0.02 * k + d for d in (0.02, 0.0, 0.01, -0.01)]  # 0.01 above fixed k, plus d per fold
+        _entry(results, models, f"mixup{k}", "mixup", 0.7 - 0.02 * k, row, {str(k): 1.0}, mean_k=k, folds=fixed)
+        _entry(
+            results, models, f"ours{k}", "adaptive", 0.71 - 0.02 * k, row, {str(k): 1.0}, mean_k=k - 0.01, folds=ours
+        )
         sweep[f"mixup{k}"] = {"method": "mixup", "mixup": {"k": k}}
         sweep[f"ours{k}"] = {"method": "adaptive", "adaptive": {"target_mean_k": float(k)}}
     params = tmp_path / "params.yaml"
@@ -195,6 +203,9 @@ def test_report_draws_the_frontier_of_fixed_k_and_both_policies(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "## The trade-off frontier" in markdown and "![trade-off frontier](frontier.png)" in markdown
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Paired over the folds: ours against fixed k at the same mean k (differences 0.03, 0.01, 0.02, 0.00).
+    assert "| 3 | ours3 | mixup3 | 0.015 | 0.013 | 2.32 | 3 of 4 |" in markdown
+    assert "| 4 | ours4 | mixup4 | 0.015 | 0.013 | 2.32 | 3 of 4 |" in markdown
     from fmix.pipeline.report import frontier_curves
 
     rows = json.loads((out / "methods.json").read_text())

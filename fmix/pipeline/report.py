@@ -169,6 +169,7 @@ def collect(results: Path, models: Path, entries: dict[str, dict]) -> dict[str, 
             "inversion_chance": (inversion.get("decoder") or {}).get("chance"),
             "k_by_difficulty": summary.get("final_k_by_difficulty"),
             "k_values": list((summary.get("final_k_histogram") or {}).keys()),
+            "folds": ver.get("fold_accuracies"),
         }
     return out
 
@@ -292,6 +293,38 @@ def frontier_curves(rows: dict[str, dict], objectives: dict[str, str]) -> dict[s
             continue
         curves.setdefault(curve, []).append((name, row))
     return {curve: sorted(points, key=lambda point: point[1]["mean_k"]) for curve, points in curves.items()}
+
+
+def frontier_pairs(curves: dict[str, list[tuple[str, dict]]], folds: dict[str, list[float] | None]) -> list[dict]:
+    """Each policy point against fixed k at the same mean k, and ours against the paper's game, paired over the folds.
+
+    A policy point's budget is its mean k rounded to an integer; fixed k has exactly that mean k.
+
+    Args:
+        curves: :func:`frontier_curves`.
+        folds: entry -> its verification accuracy per fold (None: not recorded).
+
+    Returns:
+        One dict per comparison: ``mean_k``, ``a``, ``b`` and
+        :func:`~fmix.evaluate.verification.paired_fold_difference` of a minus b; comparisons whose
+        folds are missing or differ in number are left out.
+    """
+    from fmix.evaluate.verification import paired_fold_difference
+
+    def budget(row: dict) -> int:
+        return round(row["mean_k"])
+
+    fixed = {budget(row): name for name, row in curves.get("fixed k", [])}
+    paper = {budget(row): name for name, row in curves.get("paper's game (adversarial)", [])}
+    pairs = []
+    for curve in ("ours (cooperative)", "paper's game (adversarial)"):
+        for name, row in curves.get(curve, []):
+            against = [fixed.get(budget(row))] + ([paper.get(budget(row))] if curve == "ours (cooperative)" else [])
+            for other in against:
+                a, b = folds.get(name), folds.get(other) if other else None
+                if a and b and len(a) == len(b) >= 2:
+                    pairs.append({"mean_k": budget(row), "a": name, "b": other, **paired_fold_difference(a, b)})
+    return sorted(pairs, key=lambda pair: (pair["mean_k"], pair["a"], pair["b"]))
 
 
 def frontier_figure(curves: dict[str, list[tuple[str, dict]]], path: Path) -> Path:
@@ -580,10 +613,11 @@ def build_blocks(
     aggregate: dict | None = None,
     objectives: dict[str, str] | None = None,
     headlines: list[str] | None = None,
+    frontier_stats: list[dict] | None = None,
 ) -> list[Block]:
     """The report's content, in order, for both renderings (``aggregate``: the release's worst case, :func:`aggregate_blocks`;
     ``objectives``: the adaptive entries' policy objectives, :func:`policy_objectives`; ``headlines``: paragraphs
-    before everything else, the profile line and :func:`inversion_check`'s)."""
+    before everything else, the profile line and :func:`inversion_check`'s; ``frontier_stats``: :func:`frontier_pairs`)."""
     header = ["entry"] + [title for _, title in COLUMNS]
     table = [header] + [[name] + [_fmt(item["row"][key]) for key, _ in COLUMNS] for name, item in collected.items()]
     notes = [f"{name}: {item['note']}" for name, item in collected.items() if item["note"]]
@@ -643,6 +677,21 @@ def build_blocks(
             ),
             Block("img", "trade-off frontier", path=figures["frontier"]),
         ]
+        if frontier_stats:
+            header = ["mean k", "a", "b", "a − b (accuracy)", "std of the fold differences", "t", "folds a won"]
+            table = [header] + [
+                [str(pair["mean_k"]), pair["a"], pair["b"], _fmt(pair["mean"]), _fmt(pair["std"]), f"{pair['t']:.2f}"]
+                + [f"{pair['wins']} of {pair['folds']}"]
+                for pair in frontier_stats
+            ]
+            blocks += [
+                Block(
+                    "p",
+                    "Paired over the same verification folds: each policy against fixed k at its mean k, and ours against the "
+                    "paper's game; |t| above about 2.3 (10 folds) is a difference the folds resolve.",
+                ),
+                Block("table", rows=table),
+            ]
     blocks += [
         Block("h2", "Training curves"),
         Block("img", "training curves", path=figures["curves"]),
@@ -808,8 +857,9 @@ def write_report(
         figures["frontier"] = frontier
     check_min = section_from_mapping(AttackParams, params.get("attack") or {}, "attack").check_min_s4
     headlines = [profile_line(params, root), worst_case_line(collected), inversion_check(collected, check_min)]
+    stats = frontier_pairs(curves, {name: item["folds"] for name, item in collected.items()})
     blocks = build_blocks(
-        collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives, headlines
+        collected, figures, grids, yaml.safe_dump(params, sort_keys=False), worst, objectives, headlines, stats
     )
     write_json_atomic(out_dir / "methods.json", rows)
     _write_csv(
