@@ -12,6 +12,7 @@ the first ``--identities`` people with at least 5 photos):
 2. ``fmix align`` (CPU, RetinaFace), ``fmix split``, ``fmix export``;
 3. ``fmix train`` of ppfrfd, mixup4 (mixup, k = 4) and adaptive, 2 epochs each on the GPU
    (``train.device``): images/s of the FR steps (batch / seconds per FR step) and end to end;
+   then ``benchmarks/bench_amp.py`` (ppfrfd, one epoch): bf16 autocast against float32 on the GPU;
 4. ``fmix evaluator`` and ``fmix evaluate`` (adaptive) on the GPU;
 5. ``fmix attack protection`` (ppfrfd, 100 steps, the RGB evaluator as judge) and ``fmix attack
    invert`` (adaptive) on the GPU (``attack.device``: the attack's seconds are wall-clock there);
@@ -192,6 +193,23 @@ def check(work: Path, args: argparse.Namespace) -> int:
             print(
                 f"       {name}: {fr_rate:.0f} images/s in FR steps, {overall:.0f} images/s end to end (process start included), val accuracy {summary['val_accuracy']:.3f}"
             )
+    if not args.cpu_rehearsal:  # bf16 autocast against float32 on the same model and batches (train.amp)
+        amp = [sys.executable, str(Path(__file__).with_name("bench_amp.py")), "--method", "ppfrfd", "--epochs", "1"]
+        stages.run(
+            "bf16 against fp32",
+            [
+                *amp,
+                "--device",
+                args.device,
+                "--aligned",
+                str(aligned),
+                "--splits",
+                str(splits),
+                "--masker",
+                str(masker),
+            ],
+            timeout=120,
+        )
     stages.run("evaluator", [*fmix, "evaluator", str(aligned), str(splits), str(models / "evaluator"), *p, "--quiet"])
     stages.run(
         "evaluate adaptive",
