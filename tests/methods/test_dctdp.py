@@ -41,25 +41,15 @@ def test_noise_scales_spend_the_budget_whatever_the_learned_split():
         noise(torch.zeros(2, 3, 2, 2))
 
 
+def _train_dctdp(pipeline_sample, out, dctdp: DctdpParams) -> dict:
+    """A tiny dctdp run on the pipeline sample (its masker is at the default u = 2: 28x28 maps); its summary."""
+    params = TrainParams(method="dctdp", width=0.125, embedding_size=32, batch_size=8, epochs=1, threads=1, dctdp=dctdp)
+    aligned, splits, masker = (pipeline_sample[key] for key in ("aligned", "splits", "masker"))
+    return train(params, aligned, splits, out, masker, progress=False)
+
+
 def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample, tmp_path):
-    # The pipeline sample's masker is at the default u = 2: 28x28 maps.
-    params = TrainParams(
-        method="dctdp",
-        width=0.125,
-        embedding_size=32,
-        batch_size=8,
-        epochs=1,
-        threads=1,
-        dctdp=DctdpParams(epsilon=5.0e4, clip=2.0),
-    )
-    summary = train(
-        params,
-        pipeline_sample["aligned"],
-        pipeline_sample["splits"],
-        tmp_path,
-        pipeline_sample["masker"],
-        progress=False,
-    )
+    summary = _train_dctdp(pipeline_sample, tmp_path, DctdpParams(epsilon=5.0e4, clip=2.0, raw_units=False))
     privacy = summary["privacy"]
     assert summary["epsilon"] == privacy["epsilon"] == pytest.approx(5.0e4, rel=1e-6)
     assert privacy["coefficients_per_face"] == 189 * 28 * 28 and privacy["sensitivity_per_coefficient"] == 4.0
@@ -75,7 +65,8 @@ def test_dctdp_trains_the_scales_and_reports_the_budget_it_spent(pipeline_sample
     assert float((2.0 * 2.0 * 28 * 28 / scales).sum()) == pytest.approx(5.0e4, rel=1e-6)
     assert math.isclose(ModelRecord.load(tmp_path / "model.pt").privacy["epsilon_budget"], 5.0e4)
     assert (
-        method_class("dctdp").attack_surface == "noisy" and build_method(params).build_protection(record.mixing) is None
+        method_class("dctdp").attack_surface == "noisy"
+        and build_method(TrainParams(method="dctdp")).build_protection(record.mixing) is None
     )  # the noise is the encoder's
 
 
@@ -164,25 +155,8 @@ def test_bad_dctdp_settings_are_rejected(values, message):
 
 
 def test_dctdp_trains_at_the_tface_setting_and_reports_an_unbounded_epsilon(pipeline_sample, tmp_path):
-    params = TrainParams(
-        method="dctdp",
-        width=0.125,
-        embedding_size=32,
-        batch_size=8,
-        epochs=1,
-        threads=1,
-        dctdp=DctdpParams(
-            epsilon=0.5 * 189 * 28 * 28, clip=None, sensitivity=1.0, per_coefficient=True, raw_units=True
-        ),
-    )
-    summary = train(
-        params,
-        pipeline_sample["aligned"],
-        pipeline_sample["splits"],
-        tmp_path,
-        pipeline_sample["masker"],
-        progress=False,
-    )
+    tface = DctdpParams(epsilon=0.5 * 189 * 28 * 28, clip=None, sensitivity=1.0, per_coefficient=True, raw_units=True)
+    summary = _train_dctdp(pipeline_sample, tmp_path, tface)
     privacy = summary["privacy"]
     assert summary["epsilon"] == privacy["epsilon"] == math.inf and privacy["sensitivity_per_coefficient"] is None
     assert privacy["epsilon_nominal"] == pytest.approx(0.5 * 189 * 28 * 28, rel=1e-5)
