@@ -22,6 +22,8 @@ rule report:
             "fmix/data/__init__.py",
             "fmix/data/fetch.py",
             "fmix/device.py",
+            "fmix/evaluate/__init__.py",
+            "fmix/evaluate/verification.py",
             "fmix/io.py",
             "fmix/methods/__init__.py",
             "fmix/methods/registry.py",
