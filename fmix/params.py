@@ -517,7 +517,7 @@ class AttackParams:
     seconds: float = 120.0  # CPU seconds (wall-clock seconds on CUDA: attack.device) of inversion-network training per attacker (a cap beside steps)
     steps: int | None = 20  # steps per attacker: it stops at whichever comes first (null: time only)
     prior_steps: int | None = (
-        300  # the attackers' shared prior (fmix attack prior): the un-mixed inverter every mixed entry's attacks start from
+        250  # the attackers' shared prior (fmix attack prior): the un-mixed inverter every mixed entry's attacks start from
     )
     prior_seconds: float = 600.0  # its cap, counted as `seconds`
     eval_faces: int = 64  # private faces attacked

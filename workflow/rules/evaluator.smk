@@ -100,6 +100,7 @@ rule evaluator:
     benchmark:
         "logs/benchmarks/evaluator.tsv",
     threads: config["evaluator"]["threads"]
+    priority: 1
     resources:
         gpu=1,
     shell:
