@@ -57,5 +57,6 @@ rule export:
         "../../environment.yml",
     benchmark:
         "logs/benchmarks/export.tsv",
+    priority: 4
     shell:
         "OMP_NUM_THREADS={threads} fmix -v export {input.aligned} {input.splits}/public.csv {output.masker} --params {params.params_file} > {log} 2>&1"
