@@ -60,7 +60,7 @@ ARMS = {
         "method": "adaptive",
         "adaptive": {**FR_STEP, "policy_batch": None, "n_fr": 2},
     },
-    # The default game without the FR network's confidence as the policy's input: no extra FR forward per step.
+    # The default game without the FR network's confidence as the policy's input (the masked face only).
     "fr_step_b16_no_signal": {
         "method": "adaptive",
         "adaptive": {**FR_STEP, "policy_batch": 16, "n_fr": 1, "policy_signal": "none"},

@@ -232,7 +232,7 @@ class AdaptiveParams:
     policy_shuffle: bool = (
         False  # ablation: the policy's k shuffled across each FR batch (the same k histogram, no per-sample choice)
     )
-    policy_signal: str = "none"  # "none": the policy reads the masked face only; "confidence": also the frozen FR network's largest cosine to a class centre (one more FR forward per step)
+    policy_signal: str = "none"  # "none": the policy reads the masked face only; "confidence": also the frozen FR network's largest cosine to a class centre (the exported masker then holds the FR backbone)
     # "sampled": REINFORCE on one k per sample (see sampled_from); "expected": every k scored, exact expectation
     # over the policy (the default before issue 34, with policy_batch null and n_fr 2: 1.68x mixup4's training time)
     policy_gradient: str = "sampled"
@@ -517,7 +517,7 @@ class AttackParams:
     seconds: float = 120.0  # CPU seconds (wall-clock seconds on CUDA: attack.device) of inversion-network training per attacker (a cap beside steps)
     steps: int | None = 20  # steps per attacker: it stops at whichever comes first (null: time only)
     prior_steps: int | None = (
-        250  # the attackers' shared prior (fmix attack prior): the un-mixed inverter every mixed entry's attacks start from
+        300  # the attackers' shared prior (fmix attack prior): the un-mixed inverter every mixed entry's attacks start from
     )
     prior_seconds: float = 600.0  # its cap, counted as `seconds`
     eval_faces: int = 64  # private faces attacked
