@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "fmix.methods.registry": 0,
     "fmix.data": 1,
     "fmix.freq": 1,
+    "fmix.onnx_export": 1,
     "fmix.masker": 2,
     "fmix.models": 2,
     "fmix.release": 3,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import random
-import warnings
 from pathlib import Path
 
 import torch
 
 from fmix.data.faces import read_face_list
-from fmix.io import atomic_write
 from fmix.masker.build import build_masker, masker_metadata, public_channel_stats
 from fmix.masker.module import Masker, StrategyPolicy
 from fmix.models.artifact import ModelRecord, load_trained_model
 from fmix.models.strategy import ConfidenceSignal, StrategyNetwork
+from fmix.onnx_export import export_module
 from fmix.params import ExportParams, MixingParams, cap_problem
 
 MIN_OPSET = 17  # the oldest opset the masker's operators export to
@@ -36,34 +35,21 @@ def export_onnx(
         input_size: side of the aligned faces.
         opset: ONNX opset version.
     """
-    import onnx
-
     masker = masker.eval()
     example = (torch.rand(2, 3, input_size, input_size) * 255, torch.rand(2))
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            masker,
-            example,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"images": {0: batch}, "policy_noise": {0: batch}},
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-    model = program.model_proto
-    exported = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
-    if exported != [opset]:  # the exporter falls back to its own opset instead of failing
-        raise ValueError(
-            f"the masker could not be exported at opset {opset} (the exporter produced opset {exported}); use export.opset 18"
-        )
-    for key, value in sorted(metadata.items()):
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    with atomic_write(path, "wb") as out:
-        out.write(model.SerializeToString())
+    export_module(
+        masker,
+        example,
+        path,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"images": {0: batch}, "policy_noise": {0: batch}},
+        opset=opset,
+        metadata=metadata,
+        what="the masker",
+        opset_hint="use export.opset 18",
+    )
 
 
 def check_opset(opset: int) -> None:

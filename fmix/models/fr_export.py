@@ -16,7 +16,6 @@ the metadata (``input_mean``, ``input_std``), else insightface's ``(x - 127.5) /
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -26,9 +25,9 @@ from torch import Tensor, nn
 from fmix import __version__
 from fmix.checks import check_float, check_shape_bchw, check_tensor
 from fmix.device import onnx_providers
-from fmix.io import atomic_write
 from fmix.models.artifact import TrainedModel, load_trained_model
 from fmix.models.encoders import NoisyFrequencyEncoder
+from fmix.onnx_export import export_module
 
 FORMAT = "fmix-face-embedder"
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
@@ -99,7 +98,6 @@ def export_face_embedder(model_path: str | Path, out: str | Path, flip_average: 
         ValueError: not a model of ``fmix train``, a method whose encoder draws noise at every
             call (``dctdp``: no deterministic embedding to export), or an opset below 17.
     """
-    import onnx
 
     if opset < MIN_OPSET:
         raise ValueError(f"Expected opset >= {MIN_OPSET}, got {opset}")
@@ -109,27 +107,18 @@ def export_face_embedder(model_path: str | Path, out: str | Path, flip_average: 
             f"{model_path} ({record.method}) adds fresh Laplace noise to every input: export-fr writes deterministic embedders only"
         )
     embedder = FaceEmbedder(model, flip_average).eval()
-    example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 255
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            embedder,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"images": {0: batch}},
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-    proto = program.model_proto
-    for key, value in sorted(embedder_metadata(record, flip_average).items()):
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    with atomic_write(out, "wb") as handle:
-        handle.write(data)
+    data = export_module(
+        embedder,
+        (torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 255,),
+        out,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"images": {0: batch}},
+        opset=opset,
+        metadata=embedder_metadata(record, flip_average),
+        what="the FR model",
+    )
     return {
         "method": record.method,
         "embedding_size": record.params.embedding_size,

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,22 @@ def test_export_metadata_and_onnx_parity(masker_file, aligned_sample):
     assert abs(masked.mean().item()) < 0.2 and 0.5 < masked.std().item() < 1.5
 
 
+def test_the_masker_file_names_no_path_of_the_exporting_checkout(masker_file):
+    """The exporter's per-node stack traces hold absolute paths: a masker handed to data owners drops them
+    (and so is the same file from any checkout)."""
+    import onnx
+
+    from fmix.onnx_export import drop_source_traces
+
+    data = Path(masker_file).read_bytes()
+    assert str(Path(__file__).resolve().parents[2]).encode() not in data and b"stack_trace" not in data
+    model = onnx.load(str(masker_file))
+    assert model.graph.node and not any(node.metadata_props for node in model.graph.node)
+    model.graph.node[0].metadata_props.add(key="pkg.torch.onnx.stack_trace", value='File "checkout/fmix/x.py"')
+    drop_source_traces(model)
+    assert model.SerializeToString() == data
+
+
 def test_export_parity_at_u8_and_dynamic_batch(aligned_sample, tmp_path):
     params = ExportParams(upsample=8, keep_lowest_energy=36, k=4)
     stats, _ = public_channel_stats(sorted(aligned_sample.glob("A*/*.png")), 8)
@@ -143,13 +160,15 @@ def test_protect_batch_same_on_torch_and_onnx_and_seeded(masker_file, aligned_sa
 
 
 @pytest.mark.parametrize("k", [2, torch.tensor([2, 3] * 6)])
-def test_mixes_skip_the_columns_no_sample_uses_and_stay_the_same(k):
+def test_training_mixes_are_the_column_mixes_over_every_column(k):
+    """Training mixes by one matrix product (:func:`fmix.freq.mixing.mix_as_matrix`): the column loop's mixes
+    over all k_max columns, the unused ones weighing 0, up to float rounding."""
     x = torch.randn(12, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     batch = Protection(None, MixingConfig(6)).protect_encoded(
         x, torch.arange(12) % 4, k, torch.Generator().manual_seed(1)
     )
     assert batch.weights.shape == (12, 6) and (batch.weights[:, 3:] == 0).all()
-    assert torch.equal(batch.x, apply_mixing(x, batch.partners, batch.weights, rescale=True))  # every column
+    torch.testing.assert_close(batch.x, apply_mixing(x, batch.partners, batch.weights, rescale=True))
 
 
 def test_mix_noise_is_drawn_last_with_the_given_std_and_spares_unmixed_samples():

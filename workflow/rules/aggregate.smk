@@ -62,6 +62,7 @@ rule aggregate:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/progress.py",
             "fmix/release/__init__.py",

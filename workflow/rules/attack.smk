@@ -84,6 +84,7 @@ rule attack:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
             "fmix/pipeline/model_attack.py",

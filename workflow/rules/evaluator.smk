@@ -79,6 +79,7 @@ rule evaluator:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/progress.py",
             "fmix/train/__init__.py",

@@ -42,6 +42,7 @@ rule export:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/progress.py",
         ],

@@ -43,6 +43,7 @@ rule export_policy:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/progress.py",
         ],

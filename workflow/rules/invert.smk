@@ -82,6 +82,7 @@ rule invert:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/progress.py",
         ],

@@ -71,6 +71,7 @@ rule train:
             "fmix/models/iresnet.py",
             "fmix/models/reinforce.py",
             "fmix/models/strategy.py",
+            "fmix/onnx_export.py",
             "fmix/params.py",
             "fmix/pipeline/__init__.py",
             "fmix/pipeline/launch.py",
