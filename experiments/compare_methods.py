@@ -3,7 +3,7 @@
 Makes: docs/results/ (2026-11-29-issue-12-without-sign-mask.md, "Runs outside the pipeline";
 2026-12-03-cooperative-policy.md, the allocation ceiling and the cooperative policy).
 
-Usage: python experiments/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive
+Usage: python experiments/compare_methods.py --runs ppfrfd none mixup:2 mixup:4 mixup:6 adaptive adaptive:k5 adaptive_paper:k5
        [--seeds 0 1 2] [--params params.yaml] [--out runs/compare] [--set train.epochs=8 train.adaptive.n_fr=1 ...]
 Needs `data/aligned`, `data/splits` and `models/masker.onnx` (the pipeline's outputs). The train,
 mixing and evaluate sections come from --params. A run whose OUT/RUN/seedS/evaluate.json exists is
@@ -34,8 +34,15 @@ from fmix.params import EvaluateParams, MixingParams, MixupParams, TrainParams, 
 from fmix.train.loop import train
 
 
-def parse_run(text: str) -> dict:
+def parse_run(text: str, base: TrainParams) -> dict:
+    """``mixup:4`` (fixed k), ``adaptive:k4`` (ours at a mean-k budget of 4), ``adaptive_paper:k4`` (the paper's
+    adversarial game at that budget), or a method name alone."""
     method, _, k = text.partition(":")
+    if method in ("adaptive", "adaptive_paper"):
+        game = {"policy_objective": "adversarial"} if method == "adaptive_paper" else {}
+        if k:
+            game["target_mean_k"] = float(k.removeprefix("k"))
+        return {"method": "adaptive", "adaptive": dataclasses.replace(base.adaptive, **game)}
     return {"method": method, **({"mixup": MixupParams(k=int(k))} if k else {})}
 
 
@@ -121,7 +128,7 @@ def main() -> None:
     for text in args.runs:
         row = {"run": text, "seeds": []}
         for seed in seeds:
-            params = dataclasses.replace(base, seed=seed, **parse_run(text))
+            params = dataclasses.replace(base, seed=seed, **parse_run(text, base))
             done = train_and_evaluate(params, mixing, evaluate, args, args.out / text.replace(":", "_") / f"seed{seed}")
             ver, floor, summary = done["metrics"]["verification"], done["metrics"]["raw_feature_floor"], done["summary"]
             row["seeds"].append(
@@ -141,7 +148,13 @@ def main() -> None:
                 flush=True,
             )
         mean_ks = [seed["summary"]["final_mean_k"] or 1.0 for seed in row["seeds"]]
-        row.update(method=params.method, k=params.mixup.k, mean_k=sum(mean_ks) / len(mean_ks))
+        row.update(
+            method=params.method,
+            k=params.mixup.k,
+            mean_k=sum(mean_ks) / len(mean_ks),
+            objective=params.adaptive.policy_objective,
+            budget=params.adaptive.target_mean_k,
+        )
         rows.append(row)
     print(
         "\n| run | seed | accuracy ± fold std | AUC | TAR@FAR1e-3 | raw floor | val acc | mean k | k histogram | MI(k; difficulty) bits | s/FR step | train s |"
@@ -164,6 +177,9 @@ def main() -> None:
     adaptive = [row for row in rows if row["method"] == "adaptive"]
     fixed = sorted((row for row in rows if row["method"] == "mixup"), key=lambda row: row["k"])
     print_pairs("adaptive", [(a, b) for a in adaptive for b in fixed])
+    ours = [row for row in adaptive if row["objective"] == "cooperative"]
+    papers = [row for row in adaptive if row["objective"] == "adversarial"]
+    print_pairs("ours", [(a, b) for a in ours for b in papers if a["budget"] == b["budget"]])
     print_pairs("ceiling: smallest fixed k", [(fixed[0], b) for b in fixed[1:] if b["k"] > fixed[0]["k"]])
 
 

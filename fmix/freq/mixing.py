@@ -492,19 +492,7 @@ def apply_mixing(
     Returns:
         The mixed samples.
     """
-    x = check_tensor(x, "x")
-    check_shape_bchw(x, "x")
-    check_float(x, "x")
-    partners, weights = check_tensor(partners, "partners"), check_tensor(weights, "weights")
-    check_integer(partners, "partners")
-    check_float(weights, "weights")
-    if partners.dim() != 2 or weights.shape != partners.shape:
-        raise ValueError(
-            f"Expected partners and weights of shape (G, k_max), got {tuple(partners.shape)} and {tuple(weights.shape)}"
-        )
-    out_shape = (partners.shape[0], *x.shape[1:])
-    if sign is not None and tuple(check_tensor(sign, "sign").shape) != out_shape:
-        raise ValueError(f"Expected sign of shape {out_shape}, got {tuple(sign.shape)}")
+    _check_mixing(x, partners, weights, sign)
     weights = weights.to(dtype=x.dtype)[:, :, None, None, None]
     # x[index] rather than index_select: torch's CPU index_select copies large slices several times
     # slower (and slower still for a strided index column); the values are the same.
@@ -514,3 +502,58 @@ def apply_mixing(
     if rescale:
         mixed = mixed / weights.square().sum(dim=1).sqrt()
     return mixed if sign is None else mixed * sign.to(dtype=x.dtype)
+
+
+def mix_as_matrix(
+    x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None = None, rescale: bool = False
+) -> Tensor:
+    """:func:`apply_mixing` as one matrix product: the same mixes, up to float rounding.
+
+    The weights go into a ``(G, B)`` mixing matrix (rescaled rows with ``rescale``) that multiplies
+    the flattened batch: one pass over ``x`` whatever ``k_max``, where :func:`apply_mixing` gathers and
+    adds a batch-sized copy per column (on 2 CPU cores, 64 x 174 x 28 x 28 faces: 23 ms against 225 ms
+    at k = 4 and 325 ms at k = 6). Training mixes with it; the release and the ONNX graph keep
+    :func:`apply_mixing` (its float order is what releases were pinned with).
+
+    Args:
+        x: masked samples, floating dtype.
+        partners: indices into the batch.
+        weights: mixing weights (cast to the dtype of ``x``).
+        sign: optional +-1 mask applied after mixing.
+        rescale: divide by the weights' L2 norm.
+
+    Shape:
+        - x: :math:`(B, C, h, w)`.
+        - partners, weights: :math:`(G, k_{max})`.
+        - sign: :math:`(G, C, h, w)`.
+        - Output: :math:`(G, C, h, w)`.
+
+    Returns:
+        The mixed samples.
+    """
+    _check_mixing(x, partners, weights, sign)
+    weights = weights.to(dtype=x.dtype)
+    if rescale:
+        weights = weights / weights.square().sum(dim=1, keepdim=True).sqrt()
+    matrix = torch.zeros(partners.shape[0], x.shape[0], dtype=x.dtype, device=x.device)
+    matrix.scatter_add_(1, partners.to(x.device), weights.to(x.device))
+    mixed = (matrix @ x.reshape(x.shape[0], -1)).view(partners.shape[0], *x.shape[1:])
+    return mixed if sign is None else mixed.mul_(sign.to(dtype=x.dtype))
+
+
+def _check_mixing(x: Tensor, partners: Tensor, weights: Tensor, sign: Tensor | None) -> None:
+    """The inputs of :func:`apply_mixing` and :func:`mix_as_matrix`: shapes and dtypes, or a ValueError naming them."""
+    check_tensor(x, "x")
+    check_shape_bchw(x, "x")
+    check_float(x, "x")
+    check_tensor(partners, "partners")
+    check_tensor(weights, "weights")
+    check_integer(partners, "partners")
+    check_float(weights, "weights")
+    if partners.dim() != 2 or weights.shape != partners.shape:
+        raise ValueError(
+            f"Expected partners and weights of shape (G, k_max), got {tuple(partners.shape)} and {tuple(weights.shape)}"
+        )
+    out_shape = (partners.shape[0], *x.shape[1:])
+    if sign is not None and tuple(check_tensor(sign, "sign").shape) != out_shape:
+        raise ValueError(f"Expected sign of shape {out_shape}, got {tuple(sign.shape)}")

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from fmix.freq import apply_mixing, draw_groups, draw_sign_mask, mix_weights, random_channel_permutation, sample_mixing
-from fmix.freq.mixing import LAWS
+from fmix.freq.mixing import LAWS, mix_as_matrix
 from fmix.params import MixingParams
 
 
@@ -305,7 +305,7 @@ class Protection:
         partners, weights = draw.partners.to(x.device), draw.weights.to(x.device)
         sign = None if draw.sign is None else draw.sign.to(x.device)
         mixed = _with_noise(
-            _mix_used_columns(x, partners, weights, sign, k, config.rescale), self._draw_noise(x.shape, generator)
+            mix_as_matrix(x, partners, weights, sign, config.rescale), self._draw_noise(x.shape, generator)
         )
         unused = torch.arange(config.k_max, device=labels.device)[None, :] >= k[:, None]
         constituent_labels = labels[draw.partners].masked_fill(unused, -1)

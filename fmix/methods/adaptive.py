@@ -51,7 +51,8 @@ class _Drawn:
 
     anchors: Tensor
     k: Tensor
-    embeddings: Tensor  # the frozen FR network's embeddings of the anchors (eval mode, before the FR step)
+    embeddings: Tensor  # the frozen FR network's embeddings of the anchors (eval mode, before the FR step); without
+    # a signal only of the first train.adaptive.policy_batch, the ones the turn plays on
     signal: Tensor | None
     progress: float
 
@@ -122,8 +123,10 @@ class AdaptiveMixup(MaskingMethod):
         if self.tap is None:
             return self.game.choose_k(x, ctx.progress, ctx.generator)
         # sampled_from: fr_step: keep what the turn replays (the confidence's forward gives the embeddings).
-        embeddings = _embed(ctx.net, x)
-        signal = _confidence(ctx.net, embeddings, x.dtype) if self.game.policy.signals else None
+        # Without a signal only the anchors the turn plays on are embedded (their un-mixed loss).
+        signals = bool(self.game.policy.signals)
+        embeddings = _embed(ctx.net, x if signals else self.game.sub_batch(x)[0])
+        signal = _confidence(ctx.net, embeddings, x.dtype) if signals else None
         k = self.game.choose_k(x, ctx.progress, ctx.generator, signal)
         self.drawn = _Drawn(x, k, embeddings, signal, ctx.progress)
         return k
@@ -159,7 +162,7 @@ class AdaptiveMixup(MaskingMethod):
                 "train.adaptive.sampled_from: fr_step replays the FR step just taken, but this turn's anchors are not "
                 "the ones the last FR step drew k for and scored"
             )
-        unmixed_loss = _own_label_loss(ctx.net, drawn.embeddings, labels, x.dtype)
+        unmixed_loss = _own_label_loss(ctx.net, drawn.embeddings, labels[: len(drawn.embeddings)], x.dtype)
         return self.game.replay_step(
             x, labels, drawn.k, mixed_loss, unmixed_loss, drawn.signal, drawn.progress, average
         )

@@ -144,7 +144,7 @@ class AdaptiveGame:
         Returns:
             Statistics of the step (mean reward, mean k, entropy, k against difficulty quartiles).
         """
-        anchors, labels = self._sub_batch(anchors, labels)
+        anchors, labels = self.sub_batch(anchors, labels)
         if probe is None:
             unmixed_loss, signal = _own_label_loss(loss_fn, anchors, labels), self._signal(anchors)
         else:
@@ -197,9 +197,9 @@ class AdaptiveGame:
         Returns:
             Statistics of the step, as :meth:`policy_step`'s.
         """
-        anchors, labels, k, mixed_loss, unmixed_loss = self._sub_batch(anchors, labels, k, mixed_loss, unmixed_loss)
+        anchors, labels, k, mixed_loss, unmixed_loss = self.sub_batch(anchors, labels, k, mixed_loss, unmixed_loss)
         if signal is not None:
-            signal = self._sub_batch(signal)[0]
+            signal = self.sub_batch(signal)[0]
         unmixed_loss = unmixed_loss.float()
         nu = self.penalty
         log_prob, entropy = self.policy.evaluate_actions(anchors, progress, k, signal)
@@ -210,7 +210,7 @@ class AdaptiveGame:
             loss, anchors, progress, signal, unmixed_loss, reward, k, entropy, mean_k, nu, reduce_gradients
         )
 
-    def _sub_batch(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def sub_batch(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The first ``train.adaptive.policy_batch`` rows of each tensor (all rows without one)."""
         size = self.params.policy_batch
         return tensors if size is None else tuple(t[:size] for t in tensors)

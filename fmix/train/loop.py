@@ -242,6 +242,12 @@ def _summary(
     fr_times = [row["seconds_per_fr_step"] for row in history if row["fr_steps"]]
     policy_times = [row["seconds_per_policy_step"] for row in history if row.get("seconds_per_policy_step")]
     ks = [row["mean_k"] for row in history if "mean_k" in row]
+    # The steps' seconds of each epoch, FR and policy (validation and the policy's pricing left out).
+    epoch_seconds = [
+        row["fr_steps"] * row["seconds_per_fr_step"]
+        + (row.get("policy_steps") or 0) * (row.get("seconds_per_policy_step") or 0.0)
+        for row in history
+    ]
     summary = {
         "method": params.method,
         "val_accuracy": final_val,
@@ -252,6 +258,7 @@ def _summary(
         "epochs": len(history),
         "seconds_per_fr_step": sum(fr_times) / len(fr_times) if fr_times else None,
         "seconds_per_policy_step": sum(policy_times) / len(policy_times) if policy_times else None,
+        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
         "policy_overhead": history[-1].get("policy_overhead"),  # policy seconds / FR seconds, last epoch
         "final_k_histogram": history[-1].get("k_histogram"),
         "final_mean_k": ks[-1] if ks else None,

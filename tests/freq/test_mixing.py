@@ -10,6 +10,7 @@ from fmix.freq import (
     mix_weights,
     sample_mixing,
 )
+from fmix.freq.mixing import mix_as_matrix
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -175,17 +176,34 @@ def test_sample_mixing_draws_everything_a_masker_needs(generator):
     assert sample_mixing(torch.arange(4), 2, 3, generator=generator).sign is None
 
 
+@pytest.mark.parametrize("mix", [apply_mixing, mix_as_matrix])
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda x: apply_mixing(x[0], torch.zeros(4, 1).long(), torch.ones(4, 1)), r"x of shape \(B, C, H, W\)"),
-        (lambda x: apply_mixing(x, torch.zeros(4, 2).long(), torch.ones(4, 3)), "partners and weights of shape"),
-        (lambda x: apply_mixing(x, torch.zeros(4, 1).long(), torch.ones(4, 1), torch.ones(4, 3)), "sign of shape"),
+        (lambda mix, x: mix(x[0], torch.zeros(4, 1).long(), torch.ones(4, 1)), r"x of shape \(B, C, H, W\)"),
+        (lambda mix, x: mix(x, torch.zeros(4, 2).long(), torch.ones(4, 3)), "partners and weights of shape"),
+        (lambda mix, x: mix(x, torch.zeros(4, 1).long(), torch.ones(4, 1), torch.ones(4, 3)), "sign of shape"),
     ],
 )
-def test_mixing_rejects_bad_shapes(call, message):
+def test_mixing_rejects_bad_shapes(mix, call, message):
     with pytest.raises(ValueError, match=message):
-        call(torch.zeros(4, 3, 2, 2))
+        call(mix, torch.zeros(4, 3, 2, 2))
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_the_matrix_mix_is_the_column_mix(rescale):
+    """Every k in one batch, partners repeated by the fallback, zero weights past k: the same mixes up to rounding."""
+    generator = seeded(3)
+    x = torch.randn(6, 4, 6, 6, generator=generator)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    draw = sample_mixing(labels, every_k(6, 1), 6, sign_shape=(4, 6, 6), generator=generator)
+    assert draw.fallback.any()  # two identities of three faces: mixes of 5 and 6 take the anchor's own
+    expected = apply_mixing(x, draw.partners, draw.weights, draw.sign, rescale)
+    torch.testing.assert_close(mix_as_matrix(x, draw.partners, draw.weights, draw.sign, rescale), expected)
+    # A hand-made case: 0.75 of face 1 and 0.25 of face 2, rescaled by sqrt(0.625).
+    one = mix_as_matrix(x, torch.tensor([[1, 2]]), torch.tensor([[0.75, 0.25]]), rescale=rescale)
+    scale = 0.625**0.5 if rescale else 1.0
+    torch.testing.assert_close(one[0], (0.75 * x[1] + 0.25 * x[2]) / scale)
 
 
 def test_rescaled_mix_keeps_unit_variance_and_leaves_unmixed_samples_alone():

@@ -5,6 +5,7 @@ confidence, a sub-batch (``train.adaptive.policy_batch``), and the replay of the
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -178,8 +179,9 @@ def test_replaying_the_fr_steps_draws_learns_the_per_sample_k():
 
 
 def _count_forwards(trainer) -> list[int]:
+    """The batch size of every forward of the FR backbone from now on."""
     calls = []
-    trainer.net.backbone.register_forward_hook(lambda *_: calls.append(1))
+    trainer.net.backbone.register_forward_hook(lambda _module, inputs, _output: calls.append(len(inputs[0])))
     return calls
 
 
@@ -207,16 +209,18 @@ def test_a_turn_of_the_old_game_runs_one_forward_less(make_trainer):
     assert sum(map(sum, step["k_by_difficulty"])) == 8
 
 
-def test_replaying_the_fr_step_runs_no_forward_of_its_own(make_trainer):
-    game = AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1, policy_batch=4, **FR_STEP)
+@pytest.mark.parametrize("signal, embedded", [("none", 4), ("confidence", 8)])
+def test_replaying_the_fr_step_runs_no_forward_of_its_own(make_trainer, signal, embedded):
+    """choose_k embeds the anchors the turn plays on (all of them when the policy reads their confidence)."""
+    game = AdaptiveParams(policy_warmup_epochs=0.0, n_fr=1, n_pi=1, policy_batch=4, policy_signal=signal, **FR_STEP)
     trainer = make_trainer("adaptive", adaptive=game)
     calls = _count_forwards(trainer)
     x, labels = trainer.fr_step(_first_batch(trainer), 0, 0)
-    assert len(calls) == 2  # the confidence of the anchors (choose_k), the FR step's own forward
+    assert calls == [embedded, 8]  # the anchors' embeddings (choose_k), the FR step's own forward
     assert trainer.method.tap.loss.shape == (8,) and trainer.method.drawn.k.shape == (8,)
     before = [p.detach().clone() for p in trainer.method.game.policy.parameters()]
     (step,) = trainer.method.take_turn(trainer.context, x, labels)
-    assert len(calls) == 2  # the turn reads what the FR step left
+    assert calls == [embedded, 8]  # the turn reads what the FR step left
     assert sum(map(sum, step["k_by_difficulty"])) == 4  # policy_batch
     assert step["k"] == trainer.method.drawn.k[:4].float().mean().item()
     assert not all(torch.equal(a, b) for a, b in zip(before, trainer.method.game.policy.parameters()))
@@ -245,4 +249,10 @@ def test_a_run_that_replays_the_fr_step_trains_and_logs_its_policy_steps(make_tr
         progress=False,
     )
     assert summary["seconds_per_policy_step"] > 0 and summary["policy_overhead"] is not None
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        row["fr_steps"] * row["seconds_per_fr_step"] + row["policy_steps"] * row["seconds_per_policy_step"]
+        for row in log
+    ]
+    assert summary["seconds_per_epoch"] == pytest.approx(sum(steps) / 2) and summary["seconds_per_epoch"] > 0
     assert summary["final_mean_k"] is not None and 2.0 <= summary["final_mean_k"] <= 6.0
