@@ -477,7 +477,7 @@ def attack_aggregate(
     inverter, trained = unmixed_inverter(
         protector,
         masking_key(metadata, sign_masked),
-        public.images.permute(0, 3, 1, 2).contiguous(),
+        public.chw_images(),
         public.labels,
         params,
         network,

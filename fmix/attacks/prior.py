@@ -19,14 +19,13 @@ masking trains from scratch and its record says why.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 from torch import Tensor
 
 from fmix.attacks.protectors import MaskerProtector, Protector, sign_blind
-from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack
+from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, fit_inverter
 from fmix.data.faces import load_face_set
 from fmix.masker.build import masker_from_metadata, read_masker_metadata
 from fmix.masker.metadata import field_digest
@@ -130,20 +129,15 @@ def train_prior(
     """
     protector, sign_masked, metadata = unmixed_protector(masker_path)
     public = load_face_set(aligned, Path(splits) / "public.csv")
-    start = time.process_time()
-    attack = ReconstructionAttack(network or AttackConfig.from_params(params)).fit(
-        public.images.permute(0, 3, 1, 2).contiguous(),
+    attack, took = fit_inverter(
+        network or AttackConfig.from_params(params),
+        public.chw_images(),
         protector,
-        labels=public.labels,
-        steps=params.prior_steps,
-        seconds=params.prior_seconds,
+        public.labels,
+        params.prior_steps,
+        params.prior_seconds,
     )
-    summary = {
-        "key": masking_key(metadata, sign_masked),
-        "steps": len(attack.history),
-        "cpu_seconds": time.process_time() - start,
-        "last_l1": attack.history[-1]["l1"],
-    }
+    summary = {"key": masking_key(metadata, sign_masked), **took, "last_l1": attack.history[-1]["l1"]}
     save_checkpoint({"format": PRIOR_FORMAT, **summary, "attack": attack.state_dict()}, out_path)
     return summary
 
@@ -194,11 +188,7 @@ def unmixed_inverter(
     """
     if prior is not None and prior.key == key:
         return prior.attack, {"steps": prior.steps, "cpu_seconds": prior.cpu_seconds, "prior": prior.info(True)}
-    start = time.process_time()
-    inverter = ReconstructionAttack(network).fit(
-        public_images, protector, labels=public_labels, steps=params.steps, seconds=params.seconds
-    )
-    info = {"steps": len(inverter.history), "cpu_seconds": time.process_time() - start}
+    inverter, info = fit_inverter(network, public_images, protector, public_labels, params.steps, params.seconds)
     if prior is not None:
         info["prior"] = prior.info(False, ANOTHER_MASKING)
     return inverter, info

@@ -379,6 +379,27 @@ class ReconstructionAttack:
         return invert(self.averaged, protected, batch_size)
 
 
+def fit_inverter(
+    config: AttackConfig, images: Tensor, protector: Protector, labels: Tensor, steps: int | None, seconds: float | None
+) -> tuple[ReconstructionAttack, dict]:
+    """A new attack fitted on ``images`` (the attacker's faces) through ``protector``, and what it took.
+
+    Args:
+        config: the inversion network's settings.
+        images: :math:`(N, 3, H, W)` faces in [0, 255].
+        protector: how the faces are protected before inversion.
+        labels: their identities, :math:`(N,)`.
+        steps: the step budget (None: only ``seconds``).
+        seconds: the budget's cap in the attack's clock (None: only ``steps``).
+
+    Returns:
+        ``(attack, {"steps", "cpu_seconds"})``: the steps taken and the process's CPU seconds.
+    """
+    start = time.process_time()
+    attack = ReconstructionAttack(config).fit(images, protector, labels=labels, steps=steps, seconds=seconds)
+    return attack, {"steps": len(attack.history), "cpu_seconds": time.process_time() - start}
+
+
 @torch.no_grad()
 def invert(generator: nn.Module, protected: Tensor, batch_size: int = 64) -> Tensor:
     """Run an inversion network over protected samples in eval mode, batch by batch.

@@ -11,7 +11,6 @@ to the released mixes themselves (``mix_baseline``: what un-mixing must beat).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor
 from fmix.attacks.grids import write_attack_grid
 from fmix.attacks.identity import Evaluator
 from fmix.attacks.protectors import MaskerProtector
-from fmix.attacks.reconstruction import AttackConfig, ReconstructionAttack, evaluate_reconstruction
+from fmix.attacks.reconstruction import AttackConfig, evaluate_reconstruction, fit_inverter
 from fmix.attacks.unmix import ATTACKS, read_release, run_unmix_attacks
 from fmix.data.faces import load_face_set, load_faces
 from fmix.freq import protected_to_image
@@ -120,20 +119,13 @@ def attack_release(
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     evaluator = Evaluator(evaluator_path)
     attack = attack or AttackConfig()
-    start = time.process_time()
     protector = MaskerProtector(masker_from_metadata(masker.metadata), None)
-    inverter = ReconstructionAttack(attack).fit(
-        public.images.permute(0, 3, 1, 2).contiguous(),
-        protector,
-        labels=public.labels,
-        steps=params.steps,
-        seconds=params.seconds,
-    )
+    inverter, took = fit_inverter(attack, public.chw_images(), protector, public.labels, params.steps, params.seconds)
     record = {
         "release": str(release_dir),
         "samples": sum(len(p.labels) for p in release.shards.values()),
         "run": release.run,
-        "inversion_cpu_seconds": time.process_time() - start,
+        "inversion_cpu_seconds": took["cpu_seconds"],
     }
     order = [(shard, row) for shard, part in sorted(release.shards.items()) for row in range(len(part.labels))]
     eval_faces = min(params.eval_faces, len(order))

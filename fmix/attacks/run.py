@@ -323,7 +323,7 @@ def attack_target(
     originals = private.float_images(torch.arange(len(private)))
     mean_face = public.float_images(torch.arange(len(public))).mean(dim=0)
     own_sources = gallery_sources(gallery, private)
-    public_images = public.images.permute(0, 3, 1, 2).contiguous()
+    public_images = public.chw_images()
     photos = torch.bincount(gallery.labels, minlength=int(gallery.labels.max()) + 1)
     face_strata = [stratum_of(int(photos[label]), DEFAULT_STRATA) for label in private.labels.tolist()]
 

@@ -111,6 +111,10 @@ class FaceSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def chw_images(self) -> Tensor:
+        """Every face as (N, 3, H, W) uint8, contiguous (what the reconstruction attacks fit on)."""
+        return self.images.permute(0, 3, 1, 2).contiguous()
+
     def float_images(self, index: Tensor) -> Tensor:
         """Faces ``index`` as (B, 3, H, W) float32 in [0, 255]."""
         return (
