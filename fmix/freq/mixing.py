@@ -511,9 +511,10 @@ def mix_as_matrix(
 
     The weights go into a ``(G, B)`` mixing matrix (rescaled rows with ``rescale``) that multiplies
     the flattened batch: one pass over ``x`` whatever ``k_max``, where :func:`apply_mixing` gathers and
-    adds a batch-sized copy per column (on 2 CPU cores, 64 x 174 x 28 x 28 faces: 23 ms against 225 ms
-    at k = 4 and 325 ms at k = 6). Training mixes with it; the release and the ONNX graph keep
-    :func:`apply_mixing` (its float order is what releases were pinned with).
+    adds a batch-sized copy per column (one thread, 64 x 174 x 28 x 28 faces: 29 ms against 232 ms
+    at k = 4 and 347 ms at k = 6, ``benchmarks/bench_mixing.py``). Training mixes with it; the
+    release and the ONNX graph keep :func:`apply_mixing` (its float order is what releases were
+    pinned with).
 
     Args:
         x: masked samples, floating dtype.
