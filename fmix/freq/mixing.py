@@ -384,14 +384,17 @@ class GroupDraw(NamedTuple):
     leftover: Tensor
 
 
-def draw_groups(labels: Tensor, k: Tensor, k_max: int, generator: torch.Generator | None = None) -> GroupDraw:
+def draw_groups(
+    labels: Tensor, k: Tensor, k_max: int, generator: torch.Generator | None = None, k_min: int = 2
+) -> GroupDraw:
     """Partition a batch into disjoint groups: every face is a constituent of one mix only.
 
     Faces are visited in a random order; each face not yet used starts a group of its own
     ``k`` (the policy's choice for it), filled with the next unused faces of identities not yet
     in the group; when too few remain, faces of an identity already in it (flagged in
-    ``fallback``), and then a smaller group. A face left alone with nothing to mix it with is
-    not released (``leftover``). The members of a group are listed in a random order. About
+    ``fallback``), and then a smaller group, but never one under ``k_min`` (the masker's smallest
+    k): a face that would start one is not released (``leftover``), so no sample mixes fewer faces
+    than the policy may choose. The members of a group are listed in a random order. About
     ``B / mean(k)`` groups come out of a batch of ``B``.
 
     Args:
@@ -399,6 +402,8 @@ def draw_groups(labels: Tensor, k: Tensor, k_max: int, generator: torch.Generato
         k: wanted group size of every face (used when the face starts a group), in [1, k_max].
         k_max: number of columns.
         generator: source of randomness.
+        k_min: the smallest group released (a wanted k under it is taken as it is: k = 1 leaves a
+            face un-mixed).
 
     Shape:
         - labels, k: :math:`(B,)`.
@@ -410,17 +415,17 @@ def draw_groups(labels: Tensor, k: Tensor, k_max: int, generator: torch.Generato
     """
     labels = _check_labels(labels).cpu()
     k = _check_k(k, labels.numel(), _check_k_max(k_max), labels.device).cpu()
-    return draw_groups_on_demand(labels, k.tolist().__getitem__, k_max, generator)
+    return draw_groups_on_demand(labels, k.tolist().__getitem__, k_max, generator, k_min)
 
 
 def draw_groups_on_demand(
-    labels: Tensor, k_of: Callable[[int], int], k_max: int, generator: torch.Generator | None = None
+    labels: Tensor, k_of: Callable[[int], int], k_max: int, generator: torch.Generator | None = None, k_min: int = 2
 ) -> GroupDraw:
     """:func:`draw_groups`, asking ``k_of(face)`` for the k of the faces that start a group only.
 
     A face that joins a group never uses its own k, so a k that is costly to draw (a strategy
     network's, in ``fmix mask``) is drawn about once per group; the draws and groups are those of
-    ``draw_groups(labels, k, k_max, generator)`` with ``k[face] = k_of(face)``.
+    ``draw_groups(labels, k, k_max, generator, k_min)`` with ``k[face] = k_of(face)``.
 
     Raises:
         ValueError: ``k_of`` gives a k outside [1, k_max].
@@ -447,7 +452,7 @@ def draw_groups_on_demand(
                 if i not in group and (same_allowed or label_of[i] not in seen):
                     group.append(i)
                     seen.add(label_of[i])
-        if len(group) == 1 and want > 1:
+        if len(group) < min(want, k_min):  # too few faces left for the smallest mix the policy may choose
             leftover.append(anchor)
             continue
         for i in group:

@@ -202,6 +202,11 @@ class Protection:
         return cls(graph, MixingConfig(**json.loads(metadata["mixing"])), tuple(json.loads(metadata["k_values"])))
 
     @property
+    def smallest_group(self) -> int:
+        """The fewest faces a released sample mixes: the policy's smallest k (2 when the k values are unknown)."""
+        return max(2, min(self.k_values)) if self.k_values else 2
+
+    @property
     def k_max(self) -> int:
         """Columns of partners and weights (1 without mixing)."""
         return self.mixing.k_max if self.mixing is not None else 1
@@ -386,7 +391,7 @@ class Protection:
         if config is None:
             raise ValueError("a one-use-per-face release mixes: this protection has no mixing configuration")
         masked, k = self.mask(images, generator)
-        groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
+        groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator, self.smallest_group)
         weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
         sign = (
             draw_sign_mask(groups.size.numel(), tuple(masked.shape[1:]), generator, masked.device, masked.dtype)

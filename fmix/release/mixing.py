@@ -147,9 +147,11 @@ def mix_groups(
     if config is None:
         raise ValueError("a one-use-per-face release mixes: this protection has no mixing configuration")
     if callable(k):
-        groups = draw_groups_on_demand(labels, lambda face: min(k(face), config.k_max), config.k_max, generator)
+        groups = draw_groups_on_demand(
+            labels, lambda face: min(k(face), config.k_max), config.k_max, generator, protection.smallest_group
+        )
     else:
-        groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator)
+        groups = draw_groups(labels, k.clamp(max=config.k_max), config.k_max, generator, protection.smallest_group)
     weights = mix_weights(groups.size, config.k_max, config.weight_law, config.cap, generator)
     count, shape = groups.size.numel(), tuple(masked.shape[1:])
     octets = sign_mask_bytes(count, shape, generator) if config.sign_flip else None

@@ -236,6 +236,22 @@ def test_draw_groups_uses_each_face_once_with_reference_values():
         assert (torch.arange(300) % 50)[big.members[g, :3]].unique().numel() == 3
 
 
+def test_no_group_is_smaller_than_the_policys_smallest_k():
+    """A batch's last faces too few for a mix of k_min are left over, not released as a weaker mix."""
+    from fmix.freq import draw_groups
+
+    labels, k = torch.arange(14) % 7, torch.tensor([3, 4] * 7)
+    loose = draw_groups(labels, k, 6, torch.Generator().manual_seed(1))
+    strict = draw_groups(labels, k, 6, torch.Generator().manual_seed(1), k_min=3)
+    assert loose.size.tolist() == [4, 4, 4, 2]  # the default (k_min 2) ends the batch with a mix of 2
+    assert strict.size.tolist() == [4, 4, 4] and strict.leftover.numel() == 2
+    used = torch.cat([strict.members[g, : strict.size[g]] for g in range(len(strict.size))] + [strict.leftover])
+    assert sorted(used.tolist()) == list(range(14))  # every face once: in a group or left over
+    # k = 1 (an un-mixed release) is taken as it is.
+    alone = draw_groups(labels, torch.ones(14, dtype=torch.long), 6, torch.Generator().manual_seed(0), k_min=3)
+    assert alone.size.tolist() == [1] * 14 and alone.leftover.numel() == 0
+
+
 def test_draw_groups_falls_back_to_the_same_identity_and_checks_k():
     from fmix.freq import draw_groups
 

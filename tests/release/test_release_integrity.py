@@ -105,6 +105,27 @@ def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, p
     assert plain.exit_code == 0 and "masked only, not mixed" in plain.output
 
 
+def test_no_sample_mixes_fewer_faces_than_the_policys_smallest_k(faces, pipeline_sample, tmp_path):
+    """A batch's last faces, too few for the smallest k, are left over: released as a mix of 2 they broke a
+    cap of 0.4 (an error) or, under a looser cap, made a weaker mix than the masker allows."""
+    from fmix.masker.export import export_masker
+
+    k4 = tmp_path / "k4.onnx"
+    export_masker(
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"] / "public.csv",
+        k4,
+        ExportParams(k=4),
+        mixing=MixingParams(k_values=(3, 4, 5, 6), cap=0.4),
+    )
+    result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(k4), "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["released_mixing"]["k_min"] >= 3 and "k 4-4" in result.output  # 18 faces: 4 mixes of 4, 2 left
+    left_over = [s for s in summary["skipped_files"] if s["status"] == "left_over"]
+    assert summary["faces_used"] + len(left_over) == sum(1 for _ in faces.glob("*/*.png")) and len(left_over) == 2
+
+
 def test_the_summary_states_what_was_released(faces, tmp_path):
     result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(_masker(faces)), "-q"])
     assert result.exit_code == 0, result.output
