@@ -36,13 +36,13 @@ from fmix.data.images import ImageReadError, read_rgb, read_rgb_fast
 from fmix.freq import draw_groups
 from fmix.freq.mixing import draw_groups_on_demand
 from fmix.masker.build import faces_to_tensor, masker_from_metadata, masker_metadata, read_masker_metadata
-from fmix.masker.export import export_onnx
+from fmix.masker.export import export_masker, export_onnx
 from fmix.masker.module import Masker, StrategyPolicy
 from fmix.masker.onnx_masker import OnnxMasker, subgraph
 from fmix.masker.protection import MixingConfig, Protection
 from fmix.models.frnet import build_net
 from fmix.models.strategy import ConfidenceSignal, StrategyNetwork
-from fmix.params import ExportParams, MaskParams, TrainParams
+from fmix.params import ExportParams, MaskParams, MixingParams, TrainParams
 from fmix.release import protect
 from fmix.release.folder import shard_path
 from fmix.release.ledger import Ledger
@@ -83,11 +83,22 @@ PINNED = {
 }
 
 
+# The mixing the digests were pinned with (mixing.noise was 0.75 then; the default is 1.5 since).
+PINNED_MIXING = MixingParams(noise=0.75)
+
+
 @pytest.fixture(scope="module")
 def maskers(pipeline_sample, tmp_path_factory) -> dict[str, Path]:
-    """The pipeline's fixed-k masker and an adaptive one (random strategy network reading the FR confidence)."""
+    """The pipeline's fixed-k masker (at :data:`PINNED_MIXING`) and an adaptive one (random strategy network reading the FR confidence)."""
     root = tmp_path_factory.mktemp("maskers")
-    fixed = masker_from_metadata(read_masker_metadata(pipeline_sample["masker"]))
+    export_masker(
+        pipeline_sample["aligned"],
+        pipeline_sample["splits"] / "public.csv",
+        root / "fixed.onnx",
+        ExportParams(),
+        mixing=PINNED_MIXING,
+    )
+    fixed = masker_from_metadata(read_masker_metadata(root / "fixed.onnx"))
     torch.manual_seed(32)
     net = build_net(TrainParams(width=0.125, embedding_size=32), fixed.mask.num_kept, 28, 5, sign_invariant=True)
     network = StrategyNetwork(fixed.mask.num_kept, tuple(fixed.k_values.tolist()), signals=1)
@@ -95,8 +106,9 @@ def maskers(pipeline_sample, tmp_path_factory) -> dict[str, Path]:
         network.mlp[-1].weight.mul_(20.0)
     policy = StrategyPolicy(network, ConfidenceSignal(net.backbone, net.head))
     adaptive = Masker(fixed.mask, fixed.upsample, policy, tuple(fixed.k_values.tolist())).eval()
-    export_onnx(adaptive, root / "adaptive.onnx", masker_metadata(adaptive, ExportParams(), 112, 10, policy="strategy"))
-    return {"fixed": pipeline_sample["masker"], "adaptive": root / "adaptive.onnx"}
+    metadata = masker_metadata(adaptive, ExportParams(), 112, 10, PINNED_MIXING, policy="strategy")
+    export_onnx(adaptive, root / "adaptive.onnx", metadata)
+    return {"fixed": root / "fixed.onnx", "adaptive": root / "adaptive.onnx"}
 
 
 def _release(aligned: Path, masker: Path, out: Path, params: dict, dtype: str = "float16") -> dict:
