@@ -149,7 +149,7 @@ class MixingParams:
     )
     permute_channels: bool = False  # per-sample random channel permutation before mixing (PPFR-FD)
     rescale: bool = True  # divide mixes by the weights' L2 norm: same variance as un-mixed faces
-    noise: float = 1.5  # std of Gaussian noise on every coefficient of a mix (unit variance; un-mixed faces get none); 0 draws none
+    noise: float = 0.75  # std of Gaussian noise on every coefficient of a mix (unit variance; un-mixed faces get none); 0 draws none
 
     def __post_init__(self) -> None:
         _require(

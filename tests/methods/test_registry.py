@@ -161,5 +161,5 @@ def test_model_records_its_mixing_and_export_policy_uses_it(pipeline_sample, tmp
         "sign_flip": True,
         "permute_channels": False,
         "rescale": True,
-        "noise": 1.5,
+        "noise": 0.75,
     }

@@ -131,10 +131,10 @@ def test_the_summary_states_what_was_released(faces, tmp_path):
     assert result.exit_code == 0, result.output
     mixing = _mixing(_masker(faces))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == mixing["noise"] == 1.5
+    assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == mixing["noise"] == 0.75
     assert (
         f"k {summary['released_mixing']['k_min']}-{summary['released_mixing']['k_max']}" in result.output
-        and "noise 1.5" in result.output
+        and "noise 0.75" in result.output
     )
 
 

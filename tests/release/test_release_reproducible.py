@@ -83,7 +83,7 @@ PINNED = {
 }
 
 
-# The mixing the digests were pinned with (mixing.noise was 0.75 then; the default is 1.5 since).
+# The mixing the digests were pinned with, whatever the defaults become.
 PINNED_MIXING = MixingParams(noise=0.75)
 
 

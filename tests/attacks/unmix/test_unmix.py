@@ -142,13 +142,13 @@ def test_replaying_a_recorded_seed_takes_the_mixes_noise_off_too(pipeline_sample
 
 @pytest.fixture(scope="module")
 def default_noise_release(pipeline_sample, tmp_path_factory):
-    """A weak release without the sign mask, its mixes carrying the default noise (1.5)."""
+    """A weak release without the sign mask, its mixes carrying the default noise (0.75)."""
     from fmix.params import MixingParams
 
     masker, folder = _weak_release_with(
         pipeline_sample, tmp_path_factory.mktemp("default_noise"), MixingParams(sign_flip=False)
     )
-    assert OnnxMasker(masker).mixing.noise == 1.5
+    assert OnnxMasker(masker).mixing.noise == 0.75
     return masker, folder
 
 
