@@ -198,9 +198,16 @@ class MaskParams:
     max_per_identity: int | None = (
         None  # release at most N faces of one identity (the first in path order; the rest are recorded, not released): a person's samples average out their masked face (fmix attack aggregate)
     )
+    noise: float | None = (
+        None  # the release's noise std on every coefficient of a mix (null: the masker's mixing.noise); never under the masker's: a release adds noise, training does not pay for it
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 2, "mask.batch_size must be >= 2")
+        _require(
+            self.noise is None or (math.isfinite(self.noise) and self.noise >= 0),
+            f"mask.noise must be null or a number >= 0, got {self.noise}",
+        )
         _require(self.previews >= 0, "mask.previews must be >= 0")
         _require(
             self.max_per_identity is None or self.max_per_identity >= 1,

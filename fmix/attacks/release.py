@@ -28,6 +28,7 @@ from fmix.masker.build import faces_to_tensor, mask_from_metadata, masker_from_m
 from fmix.masker.onnx_masker import OnnxMasker
 from fmix.params import AttackParams
 from fmix.release.ledger import Ledger, default_ledger_path
+from fmix.release.protect import released_mixing
 
 RECOVERED = 0.05  # an estimate within 5 % of a private masked face counts as that face recovered
 
@@ -132,7 +133,7 @@ def attack_release(
     scored = [order[round(i * len(order) / eval_faces)] for i in range(eval_faces)]
     outcomes = {
         "mix_baseline": ({shard: part.samples for shard, part in release.shards.items()}, {})
-    } | run_unmix_attacks(release, masker.mixing)
+    } | run_unmix_attacks(release, released_mixing(masker, release.run))
     grid = None
     for name, (estimates, info) in outcomes.items():
         errors, matched = [], {}

@@ -16,6 +16,7 @@ than come out weaker than asked:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -39,6 +40,7 @@ from fmix.io import read_json, write_json_atomic
 from fmix.masker.build import faces_to_tensor, mask_from_metadata
 from fmix.masker.metadata import binding_digest
 from fmix.masker.onnx_masker import OnnxMasker
+from fmix.masker.protection import MixingConfig, Protection
 from fmix.params import AlignParams, MaskParams
 from fmix.progress import Heartbeat
 from fmix.release.folder import ReleaseWriter, shard_path
@@ -120,6 +122,30 @@ class ShardResult:
     released: list[int]
 
 
+def add_release_noise(masker: OnnxMasker, noise: float) -> None:
+    """Mix the release with noise of std ``noise`` (``mask.noise``) instead of the masker's ``mixing.noise``.
+
+    The masker's noise is what its model trained on; a release may add more (what it publishes is then
+    harder to average into a person's face, :mod:`fmix.attacks.aggregate`), never take it away.
+
+    Raises:
+        ValueError: ``noise`` is under the masker's ``mixing.noise``.
+    """
+    if noise < masker.mixing.noise:
+        raise ValueError(
+            f"mask.noise={noise} is under the masker's mixing.noise={masker.mixing.noise}: "
+            "a release may add noise to the masker's mixes, never take it away"
+        )
+    masker.protection = Protection(masker, dataclasses.replace(masker.mixing, noise=noise), masker.protection.k_values)
+    masker.mixing = masker.protection.mixing
+
+
+def released_mixing(masker: OnnxMasker, run: dict) -> MixingConfig:
+    """The mixing a release was made with: its masker's, with the release's own noise where ``run.json`` records one."""
+    noise = run.get("release_noise")
+    return masker.mixing if noise is None else dataclasses.replace(masker.mixing, noise=float(noise))
+
+
 def check_mixing_masker(masker: OnnxMasker) -> None:
     """Refuse a masker that would release faces un-mixed in a mixing release (k < 2 anywhere).
 
@@ -190,6 +216,8 @@ def protect_folder(
     masker.split_graph()  # a shard a few faces at a time, and a strategy network's k for the faces that need it
     if params.mix:
         check_mixing_masker(masker)
+        if params.noise is not None:
+            add_release_noise(masker, params.noise)
     listed = list_inputs(in_root, Path(face_list) if face_list else None)
     if not listed:
         raise ValueError(f"no input faces in {in_dir}")
@@ -221,6 +249,7 @@ def protect_folder(
         "dtype": dtype,
         "aligned_in_memory": align is not None,
         "max_per_identity": params.max_per_identity,
+        "release_noise": params.noise if params.mix else None,
     }
     ledger = Ledger(ledger_path)
     key_check = key_check_value(release.secret_key) if release.secret_key is not None else None

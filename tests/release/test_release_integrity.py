@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from fmix.cli import app
 from fmix.masker.metadata import bind_metadata, binding_digest
+from fmix.masker.onnx_masker import OnnxMasker
 from fmix.params import ExportParams, MaskParams, MixingParams, ParamsError, load_section
 from fmix.release.folder import ReleaseWriter, read_release_folder
 from fmix.release.ledger import Ledger
-from fmix.release.protect import protect_folder
+from fmix.release.protect import ReleaseOptions, protect_folder, released_mixing
 
 runner = CliRunner()
 PEOPLE = ("Andre_Agassi", "Angelina_Jolie", "Alvaro_Uribe")
@@ -124,6 +125,54 @@ def test_no_sample_mixes_fewer_faces_than_the_policys_smallest_k(faces, pipeline
     assert summary["released_mixing"]["k_min"] >= 3 and "k 4-4" in result.output  # 18 faces: 4 mixes of 4, 2 left
     left_over = [s for s in summary["skipped_files"] if s["status"] == "left_over"]
     assert summary["faces_used"] + len(left_over) == sum(1 for _ in faces.glob("*/*.png")) and len(left_over) == 2
+
+
+def test_a_release_adds_its_own_noise_and_never_takes_the_maskers_away(faces, tmp_path):
+    """``mask.noise``: the release's noise, stated and recorded; under the masker's it is refused, nothing written."""
+
+    def release(name: str, noise: float | None) -> dict:
+        options = ReleaseOptions(ledger=tmp_path / f"{name}-ledger.jsonl")
+        return protect_folder(
+            faces, tmp_path / name, _masker(faces), MaskParams(previews=0, noise=noise), progress=False, release=options
+        )
+
+    plain, noisy = release("plain", None), release("noisy", 3.0)
+    assert plain["released_mixing"]["noise"] == 0.75 and noisy["released_mixing"]["noise"] == 3.0
+    assert json.loads((tmp_path / "noisy" / "run.json").read_text())["release_noise"] == 3.0
+    spread = {
+        name: np.std(np.load(tmp_path / name / "shard-00000.npy").astype(np.float64)) for name in ("plain", "noisy")
+    }
+    # Unit-variance mixes plus the noise: sqrt(1 + 0.75^2) = 1.25 against sqrt(1 + 3^2) = 3.16.
+    assert spread["plain"] == pytest.approx(1.25, rel=0.1) and spread["noisy"] == pytest.approx(3.16, rel=0.1)
+    output = _error(
+        runner.invoke(
+            app,
+            [
+                "mask",
+                str(faces),
+                str(tmp_path / "weak"),
+                "-m",
+                str(_masker(faces)),
+                "-q",
+                "-p",
+                str(_params(tmp_path, 0.5)),
+            ],
+        )
+    )
+    assert "mask.noise=0.5 is under the masker's mixing.noise=0.75: a release may add noise" in output
+    assert not (tmp_path / "weak").exists()
+    with pytest.raises(ParamsError, match="mask.noise must be null or a number >= 0, got -1"):
+        MaskParams(noise=-1.0)
+    # What the un-mixing attacks replay: the release's noise where run.json records one.
+    masker = OnnxMasker(_masker(faces))
+    assert released_mixing(masker, json.loads((tmp_path / "noisy" / "run.json").read_text())).noise == 3.0
+    assert released_mixing(masker, json.loads((tmp_path / "plain" / "run.json").read_text())) == masker.mixing
+
+
+def _params(folder: Path, noise: float) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(f"mask:\n  noise: {noise}\n")
+    return path
 
 
 def test_the_summary_states_what_was_released(faces, tmp_path):

@@ -34,6 +34,8 @@ rule unmix:
             "fmix/cli/errors.py",
             "fmix/cli/rec.py",
             "fmix/data/__init__.py",
+            "fmix/data/align.py",
+            "fmix/data/detect.py",
             "fmix/data/faces.py",
             "fmix/data/fetch.py",
             "fmix/data/images.py",
@@ -73,6 +75,8 @@ rule unmix:
             "fmix/release/__init__.py",
             "fmix/release/folder.py",
             "fmix/release/ledger.py",
+            "fmix/release/mixing.py",
+            "fmix/release/protect.py",
             "fmix/release/randomness.py",
         ],
     output:
