@@ -12,22 +12,12 @@ Usage: python benchmarks/bench_mixing.py [--batch 64] [--channels 174] [--repeat
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_sign_mask import best_of  # a sibling script: benchmarks/ is on sys.path when run
 
 from fmix.freq import apply_mixing, sample_mixing
 from fmix.freq.mixing import mix_as_matrix
-
-
-def best_of(repeats: int, fn) -> float:
-    """The fastest of ``repeats`` timed calls of ``fn`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
