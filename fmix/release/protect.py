@@ -123,21 +123,14 @@ class ShardResult:
 
 
 def add_release_noise(masker: OnnxMasker, noise: float) -> None:
-    """Mix the release with noise of std ``noise`` (``mask.noise``) instead of the masker's ``mixing.noise``.
-
-    The masker's noise is what its model trained on; a release may add more (what it publishes is then
-    harder to average into a person's face, :mod:`fmix.attacks.aggregate`), never take it away.
-
-    Raises:
-        ValueError: ``noise`` is under the masker's ``mixing.noise``.
-    """
-    if noise < masker.mixing.noise:
-        raise ValueError(
-            f"mask.noise={noise} is under the masker's mixing.noise={masker.mixing.noise}: "
-            "a release may add noise to the masker's mixes, never take it away"
+    """Mix the release with noise of std ``max(noise, mixing.noise)`` (``mask.noise``): the masker's noise is what its
+    model trained on; a release may add more (what it publishes is then harder to average into a person's face,
+    :mod:`fmix.attacks.aggregate`), never less."""
+    if noise > masker.mixing.noise:
+        masker.protection = Protection(
+            masker, dataclasses.replace(masker.mixing, noise=noise), masker.protection.k_values
         )
-    masker.protection = Protection(masker, dataclasses.replace(masker.mixing, noise=noise), masker.protection.k_values)
-    masker.mixing = masker.protection.mixing
+        masker.mixing = masker.protection.mixing
 
 
 def released_mixing(masker: OnnxMasker, run: dict) -> MixingConfig:
@@ -249,7 +242,7 @@ def protect_folder(
         "dtype": dtype,
         "aligned_in_memory": align is not None,
         "max_per_identity": params.max_per_identity,
-        "release_noise": params.noise if params.mix else None,
+        "release_noise": masker.mixing.noise if params.mix else None,
     }
     ledger = Ledger(ledger_path)
     key_check = key_check_value(release.secret_key) if release.secret_key is not None else None

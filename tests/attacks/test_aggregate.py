@@ -224,7 +224,13 @@ def weak_release(pipeline_sample, tmp_path_factory):
     )
     options = ReleaseOptions(secret_key=bytes(range(32)), ledger=root / "ledger.jsonl")
     protect_folder(
-        faces, root / "release", masker, MaskParams(batch_size=64, previews=0), None, progress=False, release=options
+        faces,
+        root / "release",
+        masker,
+        MaskParams(batch_size=64, previews=0, noise=None),
+        None,
+        progress=False,
+        release=options,
     )
     return {"faces": faces, "masker": masker, "release": root / "release", "ledger": root / "ledger.jsonl"}
 

@@ -113,7 +113,7 @@ def maskers(pipeline_sample, tmp_path_factory) -> dict[str, Path]:
 
 def _release(aligned: Path, masker: Path, out: Path, params: dict, dtype: str = "float16") -> dict:
     options = ReleaseOptions(secret_key=SECRET, ledger=out.parent / f"{out.name}-ledger.jsonl")
-    params = MaskParams(**({"batch_size": 16, "previews": 3} | params))
+    params = MaskParams(**({"batch_size": 16, "previews": 3, "noise": None} | params))  # the masker's noise, as pinned
     return protect_folder(aligned, out, masker, params, dtype=dtype, progress=False, release=options)
 
 
