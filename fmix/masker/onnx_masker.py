@@ -11,7 +11,7 @@ import torch
 from fmix.device import onnx_providers
 from fmix.masker.build import masker_from_metadata
 from fmix.masker.metadata import policy_k_values, validate_masker_metadata
-from fmix.masker.protection import Protection
+from fmix.masker.protection import MixingConfig, Protection
 
 
 class OnnxMasker:
@@ -52,7 +52,6 @@ class OnnxMasker:
         self.settings = validate_masker_metadata(self.metadata, str(path))
         self.input_size, self.upsample = self.settings["input_size"], self.settings["upsample"]
         self.protection = Protection(self, self.settings["mixing"], tuple(self.settings["k_values"]))
-        self.mixing = self.protection.mixing
         shapes = {item.name: item.shape for item in self.session.get_inputs()}
         if shapes.get("images", [None])[1:] != [3, self.input_size, self.input_size] or "policy_noise" not in shapes:
             raise ValueError(
@@ -62,6 +61,11 @@ class OnnxMasker:
         self._verify_graph(path)
         self.path, self._options, self._providers = path, options, providers
         self.per_face, self.transform_session, self.policy_session = False, None, None
+
+    @property
+    def mixing(self) -> MixingConfig:
+        """How its samples are mixed: its protection's (the metadata's ``mixing``, or a release's own noise)."""
+        return self.protection.mixing
 
     def _verify_graph(self, path: Path) -> None:
         """Refuse a graph that does not compute the masking its metadata describes.

@@ -130,7 +130,6 @@ def add_release_noise(masker: OnnxMasker, noise: float) -> None:
         masker.protection = Protection(
             masker, dataclasses.replace(masker.mixing, noise=noise), masker.protection.k_values
         )
-        masker.mixing = masker.protection.mixing
 
 
 def released_mixing(masker: OnnxMasker, run: dict) -> MixingConfig:
