@@ -521,21 +521,7 @@ def mix_as_matrix(
     release and the ONNX graph keep :func:`apply_mixing` (its float order is what releases were
     pinned with).
 
-    Args:
-        x: masked samples, floating dtype.
-        partners: indices into the batch.
-        weights: mixing weights (cast to the dtype of ``x``).
-        sign: optional +-1 mask applied after mixing.
-        rescale: divide by the weights' L2 norm.
-
-    Shape:
-        - x: :math:`(B, C, h, w)`.
-        - partners, weights: :math:`(G, k_{max})`.
-        - sign: :math:`(G, C, h, w)`.
-        - Output: :math:`(G, C, h, w)`.
-
-    Returns:
-        The mixed samples.
+    Args, Shape and Returns: those of :func:`apply_mixing`.
     """
     _check_mixing(x, partners, weights, sign)
     weights = weights.to(dtype=x.dtype)
