@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 
@@ -189,3 +190,83 @@ def test_release_training_refuses_what_does_not_fit(release, pipeline_sample, tm
     (damaged / "index.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"sample {name} has weights summing to 0.8000, not 1 within their rounding"):
         open_release(damaged, pipeline_sample["masker"])
+
+
+@pytest.fixture(scope="module")
+def public_models(pipeline_sample, tmp_path_factory):
+    """Tiny models of the release's masking trained with `fmix train` (the third party's warm starts): mixup k = 2 (reads |x|), ppfrfd (reads x)."""
+    from fmix.train.loop import train
+
+    root = tmp_path_factory.mktemp("public_models")
+    for method in ("mixup", "ppfrfd"):
+        params = TrainParams(**TINY, method=method)
+        train(
+            params,
+            pipeline_sample["aligned"],
+            pipeline_sample["splits"],
+            root / method,
+            pipeline_sample["masker"],
+            progress=False,
+        )
+    return {method: root / method / "model.pt" for method in ("mixup", "ppfrfd")}
+
+
+def test_a_release_run_starts_from_a_model_of_the_same_masking(release, pipeline_sample, public_models, tmp_path):
+    inputs = open_release(release, pipeline_sample["masker"])
+    start = torch.load(public_models["mixup"], weights_only=True)
+    trainer = ReleaseTrainer(TrainParams(**TINY), inputs, torch.device("cpu"), init=public_models["mixup"])
+    for key, value in start["backbone"].items():
+        torch.testing.assert_close(trainer.net.backbone.state_dict()[key], value)
+    assert trainer.net.head.weight.shape[0] == inputs.source.num_classes  # the head is the release's, fresh
+    cold = ReleaseTrainer(TrainParams(**TINY), inputs, torch.device("cpu"))
+    assert not torch.equal(cold.net.backbone.conv1.weight, trainer.net.backbone.conv1.weight)
+    params = tmp_path / "params.yaml"
+    params.write_text(TINY_YAML)
+    out = tmp_path / "warm"
+    args = ["train", "--release", str(release), str(out), "-m", str(pipeline_sample["masker"]), "-p", str(params), "-q"]
+    calibration = pipeline_sample["aligned"]
+    result = runner.invoke(app, [*args, "--init", str(public_models["mixup"]), "--calibrate", str(calibration)])
+    assert result.exit_code == 0, result.output
+    faces = len(list(calibration.glob("*/*.png")))
+    assert f", started from {public_models['mixup']}; the network reads |x|" in result.output
+    assert f"masker channels; batch norm recalibrated on {faces} un-mixed faces (no un-mixed" in result.output
+    summary = json.loads((out / "train_summary.json").read_text())
+    digest = hashlib.sha256(public_models["mixup"].read_bytes()).hexdigest()
+    assert summary["init"] == {"model": str(public_models["mixup"]), "sha256": digest, "method": "mixup"}
+    assert summary["bn_recalibrated"] and summary["calibration"] == {"folder": str(calibration), "faces": faces}
+    warm = torch.load(out / "model.pt", weights_only=True)
+    assert warm["release"]["init"]["sha256"] == digest
+    # The same run without --calibrate: the same weights, the batch-norm statistics the mixes left.
+    uncalibrated = tmp_path / "uncalibrated"
+    result = runner.invoke(app, [*args[:3], str(uncalibrated), *args[4:], "--init", str(public_models["mixup"])])
+    assert result.exit_code == 0 and "; batch norm as the mixes left it (--calibrate DIR re-estimates" in result.output
+    assert not json.loads((uncalibrated / "train_summary.json").read_text())["bn_recalibrated"]
+    mixes = torch.load(uncalibrated / "model.pt", weights_only=True)["backbone"]
+    torch.testing.assert_close(warm["backbone"]["conv1.weight"], mixes["conv1.weight"])
+    assert not torch.allclose(warm["backbone"]["bn1.running_mean"], mixes["bn1.running_mean"])
+    # A resumed run must start from the same model.
+    with pytest.raises(ValueError, match="was written with other train parameters or another release"):
+        train_on_release(TrainParams(**TINY), release, pipeline_sample["masker"], out, resume=True, progress=False)
+
+
+def test_a_warm_start_that_does_not_fit_is_refused(release, pipeline_sample, public_models, tmp_path):
+    inputs = open_release(release, pipeline_sample["masker"])
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"ppfrfd/model.pt's network reads x, a network of this release reads \|x\|"):
+        ReleaseTrainer(TrainParams(**TINY), inputs, cpu, init=public_models["ppfrfd"])
+    with pytest.raises(ValueError, match=r"model.pt's backbone does not fit this network \(train.backbone, width"):
+        ReleaseTrainer(TrainParams(**{**TINY, "width": 0.25}), inputs, cpu, init=public_models["mixup"])
+    state = torch.load(public_models["mixup"], weights_only=True)
+    state["encoder"]["kept_channels"] = state["encoder"]["kept_channels"][1:]
+    other = tmp_path / "other_masking.pt"
+    torch.save(state, other)
+    with pytest.raises(
+        ValueError, match=r"other_masking.pt was trained on another masking than the release's masker \(kept_channels"
+    ):
+        ReleaseTrainer(TrainParams(**TINY), inputs, cpu, init=other)
+    for option in ("--init", "--calibrate"):
+        result = runner.invoke(app, ["train", "a", "b", "c", option, str(tmp_path)])
+        assert result.exit_code == 1 and result.output.strip() == (
+            "error: --init and --calibrate go with --release; train.init_backbone starts an RGB method's backbone, "
+            "train.recalibrate_bn recalibrates on the training faces"
+        )

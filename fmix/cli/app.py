@@ -325,13 +325,33 @@ def train(
             min=0,
         ),
     ] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init",
+            help="With --release: start the backbone from this model.pt of the release's masking (e.g. `fmix train` on public faces with --masker the release's masker).",
+        ),
+    ] = None,
+    calibrate: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--calibrate",
+            help="With --release: re-estimate batch-norm statistics after training on the un-mixed faces of this aligned folder (ROOT/<identity>/<image>; public faces you hold): the release's mixes are noisier than the faces the model embeds.",
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train the FR network on protected faces (and the strategy network, for the adaptive method), or on a release. torchrun-ready."""
     given = [path for path in (aligned, splits, out_dir) if path is not None]
     if release is not None:
-        _train_on_release(release, given, masker, params, epochs, seed, resume, sweep, method, k, workers, quiet)
+        _train_on_release(
+            release, given, masker, params, epochs, seed, resume, sweep, method, k, workers, init, calibrate, quiet
+        )
         return
+    if init is not None or calibrate is not None:
+        fail(
+            "--init and --calibrate go with --release; train.init_backbone starts an RGB method's backbone, train.recalibrate_bn recalibrates on the training faces"
+        )
     if len(given) != 3:
         fail("give ALIGNED SPLITS OUT_DIR (or --release DIR OUT_DIR to train on a release of `fmix mask`)")
     entry = _sweep_entry(params, sweep) if sweep else {}
@@ -370,6 +390,8 @@ def _train_on_release(
     method,
     k,
     workers: int | None,
+    init: Path | None,
+    calibrate: Path | None,
     quiet: bool,
 ) -> None:
     if len(given) != 1:
@@ -388,12 +410,27 @@ def _train_on_release(
     from fmix.train.release import train_on_release
 
     summary = guarded(
-        lambda: train_on_release(cfg, release, masker, given[0], resume=resume, progress=not quiet, workers=cfg.workers)
+        lambda: train_on_release(
+            cfg,
+            release,
+            masker,
+            given[0],
+            resume=resume,
+            progress=not quiet,
+            workers=cfg.workers,
+            init=init,
+            calibrate=calibrate,
+        )
     )
     typer.echo(
         f"trained on release {summary['release']}: {summary['samples']} samples of {summary['faces']} faces, {summary['labels']} labels, "
-        f"final loss {summary['final_loss']:.3f}; the network reads {'|x|' if summary['sign_invariant'] else 'x'} of {summary['kept_channels']} masker channels "
-        "(no un-mixed faces to validate on: run `fmix evaluate`)"
+        f"final loss {summary['final_loss']:.3f}{'' if summary['init'] is None else ', started from ' + summary['init']['model']}; the network reads {'|x|' if summary['sign_invariant'] else 'x'} of {summary['kept_channels']} masker channels"
+        + (
+            f"; batch norm recalibrated on {summary['calibration']['faces']} un-mixed faces"
+            if summary["calibration"]
+            else "; batch norm as the mixes left it (--calibrate DIR re-estimates it on un-mixed faces)"
+        )
+        + " (no un-mixed faces to validate on: run `fmix evaluate`)"
     )
 
 

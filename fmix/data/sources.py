@@ -221,8 +221,9 @@ class FolderSource(FaceSource):
 
     Args:
         aligned: the folder (``fmix align``'s or ``fmix rec export``'s output).
-        csv_path: the split CSV (``path``, ``identity``, ``label``), e.g. ``private_train.csv``.
+        csv_path: the split CSV (``path``, ``identity``, ``label``), e.g. ``private_train.csv`` (None with ``rows``).
         size: side of the square faces (None: the first face's side, read once here).
+        rows: ``(path, label)`` pairs instead of a CSV's (:meth:`of_folder`).
 
     Raises:
         ValueError: at an item, a face that cannot be read or has another size (naming the file).
@@ -230,15 +231,34 @@ class FolderSource(FaceSource):
 
     kind = "folder"
 
-    def __init__(self, aligned: str | Path, csv_path: str | Path, size: int | None = None) -> None:
+    def __init__(
+        self, aligned: str | Path, csv_path: str | Path | None, size: int | None = None, rows: list | None = None
+    ) -> None:
         self.root = Path(aligned)
         if not self.root.is_dir():
             raise FileNotFoundError(f"aligned folder not found: {self.root}")
-        rows = read_split_rows(csv_path)
+        rows = read_split_rows(csv_path) if rows is None else rows
         self.paths = [path for path, _ in rows]
         self.labels = torch.tensor([label for _, label in rows], dtype=torch.long)
         self.num_classes = _num_classes(self.labels.tolist())
         self.size = size if size is not None else self._read(0).shape[0]
+
+    @classmethod
+    def of_folder(cls, aligned: str | Path) -> "FolderSource":
+        """Every face of an aligned folder (``ROOT/<identity>/<image>``), without a split: one label per identity folder.
+
+        Raises:
+            FileNotFoundError: no such folder.
+            ValueError: no identity folder with files in it.
+        """
+        from fmix.data.images import list_identity_folders
+
+        root = Path(aligned)
+        folders = list_identity_folders(root)
+        rows = [
+            (path.relative_to(root).as_posix(), label) for label, files in enumerate(folders.values()) for path in files
+        ]
+        return cls(root, None, rows=rows)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -15,10 +15,17 @@ The masker that made the release (``--masker``, checked against ``run.json``'s S
 what the saved ``model.pt`` needs to embed un-mixed faces at evaluation: its frequency transform
 (kept channels, statistics, upsampling) as the model's encoder, and whether the network reads
 ``|x|`` (a mixed release under the masker's sign mask; a masked-only release carries no sign mask).
-The release holds no un-mixed faces: there is no validation during training and no batch-norm
-recalibration; evaluate the model with ``fmix evaluate`` on held-out pairs (masked with the same
-transform by the model's encoder). Its labels are the release's (a random numbering of the
+The release holds no un-mixed faces: there is no validation during training, and the batch-norm
+statistics are those of the released mixes (their noise included), not of the un-mixed faces the
+model embeds at evaluation. ``--calibrate DIR`` re-estimates them after training on un-mixed faces
+of an aligned folder the trainer holds (public faces of other people, masked by the model's
+encoder; docs/results/2026-12-05-release-noise.md). Evaluate the model with ``fmix evaluate`` on
+held-out pairs (masked with the same transform by the model's encoder). Its labels are the release's (a random numbering of the
 identities), so ``model.pt`` records the release and ``fmix evaluate`` reports no closed-set accuracy.
+
+``--init MODEL`` starts the backbone from another ``model.pt`` of the same masking (a warm start):
+say, one the third party trained with ``fmix train`` on public faces of its own under the
+release's masker. The head starts fresh (the release's labels are other people).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fmix.data.sources import SoftLabelBatch, epoch_batches, face_loader
+from fmix.data.sources import FolderSource, SoftLabelBatch, epoch_batches, face_loader
 from fmix.device import rank_device
 from fmix.io import write_json_atomic
 from fmix.models.artifact import ModelRecord
@@ -153,6 +160,41 @@ def open_release(release: str | Path, masker: str | Path, k_max: int | None = No
     )
 
 
+def check_init_model(record: ModelRecord, inputs: ReleaseInputs, path: str | Path) -> None:
+    """Refuse a warm start whose network does not read the release's samples as the release-trained one will.
+
+    Args:
+        record: the ``model.pt`` to start the backbone from.
+        inputs: the opened release.
+        path: its file, for messages.
+
+    Raises:
+        ValueError: another masking (encoder kind, upsampling, kept channels or their statistics), ``x``
+            against ``|x|``, or layers changed by opacus.
+    """
+    ours = encoder_spec(RELEASE_METHOD, inputs.encoder)
+    theirs = record.encoder
+    for key in ("kind", "upsample", "kept_channels"):
+        if theirs.get(key) != ours[key]:
+            raise ValueError(
+                f"{path} was trained on another masking than the release's masker ({key} {theirs.get(key)!r}, the masker's {ours[key]!r}): "
+                "train it with `fmix train --masker` on the release's masker"
+            )
+    for key in ("channel_mean", "channel_std"):
+        if not torch.allclose(torch.tensor(theirs[key]), torch.tensor(ours[key]), rtol=1e-5, atol=1e-6):
+            raise ValueError(f"{path} was trained on other channel statistics ({key}) than the release's masker")
+    if record.sign_invariant != inputs.sign_invariant:
+        reads = {True: "|x|", False: "x"}
+        raise ValueError(
+            f"{path}'s network reads {reads[record.sign_invariant]}, a network of this release reads {reads[inputs.sign_invariant]}: "
+            "start from a model of a mixing method under the same sign mask"
+        )
+    if record.net_fix:
+        raise ValueError(
+            f"{path}'s layers were changed by {record.net_fix} (DP-SGD): its backbone does not fit this network"
+        )
+
+
 class SoftLabelLoss(nn.Module):
     """The FR network's per-sample loss on published soft labels (the head's margin loss, no simplex check).
 
@@ -186,6 +228,10 @@ class ReleaseTrainer:
         rank: this process's rank.
         world: number of processes (DDP when more than one).
         workers: loader worker processes.
+        init: a ``model.pt`` of the same masking to start the backbone from (:func:`check_init_model`).
+
+    Raises:
+        ValueError: ``init``'s masking or network does not fit (its backbone's shapes: other ``train`` settings).
     """
 
     def __init__(
@@ -196,6 +242,7 @@ class ReleaseTrainer:
         rank: int = 0,
         world: int = 1,
         workers: int = 0,
+        init: str | Path | None = None,
     ) -> None:
         counts = Counter(int(k) for k in (inputs.source.labels >= 0).sum(dim=1).tolist())
         k = inputs.fixed_k or counts.most_common(1)[0][0]
@@ -205,6 +252,7 @@ class ReleaseTrainer:
         self.net = build_net(self.params, encoder.channels, encoder.size, source.num_classes, inputs.sign_invariant).to(
             device
         )
+        self.init = None if init is None else self._start_from(Path(init))
         self.loss_module = SoftLabelLoss(self.net)
         self.model: nn.Module = (
             torch.nn.parallel.DistributedDataParallel(self.loss_module) if world > 1 else self.loss_module
@@ -228,6 +276,19 @@ class ReleaseTrainer:
         )  # nothing draws from it; kept for the checkpoint's shape
         self.amp = params.amp and device.type == "cuda"
         self.state = TrainState()
+
+    def _start_from(self, path: Path) -> dict:
+        """Load ``path``'s backbone into the network; returns what the model and summary record of it."""
+        record = ModelRecord.load(path)
+        check_init_model(record, self.inputs, path)
+        try:
+            self.net.backbone.load_state_dict(record.backbone)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[1:2] or [str(error)]
+            raise ValueError(
+                f"{path}'s backbone does not fit this network (train.backbone, width, embedding_size, strides or norm differ): {first[0].strip()}"
+            ) from None
+        return {"model": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "method": record.method}
 
     def batches(self, epoch: int, start: int = 0):
         """This rank's batches of ``epoch`` from batch ``start`` (a function of the seed and the epoch)."""
@@ -270,6 +331,7 @@ class ReleaseTrainer:
             **plain_dict(train),
             "release": self.inputs.release_id,
             "masker_sha256": self.inputs.masker_sha256,
+            "init_sha256": None if self.init is None else self.init["sha256"],
         }
 
     def save_checkpoint(self, path: Path) -> None:
@@ -316,7 +378,7 @@ class ReleaseTrainer:
             input_shape=(encoder.channels, encoder.size),
             mixing=self.inputs.mixing,
             sign_invariant=self.inputs.sign_invariant,
-            release=self.inputs.record(),
+            release=self.inputs.record() | ({"init": self.init} if self.init else {}),
         )
 
 
@@ -329,6 +391,8 @@ def train_on_release(
     max_steps: int | None = None,
     progress: bool = True,
     workers: int = 0,
+    init: str | Path | None = None,
+    calibrate: str | Path | None = None,
 ) -> dict:
     """Train an FR network on a release of ``fmix mask``; resumable from ``out_dir/checkpoint.pt``; torchrun-ready.
 
@@ -341,11 +405,15 @@ def train_on_release(
         max_steps: stop (after checkpointing) once this many steps are done.
         progress: show a progress bar.
         workers: loader worker processes per rank.
+        init: a ``model.pt`` of the release's masking to start the backbone from (a warm start; a
+            resumed run must give the same one).
+        calibrate: an aligned face folder whose un-mixed faces re-estimate the batch-norm statistics
+            after training (:func:`~fmix.train.loop.recalibrate_batchnorm`).
 
     Returns:
         The summary (also ``train_summary.json``), or ``{"stopped_at_step": n}`` with ``max_steps``.
     """
-    from fmix.train.loop import _checkpoint_due, _distributed, _write_log
+    from fmix.train.loop import _checkpoint_due, _distributed, _write_log, recalibrate_batchnorm
 
     rank, world = _distributed(params.device)
     device = rank_device(params.device, rank)
@@ -354,7 +422,8 @@ def train_on_release(
     random.seed(params.seed)
     out_dir = Path(out_dir)
     inputs = open_release(release, masker)
-    trainer = ReleaseTrainer(params, inputs, device, rank, world, workers)
+    calibration_faces = None if calibrate is None else FolderSource.of_folder(calibrate)
+    trainer = ReleaseTrainer(params, inputs, device, rank, world, workers, init)
     checkpoint_path = out_dir / "checkpoint.pt"
     if resume and checkpoint_path.exists():
         trainer.restore(load_checkpoint(checkpoint_path, device), checkpoint_path)
@@ -382,16 +451,22 @@ def train_on_release(
         if rank == 0:
             _write_log(out_dir / "train_log.jsonl", trainer.state.history)
     bar.close()
+    calibration = None
+    if calibration_faces is not None and rank == 0:
+        recalibrate_batchnorm(inputs.encoder.to(device), trainer.net.backbone, calibration_faces, device)
+        calibration = {"folder": str(calibrate), "faces": len(calibration_faces)}
     history = trainer.state.history
     times = [row["seconds_per_fr_step"] for row in history if row["fr_steps"]]
     summary = {
         "method": RELEASE_METHOD,
         "trained_on": "release",
         **inputs.record(),
+        "init": trainer.init,
         "sign_invariant": inputs.sign_invariant,
         "kept_channels": inputs.encoder.channels,
         "val_accuracy": None,  # no un-mixed faces in a release: evaluate with `fmix evaluate`
-        "bn_recalibrated": False,
+        "bn_recalibrated": calibration is not None,
+        "calibration": calibration,
         "identities": inputs.source.num_classes,
         "training_faces": inputs.record()["faces"],
         "epochs": len(history),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
 
 from fmix.data.faces import load_face_set
+from fmix.data.images import read_rgb
 from fmix.data.recordio import write_face_pack
 from fmix.data.sources import (
     FaceBatch,
@@ -63,6 +65,21 @@ def test_folder_source_yields_the_in_memory_faces(pipeline_sample, train_csv, me
             )
     index = torch.arange(4)
     assert torch.equal(fast[0].float_images(), memory.float_images(index))  # what the trainer reads today
+
+
+def test_a_folder_source_of_a_whole_aligned_folder(pipeline_sample, tmp_path):
+    aligned = pipeline_sample["aligned"]
+    source = FolderSource.of_folder(aligned)
+    people = sorted(p.name for p in aligned.iterdir() if p.is_dir())
+    files = sorted(aligned.glob("*/*.png"))
+    assert len(source) == len(files) and source.num_classes == len(people) and source.image_size == (112, 112)
+    first, label = source[0]
+    assert label == 0 and source.paths[0] == files[0].relative_to(aligned).as_posix()
+    assert torch.equal(first, torch.from_numpy(read_rgb(files[0]).transpose(2, 0, 1).copy()))
+    assert source.labels.tolist() == [people.index(Path(path).parent.name) for path in source.paths]
+    (tmp_path / "loose.png").write_bytes(files[0].read_bytes())
+    with pytest.raises(ValueError, match=r"holds no identity folders with files \(expected ROOT/<identity>/<image>\)"):
+        FolderSource.of_folder(tmp_path)
 
 
 def test_pack_source_yields_the_in_memory_faces(pipeline_sample, train_csv, memory, pack_dir):
