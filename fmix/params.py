@@ -199,7 +199,10 @@ class MaskParams:
         None  # release at most N faces of one identity (the first in path order; the rest are recorded, not released): a person's samples average out their masked face (fmix attack aggregate)
     )
     noise: float | None = (
-        1.5  # the release's noise std on every coefficient of a mix, at least the masker's mixing.noise (null: the masker's): a release's most photographed people name 0.01-0.02 at 1.5 against 0.05-0.09 at 0.75, and training does not pay for it
+        2.5  # the release's noise std on every coefficient of a mix, at least the masker's mixing.noise (null: the masker's); training does not pay for it
+    )
+    noise_photos: int | None = (
+        5  # a sample's noise std grows as sqrt(n / noise_photos) where its most photographed constituent has n > noise_photos faces in the release: averaging that person's samples gains nothing over noise_photos of them (null: one noise for every sample)
     )
 
     def __post_init__(self) -> None:
@@ -209,6 +212,10 @@ class MaskParams:
             f"mask.noise must be null or a number >= 0, got {self.noise}",
         )
         _require(self.previews >= 0, "mask.previews must be >= 0")
+        _require(
+            self.noise_photos is None or self.noise_photos >= 1,
+            f"mask.noise_photos must be null or >= 1, got {self.noise_photos}",
+        )
         _require(
             self.max_per_identity is None or self.max_per_identity >= 1,
             f"mask.max_per_identity must be null or >= 1, got {self.max_per_identity}",

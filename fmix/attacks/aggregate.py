@@ -294,6 +294,30 @@ def hits(ranked: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return match[:, :1].any(dim=1), match[:, :5].any(dim=1)
 
 
+def null_hit_rate(ranked: Tensor, labels: Tensor) -> float:
+    """The top-1 rate of reconstructions that carry nothing of their own target: each target's identity
+    as the judge names the *other* targets' reconstructions, averaged (the shuffled control over every pairing).
+
+    Above chance when the judge names a few identities for most reconstructions (hubs) and a hub is a target.
+
+    Args:
+        ranked: the judge's identities per reconstruction (:func:`ranked_identities`).
+        labels: each target's identity.
+
+    Shape:
+        - ranked: :math:`(N, R)`; labels: :math:`(N,)`.
+
+    Returns:
+        The rate, in [0, 1]; 0 for fewer than two targets.
+    """
+    count = len(labels)
+    if count < 2:
+        return 0.0
+    named = ranked[:, 0][None, :] == labels[:, None]  # [target i, reconstruction j]
+    named &= ~torch.eye(count, dtype=torch.bool)
+    return named.sum().item() / (count * (count - 1))
+
+
 def score_by_stratum(top1: Tensor, top5: Tensor, strata: list[str], names: list[str], identities: int) -> dict:
     """Identification rates overall and per stratum, with chance beside them.
 
@@ -491,6 +515,8 @@ def attack_aggregate(
     wrong = truth.roll(1) if len(truth) > 1 else (truth + 1) % judge.num_identities
     found["shuffled"] = hits(ranked["heaviest"], wrong)
     scores = {name: score_by_stratum(*found[name], target_strata, names, count) for name in found}
+    for name in recon:
+        scores[name]["null_top1"] = null_hit_rate(ranked[name], truth)
     attacks = {name: scores[name] for name in ATTACKS}
     works = scores["positive"]["top1"] >= params.check_min_s4
     record = {

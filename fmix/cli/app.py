@@ -273,6 +273,8 @@ def _released_as(summary: dict) -> str:
     mixing = summary["released_mixing"]
     use = "one use per face" if summary["one_use_per_face"] else "faces REUSED"
     noise = f"noise {mixing['noise']:g}" if mixing["noise"] else "NO noise"
+    if mixing["noise"] and mixing.get("noise_photos"):
+        noise += f" (x sqrt(n / {mixing['noise_photos']}) for a person with n > {mixing['noise_photos']} faces)"
     return (
         f"mixed, {use}, k {mixing['k_min']}-{mixing['k_max']} (histogram {json.dumps(summary['k_histogram'])}), "
         f"{'sign mask' if mixing['sign_flip'] else 'NO sign mask'}, {noise}, weight cap {mixing['cap']}"
@@ -678,7 +680,9 @@ def attack_aggregate(
         + f" | chance {record['chance_top1']:.4f} | max {head['top1']:.3f} ({head['attack']}), worst stratum {head['worst_stratum']}: {_fmt(head['worst_stratum_top1'])}"
     )
     typer.echo(
-        f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}"
+        f"  controls: un-mixed top-1 {control['positive']['top1']:.3f} ({verdict}); shuffled top-1 {control['shuffled']['top1']:.3f}; "
+        + "null top-1 (other targets' reconstructions) "
+        + " / ".join(f"{attacks[name]['null_top1']:.3f}" for name in ("single", "heaviest", "weighted"))
     )
 
 

@@ -39,7 +39,12 @@ from fmix.masker.protection import GroupedBatch, Protection, mix_noise
 
 
 def release_groups(
-    masker: OnnxMasker, faces: np.ndarray, labels: Tensor, generator: torch.Generator, dtype: str = "float32"
+    masker: OnnxMasker,
+    faces: np.ndarray,
+    labels: Tensor,
+    generator: torch.Generator,
+    dtype: str = "float32",
+    noise_scale: np.ndarray | None = None,
 ) -> GroupedBatch:
     """``masker.protection.protect_groups(images, labels, generator)`` of the faces, the samples in ``dtype``.
 
@@ -54,6 +59,7 @@ def release_groups(
         labels: identity label of every face.
         generator: the batch's generator.
         dtype: of the samples (see :func:`mix_groups`).
+        noise_scale: per label, the factor on the noise of a mix holding it (see :func:`mix_groups`).
 
     Shape:
         - faces: :math:`(B, S, S, 3)`; labels: :math:`(B,)`.
@@ -62,11 +68,11 @@ def release_groups(
     if not masker.per_face:
         images = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32))
         masked, k = protection.mask(images, generator)
-        return mix_groups(protection, masked, k, labels, generator, dtype)
+        return mix_groups(protection, masked, k, labels, generator, dtype, noise_scale)
     graph = _MaskInto(masker, faces)
     # Protection.mask with this graph draws what it draws with the masker's (policy noise, channel order).
     masked, k = Protection(graph, protection.mixing, protection.k_values).mask(torch.from_numpy(faces), generator)
-    return mix_groups(protection, masked, graph.k_of if k is None else k, labels, generator, dtype)
+    return mix_groups(protection, masked, graph.k_of if k is None else k, labels, generator, dtype, noise_scale)
 
 
 class _MaskInto:
@@ -121,6 +127,7 @@ def mix_groups(
     labels: Tensor,
     generator: torch.Generator,
     dtype: str = "float32",
+    noise_scale: np.ndarray | None = None,
 ) -> GroupedBatch:
     """:meth:`Protection.protect_groups` after its masking, the samples in ``dtype``.
 
@@ -133,9 +140,11 @@ def mix_groups(
         generator: the batch's generator, as ``mask`` left it.
         dtype: dtype of the returned samples: ``float32`` (the numbers of ``protect_groups``) or
             ``float16`` (those numbers rounded once, as ``astype`` rounds them).
+        noise_scale: per label, a factor on the noise (``mask.noise_photos``): a mix's noise is
+            multiplied by its constituents' largest factor (None: ``protect_groups``' noise).
 
     Shape:
-        - masked: :math:`(B, K, h, w)` float32; k, labels: :math:`(B,)`.
+        - masked: :math:`(B, K, h, w)` float32; k, labels: :math:`(B,)`; noise_scale: :math:`(L,)`, L > every label.
 
     Returns:
         The :class:`GroupedBatch` of ``protect_groups``, its ``x`` in ``dtype``.
@@ -156,6 +165,10 @@ def mix_groups(
     count, shape = groups.size.numel(), tuple(masked.shape[1:])
     octets = sign_mask_bytes(count, shape, generator) if config.sign_flip else None
     noise = mix_noise((count, *shape), config.noise, generator).numpy() if config.noise != 0 else None
+    if noise is not None and noise_scale is not None:
+        present = torch.arange(config.k_max)[None, :] < groups.size[:, None]
+        factors = torch.from_numpy(noise_scale)[labels[groups.members]].masked_fill(~present, 0.0)
+        noise *= factors.max(dim=1).values.numpy().reshape(-1, *[1] * len(shape))
     columns = max(int(groups.size.max()), 1) if count else 1
     weights32 = weights.to(masked.dtype)[:, :columns]
     # The divisor of apply_mixing, computed as it computes it (same shape, same reduction).

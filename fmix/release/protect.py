@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import os
 import secrets
 import threading
@@ -110,6 +111,7 @@ class ShardJob:
     aligner: object | None
     name_key: bytes | None
     dtype: str = "float32"  # of the samples a one-use release computes (the shard's storage dtype)
+    noise_scale: np.ndarray | None = None  # per label, the factor on a mix's noise (noise_scale_of_labels)
 
 
 @dataclass
@@ -130,6 +132,32 @@ def add_release_noise(masker: OnnxMasker, noise: float) -> None:
         masker.protection = Protection(
             masker, dataclasses.replace(masker.mixing, noise=noise), masker.protection.k_values
         )
+
+
+def noise_scale_of_labels(
+    items: list[tuple[str, str]], label_of: dict[str, int], noise_photos: int | None
+) -> np.ndarray | None:
+    """``mask.noise_photos``: per published label, the factor on the noise of a mix it is in.
+
+    ``sqrt(max(1, n / noise_photos))`` for an identity with ``n`` faces in the release; a mix takes the
+    largest factor of its constituents. The mean of a person's ``m`` samples then keeps the noise of
+    ``noise_photos / k`` samples or so however many photos they have (:mod:`fmix.attacks.aggregate`).
+
+    Args:
+        items: the released faces, ``(path, identity)``.
+        label_of: identity -> published label.
+        noise_photos: the count above which the noise grows (None: no per-identity noise).
+
+    Returns:
+        float32 factors indexed by label, or None.
+    """
+    if noise_photos is None:
+        return None
+    counts = Counter(identity for _, identity in items)
+    scale = np.ones(max(label_of.values(), default=-1) + 1, np.float32)
+    for identity, count in counts.items():
+        scale[label_of[identity]] = math.sqrt(max(1.0, count / noise_photos))
+    return scale
 
 
 def released_mixing(masker: OnnxMasker, run: dict) -> MixingConfig:
@@ -229,6 +257,12 @@ def protect_folder(
     randomness = ReleaseRandomness(release.secret_key, release.insecure_seed, inputs_hash)
     key = (name_key or randomness.name_key()) if params.anonymize else None  # of the sample names
     one_use = params.mix and not release.insecure_reuse
+    noise_photos = params.noise_photos if one_use else None
+    if params.noise_photos is not None and params.mix and not one_use:
+        warnings.warn(
+            "--insecure-reuse: every mix has the same noise (mask.noise_photos applies to one-use releases)",
+            stacklevel=2,
+        )
     run = {
         "masker_params_hash": json.loads(masker.metadata["params_hash"]),
         "masker_sha256": masker.sha256,
@@ -242,6 +276,7 @@ def protect_folder(
         "aligned_in_memory": align is not None,
         "max_per_identity": params.max_per_identity,
         "release_noise": masker.mixing.noise if params.mix else None,
+        "noise_photos": noise_photos,
     }
     ledger = Ledger(ledger_path)
     key_check = key_check_value(release.secret_key) if release.secret_key is not None else None
@@ -273,7 +308,8 @@ def protect_folder(
         from fmix.data.align import PhotoAligner
 
         aligner = _Serialized(PhotoAligner(align))
-    job = ShardJob(in_root, masker, params.mix, one_use, header["labels"], aligner, key, dtype)
+    noise_scale = noise_scale_of_labels(items, header["labels"], noise_photos)
+    job = ShardJob(in_root, masker, params.mix, one_use, header["labels"], aligner, key, dtype, noise_scale)
     assigned = ledger.shards(release_id)
     beat = Heartbeat("mask", total=len(batches))
     done = [writer.shard_done(shard) for shard in range(len(batches))]
@@ -319,6 +355,8 @@ def protect_folder(
         pre_skipped,
     )
     summary |= {"randomness": randomness.source, "one_use_per_face": one_use, "released_before": len(elsewhere)}
+    if noise_photos is not None:  # absent otherwise: a release without it is the bytes it was before
+        summary["released_mixing"]["noise_photos"] = noise_photos
     if not one_use:  # one sample per face: every face is an anchor (and a partner of others)
         summary["faces_used"] = summary["protected"]
     write_json_atomic(out_root / "summary.json", summary)
@@ -469,7 +507,7 @@ def _protect_shard(job: ShardJob, batch: list[tuple[str, str]], generator: torch
     if len(loaded) >= 2 or (loaded and not job.mix):
         labels = torch.tensor([job.label_of[batch[i][1]] for i in loaded])
         if job.one_use:
-            protected = release_groups(job.masker, faces, labels, generator, job.dtype)
+            protected = release_groups(job.masker, faces, labels, generator, job.dtype, job.noise_scale)
             members = [
                 [loaded[m] for m in group[:size]]
                 for group, size in zip(protected.members.tolist(), protected.k.tolist())

@@ -20,6 +20,7 @@ from fmix.attacks.aggregate import (
     build_templates,
     load_views,
     mean_template,
+    null_hit_rate,
     parse_strata,
     published_identities,
     score_by_stratum,
@@ -150,6 +151,17 @@ def test_strata_by_photos_per_identity():
             parse_strata(bad)
 
 
+def test_the_null_rate_is_each_identity_named_for_the_other_targets():
+    # Top-1 names 3, 3, 0, 3 for targets 3, 1, 2, 0: identity 3 (a hub) is named for 2 of the 3 others of
+    # target 0, identity 0 for 1 of the 3 others of target 3, identities 1 and 2 never: 3 of 12 pairings.
+    ranked = torch.tensor([[3, 1], [3, 2], [0, 1], [3, 0]])
+    labels = torch.tensor([3, 1, 2, 0])
+    assert null_hit_rate(ranked, labels) == pytest.approx(0.25)
+    # Its own reconstruction does not count: a target named only by itself has a null rate of 0.
+    assert null_hit_rate(torch.tensor([[0], [1]]), torch.tensor([0, 1])) == 0.0
+    assert null_hit_rate(ranked[:1], labels[:1]) == 0.0
+
+
 def test_per_stratum_scores_and_the_maximum_over_the_attackers():
     strata = ["20+", "20+", "5-19", "5-19", "2-4", "2-4"]
     names = stratum_names((2, 5, 20))
@@ -227,7 +239,7 @@ def weak_release(pipeline_sample, tmp_path_factory):
         faces,
         root / "release",
         masker,
-        MaskParams(batch_size=64, previews=0, noise=None),
+        MaskParams(batch_size=64, previews=0, noise=None, noise_photos=None),
         None,
         progress=False,
         release=options,
@@ -293,6 +305,7 @@ def test_aggregate_command_end_to_end(pipeline_sample, tmp_path):
     assert (
         "single top-1" in result.output
         and "controls: un-mixed top-1" in result.output
+        and "null top-1 (other targets' reconstructions) " in result.output
         and "worst stratum" in result.output
     )
     record = json.loads((out / "aggregate.json").read_text())
@@ -309,6 +322,7 @@ def test_aggregate_command_end_to_end(pipeline_sample, tmp_path):
         scores = record["attacks"][name]
         assert scores["n"] == record["targets"]["selected"] and 0.0 <= scores["top1"] <= scores["top5"] <= 1.0
         assert sum(v["n"] for v in scores["by_stratum"].values()) == scores["n"]
+        assert 0.0 <= scores["null_top1"] <= 1.0
     controls = record["controls"]
     assert set(controls) == {"positive", "shuffled"} and controls["positive"]["min_top1"] == 0.25
     assert (

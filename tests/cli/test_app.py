@@ -98,7 +98,7 @@ def test_export_and_mask_commands(aligned_sample, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (
-        'protected 60 of 60 faces in 20 samples (mixed, one use per face, k 3-3 (histogram {"3": 20}), sign mask, noise 1.5, weight cap 0.65); skipped: none'
+        'protected 60 of 60 faces in 20 samples (mixed, one use per face, k 3-3 (histogram {"3": 20}), sign mask, noise 2.5 (x sqrt(n / 5) for a person with n > 5 faces), weight cap 0.65); skipped: none'
         in result.output
     )
     plain = ["mask", str(aligned_sample), str(tmp_path / "plain"), "-m", str(tmp_path / "m.onnx"), "--no-mix", "-q"]

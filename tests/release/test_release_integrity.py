@@ -143,7 +143,7 @@ def test_a_release_adds_its_own_noise_and_never_takes_the_maskers_away(faces, tm
     }
     assert noise == {"plain": 0.75, "noisy": 3.0, "under": 0.75}  # under the masker's: the masker's
     assert (
-        MaskParams().noise == 1.5 and json.loads((tmp_path / "noisy" / "run.json").read_text())["release_noise"] == 3.0
+        MaskParams().noise == 2.5 and json.loads((tmp_path / "noisy" / "run.json").read_text())["release_noise"] == 3.0
     )
     spread = {
         name: np.std(np.load(tmp_path / name / "shard-00000.npy").astype(np.float64)) for name in ("plain", "noisy")
@@ -158,17 +158,48 @@ def test_a_release_adds_its_own_noise_and_never_takes_the_maskers_away(faces, tm
     assert released_mixing(masker, json.loads((tmp_path / "plain" / "run.json").read_text())) == masker.mixing
 
 
+def test_a_release_adds_noise_per_photos_of_its_people(faces, tmp_path):
+    """``mask.noise_photos``: a mix's noise grows with its most photographed person's faces; recorded and stated."""
+    params = tmp_path / "params.yaml"
+    params.write_text("mask:\n  previews: 0\n  noise: 1.0\n  noise_photos: 1\n")
+    out = tmp_path / "out"
+    args = ["mask", str(faces), str(out), "-m", str(_masker(faces)), "-p", str(params), "-q"]
+    result = runner.invoke(app, [*args, "--ledger", str(tmp_path / "ledger.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "noise 1 (x sqrt(n / 1) for a person with n > 1 faces)" in result.output
+    assert json.loads((out / "run.json").read_text())["noise_photos"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["released_mixing"]["noise"] == 1.0 and summary["released_mixing"]["noise_photos"] == 1
+    # Every person has 5-6 faces: noise std sqrt(5) to sqrt(6) on unit-variance mixes, against 1 without.
+    spread = np.std(np.load(out / "shard-00000.npy").astype(np.float64))
+    assert spread == pytest.approx(np.sqrt(1 + 5.5), rel=0.1)
+    with pytest.raises(ParamsError, match="mask.noise_photos must be null or >= 1, got 0"):
+        MaskParams(noise_photos=0)
+    # An --insecure-reuse release mixes every face again, with one noise: it says so, and records what it did.
+    with pytest.warns(UserWarning, match="--insecure-reuse: every mix has the same noise"):
+        reused = protect_folder(
+            faces,
+            tmp_path / "reused",
+            _masker(faces),
+            MaskParams(previews=0, noise_photos=2),
+            progress=False,
+            release=ReleaseOptions(ledger=tmp_path / "l2.jsonl", insecure_seed=1, insecure_reuse=True),
+        )
+    assert "noise_photos" not in reused["released_mixing"]
+    assert json.loads((tmp_path / "reused" / "run.json").read_text())["noise_photos"] is None
+
+
 def test_the_summary_states_what_was_released(faces, tmp_path):
     result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(_masker(faces)), "-q"])
     assert result.exit_code == 0, result.output
     mixing = _mixing(_masker(faces))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    # mask.noise (1.5 by default) over the masker's mixing.noise (0.75): what was released, not what the masker says.
-    assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == 1.5
+    # mask.noise (2.5 by default) over the masker's mixing.noise (0.75): what was released, not what the masker says.
+    assert summary["released_mixing"]["k_min"] >= 2 and summary["released_mixing"]["noise"] == 2.5
     assert mixing["noise"] == 0.75
     assert (
         f"k {summary['released_mixing']['k_min']}-{summary['released_mixing']['k_max']}" in result.output
-        and "noise 1.5" in result.output
+        and "noise 2.5 (x sqrt(n / 5) for a person with n > 5 faces)" in result.output
     )
 
 

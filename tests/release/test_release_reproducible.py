@@ -113,7 +113,9 @@ def maskers(pipeline_sample, tmp_path_factory) -> dict[str, Path]:
 
 def _release(aligned: Path, masker: Path, out: Path, params: dict, dtype: str = "float16") -> dict:
     options = ReleaseOptions(secret_key=SECRET, ledger=out.parent / f"{out.name}-ledger.jsonl")
-    params = MaskParams(**({"batch_size": 16, "previews": 3, "noise": None} | params))  # the masker's noise, as pinned
+    params = MaskParams(
+        **({"batch_size": 16, "previews": 3, "noise": None, "noise_photos": None} | params)
+    )  # the masker's noise, as pinned
     return protect_folder(aligned, out, masker, params, dtype=dtype, progress=False, release=options)
 
 
@@ -338,6 +340,27 @@ def test_mix_groups_is_protect_groups_bit_for_bit(k_values, config, dtype):
     assert mixed.x.numpy().tobytes() == expected.x.numpy().astype(dtype).tobytes()
     assert all(torch.equal(a, b) for a, b in zip(mixed[1:], expected[1:]))
     assert torch.equal(generator.get_state(), reference.get_state())  # the same draws, nothing more
+
+
+def test_a_mix_noise_grows_with_its_most_photographed_constituent():
+    """``mask.noise_photos``: the factor per label is sqrt(max(1, n / noise_photos)); a mix takes its constituents' largest."""
+    items = [(f"a/{i}.png", "a") for i in range(20)] + [(f"b/{i}.png", "b") for i in range(5)] + [("c/0.png", "c")]
+    scale = protect.noise_scale_of_labels(items, {"a": 2, "b": 0, "c": 1}, 5)
+    assert scale.dtype == np.float32 and scale.tolist() == [1.0, 1.0, 2.0]  # a: sqrt(20 / 5)
+    assert protect.noise_scale_of_labels(items, {"a": 2, "b": 0, "c": 1}, None) is None
+    # On zero faces a mix is its noise alone: each row is the plain release's row times its factor, bit for bit.
+    config = MixingConfig(6, "dirichlet", 0.65, True, False, True, 0.75)
+    protection = Protection(_FakeGraph((2, 3)), config, (2, 3))
+    labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    masked, k = torch.zeros(40, 30, 6, 6), torch.tensor([2, 3] * 20)
+    factors = np.array([1.0, 3.0, 2.0], np.float32)
+    plain = mix_groups(protection, masked, k, labels, torch.Generator().manual_seed(5))
+    scaled = mix_groups(protection, masked, k, labels, torch.Generator().manual_seed(5), noise_scale=factors)
+    assert torch.equal(plain.members, scaled.members) and torch.equal(plain.weights, scaled.weights)
+    for row in range(len(plain.k)):
+        largest = max(factors[label] for label in plain.labels[row, : plain.k[row]].tolist())
+        assert torch.equal(scaled.x[row], plain.x[row] * largest)
+    assert {float(factors[plain.labels[row, : plain.k[row]]].max()) for row in range(len(plain.k))} >= {2.0, 3.0}
 
 
 def test_groups_drawn_with_k_on_demand_are_draw_groups_and_ask_the_anchors_only():

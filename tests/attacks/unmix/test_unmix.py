@@ -23,7 +23,9 @@ ATTACKS = {"regenerate": regenerate_secrets, "labels": resolve_labels, "structur
 
 
 def _release(aligned, masker, folder, options, anonymize=False, faces=None):
-    params = MaskParams(batch_size=64, previews=0, anonymize=anonymize, noise=None)  # the masker's noise
+    params = MaskParams(
+        batch_size=64, previews=0, anonymize=anonymize, noise=None, noise_photos=None
+    )  # the masker's noise
     options = ReleaseOptions(**{**options.__dict__, "ledger": folder.parent / f"{folder.name}.ledger"})
     protect_folder(
         aligned,
