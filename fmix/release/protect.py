@@ -257,7 +257,7 @@ def protect_folder(
     randomness = ReleaseRandomness(release.secret_key, release.insecure_seed, inputs_hash)
     key = (name_key or randomness.name_key()) if params.anonymize else None  # of the sample names
     one_use = params.mix and not release.insecure_reuse
-    noise_photos = params.noise_photos if one_use else None
+    noise_photos = params.noise_photos if one_use and masker.mixing.noise > 0 else None  # no noise: nothing to grow
     if params.noise_photos is not None and params.mix and not one_use:
         warnings.warn(
             "--insecure-reuse: every mix has the same noise (mask.noise_photos applies to one-use releases)",

@@ -239,7 +239,7 @@ def weak_release(pipeline_sample, tmp_path_factory):
         faces,
         root / "release",
         masker,
-        MaskParams(batch_size=64, previews=0, noise=None, noise_photos=None),
+        MaskParams(batch_size=64, previews=0, noise=None),  # noise_photos 5, the default: nothing to grow
         None,
         progress=False,
         release=options,
@@ -255,6 +255,7 @@ def test_averaging_a_persons_samples_approaches_their_true_masked_face(weak_rele
     from fmix.masker.onnx_masker import OnnxMasker
 
     release = read_release_folder(weak_release["release"])
+    assert release.run["release_noise"] == 0.0 and release.run["noise_photos"] is None  # no noise: none grown
     target = select_targets(release.rows, 5)[0]
     person = published_identities(release, weak_release["ledger"])[target.label]
     assert person == "Colin_Powell" and len(target.heaviest) >= 12
