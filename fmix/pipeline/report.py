@@ -473,6 +473,13 @@ def aggregate_blocks(record: dict) -> list[Block]:
         else f"The control (the same inverter on un-mixed masked photos of the same people) named only {_fmt(positive['top1'])} of them, below {positive.get('min_top1')}: "
         "the inverter is too weak at this budget and these numbers credit no privacy."
     )
+    nulls = [attacks[name].get("null_top1") for name, _ in AGGREGATE_ATTACKS]
+    null = (
+        f" The judge named each target for the other targets' reconstructions at {' / '.join(map(_fmt, nulls))} "
+        f"({', '.join(title for _, title in AGGREGATE_ATTACKS)}): what its favourite identities give for nothing."
+        if all(isinstance(value, (int, float)) for value in nulls)
+        else ""
+    )
     return [
         Block("h2", "Worst case of the release: the people it holds most of"),
         Block(
@@ -484,7 +491,7 @@ def aggregate_blocks(record: dict) -> list[Block]:
             f"({record.get('judge', 'dlib')} judge), per stratum of photos per identity in the private training split. "
             f"Headline, the maximum over the attacks: top-1 {_fmt(head['top1'])} ({head.get('attack')}), top-5 {_fmt(head['top5'])}, "
             f"chance {head['chance_top1']:.4f} / {head['chance_top5']:.4f}; worst stratum {head.get('worst_stratum')}: top-1 {_fmt(head.get('worst_stratum_top1'))}. "
-            f"{verdict} The shuffled control (each template scored as another target) named {_fmt(shuffled['top1'])}.",
+            f"{verdict} The shuffled control (each template scored as another target) named {_fmt(shuffled['top1'])}.{null}",
         ),
         Block("table", rows=rows),
     ]

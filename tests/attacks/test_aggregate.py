@@ -419,6 +419,8 @@ def test_the_report_shows_the_worst_case_per_stratum(tmp_path):
         )
     }
     attacks = {name: scores[name] for name in ("single", "heaviest", "weighted")}
+    for name, null in zip(attacks, (0.004, 0.006, 0.005)):
+        attacks[name]["null_top1"] = null
     record = {
         "identities": 1000,
         "judge": "dlib",
@@ -454,6 +456,7 @@ def test_the_report_shows_the_worst_case_per_stratum(tmp_path):
         "top-1 0.500 (heaviest)" in markdown
         and "worst stratum 5-19: top-1 1.000" in markdown
         and "the attack works at this budget" in markdown
+        and "named each target for the other targets' reconstructions at 0.004 / 0.006 / 0.005 (" in markdown
     )
     (tmp_path / "release" / "aggregate.json").write_text(json.dumps({"attacks": {}}))
     result = runner.invoke(
