@@ -165,9 +165,10 @@ def mix_groups(
     count, shape = groups.size.numel(), tuple(masked.shape[1:])
     octets = sign_mask_bytes(count, shape, generator) if config.sign_flip else None
     noise = mix_noise((count, *shape), config.noise, generator).numpy() if config.noise != 0 else None
+    unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
+    constituent_labels = labels[groups.members].masked_fill(unused, -1)
     if noise is not None and noise_scale is not None:
-        present = torch.arange(config.k_max)[None, :] < groups.size[:, None]
-        factors = torch.from_numpy(noise_scale)[labels[groups.members]].masked_fill(~present, 0.0)
+        factors = torch.from_numpy(noise_scale)[constituent_labels.clamp(min=0)].masked_fill(unused, 0.0)
         noise *= factors.max(dim=1).values.numpy().reshape(-1, *[1] * len(shape))
     columns = max(int(groups.size.max()), 1) if count else 1
     weights32 = weights.to(masked.dtype)[:, :columns]
@@ -176,8 +177,6 @@ def mix_groups(
     x = masked.detach().cpu().contiguous().numpy()
     out = np.empty((count, *shape), dtype=np.dtype(dtype))
     _RowPlan(x, groups.members[:, :columns].numpy(), weights32.numpy(), norm, octets, noise, out).run(0, count)
-    unused = torch.arange(config.k_max)[None, :] >= groups.size[:, None]
-    constituent_labels = labels[groups.members].masked_fill(unused, -1)
     return GroupedBatch(
         torch.from_numpy(out),
         groups.size,
