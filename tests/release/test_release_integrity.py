@@ -86,17 +86,18 @@ def test_one_face_under_two_names_is_released_once(faces, tmp_path, owner_ledger
 # ------------------------------------------------------------------ 2. a mixed release has k >= 2
 
 
-def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, pipeline_sample, tmp_path):
+def _masker_of(pipeline_sample, out: Path, k: int, mixing: MixingParams) -> Path:
+    """A masker of the pipeline sample's public faces with a fixed ``k`` and this mixing."""
     from fmix.masker.export import export_masker
 
-    k1 = tmp_path / "k1.onnx"
     export_masker(
-        pipeline_sample["aligned"],
-        pipeline_sample["splits"] / "public.csv",
-        k1,
-        ExportParams(k=1),
-        mixing=MixingParams(k_values=(1,), cap=None),
+        pipeline_sample["aligned"], pipeline_sample["splits"] / "public.csv", out, ExportParams(k=k), mixing=mixing
     )
+    return out
+
+
+def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, pipeline_sample, tmp_path):
+    k1 = _masker_of(pipeline_sample, tmp_path / "k1.onnx", 1, MixingParams(k_values=(1,), cap=None))
     output = _error(runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(k1), "-q"]))
     assert (
         "a mixed release needs k >= 2 in every sample, but this masker's policy draws k [1] (mixing.k_max 1)" in output
@@ -109,16 +110,7 @@ def test_a_k1_masker_is_refused_for_a_mixed_release_and_allowed_unmixed(faces, p
 def test_no_sample_mixes_fewer_faces_than_the_policys_smallest_k(faces, pipeline_sample, tmp_path):
     """A batch's last faces, too few for the smallest k, are left over: released as a mix of 2 they broke a
     cap of 0.4 (an error) or, under a looser cap, made a weaker mix than the masker allows."""
-    from fmix.masker.export import export_masker
-
-    k4 = tmp_path / "k4.onnx"
-    export_masker(
-        pipeline_sample["aligned"],
-        pipeline_sample["splits"] / "public.csv",
-        k4,
-        ExportParams(k=4),
-        mixing=MixingParams(k_values=(3, 4, 5, 6), cap=0.4),
-    )
+    k4 = _masker_of(pipeline_sample, tmp_path / "k4.onnx", 4, MixingParams(k_values=(3, 4, 5, 6), cap=0.4))
     result = runner.invoke(app, ["mask", str(faces), str(tmp_path / "out"), "-m", str(k4), "-q"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
